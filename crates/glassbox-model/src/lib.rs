@@ -1,0 +1,20 @@
+//! glassbox-model: open transformer checkpoints (HF directories, GGUF) and run them
+//! with TransformerLens hook points — cache, edit, differentiate and generate.
+
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod hooks;
+pub mod run;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use hooks::{hook_points, Edit, HookFilter, HookPointInfo, Intervention};
+pub use run::{ActivationCache, Batch, LogitsMode, PaddingSide, Run, RunOutput};
+pub use transformer::{KvCache, Transformer};
+pub mod loader;
+pub mod tokenizer;
+pub use loader::{load_model, Model};
+pub use tokenizer::TextTokenizer;

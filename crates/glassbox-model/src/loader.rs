@@ -1,0 +1,72 @@
+//! Opening a model from a path: a HF directory or a `.gguf` file.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::load_gguf;
+use crate::tokenizer::TextTokenizer;
+use crate::transformer::Transformer;
+use crate::weights::load_hf_weights;
+use std::path::{Path, PathBuf};
+
+/// A runnable model and, when the checkpoint has one, its tokenizer.
+pub struct Model {
+    pub transformer: Transformer,
+    pub tokenizer: Option<TextTokenizer>,
+    pub source: PathBuf,
+}
+
+impl Model {
+    pub fn config(&self) -> &ModelConfig {
+        &self.transformer.config
+    }
+
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            ModelError::Tokenizer(format!(
+                "{} has no tokenizer (no tokenizer.json); pass token ids instead of text",
+                self.source.display()
+            ))
+        })
+    }
+}
+
+pub fn load_model(path: &Path) -> Result<Model> {
+    if !path.exists() {
+        return Err(ModelError::bad_file(path, "no such file or directory"));
+    }
+    if path.is_dir() {
+        load_hf_dir(path)
+    } else if path.extension().is_some_and(|e| e == "gguf") {
+        let g = load_gguf(path)?;
+        let tokenizer = Some(TextTokenizer::from_gguf(&g.content)?);
+        Ok(Model { transformer: Transformer::new(g.config, g.weights), tokenizer, source: path.to_path_buf() })
+    } else {
+        Err(ModelError::bad_file(
+            path,
+            "expected a HF model directory (config.json + model.safetensors) or a .gguf file",
+        ))
+    }
+}
+
+pub fn load_hf_dir(dir: &Path) -> Result<Model> {
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        return Err(ModelError::bad_file(dir, "no config.json: not a HF model directory"));
+    }
+    let config = ModelConfig::from_hf_config_file(&config_path)?;
+    let weights = load_hf_weights(dir, &config)?;
+    let tok_path = dir.join("tokenizer.json");
+    let mut tokenizer = if tok_path.exists() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+    if let Some(t) = tokenizer.as_mut() {
+        t.bos_token_id = config.bos_token_id;
+        t.eos_token_id = config.eos_token_id;
+        t.chat_template = read_chat_template(dir);
+    }
+    Ok(Model { transformer: Transformer::new(config, weights), tokenizer, source: dir.to_path_buf() })
+}
+
+fn read_chat_template(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("chat_template")?.as_str().map(str::to_string)
+}

@@ -1,0 +1,222 @@
+//! What a caller asks of one forward pass: inputs (a padded batch), hooks that read or
+//! replace activations, which activations to cache, where to take gradients, and
+//! where to stop.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::hooks::{HookFilter, Intervention};
+use candle_core::{Tensor, Var};
+use std::collections::BTreeMap;
+
+/// Token ids for a batch of sequences of equal (padded) length.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub tokens: Vec<Vec<u32>>,
+    /// `false` marks padding; `None` means every token is real.
+    pub attention_mask: Option<Vec<Vec<bool>>>,
+    /// explicit position ids; by default each real token's index among the real tokens
+    pub position_ids: Option<Vec<Vec<u32>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaddingSide {
+    Left,
+    Right,
+}
+
+impl Batch {
+    pub fn new(tokens: Vec<Vec<u32>>) -> Self {
+        Batch { tokens, attention_mask: None, position_ids: None }
+    }
+
+    pub fn single(tokens: &[u32]) -> Self {
+        Batch::new(vec![tokens.to_vec()])
+    }
+
+    /// Pads sequences of different lengths to the longest one.
+    pub fn padded(seqs: &[Vec<u32>], pad_id: u32, side: PaddingSide) -> Self {
+        let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut tokens = Vec::with_capacity(seqs.len());
+        let mut mask = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let pad = len - s.len();
+            let (t, m): (Vec<u32>, Vec<bool>) = match side {
+                PaddingSide::Left => (
+                    std::iter::repeat_n(pad_id, pad).chain(s.iter().copied()).collect(),
+                    std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, s.len())).collect(),
+                ),
+                PaddingSide::Right => (
+                    s.iter().copied().chain(std::iter::repeat_n(pad_id, pad)).collect(),
+                    std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, pad)).collect(),
+                ),
+            };
+            tokens.push(t);
+            mask.push(m);
+        }
+        Batch { tokens, attention_mask: Some(mask), position_ids: None }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.tokens.first().map_or(0, Vec::len)
+    }
+
+    /// Reads an int64 `input_ids` `[batch, seq]` tensor.
+    pub fn from_tensor(ids: &Tensor) -> Result<Self> {
+        let ids = match ids.rank() {
+            1 => ids.unsqueeze(0)?,
+            2 => ids.clone(),
+            r => return Err(ModelError::BadInput(format!("input_ids must be [batch, seq], got rank {r}"))),
+        };
+        let rows = ids.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
+        let mut tokens = Vec::with_capacity(rows.len());
+        for (b, row) in rows.into_iter().enumerate() {
+            tokens.push(
+                row.into_iter()
+                    .enumerate()
+                    .map(|(p, v)| {
+                        u32::try_from(v).map_err(|_| {
+                            ModelError::BadInput(format!("input_ids[{b}][{p}] = {v} is not a valid token id"))
+                        })
+                    })
+                    .collect::<Result<Vec<u32>>>()?,
+            );
+        }
+        Ok(Batch::new(tokens))
+    }
+
+    pub(crate) fn validate(&self, cfg: &ModelConfig, past: usize) -> Result<()> {
+        let s = self.seq_len();
+        if self.tokens.is_empty() || s == 0 {
+            return Err(ModelError::BadInput("empty input: no tokens to run".into()));
+        }
+        if self.tokens.iter().any(|t| t.len() != s) {
+            return Err(ModelError::BadInput(
+                "sequences in a batch must have equal length; use Batch::padded".into(),
+            ));
+        }
+        if past + s > cfg.n_ctx {
+            return Err(ModelError::TooLong { len: past + s, n_ctx: cfg.n_ctx });
+        }
+        for row in &self.tokens {
+            if let Some((position, &id)) = row.iter().enumerate().find(|(_, &t)| t as usize >= cfg.d_vocab) {
+                return Err(ModelError::TokenOutOfRange { id, position, vocab: cfg.d_vocab });
+            }
+        }
+        for (what, ok) in [
+            ("attention_mask", self.attention_mask.as_ref().is_none_or(|m| m.len() == self.tokens.len() && m.iter().all(|r| r.len() == s))),
+            ("position_ids", self.position_ids.as_ref().is_none_or(|m| m.len() == self.tokens.len() && m.iter().all(|r| r.len() == s))),
+        ] {
+            if !ok {
+                return Err(ModelError::BadInput(format!("{what} must have the same [batch, seq] shape as the tokens")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A function called at every hook point its filter matches: it receives the hook name
+/// and the activation and returns the (possibly edited) activation.
+pub type HookFn<'h> = Box<dyn FnMut(&str, Tensor) -> Result<Tensor> + 'h>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogitsMode {
+    #[default]
+    All,
+    /// only the last position of each row (generation)
+    Last,
+    None,
+}
+
+/// Options for one forward pass. Build with the methods; pass to `Transformer::run`.
+#[derive(Default)]
+pub struct Run<'h> {
+    pub(crate) hooks: Vec<(HookFilter, HookFn<'h>)>,
+    pub(crate) cache: Option<HookFilter>,
+    pub(crate) grads: Option<HookFilter>,
+    pub(crate) stop_at_layer: Option<usize>,
+    pub(crate) logits: LogitsMode,
+}
+
+impl<'h> Run<'h> {
+    pub fn new() -> Self {
+        Run::default()
+    }
+    /// Cache every activation whose hook name `filter` matches.
+    pub fn cache(mut self, filter: HookFilter) -> Self {
+        self.cache = Some(filter);
+        self
+    }
+    /// Call `f` at every hook point `filter` matches; what it returns flows on.
+    pub fn hook(mut self, filter: HookFilter, f: impl FnMut(&str, Tensor) -> Result<Tensor> + 'h) -> Self {
+        self.hooks.push((filter, Box::new(f)));
+        self
+    }
+    /// Apply an intervention at every hook point `filter` matches.
+    pub fn intervene(self, filter: HookFilter, iv: Intervention) -> Self {
+        self.hook(filter, move |name, x| iv.apply(name, &x))
+    }
+    /// Track gradients with respect to the activations `filter` matches (read them with
+    /// `RunOutput::gradients`). Switches the pass to differentiable compositions of
+    /// softmax and norms.
+    pub fn grads(mut self, filter: HookFilter) -> Self {
+        self.grads = Some(filter);
+        self
+    }
+    /// Run blocks `0..layer` only and return the residual stream entering block `layer`
+    /// (TransformerLens semantics); no unembedding.
+    pub fn stop_at_layer(mut self, layer: usize) -> Self {
+        self.stop_at_layer = Some(layer);
+        self
+    }
+    pub fn logits(mut self, mode: LogitsMode) -> Self {
+        self.logits = mode;
+        self
+    }
+}
+
+pub type ActivationCache = BTreeMap<String, Tensor>;
+
+pub struct RunOutput {
+    /// `[batch, seq, vocab]` (or `[batch, 1, vocab]` with `LogitsMode::Last`)
+    pub logits: Option<Tensor>,
+    /// the residual stream after the last block run (before the final norm)
+    pub residual: Tensor,
+    pub cache: ActivationCache,
+    pub(crate) grad_vars: Vec<(String, Var)>,
+}
+
+impl RunOutput {
+    pub fn logits(&self) -> Result<&Tensor> {
+        self.logits.as_ref().ok_or_else(|| {
+            ModelError::BadInput("this run computed no logits (stop_at_layer or LogitsMode::None)".into())
+        })
+    }
+
+    /// d`metric`/d(activation) for every hook point the run's `grads` filter matched.
+    /// `metric` must be a scalar computed from this run's outputs.
+    pub fn gradients(&self, metric: &Tensor) -> Result<ActivationCache> {
+        if metric.rank() != 0 {
+            return Err(ModelError::BadInput(format!(
+                "the metric must be a scalar, got shape {:?}",
+                metric.dims()
+            )));
+        }
+        if self.grad_vars.is_empty() {
+            return Err(ModelError::BadInput("no gradient hooks: build the run with Run::grads(filter)".into()));
+        }
+        let store = metric.backward()?;
+        let mut out = ActivationCache::new();
+        for (name, var) in &self.grad_vars {
+            let g = match store.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                None => var.as_tensor().zeros_like()?,
+            };
+            out.insert(name.clone(), g);
+        }
+        Ok(out)
+    }
+}

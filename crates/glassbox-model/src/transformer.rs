@@ -1,0 +1,452 @@
+//! The forward pass: one implementation for every supported family, with a hook call
+//! at each TransformerLens hook point. Fused candle ops are used unless gradients or
+//! a `hook_scale` are asked for; then differentiable compositions compute the same thing.
+
+use crate::config::{Activation, ModelConfig, NormKind};
+use crate::error::{ModelError, Result};
+use crate::hooks::HookFilter;
+use crate::run::{Batch, HookFn, LogitsMode, Run, RunOutput};
+use crate::weights::{Linear, ModelWeights, Norm};
+use candle_core::{DType, Device, Tensor, Var, D};
+use std::collections::BTreeMap;
+
+pub struct Transformer {
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+}
+
+/// Keys and values of past positions, for generation.
+pub struct KvCache {
+    /// per layer: keys and values `[batch, kv_heads, past, d_head]`
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    key_mask: Vec<Vec<bool>>,
+    key_pos: Vec<Vec<u32>>,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        KvCache { layers: vec![None; cfg.n_layers], key_mask: Vec::new(), key_pos: Vec::new() }
+    }
+    pub fn len(&self) -> usize {
+        self.key_mask.first().map_or(0, Vec::len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Per-pass state: the caller's hooks plus what the pass records.
+struct Ctx<'r, 'h> {
+    hooks: &'r mut Vec<(HookFilter, HookFn<'h>)>,
+    cache_filter: Option<&'r HookFilter>,
+    grad_filter: Option<&'r HookFilter>,
+    cache: BTreeMap<String, Tensor>,
+    grad_vars: Vec<(String, Var)>,
+    /// use differentiable compositions instead of fused kernels
+    differentiable: bool,
+}
+
+impl Ctx<'_, '_> {
+    fn active(&self) -> bool {
+        !self.hooks.is_empty() || self.cache_filter.is_some() || self.grad_filter.is_some()
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.hooks.iter().any(|(f, _)| f.matches(name))
+            || self.cache_filter.is_some_and(|f| f.matches(name))
+            || self.grad_filter.is_some_and(|f| f.matches(name))
+    }
+
+    /// The hook point `name` (built lazily: no string work when nothing is hooked).
+    fn hook(&mut self, name: impl FnOnce() -> String, mut x: Tensor) -> Result<Tensor> {
+        if !self.active() {
+            return Ok(x);
+        }
+        let name = name();
+        for (filter, f) in self.hooks.iter_mut() {
+            if filter.matches(&name) {
+                let shape = x.dims().to_vec();
+                x = f(&name, x)?;
+                if x.dims() != shape.as_slice() {
+                    return Err(ModelError::BadIntervention {
+                        hook: name,
+                        problem: format!("hook returned shape {:?}, expected {:?}", x.dims(), shape),
+                    });
+                }
+            }
+        }
+        if self.grad_filter.is_some_and(|f| f.matches(&name)) {
+            // d(metric)/d(activation) = gradient of a zero added here.
+            let var = Var::zeros(x.shape(), x.dtype(), x.device())?;
+            x = (x + var.as_tensor())?;
+            self.grad_vars.push((name.clone(), var));
+        }
+        if self.cache_filter.is_some_and(|f| f.matches(&name)) {
+            self.cache.insert(name, x.clone());
+        }
+        Ok(x)
+    }
+}
+
+fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+    let y = x.matmul(&l.weight.t()?)?;
+    Ok(match &l.bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if !differentiable {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    // The max only shifts for stability; its gradient cancels, so detach it.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Rotary tables for the given positions: `cos`, `sin` as `[batch, seq, 1, rot_dim]`.
+fn rotary_tables(cfg: &ModelConfig, rot: usize, pos: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+    let half = rot / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (cfg.rope_theta.powf((2 * i) as f64 / rot as f64) as f32))
+        .collect();
+    let (b, s) = (pos.len(), pos[0].len());
+    let mut cos = Vec::with_capacity(b * s * rot);
+    let mut sin = Vec::with_capacity(b * s * rot);
+    for row in pos {
+        for &p in row {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (b, s, 1, rot), &Device::Cpu)?,
+        Tensor::from_vec(sin, (b, s, 1, rot), &Device::Cpu)?,
+    ))
+}
+
+/// HF `rotate_half` rotary on the first `rot` dims of `[batch, seq, heads, d_head]`.
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> Result<Tensor> {
+    let dh = x.dim(3)?;
+    let xr = if rot == dh { x.clone() } else { x.narrow(3, 0, rot)? };
+    let half = rot / 2;
+    let x1 = xr.narrow(3, 0, half)?;
+    let x2 = xr.narrow(3, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+    let out = (xr.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
+    Ok(if rot == dh { out } else { Tensor::cat(&[&out, &x.narrow(3, rot, dh - rot)?], 3)? })
+}
+
+/// Additive attention mask `[batch, 1, q, k]`: causal, padding, optional sliding window.
+fn attention_mask(
+    q_pos: &[Vec<u32>],
+    key_pos: &[Vec<u32>],
+    key_mask: &[Vec<bool>],
+    past: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
+    let (b, s, t) = (q_pos.len(), q_pos[0].len(), key_pos[0].len());
+    let mut m = vec![f32::NEG_INFINITY; b * s * t];
+    for r in 0..b {
+        for i in 0..s {
+            let qi = past + i;
+            let row = &mut m[(r * s + i) * t..(r * s + i + 1) * t];
+            let mut any = false;
+            for (j, slot) in row.iter_mut().enumerate().take(qi + 1) {
+                let in_window = window.is_none_or(|w| {
+                    (q_pos[r][i] as i64 - key_pos[r][j] as i64) < w as i64
+                });
+                if key_mask[r][j] && in_window {
+                    *slot = 0.0;
+                    any = true;
+                }
+            }
+            // A padding query sees no real key; let it see itself so softmax stays finite.
+            if !any {
+                row[qi] = 0.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, s, t), &Device::Cpu)?)
+}
+
+impl Transformer {
+    pub fn new(config: ModelConfig, weights: ModelWeights) -> Self {
+        Transformer { config, weights }
+    }
+
+    /// One forward pass with the options in `run`.
+    pub fn run(&self, batch: &Batch, run: &mut Run<'_>) -> Result<RunOutput> {
+        self.forward(batch, run, None)
+    }
+
+    /// A forward pass that reads and extends `kv` (generation).
+    pub fn run_cached(&self, batch: &Batch, run: &mut Run<'_>, kv: &mut KvCache) -> Result<RunOutput> {
+        self.forward(batch, run, Some(kv))
+    }
+
+    fn norm(&self, x: &Tensor, n: &Norm, prefix: &str, ctx: &mut Ctx) -> Result<Tensor> {
+        let eps = self.config.norm_eps;
+        let scale_name = || format!("{prefix}.hook_scale");
+        let composite = ctx.differentiable || (ctx.active() && ctx.wants(&scale_name()));
+        let out = if !composite {
+            match (&self.config.norm, &n.bias) {
+                (NormKind::LayerNorm, Some(b)) => {
+                    candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight, b, eps as f32)?
+                }
+                (NormKind::LayerNorm, None) => {
+                    candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight, &n.weight.zeros_like()?, eps as f32)?
+                }
+                _ => candle_nn::ops::rms_norm(&x.contiguous()?, &n.weight, eps as f32)?,
+            }
+        } else {
+            let centred = match self.config.norm {
+                NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+                _ => x.clone(),
+            };
+            let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+            let scale = ctx.hook(scale_name, scale)?;
+            let y = centred.broadcast_div(&scale)?.broadcast_mul(&n.weight)?;
+            match &n.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        };
+        ctx.hook(|| format!("{prefix}.hook_normalized"), out)
+    }
+
+    fn activation(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.config.activation {
+            Activation::Silu => x.silu()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+
+    fn forward(&self, batch: &Batch, run: &mut Run<'_>, mut kv: Option<&mut KvCache>) -> Result<RunOutput> {
+        let c = &self.config;
+        let past = kv.as_ref().map_or(0, |k| k.len());
+        batch.validate(c, past)?;
+        let (b, s) = (batch.batch_size(), batch.seq_len());
+        if let Some(kv) = kv.as_ref() {
+            if !kv.is_empty() && kv.key_mask.len() != b {
+                return Err(ModelError::BadInput(format!(
+                    "KV cache holds {} sequences, the batch has {b}",
+                    kv.key_mask.len()
+                )));
+            }
+        }
+        let n_layers = match run.stop_at_layer {
+            Some(l) if l > c.n_layers => {
+                return Err(ModelError::BadInput(format!(
+                    "stop_at_layer {l} is past the last block (the model has {} layers)",
+                    c.n_layers
+                )))
+            }
+            Some(l) => l,
+            None => c.n_layers,
+        };
+        let real: Vec<Vec<bool>> =
+            batch.attention_mask.clone().unwrap_or_else(|| vec![vec![true; s]; b]);
+        // Positions count real tokens only, so left padding changes nothing.
+        let positions: Vec<Vec<u32>> = match &batch.position_ids {
+            Some(p) => p.clone(),
+            None => (0..b)
+                .map(|r| {
+                    let mut next = kv.as_ref().and_then(|k| {
+                        k.key_pos.get(r).and_then(|kp| {
+                            kp.iter().zip(&k.key_mask[r]).filter(|(_, &m)| m).map(|(&p, _)| p + 1).max()
+                        })
+                    }).unwrap_or(0);
+                    real[r]
+                        .iter()
+                        .map(|&m| {
+                            let p = next;
+                            if m {
+                                next += 1;
+                            }
+                            p
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
+        if let Some(p) = positions.iter().flatten().find(|&&p| p as usize >= c.n_ctx) {
+            return Err(ModelError::TooLong { len: *p as usize + 1, n_ctx: c.n_ctx });
+        }
+        let (key_pos, key_mask): (Vec<Vec<u32>>, Vec<Vec<bool>>) = match kv.as_ref() {
+            Some(k) if !k.is_empty() => (
+                k.key_pos.iter().zip(&positions).map(|(a, n)| a.iter().chain(n).copied().collect()).collect(),
+                k.key_mask.iter().zip(&real).map(|(a, n)| a.iter().chain(n).copied().collect()).collect(),
+            ),
+            _ => (positions.clone(), real.clone()),
+        };
+        let full_mask = attention_mask(&positions, &key_pos, &key_mask, past, None)?;
+        let sliding_mask = match c.sliding_window {
+            Some(w) if c.sliding_layers.iter().any(|&x| x) => {
+                Some(attention_mask(&positions, &key_pos, &key_mask, past, Some(w))?)
+            }
+            _ => None,
+        };
+        let rope = match c.rotary_dim {
+            Some(rot) => Some(rotary_tables(c, rot, &positions)?),
+            None => None,
+        };
+
+        let mut ctx = Ctx {
+            hooks: &mut run.hooks,
+            cache_filter: run.cache.as_ref(),
+            grad_filter: run.grads.as_ref(),
+            cache: BTreeMap::new(),
+            grad_vars: Vec::new(),
+            differentiable: run.grads.is_some(),
+        };
+
+        let ids: Vec<u32> = batch.tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, b * s, &Device::Cpu)?;
+        let mut embed = self.weights.embed.index_select(&ids, 0)?.reshape((b, s, c.d_model))?;
+        if let Some(scale) = c.embed_scale {
+            // HF casts the normaliser to the model dtype before multiplying.
+            embed = (embed * (scale as f32) as f64)?;
+        }
+        let mut resid = ctx.hook(|| "hook_embed".into(), embed)?;
+        if let Some(wpe) = &self.weights.pos_embed {
+            let p: Vec<u32> = positions.iter().flatten().copied().collect();
+            let p = Tensor::from_vec(p, b * s, &Device::Cpu)?;
+            let pos = wpe.index_select(&p, 0)?.reshape((b, s, c.d_model))?;
+            let pos = ctx.hook(|| "hook_pos_embed".into(), pos)?;
+            resid = (resid + pos)?;
+        }
+
+        for l in 0..n_layers {
+            let w = &self.weights.blocks[l];
+            resid = ctx.hook(|| format!("blocks.{l}.hook_resid_pre"), resid)?;
+            let x = self.norm(&resid, &w.ln1, &format!("blocks.{l}.ln1"), &mut ctx)?;
+            let mask = if c.sliding_layers[l] { sliding_mask.as_ref().unwrap_or(&full_mask) } else { &full_mask };
+            let layer_kv = kv.as_mut().map(|k| &mut k.layers[l]);
+            let mut attn = self.attention(l, &x, mask, rope.as_ref(), layer_kv, &mut ctx)?;
+            if let Some(n) = &w.ln1_post {
+                attn = self.norm(&attn, n, &format!("blocks.{l}.ln1_post"), &mut ctx)?;
+            }
+            let attn = ctx.hook(|| format!("blocks.{l}.hook_attn_out"), attn)?;
+            let mlp_in = if c.parallel_residual {
+                resid.clone()
+            } else {
+                resid = ctx.hook(|| format!("blocks.{l}.hook_resid_mid"), (resid + &attn)?)?;
+                resid.clone()
+            };
+            let x = self.norm(&mlp_in, &w.ln2, &format!("blocks.{l}.ln2"), &mut ctx)?;
+            let mut mlp = self.mlp(l, &x, &mut ctx)?;
+            if let Some(n) = &w.ln2_post {
+                mlp = self.norm(&mlp, n, &format!("blocks.{l}.ln2_post"), &mut ctx)?;
+            }
+            let mlp = ctx.hook(|| format!("blocks.{l}.hook_mlp_out"), mlp)?;
+            resid = if c.parallel_residual { ((resid + attn)? + mlp)? } else { (resid + mlp)? };
+            resid = ctx.hook(|| format!("blocks.{l}.hook_resid_post"), resid)?;
+        }
+
+        if let Some(kv) = kv.as_mut() {
+            kv.key_pos = key_pos;
+            kv.key_mask = key_mask;
+        }
+
+        let stopped = run.stop_at_layer.is_some();
+        let logits = if stopped || run.logits == LogitsMode::None {
+            None
+        } else {
+            let x = match run.logits {
+                LogitsMode::Last => resid.narrow(1, s - 1, 1)?,
+                _ => resid.clone(),
+            };
+            let x = self.norm(&x, &self.weights.ln_final, "ln_final", &mut ctx)?;
+            let (bb, ss, d) = x.dims3()?;
+            let mut logits = x.reshape((bb * ss, d))?.matmul(&self.weights.unembed.t()?)?.reshape((bb, ss, c.d_vocab))?;
+            if let Some(cap) = c.final_softcap {
+                logits = ((logits / cap)?.tanh()? * cap)?;
+            }
+            Some(logits)
+        };
+        Ok(RunOutput { logits, residual: resid, cache: ctx.cache, grad_vars: ctx.grad_vars })
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        x: &Tensor,
+        mask: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        layer_kv: Option<&mut Option<(Tensor, Tensor)>>,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let w = &self.weights.blocks[l];
+        let (b, s, d) = x.dims3()?;
+        let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
+        let x2 = x.reshape((b * s, d))?;
+        let q = ctx.hook(|| format!("blocks.{l}.attn.hook_q"), linear(&x2, &w.q)?.reshape((b, s, h, dh))?)?;
+        let k = ctx.hook(|| format!("blocks.{l}.attn.hook_k"), linear(&x2, &w.k)?.reshape((b, s, kvh, dh))?)?;
+        let v = ctx.hook(|| format!("blocks.{l}.attn.hook_v"), linear(&x2, &w.v)?.reshape((b, s, kvh, dh))?)?;
+        let (q, k) = match (rope, c.rotary_dim) {
+            (Some((cos, sin)), Some(rot)) => (
+                ctx.hook(|| format!("blocks.{l}.attn.hook_rot_q"), apply_rotary(&q, cos, sin, rot)?)?,
+                ctx.hook(|| format!("blocks.{l}.attn.hook_rot_k"), apply_rotary(&k, cos, sin, rot)?)?,
+            ),
+            _ => (q, k),
+        };
+        let q = q.transpose(1, 2)?.contiguous()?; // [b, h, s, dh]
+        let mut k = k.transpose(1, 2)?.contiguous()?; // [b, kvh, s, dh]
+        let mut v = v.transpose(1, 2)?.contiguous()?;
+        if let Some(slot) = layer_kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let t = k.dim(2)?;
+        let g = h / kvh;
+        // Query heads sharing a KV head are stacked along rows: no copy of K or V per head.
+        let scores = q.reshape((b, kvh, g * s, dh))?.matmul(&k.t()?)?.reshape((b, h, s, t))?;
+        let mut scores = (scores * c.attn_scale)?;
+        if let Some(cap) = c.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let scores = ctx.hook(|| format!("blocks.{l}.attn.hook_attn_scores"), scores.broadcast_add(mask)?)?;
+        let pattern = ctx.hook(|| format!("blocks.{l}.attn.hook_pattern"), softmax(&scores, ctx.differentiable)?)?;
+        let z = pattern.contiguous()?.reshape((b, kvh, g * s, t))?.matmul(&v)?.reshape((b, h, s, dh))?;
+        let z = ctx.hook(|| format!("blocks.{l}.attn.hook_z"), z.transpose(1, 2)?)?;
+        linear(&z.contiguous()?.reshape((b * s, h * dh))?, &w.o)?.reshape((b, s, d)).map_err(Into::into)
+    }
+
+    fn mlp(&self, l: usize, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let w = &self.weights.blocks[l];
+        let (b, s, d) = x.dims3()?;
+        let m = self.config.d_mlp;
+        let x2 = x.reshape((b * s, d))?;
+        let post = match &w.mlp_gate {
+            Some(gate) => {
+                let pre = ctx.hook(|| format!("blocks.{l}.mlp.hook_pre"), linear(&x2, gate)?.reshape((b, s, m))?)?;
+                let lin = ctx.hook(|| format!("blocks.{l}.mlp.hook_pre_linear"), linear(&x2, &w.mlp_in)?.reshape((b, s, m))?)?;
+                (self.activation(&pre)? * lin)?
+            }
+            None => {
+                let pre = ctx.hook(|| format!("blocks.{l}.mlp.hook_pre"), linear(&x2, &w.mlp_in)?.reshape((b, s, m))?)?;
+                self.activation(&pre)?
+            }
+        };
+        let post = ctx.hook(|| format!("blocks.{l}.mlp.hook_post"), post)?;
+        Ok(linear(&post.reshape((b * s, m))?, &w.mlp_out)?.reshape((b, s, d))?)
+    }
+}
+
+/// f32 everywhere: BF16 has no CPU GEMM in candle and f16 loses the precision
+/// interpretability needs.
+pub const RUNTIME_DTYPE: DType = DType::F32;

@@ -1,0 +1,316 @@
+//! Architecture-neutral weight layout and the HF safetensors loader. Every loader
+//! produces `ModelWeights` in HF orientation (`[out, in]` for linear maps) so the
+//! forward pass has a single shape convention.
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BlockWeights {
+    pub ln1: Norm,
+    pub ln2: Norm,
+    pub ln1_post: Option<Norm>,
+    pub ln2_post: Option<Norm>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    /// up projection (gated) or the input projection (gpt2/neox)
+    pub mlp_in: Linear,
+    pub mlp_gate: Option<Linear>,
+    pub mlp_out: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelWeights {
+    /// `[vocab, d_model]`
+    pub embed: Tensor,
+    /// `[n_ctx, d_model]` learned positions (gpt2)
+    pub pos_embed: Option<Tensor>,
+    pub blocks: Vec<BlockWeights>,
+    pub ln_final: Norm,
+    /// `[vocab, d_model]`; shares storage with `embed` when tied
+    pub unembed: Tensor,
+}
+
+/// Named f32 tensors from any checkpoint, with shape checks that name the culprit.
+pub struct TensorMap {
+    tensors: HashMap<String, Tensor>,
+    prefixes: &'static [&'static str],
+}
+
+impl TensorMap {
+    pub fn new(tensors: HashMap<String, Tensor>, prefixes: &'static [&'static str]) -> Self {
+        TensorMap { tensors, prefixes }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+
+    fn resolve(&self, name: &str) -> Option<String> {
+        std::iter::once(String::new())
+            .chain(self.prefixes.iter().map(|p| p.to_string()))
+            .map(|p| format!("{p}{name}"))
+            .find(|n| self.tensors.contains_key(n))
+    }
+
+    /// Removes and returns the tensor, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let key = self.resolve(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let t = self.tensors.remove(&key).expect("resolved key exists");
+        check_shape(&key, &t, shape)?;
+        Ok(if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })
+    }
+
+    pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.contains(name) {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+pub fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.dims() != shape {
+        return Err(ModelError::ShapeMismatch {
+            tensor: name.to_string(),
+            expected: shape.to_vec(),
+            actual: t.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Safetensors files of a HF directory: one `model.safetensors` or the shards an index lists.
+fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::bad_file(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::bad_file(&index, format!("not valid JSON: {e}")))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+            ModelError::bad_file(&index, "has no `weight_map` object")
+        })?;
+        let mut files: Vec<String> =
+            map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    Err(ModelError::bad_file(
+        dir,
+        "no model.safetensors or model.safetensors.index.json (glassbox reads safetensors checkpoints; convert .bin files with HF `save_pretrained(safe_serialization=True)`)",
+    ))
+}
+
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::bad_file(path, e))?;
+    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+        ModelError::bad_file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+    })
+}
+
+const HF_PREFIXES: &[&str] = &["model.", "transformer.", "gpt_neox."];
+
+pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
+    let mut tensors = HashMap::new();
+    for file in safetensor_files(dir)? {
+        tensors.extend(read_safetensors(&file)?);
+    }
+    let mut map = TensorMap::new(tensors, HF_PREFIXES);
+    match cfg.architecture {
+        Architecture::Gpt2 => gpt2_weights(&mut map, cfg),
+        Architecture::GptNeox => neox_weights(&mut map, cfg),
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Gemma2 => {
+            llama_family_weights(&mut map, cfg)
+        }
+    }
+}
+
+fn linear(map: &mut TensorMap, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    let weight = map.take(&format!("{name}.weight"), &[out, inp])?;
+    let bias = if bias { Some(map.take(&format!("{name}.bias"), &[out])?) } else { None };
+    Ok(Linear { weight, bias })
+}
+
+fn norm(map: &mut TensorMap, name: &str, d: usize, bias: bool) -> Result<Norm> {
+    norm_offset(map, name, d, bias, 0.0)
+}
+
+/// Gemma stores norm weights as offsets from one; fold the `1 +` in once at load.
+fn norm_offset(map: &mut TensorMap, name: &str, d: usize, bias: bool, offset: f64) -> Result<Norm> {
+    let mut weight = map.take(&format!("{name}.weight"), &[d])?;
+    if offset != 0.0 {
+        weight = (weight + offset)?;
+    }
+    let bias = if bias { Some(map.take(&format!("{name}.bias"), &[d])?) } else { None };
+    Ok(Norm { weight, bias })
+}
+
+fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
+    let (d, hq, hkv, m) = (c.d_model, c.n_heads * c.d_head, c.n_kv_heads * c.d_head, c.d_mlp);
+    let gemma = c.architecture == Architecture::Gemma2;
+    let off = if gemma { 1.0 } else { 0.0 };
+    let norm = |map: &mut TensorMap, name: &str, d: usize, bias: bool| norm_offset(map, name, d, bias, off);
+    let mut blocks = Vec::with_capacity(c.n_layers);
+    for l in 0..c.n_layers {
+        let p = format!("layers.{l}");
+        let b = c.qkv_bias;
+        blocks.push(BlockWeights {
+            ln1: norm(map, &format!("{p}.input_layernorm"), d, false)?,
+            ln2: norm(
+                map,
+                &format!("{p}.{}", if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }),
+                d,
+                false,
+            )?,
+            ln1_post: if gemma {
+                Some(norm(map, &format!("{p}.post_attention_layernorm"), d, false)?)
+            } else {
+                None
+            },
+            ln2_post: if gemma {
+                Some(norm(map, &format!("{p}.post_feedforward_layernorm"), d, false)?)
+            } else {
+                None
+            },
+            q: linear(map, &format!("{p}.self_attn.q_proj"), hq, d, b)?,
+            k: linear(map, &format!("{p}.self_attn.k_proj"), hkv, d, b)?,
+            v: linear(map, &format!("{p}.self_attn.v_proj"), hkv, d, b)?,
+            o: linear(map, &format!("{p}.self_attn.o_proj"), d, hq, false)?,
+            mlp_in: linear(map, &format!("{p}.mlp.up_proj"), m, d, false)?,
+            mlp_gate: Some(linear(map, &format!("{p}.mlp.gate_proj"), m, d, false)?),
+            mlp_out: linear(map, &format!("{p}.mlp.down_proj"), d, m, false)?,
+        });
+    }
+    let embed = map.take("embed_tokens.weight", &[c.d_vocab, d])?;
+    let unembed = match map.take_opt("lm_head.weight", &[c.d_vocab, d])? {
+        Some(w) if !c.tied_embeddings => w,
+        _ if !c.tied_embeddings => return Err(ModelError::MissingTensor("lm_head.weight".into())),
+        _ => embed.clone(),
+    };
+    Ok(ModelWeights {
+        embed,
+        pos_embed: None,
+        blocks,
+        ln_final: norm(map, "norm", d, false)?,
+        unembed,
+    })
+}
+
+/// GPT-2 stores Conv1D weights as `[in, out]`; transpose once so all linears are `[out, in]`.
+fn conv1d(map: &mut TensorMap, name: &str, inp: usize, out: usize) -> Result<Linear> {
+    let w = map.take(&format!("{name}.weight"), &[inp, out])?;
+    Ok(Linear {
+        weight: w.t()?.contiguous()?,
+        bias: Some(map.take(&format!("{name}.bias"), &[out])?),
+    })
+}
+
+fn split_rows(l: &Linear, parts: usize) -> Result<Vec<Linear>> {
+    let n = l.weight.dim(0)? / parts;
+    (0..parts)
+        .map(|i| {
+            Ok(Linear {
+                weight: l.weight.narrow(0, i * n, n)?.contiguous()?,
+                bias: match &l.bias {
+                    Some(b) => Some(b.narrow(0, i * n, n)?.contiguous()?),
+                    None => None,
+                },
+            })
+        })
+        .collect()
+}
+
+fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
+    let (d, m) = (c.d_model, c.d_mlp);
+    let mut blocks = Vec::with_capacity(c.n_layers);
+    for l in 0..c.n_layers {
+        let p = format!("h.{l}");
+        let qkv = split_rows(&conv1d(map, &format!("{p}.attn.c_attn"), d, 3 * d)?, 3)?;
+        let [q, k, v]: [Linear; 3] = qkv.try_into().expect("three parts");
+        blocks.push(BlockWeights {
+            ln1: norm(map, &format!("{p}.ln_1"), d, true)?,
+            ln2: norm(map, &format!("{p}.ln_2"), d, true)?,
+            ln1_post: None,
+            ln2_post: None,
+            q,
+            k,
+            v,
+            o: conv1d(map, &format!("{p}.attn.c_proj"), d, d)?,
+            mlp_in: conv1d(map, &format!("{p}.mlp.c_fc"), d, m)?,
+            mlp_gate: None,
+            mlp_out: conv1d(map, &format!("{p}.mlp.c_proj"), m, d)?,
+        });
+    }
+    let embed = map.take("wte.weight", &[c.d_vocab, d])?;
+    Ok(ModelWeights {
+        unembed: embed.clone(),
+        embed,
+        pos_embed: Some(map.take("wpe.weight", &[c.n_ctx, d])?),
+        blocks,
+        ln_final: norm(map, "ln_f", d, true)?,
+    })
+}
+
+fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
+    let (d, m, h, dh) = (c.d_model, c.d_mlp, c.n_heads, c.d_head);
+    let mut blocks = Vec::with_capacity(c.n_layers);
+    for l in 0..c.n_layers {
+        let p = format!("layers.{l}");
+        // query_key_value rows are grouped per head: [h, (q|k|v), d_head].
+        let qkv = linear(map, &format!("{p}.attention.query_key_value"), 3 * h * dh, d, true)?;
+        let w = qkv.weight.reshape((h, 3, dh, d))?;
+        let b = qkv.bias.as_ref().expect("neox qkv has bias").reshape((h, 3, dh))?;
+        let part = |i: usize| -> Result<Linear> {
+            Ok(Linear {
+                weight: w.narrow(1, i, 1)?.reshape((h * dh, d))?.contiguous()?,
+                bias: Some(b.narrow(1, i, 1)?.reshape(h * dh)?.contiguous()?),
+            })
+        };
+        blocks.push(BlockWeights {
+            ln1: norm(map, &format!("{p}.input_layernorm"), d, true)?,
+            ln2: norm(map, &format!("{p}.post_attention_layernorm"), d, true)?,
+            ln1_post: None,
+            ln2_post: None,
+            q: part(0)?,
+            k: part(1)?,
+            v: part(2)?,
+            o: linear(map, &format!("{p}.attention.dense"), d, h * dh, true)?,
+            mlp_in: linear(map, &format!("{p}.mlp.dense_h_to_4h"), m, d, true)?,
+            mlp_gate: None,
+            mlp_out: linear(map, &format!("{p}.mlp.dense_4h_to_h"), d, m, true)?,
+        });
+    }
+    let embed = map.take("embed_in.weight", &[c.d_vocab, d])?;
+    let unembed = if c.tied_embeddings { embed.clone() } else { map.take("embed_out.weight", &[c.d_vocab, d])? };
+    Ok(ModelWeights {
+        embed,
+        pos_embed: None,
+        blocks,
+        ln_final: norm(map, "final_layer_norm", d, true)?,
+        unembed,
+    })
+}
