@@ -38,7 +38,12 @@ pub fn load_model(path: &Path) -> Result<Model> {
         load_hf_dir(path)
     } else if path.extension().is_some_and(|e| e == "gguf") {
         let g = load_gguf(path)?;
-        let tokenizer = Some(TextTokenizer::from_gguf(&g.content)?);
+        // A GGUF without tokenizer metadata still runs on token ids.
+        let tokenizer = if g.content.metadata.contains_key("tokenizer.ggml.model") {
+            Some(TextTokenizer::from_gguf(&g.content)?)
+        } else {
+            None
+        };
         Ok(Model { transformer: Transformer::new(g.config, g.weights), tokenizer, source: path.to_path_buf() })
     } else {
         Err(ModelError::bad_file(
