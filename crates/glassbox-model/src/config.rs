@@ -121,10 +121,13 @@ pub struct ModelConfig {
 }
 
 fn get_usize(cfg: &Value, keys: &[&str]) -> Option<usize> {
-    keys.iter().find_map(|k| cfg.get(*k).and_then(Value::as_u64)).map(|v| v as usize)
+    keys.iter()
+        .find_map(|k| cfg.get(*k).and_then(Value::as_u64))
+        .map(|v| v as usize)
 }
 fn get_f64(cfg: &Value, keys: &[&str]) -> Option<f64> {
-    keys.iter().find_map(|k| cfg.get(*k).and_then(Value::as_f64))
+    keys.iter()
+        .find_map(|k| cfg.get(*k).and_then(Value::as_f64))
 }
 fn get_str<'a>(cfg: &'a Value, key: &str) -> Option<&'a str> {
     cfg.get(key).and_then(Value::as_str)
@@ -174,11 +177,15 @@ impl ModelConfig {
                 "num_attention_heads ({n_heads}) must be a positive multiple of num_key_value_heads ({n_kv_heads})"
             )));
         }
-        let rope = cfg.get("rope_parameters").or_else(|| cfg.get("rope_scaling"));
+        let rope = cfg
+            .get("rope_parameters")
+            .or_else(|| cfg.get("rope_scaling"));
         let rope_theta = get_f64(cfg, &["rope_theta"])
             .or_else(|| rope.and_then(|r| get_f64(r, &["rope_theta"])))
             .unwrap_or(10000.0);
-        if let Some(kind) = rope.and_then(|r| get_str(r, "rope_type").or_else(|| get_str(r, "type"))) {
+        if let Some(kind) =
+            rope.and_then(|r| get_str(r, "rope_type").or_else(|| get_str(r, "type")))
+        {
             if kind != "default" {
                 return Err(ModelError::BadInput(format!(
                     "rope scaling `{kind}` is not supported yet (only the default rotary embedding)"
@@ -206,8 +213,11 @@ impl ModelConfig {
             d_vocab,
             n_ctx,
             norm: NormKind::RmsNorm,
-            norm_eps: get_f64(cfg, &["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"])
-                .unwrap_or(1e-5),
+            norm_eps: get_f64(
+                cfg,
+                &["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"],
+            )
+            .unwrap_or(1e-5),
             activation,
             gated_mlp: true,
             rotary_dim: Some(d_head),
@@ -227,7 +237,10 @@ impl ModelConfig {
         };
         match arch {
             Architecture::Llama => {
-                c.qkv_bias = cfg.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+                c.qkv_bias = cfg
+                    .get("attention_bias")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
             }
             Architecture::Qwen2 => {
                 c.qkv_bias = true;
@@ -248,9 +261,10 @@ impl ModelConfig {
                 c.final_softcap = get_f64(cfg, &["final_logit_softcapping"]);
                 c.sliding_window = get_usize(cfg, &["sliding_window"]);
                 c.sliding_layers = match cfg.get("layer_types").and_then(Value::as_array) {
-                    Some(types) if types.len() == n_layers => {
-                        types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()
-                    }
+                    Some(types) if types.len() == n_layers => types
+                        .iter()
+                        .map(|t| t.as_str() == Some("sliding_attention"))
+                        .collect(),
                     // Gemma 2 default: even layers slide, odd layers attend globally.
                     _ => (0..n_layers).map(|l| l % 2 == 0).collect(),
                 };
@@ -264,7 +278,10 @@ impl ModelConfig {
                 c.rotary_dim = None;
                 c.qkv_bias = true;
                 c.tied_embeddings = true;
-                if cfg.get("scale_attn_by_inverse_layer_idx").and_then(Value::as_bool) == Some(true)
+                if cfg
+                    .get("scale_attn_by_inverse_layer_idx")
+                    .and_then(Value::as_bool)
+                    == Some(true)
                 {
                     return Err(ModelError::BadInput(
                         "gpt2 with scale_attn_by_inverse_layer_idx is not supported".into(),
@@ -275,8 +292,10 @@ impl ModelConfig {
                 c.norm = NormKind::LayerNorm;
                 c.gated_mlp = false;
                 c.qkv_bias = true;
-                c.parallel_residual =
-                    cfg.get("use_parallel_residual").and_then(Value::as_bool).unwrap_or(true);
+                c.parallel_residual = cfg
+                    .get("use_parallel_residual")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
                 let pct = get_f64(cfg, &["rotary_pct", "partial_rotary_factor"])
                     .or_else(|| rope.and_then(|r| get_f64(r, &["partial_rotary_factor"])))
                     .unwrap_or(1.0);

@@ -12,13 +12,23 @@ pub enum ModelError {
     UnsupportedArchitecture { found: String, supported: String },
 
     #[error("config.json and the weights disagree: tensor `{tensor}` has shape {actual:?}, the config implies {expected:?}")]
-    ShapeMismatch { tensor: String, expected: Vec<usize>, actual: Vec<usize> },
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
 
     #[error("weights file has no tensor `{0}` (is this checkpoint complete, and the right architecture?)")]
     MissingTensor(String),
 
-    #[error("token id {id} at position {position} is out of range: the vocabulary has {vocab} entries")]
-    TokenOutOfRange { id: u32, position: usize, vocab: usize },
+    #[error(
+        "token id {id} at position {position} is out of range: the vocabulary has {vocab} entries"
+    )]
+    TokenOutOfRange {
+        id: u32,
+        position: usize,
+        vocab: usize,
+    },
 
     #[error("input has {len} tokens but the model's context is {n_ctx}; shorten the prompt or split it into windows")]
     TooLong { len: usize, n_ctx: usize },
@@ -43,6 +53,9 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 impl ModelError {
     pub fn bad_file(path: impl Into<PathBuf>, problem: impl std::fmt::Display) -> Self {
-        ModelError::BadFile { path: path.into(), problem: problem.to_string() }
+        ModelError::BadFile {
+            path: path.into(),
+            problem: problem.to_string(),
+        }
     }
 }

@@ -22,7 +22,13 @@ pub struct SamplingOptions {
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        SamplingOptions { max_new_tokens: 32, temperature: 0.0, top_p: 1.0, seed: 0, stop_tokens: Vec::new() }
+        SamplingOptions {
+            max_new_tokens: 32,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_tokens: Vec::new(),
+        }
     }
 }
 
@@ -36,17 +42,31 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(opts: &SamplingOptions) -> Result<Self> {
         if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
-            return Err(ModelError::BadInput(format!("temperature must be ≥ 0, got {}", opts.temperature)));
+            return Err(ModelError::BadInput(format!(
+                "temperature must be ≥ 0, got {}",
+                opts.temperature
+            )));
         }
         if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
-            return Err(ModelError::BadInput(format!("top_p must be in (0, 1], got {}", opts.top_p)));
+            return Err(ModelError::BadInput(format!(
+                "top_p must be in (0, 1], got {}",
+                opts.top_p
+            )));
         }
-        Ok(Sampler { rng: StdRng::seed_from_u64(opts.seed), temperature: opts.temperature, top_p: opts.top_p })
+        Ok(Sampler {
+            rng: StdRng::seed_from_u64(opts.seed),
+            temperature: opts.temperature,
+            top_p: opts.top_p,
+        })
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let argmax = || {
-            logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+            logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32)
         };
         if self.temperature == 0.0 {
             return argmax();
@@ -92,7 +112,9 @@ impl Transformer {
         mut on_token: impl FnMut(u32),
     ) -> Result<Vec<u32>> {
         if run.stop_at_layer.is_some() {
-            return Err(ModelError::BadInput("generation needs logits: do not set stop_at_layer".into()));
+            return Err(ModelError::BadInput(
+                "generation needs logits: do not set stop_at_layer".into(),
+            ));
         }
         let mut sampler = Sampler::new(opts)?;
         let mut kv = KvCache::new(&self.config);
@@ -134,7 +156,12 @@ mod tests {
 
     #[test]
     fn top_p_restricts_to_the_nucleus() {
-        let opts = SamplingOptions { temperature: 1.0, top_p: 0.5, seed: 7, ..Default::default() };
+        let opts = SamplingOptions {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 7,
+            ..Default::default()
+        };
         let mut s = Sampler::new(&opts).unwrap();
         // token 2 holds > 50% of the mass: the nucleus is that token alone
         for _ in 0..50 {
@@ -144,11 +171,25 @@ mod tests {
 
     #[test]
     fn sampling_is_deterministic_for_a_seed() {
-        let opts = SamplingOptions { temperature: 1.0, top_p: 1.0, seed: 3, ..Default::default() };
+        let opts = SamplingOptions {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 3,
+            ..Default::default()
+        };
         let logits = [0.5f32, 0.4, 0.3, 0.2, 0.1];
-        let a: Vec<u32> = { let mut s = Sampler::new(&opts).unwrap(); (0..20).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(&opts).unwrap(); (0..20).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(&opts).unwrap();
+            (0..20).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(&opts).unwrap();
+            (0..20).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
-        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1, "temperature 1 should vary");
+        assert!(
+            a.iter().collect::<std::collections::HashSet<_>>().len() > 1,
+            "temperature 1 should vary"
+        );
     }
 }

@@ -21,7 +21,10 @@ pub fn read_gguf_header(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(|e| ModelError::bad_file(path, e))?;
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| {
-        ModelError::bad_file(path, format!("not a valid GGUF file (wrong magic, truncated or corrupt?): {e}"))
+        ModelError::bad_file(
+            path,
+            format!("not a valid GGUF file (wrong magic, truncated or corrupt?): {e}"),
+        )
     })?;
     Ok((content, reader))
 }
@@ -42,7 +45,11 @@ fn meta_f64(c: &Content, key: &str) -> Option<f64> {
 }
 
 pub fn meta_u32(c: &Content, key: &str) -> Option<u32> {
-    meta(c, key).and_then(|v| v.to_u32().ok().or_else(|| v.to_u64().ok().map(|x| x as u32)))
+    meta(c, key).and_then(|v| {
+        v.to_u32()
+            .ok()
+            .or_else(|| v.to_u64().ok().map(|x| x as u32))
+    })
 }
 
 pub fn meta_string(c: &Content, key: &str) -> Option<String> {
@@ -63,13 +70,18 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
         other => other,
     })?;
     let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let q = content.tensor(&mut reader, name, &Device::Cpu).map_err(|e| {
-            if content.tensor_infos.contains_key(name) {
-                ModelError::bad_file(path, format!("cannot read tensor `{name}` (truncated file?): {e}"))
-            } else {
-                ModelError::MissingTensor(name.to_string())
-            }
-        })?;
+        let q = content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(|e| {
+                if content.tensor_infos.contains_key(name) {
+                    ModelError::bad_file(
+                        path,
+                        format!("cannot read tensor `{name}` (truncated file?): {e}"),
+                    )
+                } else {
+                    ModelError::MissingTensor(name.to_string())
+                }
+            })?;
         let t = q.dequantize(&Device::Cpu)?;
         check_shape(name, &t, shape)?;
         Ok(t)
@@ -79,15 +91,27 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let p = format!("blk.{l}");
-        let lin = |w: Tensor| Linear { weight: w, bias: None };
-        let nrm = |w: Tensor| Norm { weight: w, bias: None };
+        let lin = |w: Tensor| Linear {
+            weight: w,
+            bias: None,
+        };
+        let nrm = |w: Tensor| Norm {
+            weight: w,
+            bias: None,
+        };
         blocks.push(BlockWeights {
             ln1: nrm(get(&format!("{p}.attn_norm.weight"), &[d])?),
             ln2: nrm(get(&format!("{p}.ffn_norm.weight"), &[d])?),
             ln1_post: None,
             ln2_post: None,
-            q: lin(unpermute_rotary(get(&format!("{p}.attn_q.weight"), &[hq, d])?, cfg.n_heads)?),
-            k: lin(unpermute_rotary(get(&format!("{p}.attn_k.weight"), &[hkv, d])?, cfg.n_kv_heads)?),
+            q: lin(unpermute_rotary(
+                get(&format!("{p}.attn_q.weight"), &[hq, d])?,
+                cfg.n_heads,
+            )?),
+            k: lin(unpermute_rotary(
+                get(&format!("{p}.attn_k.weight"), &[hkv, d])?,
+                cfg.n_kv_heads,
+            )?),
             v: lin(get(&format!("{p}.attn_v.weight"), &[hkv, d])?),
             o: lin(get(&format!("{p}.attn_output.weight"), &[d, hq])?),
             mlp_in: lin(get(&format!("{p}.ffn_up.weight"), &[m, d])?),
@@ -101,12 +125,21 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     } else {
         embed.clone()
     };
-    let ln_final = Norm { weight: get("output_norm.weight", &[d])?, bias: None };
+    let ln_final = Norm {
+        weight: get("output_norm.weight", &[d])?,
+        bias: None,
+    };
     let mut config = cfg;
     config.tied_embeddings = !content.tensor_infos.contains_key("output.weight");
     Ok(GgufModel {
         config,
-        weights: ModelWeights { embed, pos_embed: None, blocks, ln_final, unembed },
+        weights: ModelWeights {
+            embed,
+            pos_embed: None,
+            blocks,
+            ln_final,
+            unembed,
+        },
         content,
     })
 }
@@ -121,7 +154,11 @@ fn gguf_config(c: &Content) -> Result<ModelConfig> {
         Ok(v) => v,
         Err(_) => match meta(c, "tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()) {
             Some(tokens) => tokens.len(),
-            None => return Err(ModelError::BadInput("GGUF has neither llama.vocab_size nor tokenizer.ggml.tokens".into())),
+            None => {
+                return Err(ModelError::BadInput(
+                    "GGUF has neither llama.vocab_size nor tokenizer.ggml.tokens".into(),
+                ))
+            }
         },
     };
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
@@ -167,5 +204,8 @@ fn gguf_config(c: &Content) -> Result<ModelConfig> {
 fn unpermute_rotary(w: Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let d = rows / heads;
-    Ok(w.reshape((heads, d / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((heads, d / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }

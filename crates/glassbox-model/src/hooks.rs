@@ -23,7 +23,9 @@ impl HookLayout {
     pub fn of(name: &str) -> HookLayout {
         let leaf = name.rsplit('.').next().unwrap_or(name);
         match leaf {
-            "hook_q" | "hook_k" | "hook_v" | "hook_z" | "hook_rot_q" | "hook_rot_k" => HookLayout::PerHead,
+            "hook_q" | "hook_k" | "hook_v" | "hook_z" | "hook_rot_q" | "hook_rot_k" => {
+                HookLayout::PerHead
+            }
             "hook_attn_scores" | "hook_pattern" => HookLayout::Pattern,
             _ => HookLayout::Stream,
         }
@@ -55,9 +57,19 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
     let dim = |n: &str, v: usize| format!("{n}={v}");
     let stream = |w: String| vec!["batch".to_string(), "pos".to_string(), w];
     let heads = |h: usize| {
-        vec!["batch".into(), "pos".into(), dim("head", h), dim("d_head", c.d_head)]
+        vec![
+            "batch".into(),
+            "pos".into(),
+            dim("head", h),
+            dim("d_head", c.d_head),
+        ]
     };
-    let pattern = vec!["batch".into(), dim("head", c.n_heads), "query_pos".into(), "key_pos".into()];
+    let pattern = vec![
+        "batch".into(),
+        dim("head", c.n_heads),
+        "query_pos".into(),
+        "key_pos".into(),
+    ];
     let scale = vec!["batch".to_string(), "pos".to_string(), "1".to_string()];
     let dm = || dim("d_model", c.d_model);
     let mut out = Vec::new();
@@ -93,7 +105,10 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
         push(format!("{b}.ln2.hook_normalized"), stream(dm()));
         push(format!("{b}.mlp.hook_pre"), stream(dim("d_mlp", c.d_mlp)));
         if c.gated_mlp {
-            push(format!("{b}.mlp.hook_pre_linear"), stream(dim("d_mlp", c.d_mlp)));
+            push(
+                format!("{b}.mlp.hook_pre_linear"),
+                stream(dim("d_mlp", c.d_mlp)),
+            );
         }
         push(format!("{b}.mlp.hook_post"), stream(dim("d_mlp", c.d_mlp)));
         if c.post_sublayer_norms {
@@ -139,7 +154,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -157,13 +174,19 @@ pub fn nearest_hook(name: &str, known: &[HookPointInfo]) -> Option<String> {
 
 impl HookFilter {
     pub fn all() -> Self {
-        HookFilter { patterns: vec!["*".into()] }
+        HookFilter {
+            patterns: vec!["*".into()],
+        }
     }
 
     /// Parses `a,b,c` and checks that each pattern names at least one hook point.
     pub fn parse(spec: &str, cfg: &ModelConfig) -> Result<Self> {
-        let patterns: Vec<String> =
-            spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        let patterns: Vec<String> = spec
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         Self::new(patterns, cfg)
     }
 
@@ -171,10 +194,19 @@ impl HookFilter {
         let known = hook_points(cfg);
         for p in &patterns {
             if !known.iter().any(|h| glob_match(p, &h.name)) {
+                // Suggest in the pattern's own terms: keep a `blocks.*` wildcard.
+                let wildcard_layer = p.starts_with("blocks.*.");
                 let suggestion = nearest_hook(&p.replace('*', "0"), &known)
+                    .map(|n| match (wildcard_layer, layer_of(&n)) {
+                        (true, Some(l)) => n.replacen(&format!("blocks.{l}."), "blocks.*.", 1),
+                        _ => n,
+                    })
                     .map(|n| format!(" (did you mean `{n}`?)"))
                     .unwrap_or_default();
-                return Err(ModelError::UnknownHook { name: p.clone(), suggestion });
+                return Err(ModelError::UnknownHook {
+                    name: p.clone(),
+                    suggestion,
+                });
             }
         }
         Ok(HookFilter { patterns })
@@ -201,7 +233,11 @@ impl HookFilter {
 
 /// Block index of a `blocks.{l}.…` hook name.
 pub fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("blocks.")?.split('.').next()?.parse().ok()
+    name.strip_prefix("blocks.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What an intervention does to the selected entries of an activation.
@@ -230,7 +266,11 @@ pub struct Intervention {
 
 impl Intervention {
     pub fn new(edit: Edit) -> Self {
-        Intervention { edit, positions: None, heads: None }
+        Intervention {
+            edit,
+            positions: None,
+            heads: None,
+        }
     }
     pub fn at_positions(mut self, positions: Vec<usize>) -> Self {
         self.positions = Some(positions);
@@ -243,7 +283,10 @@ impl Intervention {
 
     /// Applies the edit to `x`, the activation at hook `name`.
     pub fn apply(&self, name: &str, x: &Tensor) -> Result<Tensor> {
-        let bad = |problem: String| ModelError::BadIntervention { hook: name.to_string(), problem };
+        let bad = |problem: String| ModelError::BadIntervention {
+            hook: name.to_string(),
+            problem,
+        };
         let layout = HookLayout::of(name);
         let edited = match &self.edit {
             Edit::Replace(t) => {
@@ -277,7 +320,9 @@ impl Intervention {
                 let tail = &x.dims()[1..];
                 let m = if m.dims() == want.as_slice() {
                     m.clone()
-                } else if m.dims() == &want[1..] || (layout != HookLayout::Pattern && m.dims() == &tail[1..]) {
+                } else if m.dims() == &want[1..]
+                    || (layout != HookLayout::Pattern && m.dims() == &tail[1..])
+                {
                     m.reshape(want.as_slice())?
                 } else {
                     return Err(bad(format!(
@@ -286,7 +331,9 @@ impl Intervention {
                         { let mut w = x.dims().to_vec(); w.remove(layout.pos_axis()); w.remove(0); w }
                     )));
                 };
-                m.to_dtype(x.dtype())?.broadcast_as(x.shape())?.contiguous()?
+                m.to_dtype(x.dtype())?
+                    .broadcast_as(x.shape())?
+                    .contiguous()?
             }
             Edit::MeanAblate(None) => {
                 let m = x.mean_keepdim(0)?.mean_keepdim(layout.pos_axis())?;
@@ -302,12 +349,17 @@ impl Intervention {
 
     /// A u8 tensor of `shape`: 1 where the edit applies.
     fn selection_mask(&self, name: &str, shape: &[usize], layout: HookLayout) -> Result<Tensor> {
-        let bad = |problem: String| ModelError::BadIntervention { hook: name.to_string(), problem };
+        let bad = |problem: String| ModelError::BadIntervention {
+            hook: name.to_string(),
+            problem,
+        };
         let pos_axis = layout.pos_axis();
         let n_pos = shape[pos_axis];
         if let Some(ps) = &self.positions {
             if let Some(p) = ps.iter().find(|&&p| p >= n_pos) {
-                return Err(bad(format!("position {p} is out of range: the sequence has {n_pos} positions")));
+                return Err(bad(format!(
+                    "position {p} is out of range: the sequence has {n_pos} positions"
+                )));
             }
         }
         let head_axis = match (&self.heads, layout.head_axis()) {
@@ -318,16 +370,23 @@ impl Intervention {
         };
         if let (Some(hs), Some(ax)) = (&self.heads, head_axis) {
             if let Some(h) = hs.iter().find(|&&h| h >= shape[ax]) {
-                return Err(bad(format!("head {h} is out of range: this hook has {} heads", shape[ax])));
+                return Err(bad(format!(
+                    "head {h} is out of range: this hook has {} heads",
+                    shape[ax]
+                )));
             }
         }
         let total: usize = shape.iter().product();
-        let strides: Vec<usize> =
-            (0..shape.len()).map(|i| shape[i + 1..].iter().product()).collect();
+        let strides: Vec<usize> = (0..shape.len())
+            .map(|i| shape[i + 1..].iter().product())
+            .collect();
         let mut data = vec![0u8; total];
         for (i, v) in data.iter_mut().enumerate() {
             let idx = |axis: usize| (i / strides[axis]) % shape[axis];
-            let pos_ok = self.positions.as_ref().is_none_or(|ps| ps.contains(&idx(pos_axis)));
+            let pos_ok = self
+                .positions
+                .as_ref()
+                .is_none_or(|ps| ps.contains(&idx(pos_axis)));
             let head_ok = match (&self.heads, head_axis) {
                 (Some(hs), Some(ax)) => hs.contains(&idx(ax)),
                 _ => true,
@@ -344,8 +403,14 @@ mod tests {
 
     #[test]
     fn glob_matches_like_a_shell() {
-        assert!(glob_match("blocks.*.hook_resid_post", "blocks.12.hook_resid_post"));
-        assert!(!glob_match("blocks.*.hook_resid_post", "blocks.12.hook_resid_pre"));
+        assert!(glob_match(
+            "blocks.*.hook_resid_post",
+            "blocks.12.hook_resid_post"
+        ));
+        assert!(!glob_match(
+            "blocks.*.hook_resid_post",
+            "blocks.12.hook_resid_pre"
+        ));
         assert!(glob_match("*", "hook_embed"));
         assert!(glob_match("blocks.1.*", "blocks.1.attn.hook_q"));
         assert!(!glob_match("blocks.1.*", "blocks.10.attn.hook_q"));

@@ -44,7 +44,11 @@ pub fn load_model(path: &Path) -> Result<Model> {
         } else {
             None
         };
-        Ok(Model { transformer: Transformer::new(g.config, g.weights), tokenizer, source: path.to_path_buf() })
+        Ok(Model {
+            transformer: Transformer::new(g.config, g.weights),
+            tokenizer,
+            source: path.to_path_buf(),
+        })
     } else {
         Err(ModelError::bad_file(
             path,
@@ -56,18 +60,29 @@ pub fn load_model(path: &Path) -> Result<Model> {
 pub fn load_hf_dir(dir: &Path) -> Result<Model> {
     let config_path = dir.join("config.json");
     if !config_path.exists() {
-        return Err(ModelError::bad_file(dir, "no config.json: not a HF model directory"));
+        return Err(ModelError::bad_file(
+            dir,
+            "no config.json: not a HF model directory",
+        ));
     }
     let config = ModelConfig::from_hf_config_file(&config_path)?;
     let weights = load_hf_weights(dir, &config)?;
     let tok_path = dir.join("tokenizer.json");
-    let mut tokenizer = if tok_path.exists() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+    let mut tokenizer = if tok_path.exists() {
+        Some(TextTokenizer::from_file(&tok_path)?)
+    } else {
+        None
+    };
     if let Some(t) = tokenizer.as_mut() {
         t.bos_token_id = config.bos_token_id;
         t.eos_token_id = config.eos_token_id;
         t.chat_template = read_chat_template(dir);
     }
-    Ok(Model { transformer: Transformer::new(config, weights), tokenizer, source: dir.to_path_buf() })
+    Ok(Model {
+        transformer: Transformer::new(config, weights),
+        tokenizer,
+        source: dir.to_path_buf(),
+    })
 }
 
 fn read_chat_template(dir: &Path) -> Option<String> {

@@ -20,7 +20,11 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<TokenScore> {
     idx.truncate(k);
     idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
     idx.into_iter()
-        .map(|i| TokenScore { id: i as u32, logit: row[i], prob: (((row[i] - max) as f64).exp() / z) as f32 })
+        .map(|i| TokenScore {
+            id: i as u32,
+            logit: row[i],
+            prob: (((row[i] - max) as f64).exp() / z) as f32,
+        })
         .collect()
 }
 

@@ -26,7 +26,11 @@ pub enum PaddingSide {
 
 impl Batch {
     pub fn new(tokens: Vec<Vec<u32>>) -> Self {
-        Batch { tokens, attention_mask: None, position_ids: None }
+        Batch {
+            tokens,
+            attention_mask: None,
+            position_ids: None,
+        }
     }
 
     pub fn single(tokens: &[u32]) -> Self {
@@ -42,18 +46,31 @@ impl Batch {
             let pad = len - s.len();
             let (t, m): (Vec<u32>, Vec<bool>) = match side {
                 PaddingSide::Left => (
-                    std::iter::repeat_n(pad_id, pad).chain(s.iter().copied()).collect(),
-                    std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, s.len())).collect(),
+                    std::iter::repeat_n(pad_id, pad)
+                        .chain(s.iter().copied())
+                        .collect(),
+                    std::iter::repeat_n(false, pad)
+                        .chain(std::iter::repeat_n(true, s.len()))
+                        .collect(),
                 ),
                 PaddingSide::Right => (
-                    s.iter().copied().chain(std::iter::repeat_n(pad_id, pad)).collect(),
-                    std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, pad)).collect(),
+                    s.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(pad_id, pad))
+                        .collect(),
+                    std::iter::repeat_n(true, s.len())
+                        .chain(std::iter::repeat_n(false, pad))
+                        .collect(),
                 ),
             };
             tokens.push(t);
             mask.push(m);
         }
-        Batch { tokens, attention_mask: Some(mask), position_ids: None }
+        Batch {
+            tokens,
+            attention_mask: Some(mask),
+            position_ids: None,
+        }
     }
 
     pub fn batch_size(&self) -> usize {
@@ -69,7 +86,11 @@ impl Batch {
         let ids = match ids.rank() {
             1 => ids.unsqueeze(0)?,
             2 => ids.clone(),
-            r => return Err(ModelError::BadInput(format!("input_ids must be [batch, seq], got rank {r}"))),
+            r => {
+                return Err(ModelError::BadInput(format!(
+                    "input_ids must be [batch, seq], got rank {r}"
+                )))
+            }
         };
         let rows = ids.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
         let mut tokens = Vec::with_capacity(rows.len());
@@ -79,7 +100,9 @@ impl Batch {
                     .enumerate()
                     .map(|(p, v)| {
                         u32::try_from(v).map_err(|_| {
-                            ModelError::BadInput(format!("input_ids[{b}][{p}] = {v} is not a valid token id"))
+                            ModelError::BadInput(format!(
+                                "input_ids[{b}][{p}] = {v} is not a valid token id"
+                            ))
                         })
                     })
                     .collect::<Result<Vec<u32>>>()?,
@@ -99,19 +122,42 @@ impl Batch {
             ));
         }
         if past + s > cfg.n_ctx {
-            return Err(ModelError::TooLong { len: past + s, n_ctx: cfg.n_ctx });
+            return Err(ModelError::TooLong {
+                len: past + s,
+                n_ctx: cfg.n_ctx,
+            });
         }
         for row in &self.tokens {
-            if let Some((position, &id)) = row.iter().enumerate().find(|(_, &t)| t as usize >= cfg.d_vocab) {
-                return Err(ModelError::TokenOutOfRange { id, position, vocab: cfg.d_vocab });
+            if let Some((position, &id)) = row
+                .iter()
+                .enumerate()
+                .find(|(_, &t)| t as usize >= cfg.d_vocab)
+            {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    position,
+                    vocab: cfg.d_vocab,
+                });
             }
         }
         for (what, ok) in [
-            ("attention_mask", self.attention_mask.as_ref().is_none_or(|m| m.len() == self.tokens.len() && m.iter().all(|r| r.len() == s))),
-            ("position_ids", self.position_ids.as_ref().is_none_or(|m| m.len() == self.tokens.len() && m.iter().all(|r| r.len() == s))),
+            (
+                "attention_mask",
+                self.attention_mask
+                    .as_ref()
+                    .is_none_or(|m| m.len() == self.tokens.len() && m.iter().all(|r| r.len() == s)),
+            ),
+            (
+                "position_ids",
+                self.position_ids
+                    .as_ref()
+                    .is_none_or(|m| m.len() == self.tokens.len() && m.iter().all(|r| r.len() == s)),
+            ),
         ] {
             if !ok {
-                return Err(ModelError::BadInput(format!("{what} must have the same [batch, seq] shape as the tokens")));
+                return Err(ModelError::BadInput(format!(
+                    "{what} must have the same [batch, seq] shape as the tokens"
+                )));
             }
         }
         Ok(())
@@ -151,7 +197,11 @@ impl<'h> Run<'h> {
         self
     }
     /// Call `f` at every hook point `filter` matches; what it returns flows on.
-    pub fn hook(mut self, filter: HookFilter, f: impl FnMut(&str, Tensor) -> Result<Tensor> + 'h) -> Self {
+    pub fn hook(
+        mut self,
+        filter: HookFilter,
+        f: impl FnMut(&str, Tensor) -> Result<Tensor> + 'h,
+    ) -> Self {
         self.hooks.push((filter, Box::new(f)));
         self
     }
@@ -192,7 +242,9 @@ pub struct RunOutput {
 impl RunOutput {
     pub fn logits(&self) -> Result<&Tensor> {
         self.logits.as_ref().ok_or_else(|| {
-            ModelError::BadInput("this run computed no logits (stop_at_layer or LogitsMode::None)".into())
+            ModelError::BadInput(
+                "this run computed no logits (stop_at_layer or LogitsMode::None)".into(),
+            )
         })
     }
 
@@ -206,7 +258,9 @@ impl RunOutput {
             )));
         }
         if self.grad_vars.is_empty() {
-            return Err(ModelError::BadInput("no gradient hooks: build the run with Run::grads(filter)".into()));
+            return Err(ModelError::BadInput(
+                "no gradient hooks: build the run with Run::grads(filter)".into(),
+            ));
         }
         let store = metric.backward()?;
         let mut out = ActivationCache::new();

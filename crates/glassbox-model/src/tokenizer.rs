@@ -26,7 +26,12 @@ impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = Tokenizer::from_file(path)
             .map_err(|e| ModelError::bad_file(path, format!("cannot read tokenizer: {e}")))?;
-        Ok(TextTokenizer { inner, bos_token_id: None, eos_token_id: None, chat_template: None })
+        Ok(TextTokenizer {
+            inner,
+            bos_token_id: None,
+            eos_token_id: None,
+            chat_template: None,
+        })
     }
 
     /// Builds the byte-level BPE a GGUF describes (`tokenizer.ggml.model = gpt2`).
@@ -42,7 +47,9 @@ impl TextTokenizer {
                 .metadata
                 .get(key)
                 .ok_or_else(|| ModelError::Tokenizer(format!("GGUF metadata has no `{key}`")))?;
-            let arr = v.to_vec().map_err(|_| ModelError::Tokenizer(format!("`{key}` is not an array")))?;
+            let arr = v
+                .to_vec()
+                .map_err(|_| ModelError::Tokenizer(format!("`{key}` is not an array")))?;
             arr.iter()
                 .map(|x| {
                     x.to_string()
@@ -60,12 +67,22 @@ impl TextTokenizer {
                     .ok_or_else(|| ModelError::Tokenizer(format!("malformed merge `{m}`")))
             })
             .collect::<Result<_>>()?;
-        let types: Vec<i64> = match content.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
-            Some(v) => v.iter().map(|x| x.to_i32().map(i64::from).unwrap_or(1)).collect(),
+        let types: Vec<i64> = match content
+            .metadata
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
+        {
+            Some(v) => v
+                .iter()
+                .map(|x| x.to_i32().map(i64::from).unwrap_or(1))
+                .collect(),
             None => vec![1; tokens.len()],
         };
-        let vocab: tokenizers::models::bpe::Vocab =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()

@@ -25,7 +25,11 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(cfg: &ModelConfig) -> Self {
-        KvCache { layers: vec![None; cfg.n_layers], key_mask: Vec::new(), key_pos: Vec::new() }
+        KvCache {
+            layers: vec![None; cfg.n_layers],
+            key_mask: Vec::new(),
+            key_pos: Vec::new(),
+        }
     }
     pub fn len(&self) -> usize {
         self.key_mask.first().map_or(0, Vec::len)
@@ -70,7 +74,11 @@ impl Ctx<'_, '_> {
                 if x.dims() != shape.as_slice() {
                     return Err(ModelError::BadIntervention {
                         hook: name,
-                        problem: format!("hook returned shape {:?}, expected {:?}", x.dims(), shape),
+                        problem: format!(
+                            "hook returned shape {:?}, expected {:?}",
+                            x.dims(),
+                            shape
+                        ),
                     });
                 }
             }
@@ -135,13 +143,21 @@ fn rotary_tables(cfg: &ModelConfig, rot: usize, pos: &[Vec<u32>]) -> Result<(Ten
 /// HF `rotate_half` rotary on the first `rot` dims of `[batch, seq, heads, d_head]`.
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> Result<Tensor> {
     let dh = x.dim(3)?;
-    let xr = if rot == dh { x.clone() } else { x.narrow(3, 0, rot)? };
+    let xr = if rot == dh {
+        x.clone()
+    } else {
+        x.narrow(3, 0, rot)?
+    };
     let half = rot / 2;
     let x1 = xr.narrow(3, 0, half)?;
     let x2 = xr.narrow(3, half, half)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
     let out = (xr.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
-    Ok(if rot == dh { out } else { Tensor::cat(&[&out, &x.narrow(3, rot, dh - rot)?], 3)? })
+    Ok(if rot == dh {
+        out
+    } else {
+        Tensor::cat(&[&out, &x.narrow(3, rot, dh - rot)?], 3)?
+    })
 }
 
 /// Additive attention mask `[batch, 1, q, k]`: causal, padding, optional sliding window.
@@ -160,9 +176,8 @@ fn attention_mask(
             let row = &mut m[(r * s + i) * t..(r * s + i + 1) * t];
             let mut any = false;
             for (j, slot) in row.iter_mut().enumerate().take(qi + 1) {
-                let in_window = window.is_none_or(|w| {
-                    (q_pos[r][i] as i64 - key_pos[r][j] as i64) < w as i64
-                });
+                let in_window =
+                    window.is_none_or(|w| (q_pos[r][i] as i64 - key_pos[r][j] as i64) < w as i64);
                 if key_mask[r][j] && in_window {
                     *slot = 0.0;
                     any = true;
@@ -188,7 +203,12 @@ impl Transformer {
     }
 
     /// A forward pass that reads and extends `kv` (generation).
-    pub fn run_cached(&self, batch: &Batch, run: &mut Run<'_>, kv: &mut KvCache) -> Result<RunOutput> {
+    pub fn run_cached(
+        &self,
+        batch: &Batch,
+        run: &mut Run<'_>,
+        kv: &mut KvCache,
+    ) -> Result<RunOutput> {
         self.forward(batch, run, Some(kv))
     }
 
@@ -201,9 +221,12 @@ impl Transformer {
                 (NormKind::LayerNorm, Some(b)) => {
                     candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight, b, eps as f32)?
                 }
-                (NormKind::LayerNorm, None) => {
-                    candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight, &n.weight.zeros_like()?, eps as f32)?
-                }
+                (NormKind::LayerNorm, None) => candle_nn::ops::layer_norm(
+                    &x.contiguous()?,
+                    &n.weight,
+                    &n.weight.zeros_like()?,
+                    eps as f32,
+                )?,
                 _ => candle_nn::ops::rms_norm(&x.contiguous()?, &n.weight, eps as f32)?,
             }
         } else {
@@ -231,7 +254,12 @@ impl Transformer {
         })
     }
 
-    fn forward(&self, batch: &Batch, run: &mut Run<'_>, mut kv: Option<&mut KvCache>) -> Result<RunOutput> {
+    fn forward(
+        &self,
+        batch: &Batch,
+        run: &mut Run<'_>,
+        mut kv: Option<&mut KvCache>,
+    ) -> Result<RunOutput> {
         let c = &self.config;
         let past = kv.as_ref().map_or(0, |k| k.len());
         batch.validate(c, past)?;
@@ -254,18 +282,27 @@ impl Transformer {
             Some(l) => l,
             None => c.n_layers,
         };
-        let real: Vec<Vec<bool>> =
-            batch.attention_mask.clone().unwrap_or_else(|| vec![vec![true; s]; b]);
+        let real: Vec<Vec<bool>> = batch
+            .attention_mask
+            .clone()
+            .unwrap_or_else(|| vec![vec![true; s]; b]);
         // Positions count real tokens only, so left padding changes nothing.
         let positions: Vec<Vec<u32>> = match &batch.position_ids {
             Some(p) => p.clone(),
             None => (0..b)
                 .map(|r| {
-                    let mut next = kv.as_ref().and_then(|k| {
-                        k.key_pos.get(r).and_then(|kp| {
-                            kp.iter().zip(&k.key_mask[r]).filter(|(_, &m)| m).map(|(&p, _)| p + 1).max()
+                    let mut next = kv
+                        .as_ref()
+                        .and_then(|k| {
+                            k.key_pos.get(r).and_then(|kp| {
+                                kp.iter()
+                                    .zip(&k.key_mask[r])
+                                    .filter(|(_, &m)| m)
+                                    .map(|(&p, _)| p + 1)
+                                    .max()
+                            })
                         })
-                    }).unwrap_or(0);
+                        .unwrap_or(0);
                     real[r]
                         .iter()
                         .map(|&m| {
@@ -280,20 +317,35 @@ impl Transformer {
                 .collect(),
         };
         if let Some(p) = positions.iter().flatten().find(|&&p| p as usize >= c.n_ctx) {
-            return Err(ModelError::TooLong { len: *p as usize + 1, n_ctx: c.n_ctx });
+            return Err(ModelError::TooLong {
+                len: *p as usize + 1,
+                n_ctx: c.n_ctx,
+            });
         }
         let (key_pos, key_mask): (Vec<Vec<u32>>, Vec<Vec<bool>>) = match kv.as_ref() {
             Some(k) if !k.is_empty() => (
-                k.key_pos.iter().zip(&positions).map(|(a, n)| a.iter().chain(n).copied().collect()).collect(),
-                k.key_mask.iter().zip(&real).map(|(a, n)| a.iter().chain(n).copied().collect()).collect(),
+                k.key_pos
+                    .iter()
+                    .zip(&positions)
+                    .map(|(a, n)| a.iter().chain(n).copied().collect())
+                    .collect(),
+                k.key_mask
+                    .iter()
+                    .zip(&real)
+                    .map(|(a, n)| a.iter().chain(n).copied().collect())
+                    .collect(),
             ),
             _ => (positions.clone(), real.clone()),
         };
         let full_mask = attention_mask(&positions, &key_pos, &key_mask, past, None)?;
         let sliding_mask = match c.sliding_window {
-            Some(w) if c.sliding_layers.iter().any(|&x| x) => {
-                Some(attention_mask(&positions, &key_pos, &key_mask, past, Some(w))?)
-            }
+            Some(w) if c.sliding_layers.iter().any(|&x| x) => Some(attention_mask(
+                &positions,
+                &key_pos,
+                &key_mask,
+                past,
+                Some(w),
+            )?),
             _ => None,
         };
         let rope = match c.rotary_dim {
@@ -312,7 +364,11 @@ impl Transformer {
 
         let ids: Vec<u32> = batch.tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, b * s, &Device::Cpu)?;
-        let mut embed = self.weights.embed.index_select(&ids, 0)?.reshape((b, s, c.d_model))?;
+        let mut embed = self
+            .weights
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((b, s, c.d_model))?;
         if let Some(scale) = c.embed_scale {
             // HF casts the normaliser to the model dtype before multiplying.
             embed = (embed * (scale as f32) as f64)?;
@@ -330,7 +386,11 @@ impl Transformer {
             let w = &self.weights.blocks[l];
             resid = ctx.hook(|| format!("blocks.{l}.hook_resid_pre"), resid)?;
             let x = self.norm(&resid, &w.ln1, &format!("blocks.{l}.ln1"), &mut ctx)?;
-            let mask = if c.sliding_layers[l] { sliding_mask.as_ref().unwrap_or(&full_mask) } else { &full_mask };
+            let mask = if c.sliding_layers[l] {
+                sliding_mask.as_ref().unwrap_or(&full_mask)
+            } else {
+                &full_mask
+            };
             let layer_kv = kv.as_mut().map(|k| &mut k.layers[l]);
             let mut attn = self.attention(l, &x, mask, rope.as_ref(), layer_kv, &mut ctx)?;
             if let Some(n) = &w.ln1_post {
@@ -349,7 +409,11 @@ impl Transformer {
                 mlp = self.norm(&mlp, n, &format!("blocks.{l}.ln2_post"), &mut ctx)?;
             }
             let mlp = ctx.hook(|| format!("blocks.{l}.hook_mlp_out"), mlp)?;
-            resid = if c.parallel_residual { ((resid + attn)? + mlp)? } else { (resid + mlp)? };
+            resid = if c.parallel_residual {
+                ((resid + attn)? + mlp)?
+            } else {
+                (resid + mlp)?
+            };
             resid = ctx.hook(|| format!("blocks.{l}.hook_resid_post"), resid)?;
         }
 
@@ -368,13 +432,21 @@ impl Transformer {
             };
             let x = self.norm(&x, &self.weights.ln_final, "ln_final", &mut ctx)?;
             let (bb, ss, d) = x.dims3()?;
-            let mut logits = x.reshape((bb * ss, d))?.matmul(&self.weights.unembed.t()?)?.reshape((bb, ss, c.d_vocab))?;
+            let mut logits = x
+                .reshape((bb * ss, d))?
+                .matmul(&self.weights.unembed.t()?)?
+                .reshape((bb, ss, c.d_vocab))?;
             if let Some(cap) = c.final_softcap {
                 logits = ((logits / cap)?.tanh()? * cap)?;
             }
             Some(logits)
         };
-        Ok(RunOutput { logits, residual: resid, cache: ctx.cache, grad_vars: ctx.grad_vars })
+        Ok(RunOutput {
+            logits,
+            residual: resid,
+            cache: ctx.cache,
+            grad_vars: ctx.grad_vars,
+        })
     }
 
     fn attention(
@@ -391,13 +463,28 @@ impl Transformer {
         let (b, s, d) = x.dims3()?;
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
         let x2 = x.reshape((b * s, d))?;
-        let q = ctx.hook(|| format!("blocks.{l}.attn.hook_q"), linear(&x2, &w.q)?.reshape((b, s, h, dh))?)?;
-        let k = ctx.hook(|| format!("blocks.{l}.attn.hook_k"), linear(&x2, &w.k)?.reshape((b, s, kvh, dh))?)?;
-        let v = ctx.hook(|| format!("blocks.{l}.attn.hook_v"), linear(&x2, &w.v)?.reshape((b, s, kvh, dh))?)?;
+        let q = ctx.hook(
+            || format!("blocks.{l}.attn.hook_q"),
+            linear(&x2, &w.q)?.reshape((b, s, h, dh))?,
+        )?;
+        let k = ctx.hook(
+            || format!("blocks.{l}.attn.hook_k"),
+            linear(&x2, &w.k)?.reshape((b, s, kvh, dh))?,
+        )?;
+        let v = ctx.hook(
+            || format!("blocks.{l}.attn.hook_v"),
+            linear(&x2, &w.v)?.reshape((b, s, kvh, dh))?,
+        )?;
         let (q, k) = match (rope, c.rotary_dim) {
             (Some((cos, sin)), Some(rot)) => (
-                ctx.hook(|| format!("blocks.{l}.attn.hook_rot_q"), apply_rotary(&q, cos, sin, rot)?)?,
-                ctx.hook(|| format!("blocks.{l}.attn.hook_rot_k"), apply_rotary(&k, cos, sin, rot)?)?,
+                ctx.hook(
+                    || format!("blocks.{l}.attn.hook_rot_q"),
+                    apply_rotary(&q, cos, sin, rot)?,
+                )?,
+                ctx.hook(
+                    || format!("blocks.{l}.attn.hook_rot_k"),
+                    apply_rotary(&k, cos, sin, rot)?,
+                )?,
             ),
             _ => (q, k),
         };
@@ -414,16 +501,31 @@ impl Transformer {
         let t = k.dim(2)?;
         let g = h / kvh;
         // Query heads sharing a KV head are stacked along rows: no copy of K or V per head.
-        let scores = q.reshape((b, kvh, g * s, dh))?.matmul(&k.t()?)?.reshape((b, h, s, t))?;
+        let scores = q
+            .reshape((b, kvh, g * s, dh))?
+            .matmul(&k.t()?)?
+            .reshape((b, h, s, t))?;
         let mut scores = (scores * c.attn_scale)?;
         if let Some(cap) = c.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let scores = ctx.hook(|| format!("blocks.{l}.attn.hook_attn_scores"), scores.broadcast_add(mask)?)?;
-        let pattern = ctx.hook(|| format!("blocks.{l}.attn.hook_pattern"), softmax(&scores, ctx.differentiable)?)?;
-        let z = pattern.contiguous()?.reshape((b, kvh, g * s, t))?.matmul(&v)?.reshape((b, h, s, dh))?;
+        let scores = ctx.hook(
+            || format!("blocks.{l}.attn.hook_attn_scores"),
+            scores.broadcast_add(mask)?,
+        )?;
+        let pattern = ctx.hook(
+            || format!("blocks.{l}.attn.hook_pattern"),
+            softmax(&scores, ctx.differentiable)?,
+        )?;
+        let z = pattern
+            .contiguous()?
+            .reshape((b, kvh, g * s, t))?
+            .matmul(&v)?
+            .reshape((b, h, s, dh))?;
         let z = ctx.hook(|| format!("blocks.{l}.attn.hook_z"), z.transpose(1, 2)?)?;
-        linear(&z.contiguous()?.reshape((b * s, h * dh))?, &w.o)?.reshape((b, s, d)).map_err(Into::into)
+        linear(&z.contiguous()?.reshape((b * s, h * dh))?, &w.o)?
+            .reshape((b, s, d))
+            .map_err(Into::into)
     }
 
     fn mlp(&self, l: usize, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
@@ -433,12 +535,21 @@ impl Transformer {
         let x2 = x.reshape((b * s, d))?;
         let post = match &w.mlp_gate {
             Some(gate) => {
-                let pre = ctx.hook(|| format!("blocks.{l}.mlp.hook_pre"), linear(&x2, gate)?.reshape((b, s, m))?)?;
-                let lin = ctx.hook(|| format!("blocks.{l}.mlp.hook_pre_linear"), linear(&x2, &w.mlp_in)?.reshape((b, s, m))?)?;
+                let pre = ctx.hook(
+                    || format!("blocks.{l}.mlp.hook_pre"),
+                    linear(&x2, gate)?.reshape((b, s, m))?,
+                )?;
+                let lin = ctx.hook(
+                    || format!("blocks.{l}.mlp.hook_pre_linear"),
+                    linear(&x2, &w.mlp_in)?.reshape((b, s, m))?,
+                )?;
                 (self.activation(&pre)? * lin)?
             }
             None => {
-                let pre = ctx.hook(|| format!("blocks.{l}.mlp.hook_pre"), linear(&x2, &w.mlp_in)?.reshape((b, s, m))?)?;
+                let pre = ctx.hook(
+                    || format!("blocks.{l}.mlp.hook_pre"),
+                    linear(&x2, &w.mlp_in)?.reshape((b, s, m))?,
+                )?;
                 self.activation(&pre)?
             }
         };

@@ -73,10 +73,16 @@ impl TensorMap {
 
     /// Removes and returns the tensor, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let key = self.resolve(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let key = self
+            .resolve(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let t = self.tensors.remove(&key).expect("resolved key exists");
         check_shape(&key, &t, shape)?;
-        Ok(if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })
+        Ok(if t.dtype() == DType::F32 {
+            t
+        } else {
+            t.to_dtype(DType::F32)?
+        })
     }
 
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
@@ -110,11 +116,14 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::bad_file(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::bad_file(&index, format!("not valid JSON: {e}")))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-            ModelError::bad_file(&index, "has no `weight_map` object")
-        })?;
-        let mut files: Vec<String> =
-            map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::bad_file(&index, "has no `weight_map` object"))?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -128,7 +137,10 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::bad_file(path, e))?;
     candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
-        ModelError::bad_file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+        ModelError::bad_file(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
     })
 }
 
@@ -151,7 +163,11 @@ pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
 
 fn linear(map: &mut TensorMap, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
     let weight = map.take(&format!("{name}.weight"), &[out, inp])?;
-    let bias = if bias { Some(map.take(&format!("{name}.bias"), &[out])?) } else { None };
+    let bias = if bias {
+        Some(map.take(&format!("{name}.bias"), &[out])?)
+    } else {
+        None
+    };
     Ok(Linear { weight, bias })
 }
 
@@ -165,15 +181,26 @@ fn norm_offset(map: &mut TensorMap, name: &str, d: usize, bias: bool, offset: f6
     if offset != 0.0 {
         weight = (weight + offset)?;
     }
-    let bias = if bias { Some(map.take(&format!("{name}.bias"), &[d])?) } else { None };
+    let bias = if bias {
+        Some(map.take(&format!("{name}.bias"), &[d])?)
+    } else {
+        None
+    };
     Ok(Norm { weight, bias })
 }
 
 fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
-    let (d, hq, hkv, m) = (c.d_model, c.n_heads * c.d_head, c.n_kv_heads * c.d_head, c.d_mlp);
+    let (d, hq, hkv, m) = (
+        c.d_model,
+        c.n_heads * c.d_head,
+        c.n_kv_heads * c.d_head,
+        c.d_mlp,
+    );
     let gemma = c.architecture == Architecture::Gemma2;
     let off = if gemma { 1.0 } else { 0.0 };
-    let norm = |map: &mut TensorMap, name: &str, d: usize, bias: bool| norm_offset(map, name, d, bias, off);
+    let norm = |map: &mut TensorMap, name: &str, d: usize, bias: bool| {
+        norm_offset(map, name, d, bias, off)
+    };
     let mut blocks = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let p = format!("layers.{l}");
@@ -182,17 +209,34 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
             ln1: norm(map, &format!("{p}.input_layernorm"), d, false)?,
             ln2: norm(
                 map,
-                &format!("{p}.{}", if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }),
+                &format!(
+                    "{p}.{}",
+                    if gemma {
+                        "pre_feedforward_layernorm"
+                    } else {
+                        "post_attention_layernorm"
+                    }
+                ),
                 d,
                 false,
             )?,
             ln1_post: if gemma {
-                Some(norm(map, &format!("{p}.post_attention_layernorm"), d, false)?)
+                Some(norm(
+                    map,
+                    &format!("{p}.post_attention_layernorm"),
+                    d,
+                    false,
+                )?)
             } else {
                 None
             },
             ln2_post: if gemma {
-                Some(norm(map, &format!("{p}.post_feedforward_layernorm"), d, false)?)
+                Some(norm(
+                    map,
+                    &format!("{p}.post_feedforward_layernorm"),
+                    d,
+                    false,
+                )?)
             } else {
                 None
             },
@@ -281,9 +325,19 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
     for l in 0..c.n_layers {
         let p = format!("layers.{l}");
         // query_key_value rows are grouped per head: [h, (q|k|v), d_head].
-        let qkv = linear(map, &format!("{p}.attention.query_key_value"), 3 * h * dh, d, true)?;
+        let qkv = linear(
+            map,
+            &format!("{p}.attention.query_key_value"),
+            3 * h * dh,
+            d,
+            true,
+        )?;
         let w = qkv.weight.reshape((h, 3, dh, d))?;
-        let b = qkv.bias.as_ref().expect("neox qkv has bias").reshape((h, 3, dh))?;
+        let b = qkv
+            .bias
+            .as_ref()
+            .expect("neox qkv has bias")
+            .reshape((h, 3, dh))?;
         let part = |i: usize| -> Result<Linear> {
             Ok(Linear {
                 weight: w.narrow(1, i, 1)?.reshape((h * dh, d))?.contiguous()?,
@@ -305,7 +359,11 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
         });
     }
     let embed = map.take("embed_in.weight", &[c.d_vocab, d])?;
-    let unembed = if c.tied_embeddings { embed.clone() } else { map.take("embed_out.weight", &[c.d_vocab, d])? };
+    let unembed = if c.tied_embeddings {
+        embed.clone()
+    } else {
+        map.take("embed_out.weight", &[c.d_vocab, d])?
+    };
     Ok(ModelWeights {
         embed,
         pos_embed: None,

@@ -32,7 +32,10 @@ fn tiny_llama_copy() -> tempfile::TempDir {
 #[test]
 fn missing_model_path_is_named() {
     let msg = err_text(load_model(Path::new("/nonexistent/model")));
-    assert!(msg.contains("/nonexistent/model") && msg.contains("no such file"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/model") && msg.contains("no such file"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -42,7 +45,10 @@ fn truncated_safetensors_is_reported() {
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
     let msg = err_text(load_model(dir.path()));
-    assert!(msg.contains("model.safetensors") && msg.contains("not a valid safetensors"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("not a valid safetensors"),
+        "{msg}"
+    );
     std::fs::write(&f, b"garbage").unwrap();
     let msg = err_text(load_model(dir.path()));
     assert!(msg.contains("not a valid safetensors"), "{msg}");
@@ -52,27 +58,43 @@ fn truncated_safetensors_is_reported() {
 fn config_and_weights_disagreeing_is_reported() {
     let dir = tiny_llama_copy();
     let cfg = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"intermediate_size\": 176", "\"intermediate_size\": 200");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"intermediate_size\": 176", "\"intermediate_size\": 200");
     std::fs::write(&cfg, text).unwrap();
     let msg = err_text(load_model(dir.path()));
-    assert!(msg.contains("disagree") && msg.contains("[200, 64]") && msg.contains("[176, 64]"), "{msg}");
+    assert!(
+        msg.contains("disagree") && msg.contains("[200, 64]") && msg.contains("[176, 64]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unsupported_architecture_is_named_with_the_supported_list() {
     let dir = tiny_llama_copy();
     let cfg = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
     std::fs::write(&cfg, text).unwrap();
     let msg = err_text(load_model(dir.path()));
-    assert!(msg.contains("mamba") && msg.contains("gpt_neox") && msg.contains("gemma2"), "{msg}");
+    assert!(
+        msg.contains("mamba") && msg.contains("gpt_neox") && msg.contains("gemma2"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn token_ids_out_of_vocabulary_are_refused() {
     let m = load_model(&fixtures().join("tiny-llama")).unwrap();
-    let msg = err_text(m.transformer.run(&Batch::single(&[1, 2, 512]), &mut Run::new()));
-    assert!(msg.contains("512") && msg.contains("position 2") && msg.contains("512 entries"), "{msg}");
+    let msg = err_text(
+        m.transformer
+            .run(&Batch::single(&[1, 2, 512]), &mut Run::new()),
+    );
+    assert!(
+        msg.contains("512") && msg.contains("position 2") && msg.contains("512 entries"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -80,14 +102,21 @@ fn prompts_longer_than_the_context_are_refused() {
     let m = load_model(&fixtures().join("tiny-gpt2")).unwrap();
     let long: Vec<u32> = (0..200).map(|i| i % 500).collect();
     let msg = err_text(m.transformer.run(&Batch::single(&long), &mut Run::new()));
-    assert!(msg.contains("200 tokens") && msg.contains("context is 128"), "{msg}");
+    assert!(
+        msg.contains("200 tokens") && msg.contains("context is 128"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_hook_names_suggest_the_nearest() {
     let m = load_model(&fixtures().join("tiny-llama")).unwrap();
     let msg = err_text(HookFilter::parse("blocks.0.hook_resid_pst", m.config()));
-    assert!(msg.contains("blocks.0.hook_resid_pst") && msg.contains("did you mean `blocks.0.hook_resid_post`"), "{msg}");
+    assert!(
+        msg.contains("blocks.0.hook_resid_pst")
+            && msg.contains("did you mean `blocks.0.hook_resid_post`"),
+        "{msg}"
+    );
     let msg = err_text(HookFilter::parse("blocks.*.mlp.hook_postt", m.config()));
     assert!(msg.contains("did you mean"), "{msg}");
 }
@@ -97,42 +126,97 @@ fn replacement_of_the_wrong_shape_is_refused() {
     let m = load_model(&fixtures().join("tiny-llama")).unwrap();
     let bad = Tensor::zeros((1, 3, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
     let f = HookFilter::parse("blocks.0.hook_resid_post", m.config()).unwrap();
-    let msg = err_text(m.transformer.run(&Batch::single(&[1, 2, 3, 4]), &mut Run::new().intervene(f.clone(), Intervention::new(Edit::Replace(bad)))));
-    assert!(msg.contains("blocks.0.hook_resid_post") && msg.contains("[1, 3, 64]") && msg.contains("[1, 4, 64]"), "{msg}");
-    let msg = err_text(m.transformer.run(&Batch::single(&[1, 2, 3, 4]), &mut Run::new().hook(f, |_, x| Ok(x.narrow(1, 0, 2)?))));
+    let msg = err_text(m.transformer.run(
+        &Batch::single(&[1, 2, 3, 4]),
+        &mut Run::new().intervene(f.clone(), Intervention::new(Edit::Replace(bad))),
+    ));
+    assert!(
+        msg.contains("blocks.0.hook_resid_post")
+            && msg.contains("[1, 3, 64]")
+            && msg.contains("[1, 4, 64]"),
+        "{msg}"
+    );
+    let msg = err_text(m.transformer.run(
+        &Batch::single(&[1, 2, 3, 4]),
+        &mut Run::new().hook(f, |_, x| Ok(x.narrow(1, 0, 2)?)),
+    ));
     assert!(msg.contains("hook returned shape"), "{msg}");
     let f = HookFilter::parse("blocks.0.hook_resid_post", m.config()).unwrap();
     let iv = Intervention::new(Edit::ZeroAblate).at_heads(vec![0]);
-    let msg = err_text(m.transformer.run(&Batch::single(&[1, 2, 3, 4]), &mut Run::new().intervene(f, iv)));
+    let msg = err_text(m.transformer.run(
+        &Batch::single(&[1, 2, 3, 4]),
+        &mut Run::new().intervene(f, iv),
+    ));
     assert!(msg.contains("no head axis"), "{msg}");
 }
 
 /// Writes the tiny llama checkpoint as a GGUF (f32 tensors, llama.cpp's rotary row order).
 fn write_tiny_gguf(path: &Path) {
-    let t = candle_core::safetensors::load(fixtures().join("tiny-llama/model.safetensors"), &Device::Cpu).unwrap();
+    let t = candle_core::safetensors::load(
+        fixtures().join("tiny-llama/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let permute = |w: &Tensor, heads: usize| {
         let (rows, cols) = w.dims2().unwrap();
-        w.reshape((heads, 2, rows / heads / 2, cols)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((rows, cols)).unwrap()
+        w.reshape((heads, 2, rows / heads / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
     };
     let mut tensors: Vec<(String, Tensor)> = vec![
-        ("token_embd.weight".into(), t["model.embed_tokens.weight"].clone()),
+        (
+            "token_embd.weight".into(),
+            t["model.embed_tokens.weight"].clone(),
+        ),
         ("output_norm.weight".into(), t["model.norm.weight"].clone()),
     ];
     for l in 0..2 {
         let g = |n: &str| t[&format!("model.layers.{l}.{n}")].clone();
         tensors.extend([
-            (format!("blk.{l}.attn_norm.weight"), g("input_layernorm.weight")),
-            (format!("blk.{l}.ffn_norm.weight"), g("post_attention_layernorm.weight")),
-            (format!("blk.{l}.attn_q.weight"), permute(&g("self_attn.q_proj.weight"), 4)),
-            (format!("blk.{l}.attn_k.weight"), permute(&g("self_attn.k_proj.weight"), 2)),
-            (format!("blk.{l}.attn_v.weight"), g("self_attn.v_proj.weight")),
-            (format!("blk.{l}.attn_output.weight"), g("self_attn.o_proj.weight")),
-            (format!("blk.{l}.ffn_gate.weight"), g("mlp.gate_proj.weight")),
+            (
+                format!("blk.{l}.attn_norm.weight"),
+                g("input_layernorm.weight"),
+            ),
+            (
+                format!("blk.{l}.ffn_norm.weight"),
+                g("post_attention_layernorm.weight"),
+            ),
+            (
+                format!("blk.{l}.attn_q.weight"),
+                permute(&g("self_attn.q_proj.weight"), 4),
+            ),
+            (
+                format!("blk.{l}.attn_k.weight"),
+                permute(&g("self_attn.k_proj.weight"), 2),
+            ),
+            (
+                format!("blk.{l}.attn_v.weight"),
+                g("self_attn.v_proj.weight"),
+            ),
+            (
+                format!("blk.{l}.attn_output.weight"),
+                g("self_attn.o_proj.weight"),
+            ),
+            (
+                format!("blk.{l}.ffn_gate.weight"),
+                g("mlp.gate_proj.weight"),
+            ),
             (format!("blk.{l}.ffn_up.weight"), g("mlp.up_proj.weight")),
-            (format!("blk.{l}.ffn_down.weight"), g("mlp.down_proj.weight")),
+            (
+                format!("blk.{l}.ffn_down.weight"),
+                g("mlp.down_proj.weight"),
+            ),
         ]);
     }
-    let q: Vec<(String, QTensor)> = tensors.iter().map(|(n, t)| (n.clone(), QTensor::quantize(t, GgmlDType::F32).unwrap())).collect();
+    let q: Vec<(String, QTensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
     use gguf_file::Value as V;
     let meta: Vec<(&str, V)> = vec![
         ("general.architecture", V::String("llama".into())),
@@ -160,21 +244,39 @@ fn gguf_of_the_tiny_llama_matches_hf_and_bad_gguf_is_reported() {
     let m = load_model(&path).unwrap();
     assert!(m.tokenizer.is_none());
     let r = load_reference(&fixtures().join("tiny-llama/reference.safetensors"));
-    let out = m.transformer.run(&Batch::from_tensor(&r["input_ids"]).unwrap(), &mut Run::new().cache(HookFilter::parse("blocks.*.attn.hook_pattern", m.config()).unwrap())).unwrap();
+    let out = m
+        .transformer
+        .run(
+            &Batch::from_tensor(&r["input_ids"]).unwrap(),
+            &mut Run::new()
+                .cache(HookFilter::parse("blocks.*.attn.hook_pattern", m.config()).unwrap()),
+        )
+        .unwrap();
     assert!(rel_err(out.logits().unwrap(), &r["logits"]) < 1e-4);
-    assert!(rel_err(&out.cache["blocks.1.attn.hook_pattern"], &r["blocks.1.attn.hook_pattern"]) < 1e-4);
+    assert!(
+        rel_err(
+            &out.cache["blocks.1.attn.hook_pattern"],
+            &r["blocks.1.attn.hook_pattern"]
+        ) < 1e-4
+    );
 
     let bytes = std::fs::read(&path).unwrap();
     let truncated = dir.path().join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
     let msg = err_text(load_model(&truncated));
-    assert!(msg.contains("truncated.gguf") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("truncated.gguf") && msg.contains("truncated"),
+        "{msg}"
+    );
     let wrong_magic = dir.path().join("magic.gguf");
     let mut b = bytes.clone();
     b[..4].copy_from_slice(b"NOPE");
     std::fs::write(&wrong_magic, &b).unwrap();
     let msg = err_text(load_model(&wrong_magic));
-    assert!(msg.contains("magic.gguf") && msg.contains("not a valid GGUF"), "{msg}");
+    assert!(
+        msg.contains("magic.gguf") && msg.contains("not a valid GGUF"),
+        "{msg}"
+    );
     let not_model = dir.path().join("weights.bin");
     std::fs::write(&not_model, b"x").unwrap();
     let msg = err_text(load_model(&not_model));

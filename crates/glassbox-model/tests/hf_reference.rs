@@ -11,18 +11,31 @@ fn check_family(name: &str) {
     let reference = load_reference(&dir.join("reference.safetensors"));
     let batch = Batch::from_tensor(&reference["input_ids"]).unwrap();
     let filter = HookFilter::all();
-    let out = model.transformer.run(&batch, &mut Run::new().cache(filter)).unwrap();
+    let out = model
+        .transformer
+        .run(&batch, &mut Run::new().cache(filter))
+        .unwrap();
     let mut checked = 0;
     for (key, want) in &reference {
         if key == "input_ids" {
             continue;
         }
-        let got = if key == "logits" { out.logits.as_ref().unwrap() } else { &out.cache[key] };
+        let got = if key == "logits" {
+            out.logits.as_ref().unwrap()
+        } else {
+            &out.cache[key]
+        };
         let err = rel_err(got, want);
-        assert!(err < 1e-4, "{name}: {key} differs from HF by {err:.2e} (relative to max)");
+        assert!(
+            err < 1e-4,
+            "{name}: {key} differs from HF by {err:.2e} (relative to max)"
+        );
         checked += 1;
     }
-    assert!(checked >= 9, "{name}: only {checked} reference tensors compared");
+    assert!(
+        checked >= 9,
+        "{name}: only {checked} reference tensors compared"
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use glassbox_model::{load_model, Batch, Edit, HookFilter, Intervention, KvCache, LogitsMode, Model, PaddingSide, Run};
+use glassbox_model::{
+    load_model, Batch, Edit, HookFilter, Intervention, KvCache, LogitsMode, Model, PaddingSide, Run,
+};
 
 const FAMILIES: [&str; 5] = ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"];
 
@@ -22,7 +24,16 @@ fn filter(m: &Model, spec: &str) -> HookFilter {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -34,22 +45,37 @@ fn left_and_right_padding_match_unpadded_runs() {
         let b = toks[1][..10].to_vec();
         let spec = "blocks.*.hook_resid_post";
         let single = |t: &[u32]| {
-            m.transformer.run(&Batch::single(t), &mut Run::new().cache(filter(&m, spec))).unwrap()
+            m.transformer
+                .run(&Batch::single(t), &mut Run::new().cache(filter(&m, spec)))
+                .unwrap()
         };
         let (ra, rb) = (single(&a), single(&b));
         for side in [PaddingSide::Left, PaddingSide::Right] {
             let batch = Batch::padded(&[a.clone(), b.clone()], 0, side);
-            let out = m.transformer.run(&batch, &mut Run::new().cache(filter(&m, spec))).unwrap();
+            let out = m
+                .transformer
+                .run(&batch, &mut Run::new().cache(filter(&m, spec)))
+                .unwrap();
             let logits = out.logits.as_ref().unwrap();
             let offset = if side == PaddingSide::Left { 6 } else { 0 };
             let got_a = logits.get(0).unwrap();
             let got_b = logits.get(1).unwrap().narrow(0, offset, 10).unwrap();
             let want_a = ra.logits.as_ref().unwrap().get(0).unwrap();
             let want_b = rb.logits.as_ref().unwrap().get(0).unwrap();
-            assert!(rel_err(&got_a, &want_a) < 1e-5, "{name} {side:?}: unpadded row changed");
-            assert!(rel_err(&got_b, &want_b) < 1e-5, "{name} {side:?}: padded row differs from its unpadded run");
+            assert!(
+                rel_err(&got_a, &want_a) < 1e-5,
+                "{name} {side:?}: unpadded row changed"
+            );
+            assert!(
+                rel_err(&got_b, &want_b) < 1e-5,
+                "{name} {side:?}: padded row differs from its unpadded run"
+            );
             let key = format!("blocks.{}.hook_resid_post", m.config().n_layers - 1);
-            let got = out.cache[&key].get(1).unwrap().narrow(0, offset, 10).unwrap();
+            let got = out.cache[&key]
+                .get(1)
+                .unwrap()
+                .narrow(0, offset, 10)
+                .unwrap();
             assert!(rel_err(&got, &rb.cache[&key].get(0).unwrap()) < 1e-5);
         }
     }
@@ -59,18 +85,33 @@ fn left_and_right_padding_match_unpadded_runs() {
 fn explicit_position_ids_are_used() {
     let m = tiny("llama");
     let t = reference_tokens("llama")[0].clone();
-    let base = m.transformer.run(&Batch::single(&t), &mut Run::new()).unwrap();
+    let base = m
+        .transformer
+        .run(&Batch::single(&t), &mut Run::new())
+        .unwrap();
     let mut same = Batch::single(&t);
     same.position_ids = Some(vec![(0..t.len() as u32).collect()]);
     let out = m.transformer.run(&same, &mut Run::new()).unwrap();
-    assert_eq!(max_abs_diff(out.logits().unwrap(), base.logits().unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(out.logits().unwrap(), base.logits().unwrap()),
+        0.0
+    );
     let mut shifted = Batch::single(&t);
     shifted.position_ids = Some(vec![(5..5 + t.len() as u32).collect()]);
     let out = m.transformer.run(&shifted, &mut Run::new()).unwrap();
     // Rotary attention depends only on relative positions: a uniform shift is invisible…
     assert!(rel_err(out.logits().unwrap(), base.logits().unwrap()) < 1e-4);
     // …but the rotated queries themselves change.
-    let q = |b: &Batch| m.transformer.run(b, &mut Run::new().cache(filter(&m, "blocks.0.attn.hook_rot_q"))).unwrap().cache["blocks.0.attn.hook_rot_q"].clone();
+    let q = |b: &Batch| {
+        m.transformer
+            .run(
+                b,
+                &mut Run::new().cache(filter(&m, "blocks.0.attn.hook_rot_q")),
+            )
+            .unwrap()
+            .cache["blocks.0.attn.hook_rot_q"]
+            .clone()
+    };
     assert!(max_abs_diff(&q(&shifted), &q(&Batch::single(&t))) > 1e-3);
 }
 
@@ -79,11 +120,29 @@ fn stop_at_layer_returns_the_residual_entering_that_block() {
     for name in FAMILIES {
         let m = tiny(name);
         let t = reference_tokens(name)[0].clone();
-        let full = m.transformer.run(&Batch::single(&t), &mut Run::new().cache(filter(&m, "blocks.1.hook_resid_pre"))).unwrap();
-        let out = m.transformer.run(&Batch::single(&t), &mut Run::new().stop_at_layer(1)).unwrap();
-        assert!(out.logits.is_none(), "{name}: stop_at_layer must skip the unembedding");
-        assert_eq!(max_abs_diff(&out.residual, &full.cache["blocks.1.hook_resid_pre"]), 0.0);
-        assert!(m.transformer.run(&Batch::single(&t), &mut Run::new().stop_at_layer(99)).is_err());
+        let full = m
+            .transformer
+            .run(
+                &Batch::single(&t),
+                &mut Run::new().cache(filter(&m, "blocks.1.hook_resid_pre")),
+            )
+            .unwrap();
+        let out = m
+            .transformer
+            .run(&Batch::single(&t), &mut Run::new().stop_at_layer(1))
+            .unwrap();
+        assert!(
+            out.logits.is_none(),
+            "{name}: stop_at_layer must skip the unembedding"
+        );
+        assert_eq!(
+            max_abs_diff(&out.residual, &full.cache["blocks.1.hook_resid_pre"]),
+            0.0
+        );
+        assert!(m
+            .transformer
+            .run(&Batch::single(&t), &mut Run::new().stop_at_layer(99))
+            .is_err());
     }
 }
 
@@ -91,20 +150,37 @@ fn stop_at_layer_returns_the_residual_entering_that_block() {
 fn hooks_read_and_replace_activations() {
     let m = tiny("llama");
     let t = reference_tokens("llama")[0].clone();
-    let base = m.transformer.run(&Batch::single(&t), &mut Run::new()).unwrap();
+    let base = m
+        .transformer
+        .run(&Batch::single(&t), &mut Run::new())
+        .unwrap();
     let mut seen = Vec::new();
     let out = m
         .transformer
-        .run(&Batch::single(&t), &mut Run::new().hook(filter(&m, "blocks.*.hook_resid_post"), |name, x| {
-            seen.push(name.to_string());
-            Ok(x)
-        }))
+        .run(
+            &Batch::single(&t),
+            &mut Run::new().hook(filter(&m, "blocks.*.hook_resid_post"), |name, x| {
+                seen.push(name.to_string());
+                Ok(x)
+            }),
+        )
         .unwrap();
-    assert_eq!(seen, ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]);
-    assert_eq!(max_abs_diff(out.logits().unwrap(), base.logits().unwrap()), 0.0);
+    assert_eq!(
+        seen,
+        ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    );
+    assert_eq!(
+        max_abs_diff(out.logits().unwrap(), base.logits().unwrap()),
+        0.0
+    );
     let out = m
         .transformer
-        .run(&Batch::single(&t), &mut Run::new().hook(filter(&m, "blocks.1.hook_resid_post"), |_, x| Ok(x.zeros_like()?)))
+        .run(
+            &Batch::single(&t),
+            &mut Run::new().hook(filter(&m, "blocks.1.hook_resid_post"), |_, x| {
+                Ok(x.zeros_like()?)
+            }),
+        )
         .unwrap();
     // Zero residual → the final norm sees zeros → every logit equals the same constant.
     let l = out.logits().unwrap();
@@ -126,7 +202,11 @@ fn interventions_edit_only_what_they_select() {
     let base = run_with(None);
     let z0 = &base.cache[hook];
     // zero-ablate head 2 at positions 3 and 5
-    let out = run_with(Some(Intervention::new(Edit::ZeroAblate).at_heads(vec![2]).at_positions(vec![3, 5])));
+    let out = run_with(Some(
+        Intervention::new(Edit::ZeroAblate)
+            .at_heads(vec![2])
+            .at_positions(vec![3, 5]),
+    ));
     let z = &out.cache[hook];
     for p in 0..t.len() {
         for h in 0..4 {
@@ -141,9 +221,15 @@ fn interventions_edit_only_what_they_select() {
         }
     }
     // scale by 1 and add a zero vector change nothing
-    for edit in [Edit::Scale(1.0), Edit::Add(Tensor::zeros(16, DType::F32, &Device::Cpu).unwrap())] {
+    for edit in [
+        Edit::Scale(1.0),
+        Edit::Add(Tensor::zeros(16, DType::F32, &Device::Cpu).unwrap()),
+    ] {
         let out = run_with(Some(Intervention::new(edit)));
-        assert_eq!(max_abs_diff(out.logits().unwrap(), base.logits().unwrap()), 0.0);
+        assert_eq!(
+            max_abs_diff(out.logits().unwrap(), base.logits().unwrap()),
+            0.0
+        );
     }
     // scale by 2 doubles the activation
     let out = run_with(Some(Intervention::new(Edit::Scale(2.0))));
@@ -162,15 +248,41 @@ fn patching_every_position_reproduces_the_source_run() {
         let toks = reference_tokens(name);
         let (clean, corrupt) = (toks[0].clone(), toks[1].clone());
         let hook = "blocks.1.hook_resid_pre";
-        let clean_run = m.transformer.run(&Batch::single(&clean), &mut Run::new().cache(filter(&m, hook))).unwrap();
+        let clean_run = m
+            .transformer
+            .run(
+                &Batch::single(&clean),
+                &mut Run::new().cache(filter(&m, hook)),
+            )
+            .unwrap();
         let patch = Intervention::new(Edit::Replace(clean_run.cache[hook].clone()));
-        let patched = m.transformer.run(&Batch::single(&corrupt), &mut Run::new().intervene(filter(&m, hook), patch)).unwrap();
+        let patched = m
+            .transformer
+            .run(
+                &Batch::single(&corrupt),
+                &mut Run::new().intervene(filter(&m, hook), patch),
+            )
+            .unwrap();
         // Everything downstream of the patched residual is a function of it alone.
-        assert_eq!(max_abs_diff(patched.logits().unwrap(), clean_run.logits().unwrap()), 0.0, "{name}");
+        assert_eq!(
+            max_abs_diff(patched.logits().unwrap(), clean_run.logits().unwrap()),
+            0.0,
+            "{name}"
+        );
         // Patching a run with its own cache changes nothing.
-        let own = Intervention::new(Edit::Replace(clean_run.cache[hook].clone())).at_positions(vec![2, 4]);
-        let same = m.transformer.run(&Batch::single(&clean), &mut Run::new().intervene(filter(&m, hook), own)).unwrap();
-        assert_eq!(max_abs_diff(same.logits().unwrap(), clean_run.logits().unwrap()), 0.0);
+        let own = Intervention::new(Edit::Replace(clean_run.cache[hook].clone()))
+            .at_positions(vec![2, 4]);
+        let same = m
+            .transformer
+            .run(
+                &Batch::single(&clean),
+                &mut Run::new().intervene(filter(&m, hook), own),
+            )
+            .unwrap();
+        assert_eq!(
+            max_abs_diff(same.logits().unwrap(), clean_run.logits().unwrap()),
+            0.0
+        );
     }
 }
 
@@ -179,9 +291,21 @@ fn differentiable_pass_matches_the_fast_pass() {
     for name in FAMILIES {
         let m = tiny(name);
         let t = reference_tokens(name)[0].clone();
-        let fast = m.transformer.run(&Batch::single(&t), &mut Run::new()).unwrap();
-        let diff = m.transformer.run(&Batch::single(&t), &mut Run::new().grads(filter(&m, "hook_embed"))).unwrap();
-        assert!(rel_err(diff.logits().unwrap(), fast.logits().unwrap()) < 1e-5, "{name}");
+        let fast = m
+            .transformer
+            .run(&Batch::single(&t), &mut Run::new())
+            .unwrap();
+        let diff = m
+            .transformer
+            .run(
+                &Batch::single(&t),
+                &mut Run::new().grads(filter(&m, "hook_embed")),
+            )
+            .unwrap();
+        assert!(
+            rel_err(diff.logits().unwrap(), fast.logits().unwrap()) < 1e-5,
+            "{name}"
+        );
     }
 }
 
@@ -193,9 +317,21 @@ fn gradients_match_finite_differences() {
         let m = tiny(name);
         let t = reference_tokens(name)[0][..8].to_vec();
         let (pos, tok) = (7usize, 11usize);
-        let metric_of = |logits: &Tensor| logits.get(0).unwrap().get(pos).unwrap().get(tok).unwrap();
-        for hook in ["blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern", "blocks.0.mlp.hook_post", "blocks.1.ln1.hook_scale"] {
-            let out = m.transformer.run(&Batch::single(&t), &mut Run::new().grads(filter(&m, hook)).cache(filter(&m, hook))).unwrap();
+        let metric_of =
+            |logits: &Tensor| logits.get(0).unwrap().get(pos).unwrap().get(tok).unwrap();
+        for hook in [
+            "blocks.0.hook_resid_post",
+            "blocks.1.attn.hook_pattern",
+            "blocks.0.mlp.hook_post",
+            "blocks.1.ln1.hook_scale",
+        ] {
+            let out = m
+                .transformer
+                .run(
+                    &Batch::single(&t),
+                    &mut Run::new().grads(filter(&m, hook)).cache(filter(&m, hook)),
+                )
+                .unwrap();
             let grads = out.gradients(&metric_of(out.logits().unwrap())).unwrap();
             let g = &grads[hook];
             let shape = out.cache[hook].dims().to_vec();
@@ -204,19 +340,35 @@ fn gradients_match_finite_differences() {
             let gmax = g.iter().fold(0f32, |a, &b| a.max(b.abs()));
             assert!(gmax > 0.0, "{name} {hook}: gradient is all zero");
             // probe the largest-gradient coordinate and two others
-            let top = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
+            let top = g
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap()
+                .0;
             for idx in [top, g.len() / 3, g.len() - 1] {
                 let eps = 1e-2f64;
                 let bump = |sign: f64| {
                     let mut v = vec![0f32; g.len()];
                     v[idx] = (sign * eps) as f32;
                     let delta = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap();
-                    let o = m.transformer.run(&Batch::single(&t), &mut Run::new().intervene(filter(&m, hook), Intervention::new(Edit::Add(delta)))).unwrap();
+                    let o = m
+                        .transformer
+                        .run(
+                            &Batch::single(&t),
+                            &mut Run::new()
+                                .intervene(filter(&m, hook), Intervention::new(Edit::Add(delta))),
+                        )
+                        .unwrap();
                     metric_of(o.logits().unwrap()).to_scalar::<f32>().unwrap() as f64
                 };
                 let fd = (bump(1.0) - bump(-1.0)) / (2.0 * eps);
                 let tol = 2e-2 * gmax as f64 + 1e-3;
-                assert!((fd - g[idx] as f64).abs() < tol, "{name} {hook}[{idx}]: backprop {} vs finite difference {fd}", g[idx]);
+                assert!(
+                    (fd - g[idx] as f64).abs() < tol,
+                    "{name} {hook}[{idx}]: backprop {} vs finite difference {fd}",
+                    g[idx]
+                );
             }
         }
     }
@@ -228,23 +380,62 @@ fn kv_cache_generation_matches_full_recomputation() {
         let m = tiny(name);
         // longer than gemma2's sliding window (8) so the window is exercised
         let prompt = reference_tokens(name)[0][..12].to_vec();
-        let opts = glassbox_model::SamplingOptions { max_new_tokens: 10, ..Default::default() };
-        let generated = m.transformer.generate(&prompt, &opts, &mut Run::new(), |_| {}).unwrap();
+        let opts = glassbox_model::SamplingOptions {
+            max_new_tokens: 10,
+            ..Default::default()
+        };
+        let generated = m
+            .transformer
+            .generate(&prompt, &opts, &mut Run::new(), |_| {})
+            .unwrap();
         let mut seq = prompt.clone();
         for &want in &generated {
-            let o = m.transformer.run(&Batch::single(&seq), &mut Run::new().logits(LogitsMode::Last)).unwrap();
-            let row: Vec<f32> = o.logits().unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
-            assert_eq!(best, want, "{name}: cached generation diverged at length {}", seq.len());
+            let o = m
+                .transformer
+                .run(
+                    &Batch::single(&seq),
+                    &mut Run::new().logits(LogitsMode::Last),
+                )
+                .unwrap();
+            let row: Vec<f32> = o
+                .logits()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let best = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32;
+            assert_eq!(
+                best,
+                want,
+                "{name}: cached generation diverged at length {}",
+                seq.len()
+            );
             seq.push(want);
         }
         // the cached logits themselves agree with a full pass
         let mut kv = KvCache::new(m.config());
-        m.transformer.run_cached(&Batch::single(&seq[..12]), &mut Run::new(), &mut kv).unwrap();
-        let step = m.transformer.run_cached(&Batch::single(&seq[12..14]), &mut Run::new(), &mut kv).unwrap();
-        let full = m.transformer.run(&Batch::single(&seq[..14]), &mut Run::new()).unwrap();
+        m.transformer
+            .run_cached(&Batch::single(&seq[..12]), &mut Run::new(), &mut kv)
+            .unwrap();
+        let step = m
+            .transformer
+            .run_cached(&Batch::single(&seq[12..14]), &mut Run::new(), &mut kv)
+            .unwrap();
+        let full = m
+            .transformer
+            .run(&Batch::single(&seq[..14]), &mut Run::new())
+            .unwrap();
         let want = full.logits().unwrap().narrow(1, 12, 2).unwrap();
-        assert!(rel_err(step.logits().unwrap(), &want) < 1e-5, "{name}: cached logits differ");
+        assert!(
+            rel_err(step.logits().unwrap(), &want) < 1e-5,
+            "{name}: cached logits differ"
+        );
     }
 }
 
@@ -252,14 +443,23 @@ fn kv_cache_generation_matches_full_recomputation() {
 fn hooks_stay_active_while_generating() {
     let m = tiny("llama");
     let prompt = reference_tokens("llama")[0][..6].to_vec();
-    let opts = glassbox_model::SamplingOptions { max_new_tokens: 5, ..Default::default() };
+    let opts = glassbox_model::SamplingOptions {
+        max_new_tokens: 5,
+        ..Default::default()
+    };
     let mut calls = 0;
-    let plain = m.transformer.generate(&prompt, &opts, &mut Run::new(), |_| {}).unwrap();
+    let plain = m
+        .transformer
+        .generate(&prompt, &opts, &mut Run::new(), |_| {})
+        .unwrap();
     let mut run = Run::new().hook(filter(&m, "blocks.1.hook_resid_post"), |_, x| {
         calls += 1;
         Ok((x * 0.0)?)
     });
-    let steered = m.transformer.generate(&prompt, &opts, &mut run, |_| {}).unwrap();
+    let steered = m
+        .transformer
+        .generate(&prompt, &opts, &mut run, |_| {})
+        .unwrap();
     drop(run);
     assert_eq!(calls, 5, "the hook must run once per generated token");
     assert_ne!(plain, steered);

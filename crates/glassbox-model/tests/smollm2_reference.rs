@@ -19,15 +19,30 @@ fn smollm2_gguf_matches_hf() {
     assert_eq!(prompts.len(), 4);
     for (i, p) in prompts.iter().enumerate() {
         let text = p["text"].as_str().unwrap();
-        let want: Vec<u32> = p["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = p["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, want, "token ids differ for {text:?}");
 
-        let filter = HookFilter::parse("blocks.0.hook_resid_pre,blocks.10.hook_resid_pre,blocks.29.hook_resid_pre", model.config()).unwrap();
-        let out = model.transformer.run(&Batch::single(&ids), &mut Run::new().cache(filter)).unwrap();
+        let filter = HookFilter::parse(
+            "blocks.0.hook_resid_pre,blocks.10.hook_resid_pre,blocks.29.hook_resid_pre",
+            model.config(),
+        )
+        .unwrap();
+        let out = model
+            .transformer
+            .run(&Batch::single(&ids), &mut Run::new().cache(filter))
+            .unwrap();
         let logits = out.logits.as_ref().unwrap().squeeze(0).unwrap();
         let err = rel_err(&logits, &refs[&format!("prompt{i}.logits")]);
-        assert!(err < 1e-3, "prompt {i}: logits differ by {err:.2e} relative to max");
+        assert!(
+            err < 1e-3,
+            "prompt {i}: logits differ by {err:.2e} relative to max"
+        );
         for l in [0, 10, 29] {
             let name = format!("blocks.{l}.hook_resid_pre");
             let got = out.cache[&name].squeeze(0).unwrap();
@@ -37,8 +52,17 @@ fn smollm2_gguf_matches_hf() {
         let last: Vec<f32> = logits.get(ids.len() - 1).unwrap().to_vec1().unwrap();
         let mut order: Vec<usize> = (0..last.len()).collect();
         order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
-        let want_top: Vec<usize> = p["top10_next"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap() as usize).collect();
-        assert_eq!(&order[..10], want_top.as_slice(), "prompt {i}: top-10 differs");
+        let want_top: Vec<usize> = p["top10_next"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            &order[..10],
+            want_top.as_slice(),
+            "prompt {i}: top-10 differs"
+        );
         for t in p["top10_next"].as_array().unwrap() {
             let id = t["id"].as_u64().unwrap() as usize;
             assert!((last[id] - t["logit"].as_f64().unwrap() as f32).abs() < 2e-2);
@@ -55,7 +79,12 @@ fn smollm2_tokenizer_round_trips_and_keeps_special_tokens_whole() {
     let ids = tok.encode(text).unwrap();
     assert_eq!(tok.decode(&ids).unwrap(), text);
     // digits are split one by one
-    let digits: Vec<String> = tok.encode("1776").unwrap().iter().map(|&i| tok.token_text(i)).collect();
+    let digits: Vec<String> = tok
+        .encode("1776")
+        .unwrap()
+        .iter()
+        .map(|&i| tok.token_text(i))
+        .collect();
     assert_eq!(digits, ["1", "7", "7", "6"]);
     let chat = tok.encode("<|im_start|>user").unwrap();
     assert_eq!(chat[0], tok.token_to_id("<|im_start|>").unwrap());

@@ -6,7 +6,11 @@ mod open;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "glassbox", version, about = "A workbench for mechanistic interpretability: open a model, read and edit every activation")]
+#[command(
+    name = "glassbox",
+    version,
+    about = "A workbench for mechanistic interpretability: open a model, read and edit every activation"
+)]
 struct Cli {
     /// Worker threads for tensor math (default: all cores)
     #[arg(long, global = true)]
@@ -37,6 +41,11 @@ enum Command {
 }
 
 fn main() {
+    // Behave like other Unix tools when piped into `head`: exit quietly on a closed pipe.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
         if t == 0 {
@@ -45,7 +54,9 @@ fn main() {
         }
         // candle's GEMM reads the thread count from this variable; set it before any pool starts.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global();
     }
     let result = match cli.command {
         Command::Fetch(a) => commands::fetch::run(a),

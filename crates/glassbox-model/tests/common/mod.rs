@@ -14,7 +14,14 @@ pub fn load_reference(path: &std::path::Path) -> HashMap<String, Tensor> {
 /// max |a − b| / max |b|
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
 }
@@ -30,9 +37,15 @@ pub fn default_gguf() -> Option<PathBuf> {
         Some(p)
     } else {
         if std::env::var_os("CI").is_some() {
-            panic!("CI must fetch the default model first (`glassbox fetch`): {} is missing", p.display());
+            panic!(
+                "CI must fetch the default model first (`glassbox fetch`): {} is missing",
+                p.display()
+            );
         }
-        eprintln!("SKIPPED: default model not fetched ({}); run `glassbox fetch`", p.display());
+        eprintln!(
+            "SKIPPED: default model not fetched ({}); run `glassbox fetch`",
+            p.display()
+        );
         None
     }
 }

@@ -18,9 +18,6 @@ pub struct ForwardArgs {
     batch: usize,
     #[arg(long, default_value_t = 256)]
     seq: usize,
-    /// Threads (same as the global --threads)
-    #[arg(long = "threads")]
-    bench_threads: Option<usize>,
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Stop after this many blocks (no unembedding), as an activation harvest would
@@ -35,22 +32,25 @@ pub fn run(what: What) -> Result<()> {
 }
 
 fn forward(a: ForwardArgs) -> Result<()> {
-    if let Some(t) = a.bench_threads {
-        anyhow::ensure!(t > 0, "--threads must be at least 1");
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
-    }
-    anyhow::ensure!(a.runs > 0 && a.batch > 0 && a.seq > 0, "--runs, --batch and --seq must be positive");
+    anyhow::ensure!(
+        a.runs > 0 && a.batch > 0 && a.seq > 0,
+        "--runs, --batch and --seq must be positive"
+    );
     let model = open_model(&a.model)?;
     let vocab = model.config().d_vocab as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let tokens: Vec<Vec<u32>> = (0..a.batch).map(|_| (0..a.seq).map(|_| rng.gen_range(0..vocab)).collect()).collect();
+    let tokens: Vec<Vec<u32>> = (0..a.batch)
+        .map(|_| (0..a.seq).map(|_| rng.gen_range(0..vocab)).collect())
+        .collect();
     let batch = Batch::new(tokens);
     let make_run = || match a.stop_at_layer {
         Some(l) => Run::new().stop_at_layer(l),
         None => Run::new(),
     };
-    model.transformer.run(&Batch::single(&batch.tokens[0][..8.min(a.seq)]), &mut make_run())?;
+    model.transformer.run(
+        &Batch::single(&batch.tokens[0][..8.min(a.seq)]),
+        &mut make_run(),
+    )?;
     model.transformer.run(&batch, &mut make_run())?;
     let mut times = Vec::with_capacity(a.runs);
     for _ in 0..a.runs {
@@ -61,7 +61,8 @@ fn forward(a: ForwardArgs) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let tps = (a.batch * a.seq) as f64 / median;
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| rayon::current_num_threads().to_string());
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .unwrap_or_else(|_| rayon::current_num_threads().to_string());
     println!(
         "glassbox forward batch={} seq={} threads={}{}: {:.0} tokens/s (median of {}: {:.3} s; peak RSS {} MiB)",
         a.batch,

@@ -28,24 +28,37 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(f)) => {
             let t = candle_core::safetensors::load(f, &candle_core::Device::Cpu)
                 .with_context(|| format!("cannot read {} as safetensors", f.display()))?;
-            let ids = t.get("input_ids").with_context(|| format!("{} has no `input_ids` tensor", f.display()))?;
+            let ids = t
+                .get("input_ids")
+                .with_context(|| format!("{} has no `input_ids` tensor", f.display()))?;
             Batch::from_tensor(ids)?
         }
         (None, None) => bail!("give --prompt or --tokens-file"),
     };
     let filter = HookFilter::parse(&args.hooks, model.config())?;
-    let out = model.transformer.run(&batch, &mut Run::new().cache(filter))?;
+    let out = model
+        .transformer
+        .run(&batch, &mut Run::new().cache(filter))?;
     let mut tensors: HashMap<String, candle_core::Tensor> = out.cache.into_iter().collect();
     tensors.insert("logits".into(), out.logits.context("no logits")?);
     let ids: Vec<i64> = batch.tokens.iter().flatten().map(|&t| t as i64).collect();
     tensors.insert(
         "input_ids".into(),
-        candle_core::Tensor::from_vec(ids, (batch.batch_size(), batch.seq_len()), &candle_core::Device::Cpu)?,
+        candle_core::Tensor::from_vec(
+            ids,
+            (batch.batch_size(), batch.seq_len()),
+            &candle_core::Device::Cpu,
+        )?,
     );
     let n = tensors.len();
     atomic_write(&args.out, |tmp| {
         candle_core::safetensors::save(&tensors, tmp).context("cannot write safetensors")
     })?;
-    println!("wrote {} tensors ({} activations + logits + input_ids) to {}", n, n - 2, args.out.display());
+    println!(
+        "wrote {} tensors ({} activations + logits + input_ids) to {}",
+        n,
+        n - 2,
+        args.out.display()
+    );
     Ok(())
 }

@@ -27,7 +27,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let model = open_model(&args.model)?;
     let tok = model.tokenizer()?;
-    let text = if args.chat { render_user_prompt(tok, &args.prompt)? } else { args.prompt.clone() };
+    let text = if args.chat {
+        render_user_prompt(tok, &args.prompt)?
+    } else {
+        args.prompt.clone()
+    };
     let ids = encode(&model, &text)?;
     let mut stop_tokens: Vec<u32> = tok.eos_token_id.into_iter().collect();
     if let Some(end) = tok.token_to_id("<|im_end|>") {
@@ -46,20 +50,22 @@ pub fn run(args: Args) -> Result<()> {
     let mut generated = Vec::new();
     let mut shown = 0;
     let mut stdout = std::io::stdout();
-    model.transformer.generate(&ids, &opts, &mut Run::new(), |t| {
-        if stop_tokens.contains(&t) {
-            return;
-        }
-        // Decode the whole continuation so multi-byte characters print whole.
-        generated.push(t);
-        if let Ok(s) = tok.decode(&generated) {
-            if s.len() > shown && s.is_char_boundary(shown) {
-                let _ = write!(stdout, "{}", &s[shown..]);
-                let _ = stdout.flush();
-                shown = s.len();
+    model
+        .transformer
+        .generate(&ids, &opts, &mut Run::new(), |t| {
+            if stop_tokens.contains(&t) {
+                return;
             }
-        }
-    })?;
+            // Decode the whole continuation so multi-byte characters print whole.
+            generated.push(t);
+            if let Ok(s) = tok.decode(&generated) {
+                if s.len() > shown && s.is_char_boundary(shown) {
+                    let _ = write!(stdout, "{}", &s[shown..]);
+                    let _ = stdout.flush();
+                    shown = s.len();
+                }
+            }
+        })?;
     println!();
     Ok(())
 }

@@ -25,13 +25,24 @@ pub fn run(args: Args) -> Result<()> {
     println!("architecture  {}", c.architecture.name());
     println!("layers        {}", c.n_layers);
     println!("d_model       {}", c.d_model);
-    println!("heads         {} query / {} key-value, d_head {}", c.n_heads, c.n_kv_heads, c.d_head);
-    println!("d_mlp         {} ({}, {:?})", c.d_mlp, if c.gated_mlp { "gated" } else { "plain" }, c.activation);
+    println!(
+        "heads         {} query / {} key-value, d_head {}",
+        c.n_heads, c.n_kv_heads, c.d_head
+    );
+    println!(
+        "d_mlp         {} ({}, {:?})",
+        c.d_mlp,
+        if c.gated_mlp { "gated" } else { "plain" },
+        c.activation
+    );
     println!("vocab         {}", c.d_vocab);
     println!("context       {}", c.n_ctx);
     println!("norm          {:?} (eps {:e})", c.norm, c.norm_eps);
     match c.rotary_dim {
-        Some(r) => println!("positions     rotary on {r} of {} dims, theta {}", c.d_head, c.rope_theta),
+        Some(r) => println!(
+            "positions     rotary on {r} of {} dims, theta {}",
+            c.d_head, c.rope_theta
+        ),
         None => println!("positions     learned"),
     }
     if c.parallel_residual {
@@ -45,7 +56,14 @@ pub fn run(args: Args) -> Result<()> {
         println!("softcap       attention {s}, final {:?}", c.final_softcap);
     }
     println!("tied embed    {}", c.tied_embeddings);
-    println!("tokenizer     {}", if model.tokenizer.is_some() { "yes" } else { "none (token ids only)" });
+    println!(
+        "tokenizer     {}",
+        if model.tokenizer.is_some() {
+            "yes"
+        } else {
+            "none (token ids only)"
+        }
+    );
     println!("\n{} hook points:", hooks.len());
     let width = hooks.iter().map(|h| h.name.len()).max().unwrap_or(0);
     for h in &hooks {

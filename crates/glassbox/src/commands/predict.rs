@@ -19,7 +19,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let model = open_model(&args.model)?;
     let ids = encode(&model, &args.prompt)?;
-    let out = model.transformer.run(&Batch::single(&ids), &mut Run::new().logits(LogitsMode::Last))?;
+    let out = model.transformer.run(
+        &Batch::single(&ids),
+        &mut Run::new().logits(LogitsMode::Last),
+    )?;
     let row: Vec<f32> = out.logits()?.flatten_all()?.to_vec1()?;
     let tok = model.tokenizer()?;
     let top = top_k(&row, args.top);
@@ -35,9 +38,19 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!("prompt: {:?} ({} tokens)", args.prompt, ids.len());
-    println!("{:>4}  {:<20} {:>7} {:>9} {:>8}", "rank", "token", "id", "logit", "prob");
+    println!(
+        "{:>4}  {:<20} {:>7} {:>9} {:>8}",
+        "rank", "token", "id", "logit", "prob"
+    );
     for (i, t) in top.iter().enumerate() {
-        println!("{:>4}  {:<20} {:>7} {:>9.4} {:>7.2}%", i + 1, format!("{:?}", tok.token_text(t.id)), t.id, t.logit, t.prob * 100.0);
+        println!(
+            "{:>4}  {:<20} {:>7} {:>9.4} {:>7.2}%",
+            i + 1,
+            format!("{:?}", tok.token_text(t.id)),
+            t.id,
+            t.logit,
+            t.prob * 100.0
+        );
     }
     Ok(())
 }

@@ -1,0 +1,290 @@
+//! Drives the real `glassbox` binary, as scripts would.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn glassbox(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(args)
+        .output()
+        .expect("run glassbox")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The default model when fetched; CI fetches it first, elsewhere a loud skip.
+fn default_model() -> Option<()> {
+    let home = std::env::var_os("GLASSBOX_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/glassbox"));
+    let p = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        return Some(());
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "CI must run `glassbox fetch` before the tests: {} is missing",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: default model not fetched ({}); run `glassbox fetch`",
+        p.display()
+    );
+    None
+}
+
+#[test]
+fn inspect_lists_every_hook_point_with_shapes() {
+    let o = glassbox(&[
+        "inspect",
+        "--model",
+        fixtures().join("tiny-gpt2").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("architecture  gpt2"));
+    assert!(out.contains("hook_pos_embed"));
+    assert!(
+        out.contains("blocks.1.attn.hook_pattern")
+            && out.contains("[batch, head=4, query_pos, key_pos]")
+    );
+    assert!(out.contains("blocks.0.mlp.hook_post") && out.contains("d_mlp=256"));
+    assert!(!out.contains("hook_rot_q"), "gpt2 has no rotary hooks");
+    let o = glassbox(&[
+        "inspect",
+        "--model",
+        fixtures().join("tiny-gpt2").to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["config"]["n_layers"], 2);
+    assert!(v["hook_points"].as_array().unwrap().len() > 30);
+}
+
+#[test]
+fn cache_writes_logits_and_matched_activations() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("acts.safetensors");
+    let tiny = fixtures().join("tiny-qwen2");
+    let o = glassbox(&[
+        "cache",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--tokens-file",
+        tiny.join("reference.safetensors").to_str().unwrap(),
+        "--hooks",
+        "blocks.*.hook_resid_post,blocks.1.attn.hook_pattern",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(
+        tiny.join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut keys: Vec<&String> = got.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "blocks.0.hook_resid_post",
+            "blocks.1.attn.hook_pattern",
+            "blocks.1.hook_resid_post",
+            "input_ids",
+            "logits"
+        ]
+    );
+    for k in [
+        "logits",
+        "blocks.0.hook_resid_post",
+        "blocks.1.attn.hook_pattern",
+    ] {
+        let d = (&got[k] - &want[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let s = want[k]
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d / s < 1e-4, "{k}: {}", d / s);
+    }
+    assert_eq!(got["logits"].dims(), [2, 16, 512]);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
+    let tiny = fixtures().join("tiny-llama");
+    let t = tiny.to_str().unwrap();
+    let reference = tiny.join("reference.safetensors");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["inspect", "--model", "/no/such/model"], "no such file"),
+        (
+            vec![
+                "cache",
+                "--model",
+                t,
+                "--tokens-file",
+                reference.to_str().unwrap(),
+                "--hooks",
+                "blocks.0.hook_resid_pst",
+                "--out",
+                "/tmp/never.safetensors",
+            ],
+            "did you mean `blocks.0.hook_resid_post`",
+        ),
+        (
+            vec!["predict", "--model", t, "--prompt", "hello"],
+            "no tokenizer",
+        ),
+        (
+            vec![
+                "cache",
+                "--model",
+                t,
+                "--tokens-file",
+                "/no/such.safetensors",
+                "--hooks",
+                "*",
+                "--out",
+                "/tmp/never.safetensors",
+            ],
+            "cannot read /no/such.safetensors",
+        ),
+        (
+            vec![
+                "bench", "forward", "--model", t, "--batch", "1", "--seq", "4000",
+            ],
+            "context is 128",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = glassbox(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = stderr(&o);
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+    assert!(!std::path::Path::new("/tmp/never.safetensors").exists());
+}
+
+#[test]
+fn bench_forward_reports_tokens_per_second() {
+    let o = glassbox(&[
+        "bench",
+        "forward",
+        "--model",
+        fixtures().join("tiny-gpt_neox").to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let tps: f64 = out
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tps > 0.0, "{out}");
+}
+
+#[test]
+fn predict_and_generate_on_the_default_model() {
+    if default_model().is_none() {
+        return;
+    }
+    let o = glassbox(&[
+        "predict",
+        "--model",
+        "default",
+        "--prompt",
+        "The capital of France is",
+        "--top",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["input_ids"],
+        serde_json::json!([504, 3575, 282, 4649, 314])
+    );
+    assert_eq!(v["top"][0]["token"], " Paris");
+    assert!((v["top"][0]["logit"].as_f64().unwrap() - 17.3713).abs() < 0.02);
+    let p: f64 = v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["prob"].as_f64().unwrap())
+        .sum();
+    assert!(p > 0.5 && p <= 1.0);
+
+    let o = glassbox(&[
+        "generate",
+        "--model",
+        "default",
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--max-tokens",
+        "12",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Paris"), "{}", stdout(&o));
+    let sampled = |seed: &str| {
+        stdout(&glassbox(&[
+            "generate",
+            "--model",
+            "default",
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+        ]))
+    };
+    assert_eq!(
+        sampled("5"),
+        sampled("5"),
+        "sampling must be reproducible for a seed"
+    );
+}
