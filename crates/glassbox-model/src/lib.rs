@@ -22,3 +22,4 @@ pub mod chat;
 pub mod generate;
 pub use generate::SamplingOptions;
 pub mod logits;
+pub mod kernels;

@@ -5,6 +5,7 @@
 use crate::config::{Activation, ModelConfig, NormKind};
 use crate::error::{ModelError, Result};
 use crate::hooks::HookFilter;
+use crate::kernels::{FusedAttention, MaskData, SiluMul};
 use crate::run::{Batch, HookFn, LogitsMode, Run, RunOutput};
 use crate::weights::{Linear, ModelWeights, Norm};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -167,7 +168,7 @@ fn attention_mask(
     key_mask: &[Vec<bool>],
     past: usize,
     window: Option<usize>,
-) -> Result<Tensor> {
+) -> MaskData {
     let (b, s, t) = (q_pos.len(), q_pos[0].len(), key_pos[0].len());
     let mut m = vec![f32::NEG_INFINITY; b * s * t];
     for r in 0..b {
@@ -189,7 +190,14 @@ fn attention_mask(
             }
         }
     }
-    Ok(Tensor::from_vec(m, (b, 1, s, t), &Device::Cpu)?)
+    MaskData { data: std::sync::Arc::new(m), queries: s, keys: t }
+}
+
+impl MaskData {
+    fn tensor(&self) -> Result<Tensor> {
+        let b = self.data.len() / (self.queries * self.keys);
+        Ok(Tensor::from_vec(self.data.to_vec(), (b, 1, self.queries, self.keys), &Device::Cpu)?)
+    }
 }
 
 impl Transformer {
@@ -337,7 +345,7 @@ impl Transformer {
             ),
             _ => (positions.clone(), real.clone()),
         };
-        let full_mask = attention_mask(&positions, &key_pos, &key_mask, past, None)?;
+        let full_mask = attention_mask(&positions, &key_pos, &key_mask, past, None);
         let sliding_mask = match c.sliding_window {
             Some(w) if c.sliding_layers.iter().any(|&x| x) => Some(attention_mask(
                 &positions,
@@ -345,7 +353,7 @@ impl Transformer {
                 &key_mask,
                 past,
                 Some(w),
-            )?),
+            )),
             _ => None,
         };
         let rope = match c.rotary_dim {
@@ -453,7 +461,7 @@ impl Transformer {
         &self,
         l: usize,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &MaskData,
         rope: Option<&(Tensor, Tensor)>,
         layer_kv: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &mut Ctx,
@@ -500,28 +508,28 @@ impl Transformer {
         }
         let t = k.dim(2)?;
         let g = h / kvh;
-        // Query heads sharing a KV head are stacked along rows: no copy of K or V per head.
-        let scores = q
-            .reshape((b, kvh, g * s, dh))?
-            .matmul(&k.t()?)?
-            .reshape((b, h, s, t))?;
-        let mut scores = (scores * c.attn_scale)?;
-        if let Some(cap) = c.attn_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
-        let scores = ctx.hook(
-            || format!("blocks.{l}.attn.hook_attn_scores"),
-            scores.broadcast_add(mask)?,
-        )?;
-        let pattern = ctx.hook(
-            || format!("blocks.{l}.attn.hook_pattern"),
-            softmax(&scores, ctx.differentiable)?,
-        )?;
-        let z = pattern
-            .contiguous()?
-            .reshape((b, kvh, g * s, t))?
-            .matmul(&v)?
-            .reshape((b, h, s, dh))?;
+        let past = t - s;
+        let internals_hooked = ctx.active()
+            && (ctx.wants(&format!("blocks.{l}.attn.hook_attn_scores")) || ctx.wants(&format!("blocks.{l}.attn.hook_pattern")));
+        let z = if !ctx.differentiable && !internals_hooked {
+            let op = FusedAttention {
+                mask: mask.clone(),
+                scale: c.attn_scale as f32,
+                softcap: c.attn_softcap.map(|x| x as f32),
+                past,
+            };
+            q.apply_op3_no_bwd(&k, &v, &op)?
+        } else {
+            // Query heads sharing a KV head are stacked along rows: no copy of K or V per head.
+            let scores = q.reshape((b, kvh, g * s, dh))?.matmul(&k.t()?)?.reshape((b, h, s, t))?;
+            let mut scores = (scores * c.attn_scale)?;
+            if let Some(cap) = c.attn_softcap {
+                scores = ((scores / cap)?.tanh()? * cap)?;
+            }
+            let scores = ctx.hook(|| format!("blocks.{l}.attn.hook_attn_scores"), scores.broadcast_add(&mask.tensor()?)?)?;
+            let pattern = ctx.hook(|| format!("blocks.{l}.attn.hook_pattern"), softmax(&scores, ctx.differentiable)?)?;
+            pattern.contiguous()?.reshape((b, kvh, g * s, t))?.matmul(&v)?.reshape((b, h, s, dh))?
+        };
         let z = ctx.hook(|| format!("blocks.{l}.attn.hook_z"), z.transpose(1, 2)?)?;
         linear(&z.contiguous()?.reshape((b * s, h * dh))?, &w.o)?
             .reshape((b, s, d))
@@ -543,7 +551,11 @@ impl Transformer {
                     || format!("blocks.{l}.mlp.hook_pre_linear"),
                     linear(&x2, &w.mlp_in)?.reshape((b, s, m))?,
                 )?;
-                (self.activation(&pre)? * lin)?
+                if self.config.activation == Activation::Silu && !ctx.differentiable {
+                    pre.contiguous()?.apply_op2_no_bwd(&lin.contiguous()?, &SiluMul)?
+                } else {
+                    (self.activation(&pre)? * lin)?
+                }
             }
             None => {
                 let pre = ctx.hook(

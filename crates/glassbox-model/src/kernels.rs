@@ -1,0 +1,220 @@
+//! Hand-written CPU kernels for the fast (no-gradient) forward pass, where composing
+//! candle ops would cost memory passes: fused causal attention and the gated MLP's
+//! `act(gate) · up`. Each is checked against the composed candle ops in tests.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// `exp` to about 2 ulp, written so the compiler can vectorise a loop of it
+/// (std's `expf` is a libm call per element).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let x = x.clamp(-87.5, 88.5);
+    // x = n ln2 + r, |r| <= ln2/2
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = n.mul_add(-0.693_145_75, x);
+    let r = n.mul_add(-1.428_606_8e-6, r);
+    // Remez-fitted polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf)
+    let mut p = 1.987_569_2e-4f32;
+    p = p.mul_add(r, 1.398_2e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 0.166_666_66);
+    p = p.mul_add(r, 0.5);
+    let y = (p * r).mul_add(r, r) + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    y * f32::from_bits(bits)
+}
+
+/// Runs `f` compiled for AVX2+FMA when the CPU has them (portable binary, fast loops).
+macro_rules! dispatch_simd {
+    ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) { $generic($($arg),*) }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were detected at run time.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+#[inline(always)]
+fn silu_mul_generic(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + fast_exp(-g)) * u;
+    }
+}
+dispatch_simd!(silu_mul_chunk, silu_mul_generic, (gate: &[f32], up: &[f32], out: &mut [f32]));
+
+/// `silu(gate) · up` for contiguous f32 tensors of equal shape.
+pub struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (gate, up) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("silu-mul: shapes differ {:?} vs {:?}", l1.shape(), l2.shape());
+        }
+        let mut out = vec![0f32; gate.len()];
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK)
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| silu_mul_chunk(g, u, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("kernel input must be contiguous"),
+    }
+}
+
+/// Additive attention mask `[batch, 1, q, k]` kept as plain data for the kernel.
+#[derive(Clone)]
+pub struct MaskData {
+    pub data: Arc<Vec<f32>>,
+    pub queries: usize,
+    pub keys: usize,
+}
+
+/// Causal attention in one pass per (batch, query head, block of query rows):
+/// scores for the keys the block can see, scale, soft-cap, mask, softmax, times V.
+/// Inputs `q [b, h, s, dh]`, `k`/`v [b, kvh, t, dh]` (contiguous); output `z [b, h, s, dh]`.
+pub struct FusedAttention {
+    pub mask: MaskData,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    /// number of cached positions before the first query
+    pub past: usize,
+}
+
+#[inline(always)]
+fn softmax_rows_generic(scores: &mut [f32], mask: &[f32], cols: usize, mask_stride: usize, scale: f32, softcap: Option<f32>) {
+    for (r, row) in scores.chunks_mut(cols).enumerate() {
+        let m = &mask[r * mask_stride..r * mask_stride + cols];
+        let mut max = f32::NEG_INFINITY;
+        for (x, &mk) in row.iter_mut().zip(m) {
+            let mut v = *x * scale;
+            if let Some(c) = softcap {
+                v = c * (v / c).tanh();
+            }
+            v += mk;
+            *x = v;
+            max = max.max(v);
+        }
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            let e = fast_exp(*x - max);
+            let e = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+            *x = e;
+            sum += e;
+        }
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+dispatch_simd!(softmax_rows, softmax_rows_generic, (scores: &mut [f32], mask: &[f32], cols: usize, mask_stride: usize, scale: f32, softcap: Option<f32>));
+
+const ROW_BLOCK: usize = 64;
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (contiguous_f32(sq, lq)?, contiguous_f32(sk, lk)?, contiguous_f32(sv, lv)?);
+        let (b, h, s, dh) = lq.shape().dims4()?;
+        let (_, kvh, t, _) = lk.shape().dims4()?;
+        if self.mask.queries != s || self.mask.keys != t {
+            candle_core::bail!("fused attention: mask is [{}, {}], scores are [{s}, {t}]", self.mask.queries, self.mask.keys);
+        }
+        let g = h / kvh;
+        let mut out = vec![0f32; b * h * s * dh];
+        let mask = &self.mask.data;
+        // One task per (batch, head, block of query rows); each writes only its own rows.
+        out.par_chunks_mut(s * dh).enumerate().for_each(|(bh, head_out)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let kv = bi * kvh + hi / g;
+            let kp = &k[kv * t * dh..(kv + 1) * t * dh];
+            let vp = &v[kv * t * dh..(kv + 1) * t * dh];
+            head_out.par_chunks_mut(ROW_BLOCK * dh).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (blk, z)| {
+                let r0 = blk * ROW_BLOCK;
+                let rows = z.len() / dh;
+                // causal: rows r0..r0+rows see keys before past + r0 + rows only
+                let cols = (self.past + r0 + rows).min(t);
+                scores.clear();
+                scores.resize(rows * cols, 0.0);
+                let qp = &q[(bh * s + r0) * dh..(bh * s + r0 + rows) * dh];
+                // SAFETY: qp is rows×dh, kp and vp hold at least cols×dh, scores is rows×cols, z is rows×dh.
+                unsafe {
+                    gemm::gemm(
+                        rows, cols, dh,
+                        scores.as_mut_ptr(), 1, cols as isize, false,
+                        qp.as_ptr(), 1, dh as isize,
+                        kp.as_ptr(), dh as isize, 1,
+                        0.0, 1.0, false, false, false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                let m = &mask[(bi * s + r0) * t..(bi * s + r0 + rows) * t];
+                softmax_rows(scores, m, cols, t, self.scale, self.softcap);
+                unsafe {
+                    gemm::gemm(
+                        rows, dh, cols,
+                        z.as_mut_ptr(), 1, dh as isize, false,
+                        scores.as_ptr(), 1, cols as isize,
+                        vp.as_ptr(), 1, dh as isize,
+                        0.0, 1.0, false, false, false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, h, s, dh))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f32;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let rel = ((fast_exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(fast_exp(-1000.0), fast_exp(-87.5));
+        assert!(fast_exp(-87.5) < 1e-37);
+    }
+}
