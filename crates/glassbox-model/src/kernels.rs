@@ -106,29 +106,42 @@ pub struct FusedAttention {
 
 #[inline(always)]
 fn softmax_rows_generic(scores: &mut [f32], mask: &[f32], cols: usize, mask_stride: usize, scale: f32, softcap: Option<f32>) {
+    const L: usize = 8;
     for (r, row) in scores.chunks_mut(cols).enumerate() {
         let m = &mask[r * mask_stride..r * mask_stride + cols];
-        let mut max = f32::NEG_INFINITY;
-        for (x, &mk) in row.iter_mut().zip(m) {
-            let mut v = *x * scale;
-            if let Some(c) = softcap {
-                v = c * (v / c).tanh();
-            }
-            v += mk;
-            *x = v;
-            max = max.max(v);
+        match softcap {
+            Some(c) => row.iter_mut().zip(m).for_each(|(x, &mk)| *x = c * (*x * scale / c).tanh() + mk),
+            None => row.iter_mut().zip(m).for_each(|(x, &mk)| *x = x.mul_add(scale, mk)),
         }
-        let mut sum = 0f32;
-        for x in row.iter_mut() {
+        // Lane-wise max and sum: float reductions only vectorise when written this way.
+        let mut lanes = [f32::NEG_INFINITY; L];
+        let mut chunks = row.chunks_exact(L);
+        for c in &mut chunks {
+            for i in 0..L {
+                lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            }
+        }
+        let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        for v in lanes {
+            max = if v > max { v } else { max };
+        }
+        let mut sums = [0f32; L];
+        let mut chunks = row.chunks_exact_mut(L);
+        for c in &mut chunks {
+            for i in 0..L {
+                let e = fast_exp(c[i] - max);
+                c[i] = if c[i] == f32::NEG_INFINITY { 0.0 } else { e };
+                sums[i] += c[i];
+            }
+        }
+        let mut sum: f32 = sums.iter().sum();
+        for x in chunks.into_remainder() {
             let e = fast_exp(*x - max);
-            let e = if *x == f32::NEG_INFINITY { 0.0 } else { e };
-            *x = e;
-            sum += e;
+            *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+            sum += *x;
         }
         let inv = 1.0 / sum;
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
+        row.iter_mut().for_each(|x| *x *= inv);
     }
 }
 dispatch_simd!(softmax_rows, softmax_rows_generic, (scores: &mut [f32], mask: &[f32], cols: usize, mask_stride: usize, scale: f32, softcap: Option<f32>));
