@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, Architecture, ModelConfig, NormKind};
 use crate::error::{ModelError, Result};
-use crate::weights::{check_shape, BlockWeights, Linear, ModelWeights, Norm};
+use crate::weights::{check_shape, BlockParts, BlockWeights, Linear, ModelWeights, Norm};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use std::fs::File;
@@ -99,7 +99,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
             weight: w,
             bias: None,
         };
-        blocks.push(BlockWeights {
+        blocks.push(BlockWeights::fuse(BlockParts {
             ln1: nrm(get(&format!("{p}.attn_norm.weight"), &[d])?),
             ln2: nrm(get(&format!("{p}.ffn_norm.weight"), &[d])?),
             ln1_post: None,
@@ -117,7 +117,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
             mlp_in: lin(get(&format!("{p}.ffn_up.weight"), &[m, d])?),
             mlp_gate: Some(lin(get(&format!("{p}.ffn_gate.weight"), &[m, d])?)),
             mlp_out: lin(get(&format!("{p}.ffn_down.weight"), &[d, m])?),
-        });
+        })?);
     }
     let embed = get("token_embd.weight", &[cfg.d_vocab, d])?;
     let unembed = if content.tensor_infos.contains_key("output.weight") {

@@ -2,7 +2,7 @@
 //! candle ops would cost memory passes: fused causal attention and the gated MLP's
 //! `act(gate) · up`. Each is checked against the composed candle ops in tests.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -67,10 +67,20 @@ impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "silu-mul"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (gate, up) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         if l1.shape() != l2.shape() {
-            candle_core::bail!("silu-mul: shapes differ {:?} vs {:?}", l1.shape(), l2.shape());
+            candle_core::bail!(
+                "silu-mul: shapes differ {:?} vs {:?}",
+                l1.shape(),
+                l2.shape()
+            );
         }
         let mut out = vec![0f32; gate.len()];
         const CHUNK: usize = 1 << 14;
@@ -78,6 +88,90 @@ impl CustomOp2 for SiluMul {
             .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
             .for_each(|(o, (g, u))| silu_mul_chunk(g, u, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `silu(gate) · up` from the stacked `[rows, 2 m]` output of the fused gate/up GEMM.
+pub struct SiluMulPacked;
+
+impl CustomOp1 for SiluMulPacked {
+    fn name(&self) -> &'static str {
+        "silu-mul-packed"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let (rows, two_m) = l.shape().dims2()?;
+        let m = two_m / 2;
+        let mut out = vec![0f32; rows * m];
+        out.par_chunks_mut(m)
+            .zip(x.par_chunks(two_m))
+            .for_each(|(o, row)| {
+                let (gate, up) = row.split_at(m);
+                silu_mul_chunk(gate, up, o)
+            });
+        Ok((CpuStorage::F32(out), Shape::from((rows, m))))
+    }
+}
+
+/// Rotary tables as plain data, `[batch · seq, rot_dim]` (cos and sin, halves repeated).
+#[derive(Clone)]
+pub struct RopeData {
+    pub cos: Arc<Vec<f32>>,
+    pub sin: Arc<Vec<f32>>,
+    pub rot: usize,
+}
+
+/// Splits the fused QKV GEMM output `[batch · seq, (h + 2 kvh) d_head]` into per-head
+/// `[batch, h + 2 kvh, seq, d_head]` in one pass, applying HF `rotate_half` rotary to
+/// the first `rot` dims of the query and key heads.
+pub struct RopeSplit {
+    pub batch: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub rope: Option<RopeData>,
+}
+
+impl CustomOp1 for RopeSplit {
+    fn name(&self) -> &'static str {
+        "rope-split"
+    }
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(st, l)?;
+        let (n, width) = l.shape().dims2()?;
+        let (b, dh) = (self.batch, self.d_head);
+        let heads = self.n_heads + 2 * self.n_kv_heads;
+        if width != heads * dh || n % b != 0 {
+            candle_core::bail!("rope-split: input [{n}, {width}] does not hold {heads} heads of {dh} for batch {b}");
+        }
+        let s = n / b;
+        let mut out = vec![0f32; n * width];
+        out.par_chunks_mut(s * dh)
+            .enumerate()
+            .for_each(|(bh, dst)| {
+                let (bi, hi) = (bh / heads, bh % heads);
+                let rotate = hi < self.n_heads + self.n_kv_heads;
+                for si in 0..s {
+                    let row = bi * s + si;
+                    let src = &x[row * width + hi * dh..row * width + (hi + 1) * dh];
+                    let d = &mut dst[si * dh..(si + 1) * dh];
+                    match (&self.rope, rotate) {
+                        (Some(r), true) => {
+                            let half = r.rot / 2;
+                            let cos = &r.cos[row * r.rot..(row + 1) * r.rot];
+                            let sin = &r.sin[row * r.rot..(row + 1) * r.rot];
+                            for j in 0..half {
+                                d[j] = src[j] * cos[j] - src[j + half] * sin[j];
+                                d[j + half] =
+                                    src[j + half] * cos[j + half] + src[j] * sin[j + half];
+                            }
+                            d[r.rot..].copy_from_slice(&src[r.rot..]);
+                        }
+                        _ => d.copy_from_slice(src),
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, heads, s, dh))))
     }
 }
 
@@ -99,7 +193,8 @@ pub struct MaskData {
 
 /// Causal attention in one pass per (batch, query head, block of query rows):
 /// scores for the keys the block can see, scale, soft-cap, mask, softmax, times V.
-/// Inputs `q [b, h, s, dh]`, `k`/`v [b, kvh, t, dh]` (contiguous); output `z [b, h, s, dh]`.
+/// Inputs `q [b, h, s, dh]`, `k`/`v [b, kvh, t, dh]`, each with its last two axes
+/// contiguous (they may be views into one packed tensor); output `z [b, h, s, dh]`.
 pub struct FusedAttention {
     pub mask: MaskData,
     pub scale: f32,
@@ -108,14 +203,58 @@ pub struct FusedAttention {
     pub past: usize,
 }
 
+/// A `[b, heads, rows, cols]` tensor whose last two axes are contiguous.
+struct HeadsView<'a> {
+    data: &'a [f32],
+    start: usize,
+    stride_b: usize,
+    stride_h: usize,
+}
+
+impl<'a> HeadsView<'a> {
+    fn head(&self, b: usize, h: usize, len: usize) -> &'a [f32] {
+        let o = self.start + b * self.stride_b + h * self.stride_h;
+        &self.data[o..o + len]
+    }
+}
+
+fn heads_view<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<HeadsView<'a>> {
+    let st = l.stride();
+    let dims = l.dims();
+    if dims.len() != 4 || st[3] != 1 || st[2] != dims[3] {
+        candle_core::bail!(
+            "fused attention: inputs need contiguous [seq, d_head] per head, got strides {st:?}"
+        );
+    }
+    Ok(HeadsView {
+        data: s.as_slice::<f32>()?,
+        start: l.start_offset(),
+        stride_b: st[0],
+        stride_h: st[1],
+    })
+}
+
 #[inline(always)]
-fn softmax_rows_generic(scores: &mut [f32], mask: &[f32], cols: usize, mask_stride: usize, scale: f32, softcap: Option<f32>) {
+fn softmax_rows_generic(
+    scores: &mut [f32],
+    mask: &[f32],
+    cols: usize,
+    mask_stride: usize,
+    scale: f32,
+    softcap: Option<f32>,
+) {
     const L: usize = 8;
     for (r, row) in scores.chunks_mut(cols).enumerate() {
         let m = &mask[r * mask_stride..r * mask_stride + cols];
         match softcap {
-            Some(c) => row.iter_mut().zip(m).for_each(|(x, &mk)| *x = c * (*x * scale / c).tanh() + mk),
-            None => row.iter_mut().zip(m).for_each(|(x, &mk)| *x = x.mul_add(scale, mk)),
+            Some(c) => row
+                .iter_mut()
+                .zip(m)
+                .for_each(|(x, &mk)| *x = c * (*x * scale / c).tanh() + mk),
+            None => row
+                .iter_mut()
+                .zip(m)
+                .for_each(|(x, &mk)| *x = x.mul_add(scale, mk)),
         }
         // Lane-wise max and sum: float reductions only vectorise when written this way.
         let mut lanes = [f32::NEG_INFINITY; L];
@@ -125,7 +264,10 @@ fn softmax_rows_generic(scores: &mut [f32], mask: &[f32], cols: usize, mask_stri
                 lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
             }
         }
-        let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        let mut max = chunks
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
         for v in lanes {
             max = if v > max { v } else { max };
         }
@@ -165,54 +307,93 @@ impl CustomOp3 for FusedAttention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (contiguous_f32(sq, lq)?, contiguous_f32(sk, lk)?, contiguous_f32(sv, lv)?);
+        let (q, k, v) = (
+            heads_view(sq, lq)?,
+            heads_view(sk, lk)?,
+            heads_view(sv, lv)?,
+        );
         let (b, h, s, dh) = lq.shape().dims4()?;
         let (_, kvh, t, _) = lk.shape().dims4()?;
         if self.mask.queries != s || self.mask.keys != t {
-            candle_core::bail!("fused attention: mask is [{}, {}], scores are [{s}, {t}]", self.mask.queries, self.mask.keys);
+            candle_core::bail!(
+                "fused attention: mask is [{}, {}], scores are [{s}, {t}]",
+                self.mask.queries,
+                self.mask.keys
+            );
         }
         let g = h / kvh;
         let mut out = vec![0f32; b * h * s * dh];
         let mask = &self.mask.data;
         // One task per (batch, head, block of query rows); each writes only its own rows.
-        out.par_chunks_mut(s * dh).enumerate().for_each(|(bh, head_out)| {
-            let (bi, hi) = (bh / h, bh % h);
-            let kv = bi * kvh + hi / g;
-            let kp = &k[kv * t * dh..(kv + 1) * t * dh];
-            let vp = &v[kv * t * dh..(kv + 1) * t * dh];
-            head_out.par_chunks_mut(ROW_BLOCK * dh).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (blk, z)| {
-                let r0 = blk * ROW_BLOCK;
-                let rows = z.len() / dh;
-                // causal: rows r0..r0+rows see keys before past + r0 + rows only
-                let cols = (self.past + r0 + rows).min(t);
-                scores.clear();
-                scores.resize(rows * cols, 0.0);
-                let qp = &q[(bh * s + r0) * dh..(bh * s + r0 + rows) * dh];
-                // SAFETY: qp is rows×dh, kp and vp hold at least cols×dh, scores is rows×cols, z is rows×dh.
-                unsafe {
-                    gemm::gemm(
-                        rows, cols, dh,
-                        scores.as_mut_ptr(), 1, cols as isize, false,
-                        qp.as_ptr(), 1, dh as isize,
-                        kp.as_ptr(), dh as isize, 1,
-                        0.0, 1.0, false, false, false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                let m = &mask[(bi * s + r0) * t..(bi * s + r0 + rows) * t];
-                softmax_rows(scores, m, cols, t, self.scale, self.softcap);
-                unsafe {
-                    gemm::gemm(
-                        rows, dh, cols,
-                        z.as_mut_ptr(), 1, dh as isize, false,
-                        scores.as_ptr(), 1, cols as isize,
-                        vp.as_ptr(), 1, dh as isize,
-                        0.0, 1.0, false, false, false,
-                        gemm::Parallelism::None,
-                    );
-                }
+        out.par_chunks_mut(s * dh)
+            .enumerate()
+            .for_each(|(bh, head_out)| {
+                let (bi, hi) = (bh / h, bh % h);
+                let kp = k.head(bi, hi / g, t * dh);
+                let vp = v.head(bi, hi / g, t * dh);
+                let qh = q.head(bi, hi, s * dh);
+                head_out
+                    .par_chunks_mut(ROW_BLOCK * dh)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores: &mut Vec<f32>, (blk, z)| {
+                        let r0 = blk * ROW_BLOCK;
+                        let rows = z.len() / dh;
+                        // causal: rows r0..r0+rows see keys before past + r0 + rows only
+                        let cols = (self.past + r0 + rows).min(t);
+                        scores.clear();
+                        scores.resize(rows * cols, 0.0);
+                        let qp = &qh[r0 * dh..(r0 + rows) * dh];
+                        // SAFETY: qp is rows×dh, kp and vp hold at least cols×dh, scores is rows×cols, z is rows×dh.
+                        unsafe {
+                            gemm::gemm(
+                                rows,
+                                cols,
+                                dh,
+                                scores.as_mut_ptr(),
+                                1,
+                                cols as isize,
+                                false,
+                                qp.as_ptr(),
+                                1,
+                                dh as isize,
+                                kp.as_ptr(),
+                                dh as isize,
+                                1,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        let m = &mask[(bi * s + r0) * t..(bi * s + r0 + rows) * t];
+                        softmax_rows(scores, m, cols, t, self.scale, self.softcap);
+                        unsafe {
+                            gemm::gemm(
+                                rows,
+                                dh,
+                                cols,
+                                z.as_mut_ptr(),
+                                1,
+                                dh as isize,
+                                false,
+                                scores.as_ptr(),
+                                1,
+                                cols as isize,
+                                vp.as_ptr(),
+                                1,
+                                dh as isize,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    });
             });
-        });
         Ok((CpuStorage::F32(out), Shape::from((b, h, s, dh))))
     }
 }

@@ -21,5 +21,5 @@ pub use tokenizer::TextTokenizer;
 pub mod chat;
 pub mod generate;
 pub use generate::SamplingOptions;
-pub mod logits;
 pub mod kernels;
+pub mod logits;

@@ -5,7 +5,7 @@
 use crate::config::{Activation, ModelConfig, NormKind};
 use crate::error::{ModelError, Result};
 use crate::hooks::HookFilter;
-use crate::kernels::{FusedAttention, MaskData, SiluMul};
+use crate::kernels::{FusedAttention, MaskData, RopeData, RopeSplit, SiluMulPacked};
 use crate::run::{Batch, HookFn, LogitsMode, Run, RunOutput};
 use crate::weights::{Linear, ModelWeights, Norm};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -116,7 +116,14 @@ fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
 }
 
 /// Rotary tables for the given positions: `cos`, `sin` as `[batch, seq, 1, rot_dim]`.
-fn rotary_tables(cfg: &ModelConfig, rot: usize, pos: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+/// Rotary tables as tensors (for the composed path) and as data (for the kernels).
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    data: RopeData,
+}
+
+fn rotary_tables(cfg: &ModelConfig, rot: usize, pos: &[Vec<u32>]) -> Result<Rope> {
     let half = rot / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / (cfg.rope_theta.powf((2 * i) as f64 / rot as f64) as f32))
@@ -135,10 +142,15 @@ fn rotary_tables(cfg: &ModelConfig, rot: usize, pos: &[Vec<u32>]) -> Result<(Ten
             }
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (b, s, 1, rot), &Device::Cpu)?,
-        Tensor::from_vec(sin, (b, s, 1, rot), &Device::Cpu)?,
-    ))
+    Ok(Rope {
+        cos: Tensor::from_vec(cos.clone(), (b, s, 1, rot), &Device::Cpu)?,
+        sin: Tensor::from_vec(sin.clone(), (b, s, 1, rot), &Device::Cpu)?,
+        data: RopeData {
+            cos: std::sync::Arc::new(cos),
+            sin: std::sync::Arc::new(sin),
+            rot,
+        },
+    })
 }
 
 /// HF `rotate_half` rotary on the first `rot` dims of `[batch, seq, heads, d_head]`.
@@ -190,13 +202,21 @@ fn attention_mask(
             }
         }
     }
-    MaskData { data: std::sync::Arc::new(m), queries: s, keys: t }
+    MaskData {
+        data: std::sync::Arc::new(m),
+        queries: s,
+        keys: t,
+    }
 }
 
 impl MaskData {
     fn tensor(&self) -> Result<Tensor> {
         let b = self.data.len() / (self.queries * self.keys);
-        Ok(Tensor::from_vec(self.data.to_vec(), (b, 1, self.queries, self.keys), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            self.data.to_vec(),
+            (b, 1, self.queries, self.keys),
+            &Device::Cpu,
+        )?)
     }
 }
 
@@ -462,7 +482,7 @@ impl Transformer {
         l: usize,
         x: &Tensor,
         mask: &MaskData,
-        rope: Option<&(Tensor, Tensor)>,
+        rope: Option<&Rope>,
         layer_kv: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
@@ -471,34 +491,65 @@ impl Transformer {
         let (b, s, d) = x.dims3()?;
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
         let x2 = x.reshape((b * s, d))?;
-        let q = ctx.hook(
-            || format!("blocks.{l}.attn.hook_q"),
-            linear(&x2, &w.q)?.reshape((b, s, h, dh))?,
-        )?;
-        let k = ctx.hook(
-            || format!("blocks.{l}.attn.hook_k"),
-            linear(&x2, &w.k)?.reshape((b, s, kvh, dh))?,
-        )?;
-        let v = ctx.hook(
-            || format!("blocks.{l}.attn.hook_v"),
-            linear(&x2, &w.v)?.reshape((b, s, kvh, dh))?,
-        )?;
-        let (q, k) = match (rope, c.rotary_dim) {
-            (Some((cos, sin)), Some(rot)) => (
-                ctx.hook(
-                    || format!("blocks.{l}.attn.hook_rot_q"),
-                    apply_rotary(&q, cos, sin, rot)?,
-                )?,
-                ctx.hook(
-                    || format!("blocks.{l}.attn.hook_rot_k"),
-                    apply_rotary(&k, cos, sin, rot)?,
-                )?,
-            ),
-            _ => (q, k),
+        let qkv = linear(&x2, &w.qkv)?;
+        let hooked = |ctx: &Ctx, names: &[&str]| {
+            ctx.active()
+                && names
+                    .iter()
+                    .any(|n| ctx.wants(&format!("blocks.{l}.attn.{n}")))
         };
-        let q = q.transpose(1, 2)?.contiguous()?; // [b, h, s, dh]
-        let mut k = k.transpose(1, 2)?.contiguous()?; // [b, kvh, s, dh]
-        let mut v = v.transpose(1, 2)?.contiguous()?;
+        let (q, mut k, mut v) = if !ctx.differentiable
+            && !hooked(
+                ctx,
+                &["hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k"],
+            ) {
+            // One pass from the fused GEMM output to rotated per-head layout.
+            let op = RopeSplit {
+                batch: b,
+                n_heads: h,
+                n_kv_heads: kvh,
+                d_head: dh,
+                rope: rope.map(|r| r.data.clone()),
+            };
+            let heads = qkv.apply_op1_no_bwd(&op)?;
+            (
+                heads.narrow(1, 0, h)?,
+                heads.narrow(1, h, kvh)?,
+                heads.narrow(1, h + kvh, kvh)?,
+            )
+        } else {
+            let q = ctx.hook(
+                || format!("blocks.{l}.attn.hook_q"),
+                qkv.narrow(1, 0, h * dh)?.reshape((b, s, h, dh))?,
+            )?;
+            let k = ctx.hook(
+                || format!("blocks.{l}.attn.hook_k"),
+                qkv.narrow(1, h * dh, kvh * dh)?.reshape((b, s, kvh, dh))?,
+            )?;
+            let v = ctx.hook(
+                || format!("blocks.{l}.attn.hook_v"),
+                qkv.narrow(1, (h + kvh) * dh, kvh * dh)?
+                    .reshape((b, s, kvh, dh))?,
+            )?;
+            let (q, k) = match (rope, c.rotary_dim) {
+                (Some(r), Some(rot)) => (
+                    ctx.hook(
+                        || format!("blocks.{l}.attn.hook_rot_q"),
+                        apply_rotary(&q, &r.cos, &r.sin, rot)?,
+                    )?,
+                    ctx.hook(
+                        || format!("blocks.{l}.attn.hook_rot_k"),
+                        apply_rotary(&k, &r.cos, &r.sin, rot)?,
+                    )?,
+                ),
+                _ => (q, k),
+            };
+            (
+                q.transpose(1, 2)?.contiguous()?,
+                k.transpose(1, 2)?.contiguous()?,
+                v.transpose(1, 2)?.contiguous()?,
+            )
+        };
         if let Some(slot) = layer_kv {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -509,9 +560,7 @@ impl Transformer {
         let t = k.dim(2)?;
         let g = h / kvh;
         let past = t - s;
-        let internals_hooked = ctx.active()
-            && (ctx.wants(&format!("blocks.{l}.attn.hook_attn_scores")) || ctx.wants(&format!("blocks.{l}.attn.hook_pattern")));
-        let z = if !ctx.differentiable && !internals_hooked {
+        let z = if !ctx.differentiable && !hooked(ctx, &["hook_attn_scores", "hook_pattern"]) {
             let op = FusedAttention {
                 mask: mask.clone(),
                 scale: c.attn_scale as f32,
@@ -521,14 +570,28 @@ impl Transformer {
             q.apply_op3_no_bwd(&k, &v, &op)?
         } else {
             // Query heads sharing a KV head are stacked along rows: no copy of K or V per head.
-            let scores = q.reshape((b, kvh, g * s, dh))?.matmul(&k.t()?)?.reshape((b, h, s, t))?;
+            let q = q.contiguous()?;
+            let scores = q
+                .reshape((b, kvh, g * s, dh))?
+                .matmul(&k.contiguous()?.t()?)?
+                .reshape((b, h, s, t))?;
             let mut scores = (scores * c.attn_scale)?;
             if let Some(cap) = c.attn_softcap {
                 scores = ((scores / cap)?.tanh()? * cap)?;
             }
-            let scores = ctx.hook(|| format!("blocks.{l}.attn.hook_attn_scores"), scores.broadcast_add(&mask.tensor()?)?)?;
-            let pattern = ctx.hook(|| format!("blocks.{l}.attn.hook_pattern"), softmax(&scores, ctx.differentiable)?)?;
-            pattern.contiguous()?.reshape((b, kvh, g * s, t))?.matmul(&v)?.reshape((b, h, s, dh))?
+            let scores = ctx.hook(
+                || format!("blocks.{l}.attn.hook_attn_scores"),
+                scores.broadcast_add(&mask.tensor()?)?,
+            )?;
+            let pattern = ctx.hook(
+                || format!("blocks.{l}.attn.hook_pattern"),
+                softmax(&scores, ctx.differentiable)?,
+            )?;
+            pattern
+                .contiguous()?
+                .reshape((b, kvh, g * s, t))?
+                .matmul(&v.contiguous()?)?
+                .reshape((b, h, s, dh))?
         };
         let z = ctx.hook(|| format!("blocks.{l}.attn.hook_z"), z.transpose(1, 2)?)?;
         linear(&z.contiguous()?.reshape((b * s, h * dh))?, &w.o)?
@@ -541,29 +604,30 @@ impl Transformer {
         let (b, s, d) = x.dims3()?;
         let m = self.config.d_mlp;
         let x2 = x.reshape((b * s, d))?;
-        let post = match &w.mlp_gate {
-            Some(gate) => {
+        let proj = linear(&x2, &w.mlp_in)?;
+        let post = if w.gated {
+            let hooked = ctx.active()
+                && (ctx.wants(&format!("blocks.{l}.mlp.hook_pre"))
+                    || ctx.wants(&format!("blocks.{l}.mlp.hook_pre_linear")));
+            if self.config.activation == Activation::Silu && !ctx.differentiable && !hooked {
+                proj.apply_op1_no_bwd(&SiluMulPacked)?.reshape((b, s, m))?
+            } else {
                 let pre = ctx.hook(
                     || format!("blocks.{l}.mlp.hook_pre"),
-                    linear(&x2, gate)?.reshape((b, s, m))?,
+                    proj.narrow(1, 0, m)?.reshape((b, s, m))?,
                 )?;
                 let lin = ctx.hook(
                     || format!("blocks.{l}.mlp.hook_pre_linear"),
-                    linear(&x2, &w.mlp_in)?.reshape((b, s, m))?,
+                    proj.narrow(1, m, m)?.reshape((b, s, m))?,
                 )?;
-                if self.config.activation == Activation::Silu && !ctx.differentiable {
-                    pre.contiguous()?.apply_op2_no_bwd(&lin.contiguous()?, &SiluMul)?
-                } else {
-                    (self.activation(&pre)? * lin)?
-                }
+                (self.activation(&pre)? * lin)?
             }
-            None => {
-                let pre = ctx.hook(
-                    || format!("blocks.{l}.mlp.hook_pre"),
-                    linear(&x2, &w.mlp_in)?.reshape((b, s, m))?,
-                )?;
-                self.activation(&pre)?
-            }
+        } else {
+            let pre = ctx.hook(
+                || format!("blocks.{l}.mlp.hook_pre"),
+                proj.reshape((b, s, m))?,
+            )?;
+            self.activation(&pre)?
         };
         let post = ctx.hook(|| format!("blocks.{l}.mlp.hook_post"), post)?;
         Ok(linear(&post.reshape((b * s, m))?, &w.mlp_out)?.reshape((b, s, d))?)

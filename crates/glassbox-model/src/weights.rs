@@ -21,8 +21,8 @@ pub struct Norm {
     pub bias: Option<Tensor>,
 }
 
-#[derive(Debug, Clone)]
-pub struct BlockWeights {
+/// One block's weights as a loader reads them, before fusion.
+pub struct BlockParts {
     pub ln1: Norm,
     pub ln2: Norm,
     pub ln1_post: Option<Norm>,
@@ -35,6 +35,113 @@ pub struct BlockWeights {
     pub mlp_in: Linear,
     pub mlp_gate: Option<Linear>,
     pub mlp_out: Linear,
+}
+
+/// One block's weights as the forward pass uses them: Q, K and V stacked into one
+/// matrix, and gate and up stacked into one, so each is a single GEMM. The separate
+/// matrices are views into that storage (held once).
+#[derive(Debug, Clone)]
+pub struct BlockWeights {
+    pub ln1: Norm,
+    pub ln2: Norm,
+    pub ln1_post: Option<Norm>,
+    pub ln2_post: Option<Norm>,
+    /// `[q; k; v]`: `[(n_heads + 2 n_kv_heads) d_head, d_model]`
+    pub qkv: Linear,
+    pub o: Linear,
+    /// gated: `[gate; up]` `[2 d_mlp, d_model]`; plain: the input projection `[d_mlp, d_model]`
+    pub mlp_in: Linear,
+    pub gated: bool,
+    pub mlp_out: Linear,
+    q_rows: usize,
+    kv_rows: usize,
+}
+
+fn stack(parts: &[&Linear]) -> Result<Linear> {
+    let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
+    let bias = if parts.iter().all(|l| l.bias.is_some()) {
+        Some(Tensor::cat(
+            &parts
+                .iter()
+                .map(|l| l.bias.as_ref().expect("checked"))
+                .collect::<Vec<_>>(),
+            0,
+        )?)
+    } else if parts.iter().any(|l| l.bias.is_some()) {
+        // Mixed: give the bias-free parts zero biases so the stack stays exact.
+        let biases: Vec<Tensor> = parts
+            .iter()
+            .map(|l| match &l.bias {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device()),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Some(Tensor::cat(&biases, 0)?)
+    } else {
+        None
+    };
+    Ok(Linear { weight, bias })
+}
+
+fn rows(l: &Linear, start: usize, len: usize) -> Result<Linear> {
+    Ok(Linear {
+        weight: l.weight.narrow(0, start, len)?,
+        bias: match &l.bias {
+            Some(b) => Some(b.narrow(0, start, len)?),
+            None => None,
+        },
+    })
+}
+
+impl BlockWeights {
+    pub fn fuse(p: BlockParts) -> Result<Self> {
+        let q_rows = p.q.weight.dim(0)?;
+        let kv_rows = p.k.weight.dim(0)?;
+        let qkv = stack(&[&p.q, &p.k, &p.v])?;
+        let (mlp_in, gated) = match &p.mlp_gate {
+            Some(gate) => (stack(&[gate, &p.mlp_in])?, true),
+            None => (p.mlp_in, false),
+        };
+        Ok(BlockWeights {
+            ln1: p.ln1,
+            ln2: p.ln2,
+            ln1_post: p.ln1_post,
+            ln2_post: p.ln2_post,
+            qkv,
+            o: p.o,
+            mlp_in,
+            gated,
+            mlp_out: p.mlp_out,
+            q_rows,
+            kv_rows,
+        })
+    }
+    /// `W_Q` as `[n_heads d_head, d_model]` (a view)
+    pub fn q(&self) -> Result<Linear> {
+        rows(&self.qkv, 0, self.q_rows)
+    }
+    pub fn k(&self) -> Result<Linear> {
+        rows(&self.qkv, self.q_rows, self.kv_rows)
+    }
+    pub fn v(&self) -> Result<Linear> {
+        rows(&self.qkv, self.q_rows + self.kv_rows, self.kv_rows)
+    }
+    /// The gate projection of a gated MLP (a view)
+    pub fn gate(&self) -> Result<Option<Linear>> {
+        if !self.gated {
+            return Ok(None);
+        }
+        let m = self.mlp_in.weight.dim(0)? / 2;
+        rows(&self.mlp_in, 0, m).map(Some)
+    }
+    /// The up projection (gated) or input projection (plain) (a view)
+    pub fn up(&self) -> Result<Linear> {
+        if !self.gated {
+            return Ok(self.mlp_in.clone());
+        }
+        let m = self.mlp_in.weight.dim(0)? / 2;
+        rows(&self.mlp_in, m, m)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -205,7 +312,7 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
     for l in 0..c.n_layers {
         let p = format!("layers.{l}");
         let b = c.qkv_bias;
-        blocks.push(BlockWeights {
+        blocks.push(BlockWeights::fuse(BlockParts {
             ln1: norm(map, &format!("{p}.input_layernorm"), d, false)?,
             ln2: norm(
                 map,
@@ -247,7 +354,7 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
             mlp_in: linear(map, &format!("{p}.mlp.up_proj"), m, d, false)?,
             mlp_gate: Some(linear(map, &format!("{p}.mlp.gate_proj"), m, d, false)?),
             mlp_out: linear(map, &format!("{p}.mlp.down_proj"), d, m, false)?,
-        });
+        })?);
     }
     let embed = map.take("embed_tokens.weight", &[c.d_vocab, d])?;
     let unembed = match map.take_opt("lm_head.weight", &[c.d_vocab, d])? {
@@ -295,7 +402,7 @@ fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
         let p = format!("h.{l}");
         let qkv = split_rows(&conv1d(map, &format!("{p}.attn.c_attn"), d, 3 * d)?, 3)?;
         let [q, k, v]: [Linear; 3] = qkv.try_into().expect("three parts");
-        blocks.push(BlockWeights {
+        blocks.push(BlockWeights::fuse(BlockParts {
             ln1: norm(map, &format!("{p}.ln_1"), d, true)?,
             ln2: norm(map, &format!("{p}.ln_2"), d, true)?,
             ln1_post: None,
@@ -307,7 +414,7 @@ fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
             mlp_in: conv1d(map, &format!("{p}.mlp.c_fc"), d, m)?,
             mlp_gate: None,
             mlp_out: conv1d(map, &format!("{p}.mlp.c_proj"), m, d)?,
-        });
+        })?);
     }
     let embed = map.take("wte.weight", &[c.d_vocab, d])?;
     Ok(ModelWeights {
@@ -344,7 +451,7 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
                 bias: Some(b.narrow(1, i, 1)?.reshape(h * dh)?.contiguous()?),
             })
         };
-        blocks.push(BlockWeights {
+        blocks.push(BlockWeights::fuse(BlockParts {
             ln1: norm(map, &format!("{p}.input_layernorm"), d, true)?,
             ln2: norm(map, &format!("{p}.post_attention_layernorm"), d, true)?,
             ln1_post: None,
@@ -356,7 +463,7 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
             mlp_in: linear(map, &format!("{p}.mlp.dense_h_to_4h"), m, d, true)?,
             mlp_gate: None,
             mlp_out: linear(map, &format!("{p}.mlp.dense_4h_to_h"), d, m, true)?,
-        });
+        })?);
     }
     let embed = map.take("embed_in.weight", &[c.d_vocab, d])?;
     let unembed = if c.tied_embeddings {

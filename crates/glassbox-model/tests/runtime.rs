@@ -464,3 +464,43 @@ fn hooks_stay_active_while_generating() {
     assert_eq!(calls, 5, "the hook must run once per generated token");
     assert_ne!(plain, steered);
 }
+
+/// The fused kernels run only where no hook looks inside them; every mix of fused and
+/// composed pieces must give the same logits.
+#[test]
+fn fused_and_composed_paths_agree_whatever_is_hooked() {
+    for name in FAMILIES {
+        let m = tiny(name);
+        let toks = reference_tokens(name);
+        let batch = Batch::padded(
+            &[toks[0].clone(), toks[1][..11].to_vec()],
+            0,
+            PaddingSide::Left,
+        );
+        let base = m.transformer.run(&batch, &mut Run::new()).unwrap();
+        let mut specs = vec![
+            "blocks.0.attn.hook_pattern",
+            "blocks.1.attn.hook_attn_scores",
+            "blocks.0.attn.hook_q",
+            "blocks.1.attn.hook_v",
+            "blocks.0.attn.hook_z",
+            "blocks.1.mlp.hook_pre",
+            "blocks.0.mlp.hook_post",
+            "blocks.0.ln1.hook_scale",
+        ];
+        if m.config().rotary_dim.is_some() {
+            specs.push("blocks.1.attn.hook_rot_k");
+        }
+        for spec in specs {
+            let out = m
+                .transformer
+                .run(&batch, &mut Run::new().cache(filter(&m, spec)))
+                .unwrap();
+            let err = rel_err(out.logits().unwrap(), base.logits().unwrap());
+            assert!(
+                err < 1e-5,
+                "{name}: caching {spec} changed the logits by {err:.2e}"
+            );
+        }
+    }
+}
