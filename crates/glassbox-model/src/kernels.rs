@@ -12,6 +12,8 @@ use std::sync::Arc;
 pub fn fast_exp(x: f32) -> f32 {
     // Branch-free so loops of it vectorise: clamp (NaN becomes a number here and is
     // restored at the end), split x = n ln2 + r with |r| <= ln2/2, polynomial for e^r.
+    // Not `clamp`: clamp keeps NaN, and NaN must not reach the integer conversion.
+    #[allow(clippy::manual_clamp)]
     let xc = x.max(-87.3).min(88.3);
     let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
     let r = n.mul_add(-0.693_145_75, xc);
