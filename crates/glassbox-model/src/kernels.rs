@@ -93,6 +93,72 @@ impl CustomOp2 for SiluMul {
     }
 }
 
+/// `x · Wᵀ (+ b)` straight into an uninitialised buffer (candle zero-fills its matmul
+/// outputs first, a wasted pass over every activation). `x [n, in]`, `W [out, in]`.
+pub struct LinearOp {
+    pub bias: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(sx, lx)?;
+        let w = contiguous_f32(sw, lw)?;
+        let (n, k) = lx.shape().dims2()?;
+        let (out, k2) = lw.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("linear: input width {k} but weight is [{out}, {k2}]");
+        }
+        let mut dst: Vec<f32> = Vec::with_capacity(n * out);
+        let read_dst = match &self.bias {
+            Some(b) => {
+                for _ in 0..n {
+                    dst.extend_from_slice(b);
+                }
+                true
+            }
+            None => false,
+        };
+        // SAFETY: gemm writes every element of the n×out destination (read_dst=false
+        // means it never reads it), x is n×k and w is out×k row-major.
+        unsafe {
+            if !read_dst {
+                dst.set_len(n * out);
+            }
+            gemm::gemm(
+                n,
+                out,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                out as isize,
+                read_dst,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((n, out))))
+    }
+}
+
 /// `silu(gate) · up` from the stacked `[rows, 2 m]` output of the fused gate/up GEMM.
 pub struct SiluMulPacked;
 

@@ -5,7 +5,7 @@
 use crate::config::{Activation, ModelConfig, NormKind};
 use crate::error::{ModelError, Result};
 use crate::hooks::HookFilter;
-use crate::kernels::{FusedAttention, MaskData, RopeData, RopeSplit, SiluMulPacked};
+use crate::kernels::{FusedAttention, LinearOp, MaskData, RopeData, RopeSplit, SiluMulPacked};
 use crate::run::{Batch, HookFn, LogitsMode, Run, RunOutput};
 use crate::weights::{Linear, ModelWeights, Norm};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -97,7 +97,18 @@ impl Ctx<'_, '_> {
     }
 }
 
-fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+/// `x [n, in] · Wᵀ + b`. The differentiable path must use candle's matmul (it has a
+/// backward); the fast path writes the GEMM straight into its output.
+fn linear(x: &Tensor, l: &Linear, differentiable: bool) -> Result<Tensor> {
+    if !differentiable && l.weight.is_contiguous() {
+        let bias = match &l.bias {
+            Some(b) => Some(std::sync::Arc::new(b.to_vec1::<f32>()?)),
+            None => None,
+        };
+        return Ok(x
+            .contiguous()?
+            .apply_op2_no_bwd(&l.weight, &LinearOp { bias })?);
+    }
     let y = x.matmul(&l.weight.t()?)?;
     Ok(match &l.bias {
         Some(b) => y.broadcast_add(b)?,
@@ -491,7 +502,7 @@ impl Transformer {
         let (b, s, d) = x.dims3()?;
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
         let x2 = x.reshape((b * s, d))?;
-        let qkv = linear(&x2, &w.qkv)?;
+        let qkv = linear(&x2, &w.qkv, ctx.differentiable)?;
         let hooked = |ctx: &Ctx, names: &[&str]| {
             ctx.active()
                 && names
@@ -594,9 +605,13 @@ impl Transformer {
                 .reshape((b, h, s, dh))?
         };
         let z = ctx.hook(|| format!("blocks.{l}.attn.hook_z"), z.transpose(1, 2)?)?;
-        linear(&z.contiguous()?.reshape((b * s, h * dh))?, &w.o)?
-            .reshape((b, s, d))
-            .map_err(Into::into)
+        linear(
+            &z.contiguous()?.reshape((b * s, h * dh))?,
+            &w.o,
+            ctx.differentiable,
+        )?
+        .reshape((b, s, d))
+        .map_err(Into::into)
     }
 
     fn mlp(&self, l: usize, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
@@ -604,7 +619,7 @@ impl Transformer {
         let (b, s, d) = x.dims3()?;
         let m = self.config.d_mlp;
         let x2 = x.reshape((b * s, d))?;
-        let proj = linear(&x2, &w.mlp_in)?;
+        let proj = linear(&x2, &w.mlp_in, ctx.differentiable)?;
         let post = if w.gated {
             let hooked = ctx.active()
                 && (ctx.wants(&format!("blocks.{l}.mlp.hook_pre"))
@@ -630,7 +645,10 @@ impl Transformer {
             self.activation(&pre)?
         };
         let post = ctx.hook(|| format!("blocks.{l}.mlp.hook_post"), post)?;
-        Ok(linear(&post.reshape((b * s, m))?, &w.mlp_out)?.reshape((b, s, d))?)
+        Ok(
+            linear(&post.reshape((b * s, m))?, &w.mlp_out, ctx.differentiable)?
+                .reshape((b, s, d))?,
+        )
     }
 }
 
