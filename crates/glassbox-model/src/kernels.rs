@@ -93,6 +93,32 @@ impl CustomOp2 for SiluMul {
     }
 }
 
+/// Asks Linux to back a large fresh buffer with 2 MiB pages: the logits of a batch
+/// (hundreds of MB) otherwise cost ~100k page faults on first touch, a fifth of the
+/// unembedding's time.
+fn advise_huge_pages(buf: &mut Vec<f32>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = buf.capacity() * std::mem::size_of::<f32>();
+        if bytes < 16 * HUGE {
+            return;
+        }
+        let start = buf.as_mut_ptr() as usize;
+        let aligned = start.div_ceil(HUGE) * HUGE;
+        let end = (start + bytes) / HUGE * HUGE;
+        if end > aligned {
+            // SAFETY: the range lies inside this Vec's own allocation; the advice only
+            // changes how untouched pages are backed, never their contents.
+            unsafe {
+                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 /// `x · Wᵀ (+ b)` straight into an uninitialised buffer (candle zero-fills its matmul
 /// outputs first, a wasted pass over every activation). `x [n, in]`, `W [out, in]`.
 pub struct LinearOp {
@@ -118,6 +144,7 @@ impl CustomOp2 for LinearOp {
             candle_core::bail!("linear: input width {k} but weight is [{out}, {k2}]");
         }
         let mut dst: Vec<f32> = Vec::with_capacity(n * out);
+        advise_huge_pages(&mut dst);
         let read_dst = match &self.bias {
             Some(b) => {
                 for _ in 0..n {
