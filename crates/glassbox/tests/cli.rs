@@ -288,3 +288,14 @@ fn predict_and_generate_on_the_default_model() {
         "sampling must be reproducible for a seed"
     );
 }
+
+#[test]
+fn a_hf_repo_id_fails_fast_and_clearly_when_it_cannot_be_fetched() {
+    let start = std::time::Instant::now();
+    let o = glassbox(&["inspect", "--model", "glassbox-no-such-org/no-such-model"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("huggingface.co") || err.contains("hf-hub"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+}
