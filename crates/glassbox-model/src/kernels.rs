@@ -111,7 +111,11 @@ fn advise_huge_pages(buf: &mut Vec<f32>) {
             // SAFETY: the range lies inside this Vec's own allocation; the advice only
             // changes how untouched pages are backed, never their contents.
             unsafe {
-                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
             }
         }
     }

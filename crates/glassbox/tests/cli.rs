@@ -295,7 +295,10 @@ fn a_hf_repo_id_fails_fast_and_clearly_when_it_cannot_be_fetched() {
     let o = glassbox(&["inspect", "--model", "glassbox-no-such-org/no-such-model"]);
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("huggingface.co") || err.contains("hf-hub"), "{err}");
+    assert!(
+        err.contains("huggingface.co") || err.contains("hf-hub"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
 }
