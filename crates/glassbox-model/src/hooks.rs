@@ -243,8 +243,8 @@ pub fn layer_of(name: &str) -> Option<usize> {
 /// What an intervention does to the selected entries of an activation.
 #[derive(Debug, Clone)]
 pub enum Edit {
-    /// Put this tensor (same shape as the activation) in place — also how patching
-    /// from another run's cache works.
+    /// Put this tensor in place — also how patching from another run's cache works.
+    /// Same shape as the activation, or batch 1 (broadcast over the batch).
     Replace(Tensor),
     /// Add a vector over the last axis (`[width]`) or a tensor of the activation's shape.
     Add(Tensor),
@@ -289,6 +289,16 @@ impl Intervention {
         };
         let layout = HookLayout::of(name);
         let edited = match &self.edit {
+            Edit::Replace(t)
+                if t.dims() != x.dims()
+                    && t.rank() == x.rank()
+                    && t.dim(0)? == 1
+                    && t.dims()[1..] == x.dims()[1..] =>
+            {
+                t.to_dtype(x.dtype())?
+                    .broadcast_as(x.shape())?
+                    .contiguous()?
+            }
             Edit::Replace(t) => {
                 if t.dims() != x.dims() {
                     return Err(bad(format!(

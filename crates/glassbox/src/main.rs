@@ -33,6 +33,14 @@ enum Command {
     Cache(commands::cache::Args),
     /// Generate text (greedy or sampled), with a KV cache
     Generate(commands::generate::Args),
+    /// Activation or attribution patching between a clean and a corrupted prompt
+    Patch(commands::patch::Args),
+    /// The built-in IOI dataset: baseline logit differences and mean patching effects
+    Ioi(commands::ioi::Args),
+    /// Add a direction at a hook and compare continuations, target log-probs and KL
+    Steer(commands::steer::Args),
+    /// Zero- or mean-ablate heads or neurons and measure loss and logit changes
+    Ablate(commands::ablate::Args),
     /// Throughput benchmarks
     Bench {
         #[command(subcommand)]
@@ -65,6 +73,10 @@ fn main() {
         Command::Predict(a) => commands::predict::run(a),
         Command::Cache(a) => commands::cache::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Patch(a) => commands::patch::run(a),
+        Command::Ioi(a) => commands::ioi::run(a),
+        Command::Steer(a) => commands::steer::run(a),
+        Command::Ablate(a) => commands::ablate::run(a),
         Command::Bench { what } => commands::bench::run(what),
     };
     if let Err(e) = result {

@@ -1,7 +1,11 @@
+pub mod ablate;
 pub mod bench;
 pub mod cache;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
+pub mod ioi;
+pub mod patch;
 pub mod predict;
 pub mod quickstart;
+pub mod steer;

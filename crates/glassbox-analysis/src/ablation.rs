@@ -1,0 +1,179 @@
+//! Zero and mean ablation of attention heads and MLP neurons, and its effect on loss
+//! and logits over a prompt set.
+
+use crate::metric::{mean_kl, next_token_loss};
+use crate::{bad, Result};
+use candle_core::{Device, Tensor, D};
+use glassbox_model::{Batch, HookFilter, Run, Transformer};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Unit {
+    /// `blocks.L.attn.hook_z`, head H
+    Head { layer: usize, head: usize },
+    /// `blocks.L.mlp.hook_post`, neuron N
+    Neuron { layer: usize, index: usize },
+}
+
+impl Unit {
+    /// Parses `L.H` (heads) or `L.N` (neurons).
+    pub fn parse_list(spec: &str, head: bool, model: &Transformer) -> Result<Vec<Unit>> {
+        let c = &model.config;
+        spec.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (l, i) = s
+                    .split_once('.')
+                    .and_then(|(l, i)| Some((l.parse::<usize>().ok()?, i.parse::<usize>().ok()?)))
+                    .ok_or_else(|| bad(format!("`{s}` is not LAYER.INDEX (e.g. 9.6)")))?;
+                if l >= c.n_layers {
+                    return Err(bad(format!(
+                        "`{s}`: layer {l} does not exist (the model has {} layers)",
+                        c.n_layers
+                    )));
+                }
+                let limit = if head { c.n_heads } else { c.d_mlp };
+                if i >= limit {
+                    return Err(bad(format!(
+                        "`{s}`: index {i} is out of range (layer {l} has {limit} {})",
+                        if head { "heads" } else { "neurons" }
+                    )));
+                }
+                Ok(if head {
+                    Unit::Head { layer: l, head: i }
+                } else {
+                    Unit::Neuron { layer: l, index: i }
+                })
+            })
+            .collect()
+    }
+
+    fn hook(&self) -> String {
+        match self {
+            Unit::Head { layer, .. } => format!("blocks.{layer}.attn.hook_z"),
+            Unit::Neuron { layer, .. } => format!("blocks.{layer}.mlp.hook_post"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AblationReport {
+    pub units: Vec<Unit>,
+    pub mode: &'static str,
+    pub prompts: usize,
+    pub loss_clean: f32,
+    pub loss_ablated: f32,
+    /// mean over prompts and positions of KL(clean ‖ ablated)
+    pub kl: f32,
+    pub max_abs_logit_change: f32,
+}
+
+/// Runs every prompt with and without the ablation. Mean ablation replaces each unit by
+/// its mean over all tokens of the prompt set.
+pub fn ablate(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    units: &[Unit],
+    mean: bool,
+) -> Result<AblationReport> {
+    if units.is_empty() {
+        return Err(bad("nothing to ablate: name heads or neurons"));
+    }
+    if prompts.iter().any(|p| p.len() < 2) {
+        return Err(bad(
+            "every prompt needs at least two tokens (the loss predicts the next one)",
+        ));
+    }
+    let cfg = &model.config;
+    let mut hooks: Vec<String> = units.iter().map(Unit::hook).collect();
+    hooks.sort();
+    hooks.dedup();
+    // Per hook: the replacement values (zeros or means) and which entries to replace.
+    let mut means: std::collections::BTreeMap<String, Tensor> = Default::default();
+    if mean {
+        let filter = HookFilter::new(hooks.clone(), cfg)?;
+        let mut sums: std::collections::BTreeMap<String, (Tensor, usize)> = Default::default();
+        for p in prompts {
+            let out = model.run(&Batch::single(p), &mut Run::new().cache(filter.clone()))?;
+            for (name, a) in out.cache {
+                let s = a.squeeze(0)?.sum(0)?;
+                let e = sums
+                    .entry(name)
+                    .or_insert_with(|| (s.zeros_like().expect("zeros"), 0));
+                e.0 = (&e.0 + s)?;
+                e.1 += p.len();
+            }
+        }
+        for (name, (s, n)) in sums {
+            means.insert(name, (s / n as f64)?);
+        }
+    }
+    let mut run = Run::new();
+    for hook in &hooks {
+        let sel: Vec<Unit> = units
+            .iter()
+            .copied()
+            .filter(|u| &u.hook() == hook)
+            .collect();
+        let mean_t = means.get(hook).cloned();
+        let (h, dh, m) = (cfg.n_heads, cfg.d_head, cfg.d_mlp);
+        run = run.hook(HookFilter::parse(hook, cfg)?, move |_, x| {
+            let dims = x.dims().to_vec();
+            // mask over the trailing axes: [head, d_head] for z, [d_mlp] for neurons
+            let (mask, tail): (Vec<u8>, Vec<usize>) = match sel[0] {
+                Unit::Head { .. } => {
+                    let mut v = vec![0u8; h * dh];
+                    for u in &sel {
+                        if let Unit::Head { head, .. } = u {
+                            v[head * dh..(head + 1) * dh]
+                                .iter_mut()
+                                .for_each(|x| *x = 1);
+                        }
+                    }
+                    (v, vec![h, dh])
+                }
+                Unit::Neuron { .. } => {
+                    let mut v = vec![0u8; m];
+                    for u in &sel {
+                        if let Unit::Neuron { index, .. } = u {
+                            v[*index] = 1;
+                        }
+                    }
+                    (v, vec![m])
+                }
+            };
+            let mask = Tensor::from_vec(mask, tail.as_slice(), &Device::Cpu)?
+                .broadcast_as(dims.as_slice())?;
+            let replacement = match &mean_t {
+                Some(mt) => mt.broadcast_as(dims.as_slice())?.contiguous()?,
+                None => x.zeros_like()?,
+            };
+            Ok(mask.where_cond(&replacement, &x)?)
+        });
+    }
+    let (mut lc, mut la, mut kl, mut maxd) = (0f32, 0f32, 0f32, 0f32);
+    for p in prompts {
+        let clean = model.run(&Batch::single(p), &mut Run::new())?;
+        let ablated = model.run(&Batch::single(p), &mut run)?;
+        lc += next_token_loss(clean.logits()?, p)?;
+        la += next_token_loss(ablated.logits()?, p)?;
+        kl += mean_kl(clean.logits()?, ablated.logits()?)?;
+        let d = (clean.logits()? - ablated.logits()?)?
+            .abs()?
+            .flatten_all()?
+            .max(D::Minus1)?
+            .to_scalar::<f32>()?;
+        maxd = maxd.max(d);
+    }
+    let n = prompts.len() as f32;
+    Ok(AblationReport {
+        units: units.to_vec(),
+        mode: if mean { "mean" } else { "zero" },
+        prompts: prompts.len(),
+        loss_clean: lc / n,
+        loss_ablated: la / n,
+        kl: kl / n,
+        max_abs_logit_change: maxd,
+    })
+}

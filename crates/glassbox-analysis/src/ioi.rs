@@ -1,0 +1,140 @@
+//! A built-in indirect-object-identification (IOI) dataset: "When Mary and John went
+//! to the store, John gave a drink to" → " Mary". The corrupted prompt replaces the
+//! second mention of the subject with a third name, so the correct answer is no longer
+//! determined; clean and corrupted prompts have the same token length.
+
+use crate::{bad, Result};
+use glassbox_model::TextTokenizer;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+pub const NAMES: &[&str] = &[
+    "Mary", "John", "Tom", "James", "Sarah", "Michael", "Emma", "David", "Anna", "Paul", "Lisa",
+    "Mark", "Laura", "Peter", "Kate", "Daniel", "Alice", "Robert", "Susan", "George", "Rachel",
+    "Henry", "Linda", "Frank",
+];
+pub const PLACES: &[&str] = &[
+    "store",
+    "park",
+    "school",
+    "office",
+    "hospital",
+    "station",
+    "restaurant",
+    "garden",
+    "library",
+    "beach",
+];
+pub const OBJECTS: &[&str] = &[
+    "drink", "book", "ring", "ball", "bag", "letter", "key", "gift", "phone", "flower",
+];
+
+/// `{A}` is the indirect object (the answer), `{B}` the subject mentioned twice.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "ABBA",
+        "When {A} and {B} went to the {P}, {B} gave a {O} to",
+    ),
+    (
+        "BABA",
+        "When {B} and {A} went to the {P}, {B} gave a {O} to",
+    ),
+    (
+        "ABBA",
+        "Then, {A} and {B} were working at the {P}. {B} decided to give a {O} to",
+    ),
+    (
+        "BABA",
+        "Then, {B} and {A} were working at the {P}. {B} decided to give a {O} to",
+    ),
+    (
+        "ABBA",
+        "After {A} and {B} arrived at the {P}, {B} handed a {O} to",
+    ),
+    (
+        "BABA",
+        "After {B} and {A} arrived at the {P}, {B} handed a {O} to",
+    ),
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IoiPrompt {
+    pub template: usize,
+    pub order: &'static str,
+    pub clean: String,
+    pub corrupt: String,
+    /// `" " + indirect object`
+    pub answer: String,
+    /// `" " + subject`
+    pub wrong: String,
+}
+
+fn fill(t: &str, a: &str, b: &str, p: &str, o: &str) -> String {
+    t.replace("{A}", a)
+        .replace("{B}", b)
+        .replace("{P}", p)
+        .replace("{O}", o)
+}
+
+/// Replaces the last `{B}` of the template (the second mention of the subject).
+fn fill_corrupt(t: &str, a: &str, b: &str, c: &str, p: &str, o: &str) -> String {
+    let i = t.rfind("{B}").expect("templates mention B twice");
+    let t = format!("{}{}{}", &t[..i], c, &t[i + 3..]);
+    fill(&t, a, b, p, o)
+}
+
+/// `n` prompt pairs drawn with `seed`, using only names that are one token (with a
+/// leading space) for `tok`, so every clean/corrupted pair has equal length.
+pub fn generate(tok: &TextTokenizer, n: usize, seed: u64) -> Result<Vec<IoiPrompt>> {
+    let one_token = |w: &str| {
+        tok.encode(&format!(" {w}"))
+            .map(|ids| ids.len() == 1)
+            .unwrap_or(false)
+    };
+    let names: Vec<&str> = NAMES.iter().copied().filter(|w| one_token(w)).collect();
+    let places: Vec<&str> = PLACES.iter().copied().filter(|w| one_token(w)).collect();
+    let objects: Vec<&str> = OBJECTS.iter().copied().filter(|w| one_token(w)).collect();
+    if names.len() < 3 || places.is_empty() || objects.is_empty() {
+        return Err(bad(
+            "this tokenizer splits too many IOI names into several tokens",
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let template = i % TEMPLATES.len();
+        let (order, t) = TEMPLATES[template];
+        let picked: Vec<&str> = names.choose_multiple(&mut rng, 3).copied().collect();
+        let (a, b, c) = (picked[0], picked[1], picked[2]);
+        let p = *places.choose(&mut rng).expect("non-empty");
+        let o = *objects.choose(&mut rng).expect("non-empty");
+        out.push(IoiPrompt {
+            template,
+            order,
+            clean: fill(t, a, b, p, o),
+            corrupt: fill_corrupt(t, a, b, c, p, o),
+            answer: format!(" {a}"),
+            wrong: format!(" {b}"),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn corruption_replaces_the_second_subject_mention() {
+        let (_, t) = TEMPLATES[0];
+        assert_eq!(
+            fill(t, "Mary", "John", "store", "drink"),
+            "When Mary and John went to the store, John gave a drink to"
+        );
+        assert_eq!(
+            fill_corrupt(t, "Mary", "John", "Tom", "store", "drink"),
+            "When Mary and John went to the store, Tom gave a drink to"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+use crate::open::{atomic_write, encode, open_model};
+use anyhow::{Context, Result};
+use glassbox_analysis::metric::single_token;
+use glassbox_analysis::steering::{
+    contrastive_direction, effect, load_pairs, load_vector, Steering,
+};
+use glassbox_model::{Run, SamplingOptions};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("direction").required(true).args(["vector", "pairs"])))]
+pub struct Args {
+    #[arg(long)]
+    model: String,
+    /// safetensors file with the steering vector ([d_model])
+    #[arg(long)]
+    vector: Option<PathBuf>,
+    /// contrastive pairs: `positive<TAB>negative` per line, or JSONL {positive, negative}
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// Hook to steer, e.g. blocks.12.hook_resid_pre
+    #[arg(long)]
+    hook: String,
+    #[arg(long, allow_hyphen_values = true)]
+    strength: f64,
+    #[arg(long)]
+    prompt: String,
+    /// Target tokens whose log-probability change is reported (repeatable)
+    #[arg(long)]
+    target: Vec<String>,
+    /// Steer only these prompt positions (default: every position, generated ones too)
+    #[arg(long, value_delimiter = ',')]
+    positions: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 30)]
+    max_tokens: usize,
+    /// Print the effect for each of these strengths instead of one continuation
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    sweep: Option<Vec<f64>>,
+    /// Save the direction used (e.g. the contrastive mean difference) as safetensors
+    #[arg(long)]
+    save_vector: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let model = open_model(&a.model)?;
+    let tok = model.tokenizer()?;
+    let m = &model.transformer;
+    let direction = match (&a.vector, &a.pairs) {
+        (Some(v), _) => load_vector(v)?,
+        (None, Some(p)) => contrastive_direction(m, tok, &load_pairs(p)?, &a.hook)?,
+        _ => anyhow::bail!("give --vector or --pairs"),
+    };
+    if let Some(path) = &a.save_vector {
+        let t = std::collections::HashMap::from([("vector".to_string(), direction.clone())]);
+        atomic_write(path, |tmp| {
+            candle_core::safetensors::save(&t, tmp).context("cannot write the vector")
+        })?;
+    }
+    let prompt = encode(&model, &a.prompt)?;
+    let targets: Vec<u32> = a
+        .target
+        .iter()
+        .map(|t| single_token(tok, t))
+        .collect::<Result<_, _>>()?;
+    let mut steering = Steering::new(&a.hook, direction, a.strength)?;
+    steering.positions = a.positions.clone();
+    let norm = steering
+        .direction
+        .sqr()?
+        .sum_all()?
+        .sqrt()?
+        .to_scalar::<f32>()?;
+    println!("steering {} with a direction of norm {norm:.2}", a.hook);
+
+    if let Some(strengths) = &a.sweep {
+        println!(
+            "{:>10} {:>12} {}",
+            "strength",
+            "KL(neutral)",
+            a.target
+                .iter()
+                .map(|t| format!("Δlogp{t:?}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut rows = Vec::new();
+        for &s in strengths {
+            let mut st = steering.clone();
+            st = Steering {
+                strength: s,
+                ..Steering::new(&st.hook, st.direction, s)?
+            };
+            st.positions = a.positions.clone();
+            let e = effect(m, tok, &prompt, &targets, &st)?;
+            println!(
+                "{:>10.3} {:>12.5} {}",
+                s,
+                e.kl_neutral,
+                e.target_logprob_delta
+                    .iter()
+                    .map(|d| format!("{d:>+10.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            rows.push(e);
+        }
+        if let Some(p) = &a.json {
+            atomic_write(p, |tmp| {
+                Ok(std::fs::write(tmp, serde_json::to_string_pretty(&rows)?)?)
+            })?;
+        }
+        return Ok(());
+    }
+
+    let opts = SamplingOptions {
+        max_new_tokens: a.max_tokens,
+        stop_tokens: tok.eos_token_id.into_iter().collect(),
+        ..Default::default()
+    };
+    let plain = m.generate(&prompt, &opts, &mut Run::new(), |_| {})?;
+    let steered = m.generate(&prompt, &opts, &mut steering.run(m)?, |_| {})?;
+    let (plain, steered) = (tok.decode(&plain)?, tok.decode(&steered)?);
+    println!(
+        "\n--- unsteered ---\n{}{}\n--- steered (strength {}) ---\n{}{}\n",
+        a.prompt, plain, a.strength, a.prompt, steered
+    );
+    let e = effect(m, tok, &prompt, &targets, &steering)?;
+    for (t, d) in a.target.iter().zip(&e.target_logprob_delta) {
+        println!("Δ log p({t:?}) at the next token: {d:+.4}");
+    }
+    println!(
+        "KL(unsteered ‖ steered) on {} neutral texts: {:.5} nats/token",
+        glassbox_analysis::steering::NEUTRAL_TEXTS.len(),
+        e.kl_neutral
+    );
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({"hook": a.hook, "strength": a.strength, "unsteered": plain, "steered": steered, "effect": e});
+        atomic_write(p, |tmp| {
+            Ok(std::fs::write(tmp, serde_json::to_string_pretty(&v)?)?)
+        })?;
+    }
+    Ok(())
+}
