@@ -8,7 +8,9 @@
 use crate::metric::{logit_diff_last, logit_diff_scalar, pearson};
 use crate::{bad, Result};
 use candle_core::{DType, Device, Tensor};
-use glassbox_model::{Batch, HookFilter, Intervention, LogitsMode, Run, Transformer};
+use glassbox_model::{
+    ActivationCache, Batch, HookFilter, Intervention, LogitsMode, Run, Transformer,
+};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,8 +108,10 @@ impl PatchProblem<'_> {
         Ok(HookFilter::parse(site.pattern(), &self.model.config)?)
     }
 
-    /// Baseline logit differences (clean, corrupt) and the clean run's cache of `site`.
-    fn baselines(&self, site: PatchSite) -> Result<(f32, f32, glassbox_model::ActivationCache)> {
+    /// Baseline logit differences (clean, corrupt), the clean run's cache of `site`, and
+    /// the corrupted run's residual entering each block (patched runs start there).
+    #[allow(clippy::type_complexity)]
+    fn baselines(&self, site: PatchSite) -> Result<(f32, f32, ActivationCache, ActivationCache)> {
         let clean = self.model.run(
             &Batch::single(&self.clean),
             &mut self
@@ -115,20 +119,22 @@ impl PatchProblem<'_> {
                 .cache(self.filter(site)?)
                 .logits(LogitsMode::Last),
         )?;
+        let resid = HookFilter::parse("blocks.*.hook_resid_pre", &self.model.config)?;
         let corrupt = self.model.run(
             &Batch::single(&self.corrupt),
-            &mut self.base_run().logits(LogitsMode::Last),
+            &mut self.base_run().cache(resid).logits(LogitsMode::Last),
         )?;
         let lc = logit_diff_last(clean.logits()?, self.answer, self.wrong)?[0];
         let lr = logit_diff_last(corrupt.logits()?, self.answer, self.wrong)?[0];
-        Ok((lc, lr, clean.cache))
+        Ok((lc, lr, clean.cache, corrupt.cache))
     }
 
     /// Exact denoising patching: one batched forward per layer, each row patching one
-    /// position (or head) with the clean activation.
+    /// position (or head) with the clean activation, starting from the corrupted run's
+    /// residual at that layer (the blocks before it are unaffected).
     pub fn exact(&self, site: PatchSite) -> Result<PatchResult> {
         self.validate()?;
-        let (lc, lr, clean_cache) = self.baselines(site)?;
+        let (lc, lr, clean_cache, corrupt_resid) = self.baselines(site)?;
         let cfg = &self.model.config;
         let s = self.clean.len();
         let cols = if site == PatchSite::AttnHead {
@@ -148,9 +154,15 @@ impl PatchProblem<'_> {
             let sel = Tensor::from_vec(sel, (cols, cols), &Device::Cpu)?;
             let batch = Batch::new(vec![self.corrupt.clone(); cols]);
             let filter = HookFilter::parse(&name, cfg)?;
+            // Nothing before block `layer` changes: every patched row starts there from
+            // the corrupted run's residual.
+            let start = corrupt_resid[&format!("blocks.{layer}.hook_resid_pre")]
+                .broadcast_as((cols, s, cfg.d_model))?
+                .contiguous()?;
             let mut run = self
                 .base_run()
                 .logits(LogitsMode::Last)
+                .start_at_layer(layer, start)
                 .hook(filter, move |_, x| {
                     let dims = x.dims().to_vec();
                     let mask = match site {

@@ -184,6 +184,7 @@ pub struct Run<'h> {
     pub(crate) cache: Option<HookFilter>,
     pub(crate) grads: Option<HookFilter>,
     pub(crate) stop_at_layer: Option<usize>,
+    pub(crate) start_at_layer: Option<(usize, Tensor)>,
     pub(crate) logits: LogitsMode,
 }
 
@@ -220,6 +221,13 @@ impl<'h> Run<'h> {
     /// (TransformerLens semantics); no unembedding.
     pub fn stop_at_layer(mut self, layer: usize) -> Self {
         self.stop_at_layer = Some(layer);
+        self
+    }
+    /// Skip the embedding and blocks `0..layer`: `residual` `[batch, seq, d_model]` (for
+    /// example another run's cached `blocks.{layer}.hook_resid_pre`) enters block `layer`.
+    /// The batch still supplies the tokens' count, mask and positions.
+    pub fn start_at_layer(mut self, layer: usize, residual: Tensor) -> Self {
+        self.start_at_layer = Some((layer, residual));
         self
     }
     pub fn logits(mut self, mode: LogitsMode) -> Self {

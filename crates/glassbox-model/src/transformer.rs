@@ -401,27 +401,35 @@ impl Transformer {
             differentiable: run.grads.is_some(),
         };
 
-        let ids: Vec<u32> = batch.tokens.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(ids, b * s, &Device::Cpu)?;
-        let mut embed = self
-            .weights
-            .embed
-            .index_select(&ids, 0)?
-            .reshape((b, s, c.d_model))?;
-        if let Some(scale) = c.embed_scale {
-            // HF casts the normaliser to the model dtype before multiplying.
-            embed = (embed * (scale as f32) as f64)?;
+        if run.start_at_layer.is_some() && kv.is_some() {
+            return Err(ModelError::BadInput(
+                "start_at_layer cannot be combined with a KV cache".into(),
+            ));
         }
-        let mut resid = ctx.hook(|| "hook_embed".into(), embed)?;
-        if let Some(wpe) = &self.weights.pos_embed {
-            let p: Vec<u32> = positions.iter().flatten().copied().collect();
-            let p = Tensor::from_vec(p, b * s, &Device::Cpu)?;
-            let pos = wpe.index_select(&p, 0)?.reshape((b, s, c.d_model))?;
-            let pos = ctx.hook(|| "hook_pos_embed".into(), pos)?;
-            resid = (resid + pos)?;
-        }
+        let first_layer = match &run.start_at_layer {
+            Some((l, _)) if *l > n_layers => {
+                return Err(ModelError::BadInput(format!(
+                    "start_at_layer {l} is past the last layer run ({n_layers})"
+                )))
+            }
+            Some((l, _)) => *l,
+            None => 0,
+        };
+        let mut resid = match &run.start_at_layer {
+            Some((_, r)) => {
+                if r.dims() != [b, s, c.d_model] {
+                    return Err(ModelError::BadInput(format!(
+                        "start_at_layer residual has shape {:?}, expected {:?}",
+                        r.dims(),
+                        [b, s, c.d_model]
+                    )));
+                }
+                r.clone()
+            }
+            None => self.embed(batch, &positions, &mut ctx)?,
+        };
 
-        for l in 0..n_layers {
+        for l in first_layer..n_layers {
             let w = &self.weights.blocks[l];
             resid = ctx.hook(|| format!("blocks.{l}.hook_resid_pre"), resid)?;
             let x = self.norm(&resid, &w.ln1, &format!("blocks.{l}.ln1"), &mut ctx)?;
@@ -486,6 +494,32 @@ impl Transformer {
             cache: ctx.cache,
             grad_vars: ctx.grad_vars,
         })
+    }
+
+    fn embed(&self, batch: &Batch, positions: &[Vec<u32>], ctx: &mut Ctx) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, s) = (batch.batch_size(), batch.seq_len());
+        let ids: Vec<u32> = batch.tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, b * s, &Device::Cpu)?;
+        let mut embed = self
+            .weights
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((b, s, c.d_model))?;
+        if let Some(scale) = c.embed_scale {
+            // HF casts the normaliser to the model dtype before multiplying.
+            embed = (embed * (scale as f32) as f64)?;
+        }
+        let mut resid = ctx.hook(|| "hook_embed".into(), embed)?;
+        if let Some(wpe) = &self.weights.pos_embed {
+            let p: Vec<u32> = positions.iter().flatten().copied().collect();
+            let p = Tensor::from_vec(p, b * s, &Device::Cpu)?;
+            let pos = wpe.index_select(&p, 0)?.reshape((b, s, c.d_model))?;
+            let pos = ctx.hook(|| "hook_pos_embed".into(), pos)?;
+            resid = (resid + pos)?;
+        }
+
+        Ok(resid)
     }
 
     fn attention(

@@ -504,3 +504,33 @@ fn fused_and_composed_paths_agree_whatever_is_hooked() {
         }
     }
 }
+
+#[test]
+fn start_at_layer_continues_from_a_cached_residual() {
+    for name in FAMILIES {
+        let m = tiny(name);
+        let t = reference_tokens(name)[0].clone();
+        let full = m
+            .transformer
+            .run(
+                &Batch::single(&t),
+                &mut Run::new().cache(filter(&m, "blocks.1.hook_resid_pre")),
+            )
+            .unwrap();
+        let resid = full.cache["blocks.1.hook_resid_pre"].clone();
+        let out = m
+            .transformer
+            .run(&Batch::single(&t), &mut Run::new().start_at_layer(1, resid))
+            .unwrap();
+        assert_eq!(
+            max_abs_diff(out.logits().unwrap(), full.logits().unwrap()),
+            0.0,
+            "{name}"
+        );
+        let bad = Tensor::zeros((1, 3, 64), DType::F32, &Device::Cpu).unwrap();
+        assert!(m
+            .transformer
+            .run(&Batch::single(&t), &mut Run::new().start_at_layer(1, bad))
+            .is_err());
+    }
+}
