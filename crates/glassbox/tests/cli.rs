@@ -302,3 +302,173 @@ fn a_hf_repo_id_fails_fast_and_clearly_when_it_cannot_be_fetched() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
 }
+
+const IOI_CLEAN: &str = "When Mary and John went to the store, John gave a drink to";
+const IOI_CORRUPT: &str = "When Mary and John went to the store, Tom gave a drink to";
+
+#[test]
+fn patch_writes_the_grid_scripts_depend_on() {
+    if default_model().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let o = glassbox(&[
+        "patch",
+        "--model",
+        "default",
+        "--clean",
+        IOI_CLEAN,
+        "--corrupt",
+        IOI_CORRUPT,
+        "--answer",
+        " Mary",
+        "--wrong",
+        " John",
+        "--site",
+        "resid_pre",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // HF: " Mary" 11.037, " John" 4.917
+    assert!(
+        (v["logit_diff_clean"].as_f64().unwrap() - 6.12).abs() < 0.02,
+        "{}",
+        v["logit_diff_clean"]
+    );
+    let grid = v["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 30);
+    assert_eq!(grid[0].as_array().unwrap().len(), 14);
+    // at layer 0 only the changed token (position 9) matters, and it restores everything
+    assert!((grid[0][9].as_f64().unwrap() - 1.0).abs() < 1e-3);
+    assert!(grid[0][3].as_f64().unwrap().abs() < 1e-3);
+    assert!(dir.path().join("p.svg").exists());
+}
+
+#[test]
+fn causal_commands_refuse_bad_input_with_reasons() {
+    if default_model().is_none() {
+        return;
+    }
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "patch",
+                "--model",
+                "default",
+                "--clean",
+                IOI_CLEAN,
+                "--corrupt",
+                "When Mary went to the store",
+                "--answer",
+                " Mary",
+                "--wrong",
+                " John",
+                "--json",
+                "/tmp/never.json",
+            ],
+            "clean has 14, corrupted has 6",
+        ),
+        (
+            vec![
+                "patch",
+                "--model",
+                "default",
+                "--clean",
+                IOI_CLEAN,
+                "--corrupt",
+                IOI_CORRUPT,
+                "--answer",
+                " Mary Ann Smith",
+                "--wrong",
+                " John",
+                "--json",
+                "/tmp/never.json",
+            ],
+            "is 3 tokens",
+        ),
+        (
+            vec![
+                "steer",
+                "--model",
+                "default",
+                "--pairs",
+                "/dev/null",
+                "--hook",
+                "blocks.3.hook_resid_pre",
+                "--strength",
+                "NaN",
+                "--prompt",
+                "Hi",
+            ],
+            "holds no pairs",
+        ),
+        (
+            vec![
+                "ablate",
+                "--model",
+                "default",
+                "--prompt",
+                "Hello there friend",
+                "--heads",
+                "3.99",
+            ],
+            "out of range",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = glassbox(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = stderr(&o);
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!std::path::Path::new("/tmp/never.json").exists());
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.tsv");
+    std::fs::write(&pairs, "I love it\tI hate it\n").unwrap();
+    for s in ["NaN", "inf"] {
+        let o = glassbox(&[
+            "steer",
+            "--model",
+            "default",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--hook",
+            "blocks.3.hook_resid_pre",
+            "--strength",
+            s,
+            "--prompt",
+            "Hi",
+        ]);
+        assert!(stderr(&o).contains("finite"), "{}", stderr(&o));
+    }
+    let o = glassbox(&[
+        "steer",
+        "--model",
+        "default",
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--hook",
+        "blocks.3.hook_resid_pre",
+        "--strength",
+        "0",
+        "--prompt",
+        "The weather today is",
+        "--target",
+        " nice",
+        "--sweep",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("0.00000"),
+        "strength 0 must have zero KL: {}",
+        stdout(&o)
+    );
+}
