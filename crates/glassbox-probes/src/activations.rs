@@ -1,0 +1,154 @@
+//! Activations of statements at one hook per layer and one token position, batched,
+//! with an optional on-disk cache so sweeps do not rerun the model.
+
+use crate::{bad, Result};
+use candle_core::{Device, Tensor};
+use glassbox_model::{Batch, HookFilter, LogitsMode, Model, PaddingSide, Run};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    /// the statement's last token
+    Last,
+    /// the mean over the statement's tokens
+    Mean,
+}
+
+impl Position {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Position::Last),
+            "mean" => Ok(Position::Mean),
+            other => Err(bad(format!("unknown position `{other}`; use last or mean"))),
+        }
+    }
+}
+
+/// `hook` is a hook name with `{L}` for the layer, e.g. `blocks.{L}.hook_resid_post`.
+pub fn hook_name(hook: &str, layer: usize) -> String {
+    hook.replace("{L}", &layer.to_string())
+}
+
+/// `[layer][statement][width]` activations.
+pub type Activations = Vec<Vec<Vec<f32>>>;
+
+fn cache_key(
+    model: &Model,
+    hook: &str,
+    layers: &[usize],
+    pos: Position,
+    texts: &[String],
+) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    eat(model.source.to_string_lossy().as_bytes());
+    eat(hook.as_bytes());
+    eat(format!("{layers:?}{pos:?}").as_bytes());
+    for t in texts {
+        eat(t.as_bytes());
+        eat(&[0]);
+    }
+    format!("{h:016x}")
+}
+
+/// Runs the model over `texts` (batches of `batch_size`, right-padded, stopping after the
+/// deepest layer asked for) and returns the activations, reading and writing
+/// `cache_dir` when given.
+pub fn collect(
+    model: &Model,
+    texts: &[String],
+    hook: &str,
+    layers: &[usize],
+    position: Position,
+    cache_dir: Option<&Path>,
+) -> Result<Activations> {
+    let cfg = model.config();
+    if let Some(&l) = layers.iter().find(|&&l| l >= cfg.n_layers) {
+        return Err(bad(format!(
+            "layer {l} does not exist (the model has {} layers, 0..{})",
+            cfg.n_layers,
+            cfg.n_layers - 1
+        )));
+    }
+    let names: Vec<String> = layers.iter().map(|&l| hook_name(hook, l)).collect();
+    let filter = HookFilter::new(names.clone(), cfg)?;
+    let key = cache_key(model, hook, layers, position, texts);
+    let cache_file = cache_dir.map(|d| d.join(format!("acts-{key}.safetensors")));
+    if let Some(f) = cache_file.as_ref().filter(|f| f.exists()) {
+        let t = candle_core::safetensors::load(f, &Device::Cpu)?;
+        return names
+            .iter()
+            .map(|n| {
+                Ok(t.get(n)
+                    .ok_or_else(|| bad(format!("{}: no {n}", f.display())))?
+                    .to_vec2::<f32>()?)
+            })
+            .collect();
+    }
+    let tok = model.tokenizer()?;
+    let mut encoded = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        let ids = tok.encode(t)?;
+        if ids.is_empty() {
+            return Err(bad(format!("statement {i} is empty")));
+        }
+        if ids.len() > cfg.n_ctx {
+            return Err(bad(format!(
+                "statement {i} is {} tokens, longer than the model's context of {}: shorten it",
+                ids.len(),
+                cfg.n_ctx
+            )));
+        }
+        encoded.push(ids);
+    }
+    let deepest = layers.iter().copied().max().unwrap_or(0);
+    let mut out: Activations = vec![Vec::with_capacity(texts.len()); layers.len()];
+    for chunk in encoded.chunks(16) {
+        let batch = Batch::padded(chunk, 0, PaddingSide::Right);
+        let mut run = Run::new().cache(filter.clone()).logits(LogitsMode::None);
+        if deepest + 1 < cfg.n_layers {
+            run = run.stop_at_layer(deepest + 1);
+        }
+        let res = model.transformer.run(&batch, &mut run)?;
+        for (li, name) in names.iter().enumerate() {
+            let a = &res.cache[name];
+            for (r, ids) in chunk.iter().enumerate() {
+                let row = a.get(r)?.narrow(0, 0, ids.len())?;
+                let v = match position {
+                    Position::Last => row.get(ids.len() - 1)?,
+                    Position::Mean => row.mean(0)?,
+                };
+                out[li].push(v.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+    }
+    if let Some(f) = cache_file {
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut map = HashMap::new();
+        for (name, rows) in names.iter().zip(&out) {
+            let d = rows[0].len();
+            map.insert(
+                name.clone(),
+                Tensor::from_vec(
+                    rows.iter().flatten().copied().collect::<Vec<f32>>(),
+                    (rows.len(), d),
+                    &Device::Cpu,
+                )?,
+            );
+        }
+        let tmp = f.with_extension("tmp");
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, &f).map_err(|e| bad(format!("cannot write {}: {e}", f.display())))?;
+    }
+    Ok(out)
+}

