@@ -158,6 +158,115 @@ impl Heatmap<'_> {
     }
 }
 
+/// Lines over a shared x axis, y in a fixed range (e.g. accuracy in [0, 1]).
+pub struct LinePlot<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub x: &'a [f64],
+    /// `(name, values)`, one per line
+    pub series: &'a [(&'a str, Vec<f64>)],
+    pub y_range: (f64, f64),
+}
+
+const PALETTE: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+];
+
+impl LinePlot<'_> {
+    pub fn to_svg(&self) -> String {
+        let (w, h, left, top, right, bottom) = (640.0f64, 360.0f64, 56.0, 36.0, 140.0, 44.0);
+        let (pw, ph) = (w - left - right, h - top - bottom);
+        let (x0, x1) = (
+            self.x.iter().copied().fold(f64::INFINITY, f64::min),
+            self.x.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
+        let span = if x1 > x0 { x1 - x0 } else { 1.0 };
+        let (y0, y1) = self.y_range;
+        let px = |x: f64| left + (x - x0) / span * pw;
+        let py = |y: f64| top + (1.0 - (y.clamp(y0, y1) - y0) / (y1 - y0)) * ph;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{left}" y="20" font-size="14">{}</text>"#,
+            escape(self.title)
+        );
+        for i in 0..=4 {
+            let y = y0 + (y1 - y0) * i as f64 / 4.0;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" x2="{x2}" y1="{yy}" y2="{yy}" stroke="#dddddd"/><text x="{tx}" y="{ty}" text-anchor="end">{y:.2}</text>"##,
+                x2 = left + pw,
+                yy = py(y),
+                tx = left - 4.0,
+                ty = py(y) + 4.0
+            );
+        }
+        for &x in self.x {
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{x}</text>"#,
+                px(x),
+                top + ph + 16.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            left + pw / 2.0,
+            h - 6.0,
+            escape(self.x_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="14" y="{0}" transform="rotate(-90 14 {0})" text-anchor="middle">{1}</text>"#,
+            top + ph / 2.0,
+            escape(self.y_label)
+        );
+        for (k, (name, ys)) in self.series.iter().enumerate() {
+            let colour = PALETTE[k % PALETTE.len()];
+            let pts: Vec<String> = self
+                .x
+                .iter()
+                .zip(ys)
+                .filter(|(_, y)| y.is_finite())
+                .map(|(&x, &y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                pts.join(" ")
+            );
+            for (&x, &y) in self.x.iter().zip(ys).filter(|(_, y)| y.is_finite()) {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"><title>{} at {x}: {y:.4}</title></circle>"#,
+                    px(x),
+                    py(y),
+                    escape(name)
+                );
+            }
+            let ly = top + 10.0 + 16.0 * k as f64;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{}" y="{}" width="12" height="3" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
+                left + pw + 12.0,
+                ly - 3.0,
+                left + pw + 28.0,
+                ly + 1.0,
+                escape(name)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +290,25 @@ mod tests {
         assert!(svg.contains("&lt;a&gt;"), "labels are escaped");
         assert!(svg.contains("#ff0000"), "the maximum saturates red");
         assert!(svg.contains("#999999"), "NaN is grey");
+    }
+
+    #[test]
+    fn line_plot_draws_a_point_per_value_and_a_legend() {
+        let series = [
+            ("accuracy", vec![0.5, 0.9, 1.0]),
+            ("auroc", vec![0.6, f64::NAN, 0.99]),
+        ];
+        let svg = LinePlot {
+            title: "sweep",
+            x_label: "layer",
+            y_label: "score",
+            x: &[0.0, 5.0, 10.0],
+            series: &series,
+            y_range: (0.0, 1.0),
+        }
+        .to_svg();
+        assert_eq!(svg.matches("<circle").count(), 5, "NaN points are skipped");
+        assert!(svg.contains("accuracy at 5: 0.9000"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
     }
 }

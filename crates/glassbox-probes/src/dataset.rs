@@ -190,17 +190,21 @@ pub fn builtin(name: &str) -> Result<Dataset> {
             }
             let neg = name.ends_with("_neg");
             let n = states.len();
-            let mut v = Vec::with_capacity(2 * n);
+            // Each state and each capital appears exactly once: even-numbered states get
+            // their own capital (true), odd-numbered states the capital of the next odd
+            // state (false). Were a capital to appear once as true and once as false, a
+            // probe keyed on the city's name would score below chance on held-out data.
+            let mut v = Vec::with_capacity(n);
+            let is = if neg { "is not" } else { "is" };
             for i in 0..n {
-                let wrong = &capitals[(i + 17) % n];
-                let is = if neg { "is not" } else { "is" };
+                let (city, true_claim) = if i % 2 == 0 {
+                    (&capitals[i], true)
+                } else {
+                    (&capitals[(i + 2) % (n - n % 2)], false)
+                };
                 v.push(statement(
-                    format!("The capital of {} {is} {}.", states[i], capitals[i]),
-                    !neg,
-                ));
-                v.push(statement(
-                    format!("The capital of {} {is} {wrong}.", states[i]),
-                    neg,
+                    format!("The capital of {} {is} {city}.", states[i]),
+                    true_claim != neg,
                 ));
             }
             v

@@ -7,6 +7,8 @@ pub mod dataset;
 pub mod linalg;
 pub mod metrics;
 pub mod probe;
+pub mod store;
+pub mod sweep;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

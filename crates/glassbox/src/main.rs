@@ -41,6 +41,13 @@ enum Command {
     Steer(commands::steer::Args),
     /// Zero- or mean-ablate heads or neurons and measure loss and logit changes
     Ablate(commands::ablate::Args),
+    /// Truth probes: layer sweeps, training, the generalisation matrix
+    Probe {
+        #[command(subcommand)]
+        what: commands::probe::What,
+    },
+    /// Generate while a probe reads the model: per-token p(true), flagged disagreements
+    Monitor(commands::monitor::Args),
     /// Throughput benchmarks
     Bench {
         #[command(subcommand)]
@@ -77,6 +84,8 @@ fn main() {
         Command::Ioi(a) => commands::ioi::run(a),
         Command::Steer(a) => commands::steer::run(a),
         Command::Ablate(a) => commands::ablate::run(a),
+        Command::Probe { what } => commands::probe::run(what),
+        Command::Monitor(a) => commands::monitor::run(a),
         Command::Bench { what } => commands::bench::run(what),
     };
     if let Err(e) = result {

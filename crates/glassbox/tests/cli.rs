@@ -472,3 +472,188 @@ fn causal_commands_refuse_bad_input_with_reasons() {
         stdout(&o)
     );
 }
+
+#[test]
+fn probe_sweep_train_and_monitor_on_the_default_model() {
+    if default_model().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("acts");
+    let sweep = |cache: &std::path::Path| {
+        let o = glassbox(&[
+            "probe",
+            "sweep",
+            "--model",
+            "default",
+            "--data",
+            "builtin:numbers",
+            "--layers",
+            "2..3",
+            "--json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let v = sweep(&cache);
+    assert_eq!(v["layers"].as_array().unwrap().len(), 2);
+    let acc = v["layers"][0]["test"]["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.8, "held-out accuracy {acc} on `a is larger than b`");
+    assert!(
+        std::fs::read_dir(&cache).unwrap().count() > 0,
+        "activations are cached"
+    );
+    assert_eq!(
+        sweep(&cache)["layers"],
+        v["layers"],
+        "a cached rerun gives the same result"
+    );
+
+    let probe = dir.path().join("probe");
+    let o = glassbox(&[
+        "probe",
+        "train",
+        "--model",
+        "default",
+        "--data",
+        "builtin:numbers",
+        "--layer",
+        "3",
+        "--out",
+        probe.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(probe.join("probe.json")).unwrap()).unwrap();
+    assert_eq!(meta["hook"], "blocks.3.hook_resid_post");
+    assert_eq!(meta["d_model"], 576);
+
+    let o = glassbox(&[
+        "monitor",
+        "--model",
+        "default",
+        "--probe",
+        probe.to_str().unwrap(),
+        "--prompt",
+        "12 is larger than 85.",
+        "--max-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("larger[") && out.contains("than["),
+        "per-token readings: {out}"
+    );
+    // "12 is larger than 85." is false: the reading at its full stop says so
+    let stop = out
+        .split("].[")
+        .nth(1)
+        .and_then(|r| r.get(..4))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("a reading after the full stop");
+    assert!(stop < 0.5, "p(true) at the end of a false claim: {stop}");
+
+    let csv = dir.path().join("claims.csv");
+    std::fs::write(&csv, "statement,label\n90 is larger than 3.,1\n4 is larger than 77.,0\n61 is larger than 12.,1\n8 is larger than 59.,0\n").unwrap();
+    let report = dir.path().join("report.json");
+    let o = glassbox(&[
+        "monitor",
+        "--model",
+        "default",
+        "--probe",
+        probe.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--max-tokens",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["statements"], 4);
+    assert!(r["auroc"].as_f64().unwrap() >= 0.75, "{}", r["auroc"]);
+    assert!(std::fs::read_to_string(report.with_extension("html"))
+        .unwrap()
+        .contains("p(true)"));
+}
+
+#[test]
+fn probe_commands_refuse_bad_input_with_reasons() {
+    if default_model().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let labels = write("labels.csv", "statement,label\nA is A.,1\nB is C.,yes\n");
+    let single = write("single.csv", "statement,label\nA is A.,1\nB is B.,1\n");
+    let long = write(
+        "long.csv",
+        &format!("statement,label\n{},1\nShort.,0\n", "word ".repeat(9000)),
+    );
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--data".into(), labels], "\"yes\" is not 0 or 1"),
+        (vec!["--data".into(), single], "both true (1) and false (0)"),
+        (
+            vec!["--data".into(), long],
+            "longer than the model's context",
+        ),
+        (
+            vec!["--data".into(), "builtin:nope".into()],
+            "unknown built-in dataset",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args: Vec<String> = ["probe", "sweep", "--model", "default", "--layers", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = glassbox(&refs);
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains(needle),
+            "expected {needle:?} in {}",
+            stderr(&o)
+        );
+    }
+    // a probe trained on SmolLM2 refuses another model
+    let probe = dir.path().join("p");
+    let o = glassbox(&[
+        "probe",
+        "train",
+        "--model",
+        "default",
+        "--data",
+        "builtin:numbers",
+        "--layer",
+        "1",
+        "--out",
+        probe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = glassbox(&[
+        "monitor",
+        "--model",
+        fixtures().join("tiny-llama").to_str().unwrap(),
+        "--probe",
+        probe.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    assert!(
+        stderr(&o).contains("d_model 576") && stderr(&o).contains("d_model 64"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,195 @@
+//! Training and judging probes over layers and across datasets. One fixed, seeded,
+//! stratified split: 25 % of each dataset held out (seed 0 unless asked otherwise).
+
+use crate::activations::{collect, hook_name, Activations, Position};
+use crate::dataset::{contrast_pair, Dataset};
+use crate::metrics::{accuracy, auroc};
+use crate::probe::{train_ccs, train_lr, train_mass_mean, CcsProbe, Method, Probe};
+use crate::Result;
+use glassbox_model::Model;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    /// hook name with `{L}` for the layer
+    pub hook: String,
+    pub position: Position,
+    pub method: Method,
+    pub seed: u64,
+    pub test_fraction: f64,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A dataset's activations, and for CCS those of its contrast pairs.
+pub struct Features {
+    pub layers: Vec<usize>,
+    pub plain: Activations,
+    pub pairs: Option<(Activations, Activations)>,
+}
+
+pub fn features(
+    model: &Model,
+    data: &Dataset,
+    spec: &ProbeSpec,
+    layers: &[usize],
+) -> Result<Features> {
+    let texts: Vec<String> = data.statements.iter().map(|s| s.text.clone()).collect();
+    let cache = spec.cache_dir.as_deref();
+    let plain = collect(model, &texts, &spec.hook, layers, spec.position, cache)?;
+    let pairs = if spec.method == Method::Ccs {
+        let (p, n): (Vec<String>, Vec<String>) = texts.iter().map(|t| contrast_pair(t)).unzip();
+        Some((
+            collect(model, &p, &spec.hook, layers, spec.position, cache)?,
+            collect(model, &n, &spec.hook, layers, spec.position, cache)?,
+        ))
+    } else {
+        None
+    };
+    Ok(Features {
+        layers: layers.to_vec(),
+        plain,
+        pairs,
+    })
+}
+
+pub enum Fitted {
+    Linear(Probe),
+    Ccs(CcsProbe),
+}
+
+impl Fitted {
+    /// The probe as one linear map on the plain statement's activation (CCS: its
+    /// "true" completion map), for saving and monitoring.
+    pub fn linear(&self) -> Probe {
+        match self {
+            Fitted::Linear(p) => p.clone(),
+            Fitted::Ccs(c) => c.as_linear(),
+        }
+    }
+}
+
+fn rows<'a>(a: &'a [Vec<f32>], idx: &[usize]) -> Vec<&'a [f32]> {
+    idx.iter().map(|&i| a[i].as_slice()).collect()
+}
+
+pub fn fit(
+    f: &Features,
+    li: usize,
+    idx: &[usize],
+    labels: &[u8],
+    spec: &ProbeSpec,
+) -> Result<Fitted> {
+    let y: Vec<u8> = idx.iter().map(|&i| labels[i]).collect();
+    Ok(match spec.method {
+        Method::Lr => Fitted::Linear(train_lr(&rows(&f.plain[li], idx), &y, 1.0)?),
+        Method::MassMean => {
+            Fitted::Linear(train_mass_mean(&rows(&f.plain[li], idx), &y, false, 0.0)?)
+        }
+        Method::MassMeanCov => {
+            Fitted::Linear(train_mass_mean(&rows(&f.plain[li], idx), &y, true, 0.1)?)
+        }
+        Method::Ccs => {
+            let (p, n) = f.pairs.as_ref().expect("CCS features carry pairs");
+            // a handful of labels only orient the unsupervised direction
+            let sign: Vec<(usize, u8)> = (0..idx.len().min(8)).map(|k| (k, y[k])).collect();
+            Fitted::Ccs(train_ccs(
+                &rows(&p[li], idx),
+                &rows(&n[li], idx),
+                &sign,
+                spec.seed,
+            )?)
+        }
+    })
+}
+
+/// P(true) for each statement in `idx`.
+pub fn predict(fitted: &Fitted, f: &Features, li: usize, idx: &[usize]) -> Vec<f64> {
+    match fitted {
+        Fitted::Linear(p) => idx.iter().map(|&i| p.prob(&f.plain[li][i])).collect(),
+        Fitted::Ccs(c) => {
+            let (p, n) = f.pairs.as_ref().expect("CCS features carry pairs");
+            idx.iter().map(|&i| c.prob(&p[li][i], &n[li][i])).collect()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub accuracy: f64,
+    pub auroc: f64,
+}
+
+fn score(probs: &[f64], labels: &[u8], idx: &[usize]) -> Score {
+    let y: Vec<u8> = idx.iter().map(|&i| labels[i]).collect();
+    Score {
+        accuracy: accuracy(probs, &y, 0.5),
+        auroc: auroc(probs, &y).unwrap_or(f64::NAN),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerResult {
+    pub layer: usize,
+    pub hook: String,
+    pub train: Score,
+    pub test: Score,
+}
+
+/// Held-out accuracy and AUROC of a probe trained at each layer.
+pub fn sweep(
+    model: &Model,
+    data: &Dataset,
+    spec: &ProbeSpec,
+    layers: &[usize],
+) -> Result<Vec<LayerResult>> {
+    let f = features(model, data, spec, layers)?;
+    let labels = data.labels();
+    let (train, test) = data.split(spec.test_fraction, spec.seed);
+    let mut out = Vec::new();
+    for (li, &layer) in layers.iter().enumerate() {
+        let fitted = fit(&f, li, &train, &labels, spec)?;
+        out.push(LayerResult {
+            layer,
+            hook: hook_name(&spec.hook, layer),
+            train: score(&predict(&fitted, &f, li, &train), &labels, &train),
+            test: score(&predict(&fitted, &f, li, &test), &labels, &test),
+        });
+    }
+    Ok(out)
+}
+
+/// `matrix[a][b]`: a probe trained on dataset `a`'s training split, scored on dataset
+/// `b`'s held-out split (the same split whether or not `a == b`).
+pub fn generalisation(
+    model: &Model,
+    datasets: &[Dataset],
+    spec: &ProbeSpec,
+    layer: usize,
+) -> Result<Vec<Vec<Score>>> {
+    let feats: Vec<Features> = datasets
+        .iter()
+        .map(|d| features(model, d, spec, &[layer]))
+        .collect::<Result<_>>()?;
+    let splits: Vec<(Vec<usize>, Vec<usize>)> = datasets
+        .iter()
+        .map(|d| d.split(spec.test_fraction, spec.seed))
+        .collect();
+    let mut matrix = Vec::new();
+    for (a, da) in datasets.iter().enumerate() {
+        let fitted = fit(&feats[a], 0, &splits[a].0, &da.labels(), spec)?;
+        let row = datasets
+            .iter()
+            .enumerate()
+            .map(|(b, db)| {
+                score(
+                    &predict(&fitted, &feats[b], 0, &splits[b].1),
+                    &db.labels(),
+                    &splits[b].1,
+                )
+            })
+            .collect();
+        matrix.push(row);
+    }
+    Ok(matrix)
+}
