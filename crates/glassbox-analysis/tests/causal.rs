@@ -4,16 +4,13 @@ use candle_core::{Device, Tensor};
 use glassbox_analysis::ablation::{ablate, Unit};
 use glassbox_analysis::patching::{PatchProblem, PatchSite};
 use glassbox_analysis::steering::Steering;
+use glassbox_fixtures::{max_abs_diff, tiny_dir};
 use glassbox_model::{
     load_model, Batch, Edit, HookFilter, Intervention, Model, Run, SamplingOptions,
 };
-use std::path::PathBuf;
 
 fn tiny(name: &str) -> Model {
-    load_model(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/tiny-{name}")),
-    )
-    .unwrap()
+    load_model(&tiny_dir(name)).unwrap()
 }
 
 fn tokens(m: &Model) -> (Vec<u32>, Vec<u32>) {
@@ -21,19 +18,6 @@ fn tokens(m: &Model) -> (Vec<u32>, Vec<u32>) {
         .unwrap();
     let b = Batch::from_tensor(&r["input_ids"]).unwrap().tokens;
     (b[0][..10].to_vec(), b[1][..10].to_vec())
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn problem<'a>(m: &'a Model, clean: Vec<u32>, corrupt: Vec<u32>) -> PatchProblem<'a> {
@@ -70,7 +54,7 @@ fn patching_a_run_with_its_own_cache_changes_nothing() {
         }
         let out = m.transformer.run(&Batch::single(&clean), &mut run).unwrap();
         assert_eq!(
-            max_diff(out.logits().unwrap(), base.logits().unwrap()),
+            max_abs_diff(out.logits().unwrap(), base.logits().unwrap()),
             0.0,
             "{name}"
         );
@@ -98,7 +82,7 @@ fn patching_every_position_of_a_layer_with_the_corrupt_cache_gives_the_corrupt_l
                 )
                 .unwrap();
             assert_eq!(
-                max_diff(patched.logits().unwrap(), c.logits().unwrap()),
+                max_abs_diff(patched.logits().unwrap(), c.logits().unwrap()),
                 0.0,
                 "{name} layer {layer}"
             );
@@ -203,7 +187,10 @@ fn steering_with_strength_zero_changes_nothing_and_nonzero_does() {
             &mut zero.run(&m.transformer).unwrap(),
         )
         .unwrap();
-    assert_eq!(max_diff(out.logits().unwrap(), base.logits().unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(out.logits().unwrap(), base.logits().unwrap()),
+        0.0
+    );
     let opts = SamplingOptions {
         max_new_tokens: 6,
         ..Default::default()
@@ -230,7 +217,7 @@ fn steering_with_strength_zero_changes_nothing_and_nonzero_does() {
             &mut strong.run(&m.transformer).unwrap(),
         )
         .unwrap();
-    assert!(max_diff(out.logits().unwrap(), base.logits().unwrap()) > 1e-2);
+    assert!(max_abs_diff(out.logits().unwrap(), base.logits().unwrap()) > 1e-2);
     // restricted to position 2: earlier positions are untouched (causal model)
     let mut at2 = strong.clone();
     at2.positions = Some(vec![2]);
@@ -243,10 +230,10 @@ fn steering_with_strength_zero_changes_nothing_and_nonzero_does() {
         .unwrap();
     let l = out.logits().unwrap().narrow(1, 0, 2).unwrap();
     assert_eq!(
-        max_diff(&l, &base.logits().unwrap().narrow(1, 0, 2).unwrap()),
+        max_abs_diff(&l, &base.logits().unwrap().narrow(1, 0, 2).unwrap()),
         0.0
     );
-    assert!(max_diff(out.logits().unwrap(), base.logits().unwrap()) > 1e-2);
+    assert!(max_abs_diff(out.logits().unwrap(), base.logits().unwrap()) > 1e-2);
 }
 
 #[test]

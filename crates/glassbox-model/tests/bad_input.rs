@@ -1,10 +1,9 @@
 //! Bad input gets an error that names the problem — never a panic or a wrong answer.
 //! Also: a GGUF written from the tiny llama checkpoint loads and matches HF.
 
-mod common;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use common::*;
+use glassbox_fixtures::*;
 use glassbox_model::{load_model, Batch, Edit, HookFilter, Intervention, ModelError, Run};
 use std::path::Path;
 

@@ -1,8 +1,7 @@
 //! Every tensor in the tiny fixtures' `reference.safetensors` (computed by HF
 //! transformers) must be reproduced within 1e-4 relative to the tensor's max |value|.
 
-mod common;
-use common::*;
+use glassbox_fixtures::*;
 use glassbox_model::{load_model, Batch, HookFilter, Run};
 
 fn check_family(name: &str) {

@@ -1,9 +1,8 @@
 //! Hooks, interventions, padding, stop_at_layer, gradients and the KV cache, on the
 //! tiny fixtures (no download needed).
 
-mod common;
 use candle_core::{DType, Device, Tensor};
-use common::*;
+use glassbox_fixtures::*;
 use glassbox_model::{
     load_model, Batch, Edit, HookFilter, Intervention, KvCache, LogitsMode, Model, PaddingSide, Run,
 };

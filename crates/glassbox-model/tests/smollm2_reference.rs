@@ -1,8 +1,7 @@
 //! SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized) against HF transformers on the same
 //! weights: exact token ids, logits within 1e-3 of max |logit|, identical top-10.
 
-mod common;
-use common::*;
+use glassbox_fixtures::*;
 use glassbox_model::{load_model, Batch, HookFilter, Run};
 
 #[test]

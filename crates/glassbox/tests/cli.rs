@@ -1,11 +1,7 @@
 //! Drives the real `glassbox` binary, as scripts would.
 
-use std::path::PathBuf;
+use glassbox_fixtures::{default_gguf, fixtures};
 use std::process::{Command, Output};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 fn glassbox(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_glassbox"))
@@ -21,26 +17,21 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-/// The default model when fetched; CI fetches it first, elsewhere a loud skip.
-fn default_model() -> Option<()> {
-    let home = std::env::var_os("GLASSBOX_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/glassbox"));
-    let p = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        return Some(());
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "CI must run `glassbox fetch` before the tests: {} is missing",
-            p.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: default model not fetched ({}); run `glassbox fetch`",
-        p.display()
+/// The command fails, says `needle`, and does not panic.
+fn assert_refused(args: &[&str], needle: &str) {
+    let o = glassbox(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let err = stderr(&o);
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in {err}"
     );
-    None
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+/// The default model when fetched; CI fetches it first, elsewhere a loud skip.
+fn default_model() -> Option<std::path::PathBuf> {
+    default_gguf()
 }
 
 #[test]
@@ -182,14 +173,7 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
         ),
     ];
     for (args, needle) in cases {
-        let o = glassbox(&args);
-        assert!(!o.status.success(), "{args:?} should fail");
-        let err = stderr(&o);
-        assert!(
-            err.contains(needle),
-            "{args:?}: expected {needle:?} in {err}"
-        );
-        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_refused(&args, needle);
     }
     assert!(!std::path::Path::new("/tmp/never.safetensors").exists());
 }
@@ -419,14 +403,7 @@ fn causal_commands_refuse_bad_input_with_reasons() {
         ),
     ];
     for (args, needle) in cases {
-        let o = glassbox(&args);
-        assert!(!o.status.success(), "{args:?} should fail");
-        let err = stderr(&o);
-        assert!(
-            err.contains(needle),
-            "{args:?}: expected {needle:?} in {err}"
-        );
-        assert!(!err.contains("panicked"), "{err}");
+        assert_refused(&args, needle);
     }
     assert!(!std::path::Path::new("/tmp/never.json").exists());
     let dir = tempfile::tempdir().unwrap();

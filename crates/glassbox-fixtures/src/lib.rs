@@ -1,0 +1,72 @@
+//! Test support shared by the workspace's test suites: the reference fixtures in the
+//! repository, the default model when it has been fetched, and tensor comparisons.
+
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The repository's `fixtures/` folder.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// `fixtures/tiny-{family}`
+pub fn tiny_dir(family: &str) -> PathBuf {
+    fixtures().join(format!("tiny-{family}"))
+}
+
+pub fn load_reference(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).expect("reference safetensors")
+}
+
+/// max |a − b|
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// max |a − b| / max |b|
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    max_abs_diff(a, b) / scale.max(1e-12)
+}
+
+/// The default model, if `glassbox fetch` has put it in the cache. Absent, tests print
+/// a loud SKIPPED line — and fail under `CI`, which fetches it first.
+pub fn default_gguf() -> Option<PathBuf> {
+    let home = std::env::var_os("GLASSBOX_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/glassbox")))?;
+    let p = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "CI must fetch the default model first (`glassbox fetch`): {} is missing",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: default model not fetched ({}); run `glassbox fetch`",
+        p.display()
+    );
+    None
+}
