@@ -1,0 +1,178 @@
+//! A dictionary's weights and its encode/decode, as SAELens defines them:
+//! `sae_in = x − b_dec` (when `apply_b_dec_to_input`), `pre = sae_in·W_enc + b_enc`, then
+//! ReLU (standard), top-k of `pre` then ReLU (topk), ReLU gated by `pre > threshold`
+//! (jumprelu), or gate/magnitude paths (gated); `decode(f) = f·W_dec + b_dec`
+//! (+ `x·W_skipᵀ` for transcoders with a skip connection).
+
+use crate::{Result, SaeError};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Standard,
+    TopK,
+    JumpReLU,
+    Gated,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Standard => "standard",
+            Architecture::TopK => "topk",
+            Architecture::JumpReLU => "jumprelu",
+            Architecture::Gated => "gated",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dictionary {
+    pub architecture: Architecture,
+    pub d_in: usize,
+    pub d_sae: usize,
+    /// output width: `d_in` for an SAE, the target's width for a transcoder
+    pub d_out: usize,
+    pub k: Option<usize>,
+    pub apply_b_dec_to_input: bool,
+    /// `[d_in, d_sae]`
+    pub w_enc: Tensor,
+    /// `[d_sae]` (absent for gated)
+    pub b_enc: Option<Tensor>,
+    /// `[d_sae, d_out]`
+    pub w_dec: Tensor,
+    /// `[d_out]`
+    pub b_dec: Tensor,
+    pub threshold: Option<Tensor>,
+    pub b_gate: Option<Tensor>,
+    pub r_mag: Option<Tensor>,
+    pub b_mag: Option<Tensor>,
+    /// `[d_out, d_in]`, transcoders with a skip connection
+    pub w_skip: Option<Tensor>,
+    /// the hook the dictionary reads (`metadata.hook_name`)
+    pub hook_name: Option<String>,
+    pub model_name: Option<String>,
+    /// the cfg.json as read, kept so a save writes back what it did not understand
+    pub extra_cfg: serde_json::Map<String, serde_json::Value>,
+}
+
+fn need<'a>(t: &'a Option<Tensor>, name: &str, arch: Architecture) -> Result<&'a Tensor> {
+    t.as_ref()
+        .ok_or_else(|| SaeError::BadInput(format!("a {} dictionary needs `{name}`", arch.name())))
+}
+
+impl Dictionary {
+    pub fn is_transcoder(&self) -> bool {
+        self.d_out != self.d_in || self.w_skip.is_some()
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        if x.dims().last() != Some(&self.d_in) {
+            return Err(SaeError::BadInput(format!(
+                "input has shape {:?}; this dictionary reads vectors of width {}",
+                x.dims(),
+                self.d_in
+            )));
+        }
+        Ok(())
+    }
+
+    /// Feature activations `[.., d_sae]` for inputs `[.., d_in]`.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let x = x.to_dtype(DType::F32)?;
+        let sae_in = if self.apply_b_dec_to_input && !self.is_transcoder() {
+            x.broadcast_sub(&self.b_dec)?
+        } else {
+            x
+        };
+        let a = self.architecture;
+        Ok(match a {
+            Architecture::Gated => {
+                let gate = sae_in.broadcast_matmul(&self.w_enc)?.broadcast_add(need(
+                    &self.b_gate,
+                    "b_gate",
+                    a,
+                )?)?;
+                let w_mag = self
+                    .w_enc
+                    .broadcast_mul(&need(&self.r_mag, "r_mag", a)?.exp()?)?;
+                let mag = sae_in
+                    .broadcast_matmul(&w_mag)?
+                    .broadcast_add(need(&self.b_mag, "b_mag", a)?)?
+                    .relu()?;
+                gate.gt(0.0)?.to_dtype(DType::F32)?.mul(&mag)?
+            }
+            _ => {
+                let pre = sae_in.broadcast_matmul(&self.w_enc)?.broadcast_add(need(
+                    &self.b_enc,
+                    "b_enc",
+                    a,
+                )?)?;
+                match a {
+                    Architecture::Standard => pre.relu()?,
+                    Architecture::JumpReLU => {
+                        let keep = pre
+                            .broadcast_gt(need(&self.threshold, "threshold", a)?)?
+                            .to_dtype(DType::F32)?;
+                        pre.relu()?.mul(&keep)?
+                    }
+                    Architecture::TopK => top_k_relu(&pre, self.k.unwrap_or(1))?,
+                    Architecture::Gated => unreachable!("handled above"),
+                }
+            }
+        })
+    }
+
+    /// Reconstruction `[.., d_out]` from feature activations (and, with a skip
+    /// connection, the input).
+    pub fn decode(&self, f: &Tensor, x: Option<&Tensor>) -> Result<Tensor> {
+        let mut out = f
+            .broadcast_matmul(&self.w_dec)?
+            .broadcast_add(&self.b_dec)?;
+        if let Some(w) = &self.w_skip {
+            let x = x.ok_or_else(|| {
+                SaeError::BadInput(
+                    "a transcoder with a skip connection decodes from its input too".into(),
+                )
+            })?;
+            out = (out + x.broadcast_matmul(&w.t()?)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Decoder row of one feature, `[d_out]`.
+    pub fn decoder_row(&self, feature: usize) -> Result<Tensor> {
+        if feature >= self.d_sae {
+            return Err(SaeError::BadInput(format!(
+                "feature {feature} does not exist: this dictionary has {} features (0..{})",
+                self.d_sae,
+                self.d_sae - 1
+            )));
+        }
+        Ok(self.w_dec.get(feature)?)
+    }
+}
+
+/// Keeps the `k` largest pre-activations of each row (then ReLU), zeros elsewhere.
+fn top_k_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
+    let dims = pre.dims().to_vec();
+    let d = *dims.last().expect("rank ≥ 1");
+    let rows: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; rows.len()];
+    let mut idx: Vec<usize> = (0..d).collect();
+    for (r, row) in rows.chunks(d).enumerate() {
+        idx.iter_mut().enumerate().for_each(|(i, x)| *x = i);
+        let k = k.min(d);
+        if k == 0 {
+            continue;
+        }
+        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+        for &i in &idx[..k] {
+            out[r * d + i] = row[i].max(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(out, dims.as_slice(), pre.device())?)
+}

@@ -1,0 +1,141 @@
+//! Dictionaries written by SAELens 6.54 encode and decode exactly as SAELens does.
+
+use glassbox_fixtures::{fixtures, load_reference, max_abs_diff, rel_err};
+use glassbox_sae::format::{load, save_saelens};
+
+const KINDS: [&str; 4] = ["standard", "topk", "jumprelu", "gated"];
+
+#[test]
+fn saelens_fixtures_match_their_reference_outputs() {
+    for kind in KINDS {
+        let dir = fixtures().join(format!("saelens/sae-{kind}"));
+        let d = load(&dir).unwrap();
+        assert_eq!(d.architecture.name(), kind);
+        assert_eq!(d.hook_name.as_deref(), Some("blocks.0.hook_resid_post"));
+        let r = load_reference(&dir.join("reference.safetensors"));
+        let f = d.encode(&r["x"]).unwrap();
+        let e = max_abs_diff(&f, &r["feature_acts"]);
+        assert!(e < 1e-5, "{kind}: feature_acts differ by {e}");
+        let out = d.decode(&r["feature_acts"], Some(&r["x"])).unwrap();
+        // 256-term sums in a different order: compare relative to the output's scale
+        let e = rel_err(&out, &r["sae_out"]);
+        assert!(
+            e < 1e-5,
+            "{kind}: sae_out differs by {e:.2e} of its max |value| ({:.2e} absolute)",
+            max_abs_diff(&out, &r["sae_out"])
+        );
+        if kind == "topk" {
+            let l0: Vec<f32> = f
+                .gt(0.0)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(
+                l0.iter().all(|&n| n <= 8.0),
+                "top-8 keeps at most 8 features"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_saved_dictionary_loads_back_identically() {
+    for kind in KINDS {
+        let d = load(&fixtures().join(format!("saelens/sae-{kind}"))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_saelens(&d, dir.path()).unwrap();
+        let back = load(dir.path()).unwrap();
+        let r =
+            load_reference(&fixtures().join(format!("saelens/sae-{kind}/reference.safetensors")));
+        assert_eq!(
+            max_abs_diff(&back.encode(&r["x"]).unwrap(), &d.encode(&r["x"]).unwrap()),
+            0.0
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("cfg.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["architecture"], kind);
+        assert_eq!(cfg["metadata"]["hook_name"], "blocks.0.hook_resid_post");
+    }
+}
+
+#[test]
+fn legacy_configs_and_sparsify_files_load() {
+    // a legacy (pre-6) flat config for the topk fixture
+    let src = fixtures().join("saelens/sae-topk");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("sae_weights.safetensors"),
+        dir.path().join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cfg.json"),
+        r#"{"d_in": 64, "d_sae": 256, "hook_name": "blocks.0.hook_resid_post", "hook_layer": 0, "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 8}, "apply_b_dec_to_input": true, "normalize_activations": "none"}"#,
+    )
+    .unwrap();
+    let legacy = load(dir.path()).unwrap();
+    let r = load_reference(&src.join("reference.safetensors"));
+    assert!(max_abs_diff(&legacy.encode(&r["x"]).unwrap(), &r["feature_acts"]) < 1e-5);
+    assert_eq!(
+        legacy.hook_name.as_deref(),
+        Some("blocks.0.hook_resid_post")
+    );
+
+    // the same weights in sparsify's layout
+    let d = load(&src).unwrap();
+    let sp = tempfile::tempdir().unwrap();
+    let tensors = std::collections::HashMap::from([
+        (
+            "encoder.weight".to_string(),
+            d.w_enc.t().unwrap().contiguous().unwrap(),
+        ),
+        ("encoder.bias".to_string(), d.b_enc.clone().unwrap()),
+        ("W_dec".to_string(), d.w_dec.clone()),
+        ("b_dec".to_string(), d.b_dec.clone()),
+    ]);
+    candle_core::safetensors::save(&tensors, sp.path().join("sae.safetensors")).unwrap();
+    std::fs::write(
+        sp.path().join("cfg.json"),
+        r#"{"expansion_factor": 4, "normalize_decoder": true, "num_latents": 256, "k": 8}"#,
+    )
+    .unwrap();
+    let s = load(sp.path()).unwrap();
+    assert!(max_abs_diff(&s.encode(&r["x"]).unwrap(), &r["feature_acts"]) < 1e-5);
+}
+
+#[test]
+fn bad_dictionaries_are_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("no cfg.json"), "{msg}");
+    let src = fixtures().join("saelens/sae-standard");
+    std::fs::copy(
+        src.join("sae_weights.safetensors"),
+        dir.path().join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cfg.json"),
+        r#"{"d_in": 64, "d_sae": 512, "architecture": "standard"}"#,
+    )
+    .unwrap();
+    let msg = load(dir.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("`W_enc` has shape [64, 256]") && msg.contains("[64, 512]"),
+        "{msg}"
+    );
+    let d = load(&src).unwrap();
+    assert!(d
+        .decoder_row(256)
+        .unwrap_err()
+        .to_string()
+        .contains("256 features"));
+    let x = candle_core::Tensor::zeros((2, 10), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    assert!(d.encode(&x).unwrap_err().to_string().contains("width 64"));
+}
