@@ -13,6 +13,8 @@ pub enum Unit {
     Head { layer: usize, head: usize },
     /// `blocks.L.mlp.hook_post`, neuron N
     Neuron { layer: usize, index: usize },
+    /// a dictionary feature at the dictionary's hook
+    Feature { index: usize },
 }
 
 impl Unit {
@@ -53,6 +55,7 @@ impl Unit {
         match self {
             Unit::Head { layer, .. } => format!("blocks.{layer}.attn.hook_z"),
             Unit::Neuron { layer, .. } => format!("blocks.{layer}.mlp.hook_post"),
+            Unit::Feature { .. } => unreachable!("features are ablated through their dictionary"),
         }
     }
 }
@@ -133,6 +136,9 @@ pub fn ablate(
                     }
                     (v, vec![h, dh])
                 }
+                Unit::Feature { .. } => {
+                    unreachable!("features are ablated through their dictionary")
+                }
                 Unit::Neuron { .. } => {
                     let mut v = vec![0u8; m];
                     for u in &sel {
@@ -152,10 +158,27 @@ pub fn ablate(
             Ok(mask.where_cond(&replacement, &x)?)
         });
     }
+    evaluate(
+        model,
+        prompts,
+        &mut run,
+        units.to_vec(),
+        if mean { "mean" } else { "zero" },
+    )
+}
+
+/// Loss, KL and largest logit change of `run` against the plain model over `prompts`.
+fn evaluate(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    run: &mut Run,
+    units: Vec<Unit>,
+    mode: &'static str,
+) -> Result<AblationReport> {
     let (mut lc, mut la, mut kl, mut maxd) = (0f32, 0f32, 0f32, 0f32);
     for p in prompts {
         let clean = model.run(&Batch::single(p), &mut Run::new())?;
-        let ablated = model.run(&Batch::single(p), &mut run)?;
+        let ablated = model.run(&Batch::single(p), run)?;
         lc += next_token_loss(clean.logits()?, p)?;
         la += next_token_loss(ablated.logits()?, p)?;
         kl += mean_kl(clean.logits()?, ablated.logits()?)?;
@@ -168,12 +191,84 @@ pub fn ablate(
     }
     let n = prompts.len() as f32;
     Ok(AblationReport {
-        units: units.to_vec(),
-        mode: if mean { "mean" } else { "zero" },
+        units,
+        mode,
         prompts: prompts.len(),
         loss_clean: lc / n,
         loss_ablated: la / n,
         kl: kl / n,
         max_abs_logit_change: maxd,
     })
+}
+
+/// Zero or mean ablation of dictionary features, keeping the reconstruction error:
+/// `x' = x + Σ (target − f_i(x)) · W_dec[i]` over the ablated features `i`.
+pub fn ablate_features(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    dictionary: std::sync::Arc<glassbox_sae::Dictionary>,
+    hook: &str,
+    features: &[usize],
+    mean: bool,
+) -> Result<AblationReport> {
+    if features.is_empty() {
+        return Err(bad("nothing to ablate: name features"));
+    }
+    if prompts.iter().any(|p| p.len() < 2) {
+        return Err(bad(
+            "every prompt needs at least two tokens (the loss predicts the next one)",
+        ));
+    }
+    if dictionary.is_transcoder() {
+        return Err(bad(
+            "feature ablation needs an SAE (input and output at the same hook), not a transcoder",
+        ));
+    }
+    let rows: Vec<Tensor> = features
+        .iter()
+        .map(|&f| dictionary.decoder_row(f))
+        .collect::<std::result::Result<_, _>>()?;
+    let filter = HookFilter::parse(hook, &model.config)?;
+    // the value each feature is set to: 0, or its mean over every token of the prompts
+    let mut targets = vec![0f32; features.len()];
+    if mean {
+        let mut total = 0usize;
+        for p in prompts {
+            let out = model.run(&Batch::single(p), &mut Run::new().cache(filter.clone()))?;
+            let f = dictionary.encode(&out.cache[hook])?;
+            for (t, &i) in targets.iter_mut().zip(features) {
+                *t += f.narrow(D::Minus1, i, 1)?.sum_all()?.to_scalar::<f32>()?;
+            }
+            total += p.len();
+        }
+        targets.iter_mut().for_each(|t| *t /= total as f32);
+    }
+    let idx = features.to_vec();
+    let dict = dictionary.clone();
+    let hook_name = hook.to_string();
+    let mut run = Run::new().hook(filter, move |_, x| {
+        let f = dict
+            .encode(&x)
+            .map_err(|e| glassbox_model::ModelError::BadIntervention {
+                hook: hook_name.clone(),
+                problem: e.to_string(),
+            })?;
+        let mut out = x;
+        for ((&i, row), &t) in idx.iter().zip(&rows).zip(&targets) {
+            let delta = ((f.narrow(D::Minus1, i, 1)? * -1.0)? + t as f64)?.broadcast_mul(row)?;
+            out = (out + delta)?;
+        }
+        Ok(out)
+    });
+    let units = features
+        .iter()
+        .map(|&index| Unit::Feature { index })
+        .collect();
+    evaluate(
+        model,
+        prompts,
+        &mut run,
+        units,
+        if mean { "mean" } else { "zero" },
+    )
 }

@@ -15,6 +15,8 @@ pub enum AnalysisError {
     Model(#[from] glassbox_model::ModelError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Dictionary(#[from] glassbox_sae::SaeError),
 }
 
 pub type Result<T> = std::result::Result<T, AnalysisError>;

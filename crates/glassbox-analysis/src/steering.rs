@@ -246,3 +246,58 @@ pub fn effect(
         kl_neutral: kl / NEUTRAL_TEXTS.len() as f32,
     })
 }
+
+/// Clamps one dictionary feature to `value` at a hook while keeping the dictionary's
+/// reconstruction error, so the rest of the activation is untouched:
+/// `x' = x + (value − f(x)[feature]) · W_dec[feature]`.
+#[derive(Clone)]
+pub struct FeatureClamp {
+    pub hook: String,
+    pub dictionary: std::sync::Arc<glassbox_sae::Dictionary>,
+    pub feature: usize,
+    pub value: f64,
+}
+
+impl FeatureClamp {
+    pub fn new(
+        hook: &str,
+        dictionary: std::sync::Arc<glassbox_sae::Dictionary>,
+        feature: usize,
+        value: f64,
+    ) -> Result<Self> {
+        if !value.is_finite() {
+            return Err(bad(format!(
+                "clamp value must be a finite number, got {value}"
+            )));
+        }
+        if dictionary.is_transcoder() {
+            return Err(bad(
+                "clamping needs an SAE (input and output at the same hook), not a transcoder",
+            ));
+        }
+        dictionary.decoder_row(feature)?;
+        Ok(FeatureClamp {
+            hook: hook.to_string(),
+            dictionary,
+            feature,
+            value,
+        })
+    }
+
+    pub fn run<'h>(&self, model: &Transformer) -> Result<Run<'h>> {
+        let filter = HookFilter::parse(&self.hook, &model.config)?;
+        let me = self.clone();
+        let row = self.dictionary.decoder_row(self.feature)?;
+        Ok(Run::new().hook(filter, move |_, x| {
+            let f = me.dictionary.encode(&x).map_err(|e| {
+                glassbox_model::ModelError::BadIntervention {
+                    hook: me.hook.clone(),
+                    problem: e.to_string(),
+                }
+            })?;
+            let current = f.narrow(candle_core::D::Minus1, me.feature, 1)?;
+            let delta = ((current * -1.0)? + me.value)?.broadcast_mul(&row)?;
+            Ok((x + delta)?)
+        }))
+    }
+}

@@ -296,3 +296,160 @@ fn bad_input_is_refused_with_a_reason() {
         .to_string();
     assert!(msg.contains("10 entries"), "{msg}");
 }
+
+fn tiny_sae(kind: &str) -> std::sync::Arc<glassbox_sae::Dictionary> {
+    std::sync::Arc::new(
+        glassbox_sae::format::load(
+            &glassbox_fixtures::fixtures().join(format!("saelens/sae-{kind}")),
+        )
+        .unwrap(),
+    )
+}
+
+/// The SAELens fixtures were trained for tiny-llama's `blocks.0.hook_resid_post`.
+#[test]
+fn clamping_a_feature_moves_the_activation_only_along_its_decoder_row() {
+    use glassbox_analysis::steering::FeatureClamp;
+    let m = tiny("llama");
+    let (prompt, _) = tokens(&m);
+    let hook = "blocks.0.hook_resid_post";
+    let d = tiny_sae("standard");
+    let f = HookFilter::parse(hook, m.config()).unwrap();
+    let base = m
+        .transformer
+        .run(&Batch::single(&prompt), &mut Run::new().cache(f.clone()))
+        .unwrap();
+    let x = base.cache[hook].clone();
+    let acts = d.encode(&x).unwrap();
+    // the most active feature at position 3
+    let row: Vec<f32> = acts.get(0).unwrap().get(3).unwrap().to_vec1().unwrap();
+    let feature = row
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    let value = 5.0;
+    let clamp = FeatureClamp::new(hook, d.clone(), feature, value).unwrap();
+    // cache the edited activation downstream of the clamp hook
+    let mut run = clamp.run(&m.transformer).unwrap().cache(f.clone());
+    let out = m
+        .transformer
+        .run(&Batch::single(&prompt), &mut run)
+        .unwrap();
+    let current = acts.narrow(2, feature, 1).unwrap();
+    let want = (&x
+        + ((current * -1.0).unwrap() + value)
+            .unwrap()
+            .broadcast_mul(&d.decoder_row(feature).unwrap())
+            .unwrap())
+    .unwrap();
+    assert!(max_abs_diff(&out.cache[hook], &want) < 1e-4);
+    assert!(max_abs_diff(out.logits().unwrap(), base.logits().unwrap()) > 1e-3);
+    // a feature silent on this prompt, clamped to 0, changes nothing (top-8 of 256: most are silent)
+    let sparse = tiny_sae("topk");
+    let sparse_acts = sparse.encode(&x).unwrap();
+    let silent = (0..sparse.d_sae)
+        .find(|&i| {
+            sparse_acts
+                .narrow(2, i, 1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                == 0.0
+        })
+        .expect("a silent feature");
+    let off = FeatureClamp::new(hook, sparse, silent, 0.0).unwrap();
+    let out = m
+        .transformer
+        .run(
+            &Batch::single(&prompt),
+            &mut off.run(&m.transformer).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(out.logits().unwrap(), base.logits().unwrap()),
+        0.0
+    );
+    // bad input
+    assert!(FeatureClamp::new(hook, d.clone(), 256, 1.0)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("256 features"));
+    assert!(FeatureClamp::new(hook, d.clone(), 1, f64::NAN)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("finite"));
+    // steering along a decoder row with strength 0 is a no-op
+    let s = Steering::new(hook, d.decoder_row(feature).unwrap(), 0.0).unwrap();
+    let out = m
+        .transformer
+        .run(&Batch::single(&prompt), &mut s.run(&m.transformer).unwrap())
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(out.logits().unwrap(), base.logits().unwrap()),
+        0.0
+    );
+}
+
+#[test]
+fn ablating_dictionary_features() {
+    use glassbox_analysis::ablation::ablate_features;
+    let m = tiny("llama");
+    let (a, b) = tokens(&m);
+    let hook = "blocks.0.hook_resid_post";
+    let d = tiny_sae("topk");
+    let f = HookFilter::parse(hook, m.config()).unwrap();
+    let x = m
+        .transformer
+        .run(&Batch::single(&a), &mut Run::new().cache(f))
+        .unwrap()
+        .cache[hook]
+        .clone();
+    let acts = d
+        .encode(&x)
+        .unwrap()
+        .sum((0, 1))
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let active = acts
+        .iter()
+        .enumerate()
+        .max_by(|x, y| x.1.total_cmp(y.1))
+        .unwrap()
+        .0;
+    let r = ablate_features(
+        &m.transformer,
+        &[a.clone(), b.clone()],
+        d.clone(),
+        hook,
+        &[active],
+        false,
+    )
+    .unwrap();
+    assert!(
+        r.kl > 0.0,
+        "zeroing the most active feature must move the output"
+    );
+    let mean = ablate_features(
+        &m.transformer,
+        &[a.clone(), b.clone()],
+        d.clone(),
+        hook,
+        &[active],
+        true,
+    )
+    .unwrap();
+    assert!((mean.kl - r.kl).abs() > 1e-7);
+    let msg = ablate_features(&m.transformer, &[a], d, hook, &[999], false)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("feature 999 does not exist"), "{msg}");
+}

@@ -4,7 +4,7 @@ use glassbox_analysis::ablation::{ablate, Unit};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("units").required(true).args(["heads", "neurons"])))]
+#[command(group(clap::ArgGroup::new("units").required(true).args(["heads", "neurons", "features"])))]
 #[command(group(clap::ArgGroup::new("text").required(true).args(["prompt", "prompts"])))]
 pub struct Args {
     #[arg(long)]
@@ -21,6 +21,12 @@ pub struct Args {
     /// MLP neurons (mlp.hook_post) as LAYER.INDEX, comma-separated
     #[arg(long)]
     neurons: Option<String>,
+    /// Dictionary features, comma-separated (with --sae)
+    #[arg(long, value_delimiter = ',', requires = "sae")]
+    features: Option<Vec<usize>>,
+    /// The dictionary the features belong to (ablated at its hook, reconstruction error kept)
+    #[arg(long)]
+    sae: Option<PathBuf>,
     /// Mean ablation over the prompt set instead of zero ablation
     #[arg(long)]
     mean: bool,
@@ -40,14 +46,34 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|t| encode(&model, t))
         .collect::<Result<_>>()?;
+    if let (Some(features), Some(dir)) = (&a.features, &a.sae) {
+        let d = std::sync::Arc::new(glassbox_sae::format::load(dir)?);
+        let hook = d
+            .hook_name
+            .clone()
+            .context("the dictionary names no hook")?;
+        let r = glassbox_analysis::ablation::ablate_features(
+            &model.transformer,
+            &prompts,
+            d,
+            &hook,
+            features,
+            a.mean,
+        )?;
+        return report(&r, a.json);
+    }
     let units = match (&a.heads, &a.neurons) {
         (Some(h), _) => Unit::parse_list(h, true, &model.transformer)?,
         (None, Some(n)) => Unit::parse_list(n, false, &model.transformer)?,
         _ => anyhow::bail!("give --heads or --neurons"),
     };
     let r = ablate(&model.transformer, &prompts, &units, a.mean)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    report(&r, a.json)
+}
+
+fn report(r: &glassbox_analysis::ablation::AblationReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
         return Ok(());
     }
     println!(

@@ -8,7 +8,7 @@ use glassbox_model::{Run, SamplingOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("direction").required(true).args(["vector", "pairs"])))]
+#[command(group(clap::ArgGroup::new("direction").required(true).args(["vector", "pairs", "sae"])))]
 pub struct Args {
     #[arg(long)]
     model: String,
@@ -18,9 +18,19 @@ pub struct Args {
     /// contrastive pairs: `positive<TAB>negative` per line, or JSONL {positive, negative}
     #[arg(long)]
     pairs: Option<PathBuf>,
-    /// Hook to steer, e.g. blocks.12.hook_resid_pre
+    /// A dictionary (SAELens or sparsify directory): steer along a feature's decoder row
+    #[arg(long, requires = "feature")]
+    sae: Option<PathBuf>,
+    /// The dictionary feature to steer with (with --sae)
     #[arg(long)]
-    hook: String,
+    feature: Option<usize>,
+    /// With --sae: clamp the feature's activation to this value (reconstruction error
+    /// kept) instead of adding strength × its decoder row
+    #[arg(long, requires = "sae", allow_hyphen_values = true)]
+    clamp: Option<f64>,
+    /// Hook to steer, e.g. blocks.12.hook_resid_pre (default with --sae: the dictionary's hook)
+    #[arg(long)]
+    hook: Option<String>,
     #[arg(long, allow_hyphen_values = true)]
     strength: f64,
     #[arg(long)]
@@ -47,11 +57,28 @@ pub fn run(a: Args) -> Result<()> {
     let model = open_model(&a.model)?;
     let tok = model.tokenizer()?;
     let m = &model.transformer;
-    let direction = match (&a.vector, &a.pairs) {
-        (Some(v), _) => load_vector(v)?,
-        (None, Some(p)) => contrastive_direction(m, tok, &load_pairs(p)?, &a.hook)?,
-        _ => anyhow::bail!("give --vector or --pairs"),
+    let dictionary = match &a.sae {
+        Some(dir) => Some(std::sync::Arc::new(glassbox_sae::format::load(dir)?)),
+        None => None,
     };
+    let hook = match (&a.hook, &dictionary) {
+        (Some(h), Some(d)) if d.hook_name.as_deref().is_some_and(|dh| dh != h) => anyhow::bail!(
+            "--hook {h} differs from the dictionary's hook {}; a feature only means something where it was trained",
+            d.hook_name.as_deref().unwrap_or("")
+        ),
+        (Some(h), _) => h.clone(),
+        (None, Some(d)) => d.hook_name.clone().context("the dictionary names no hook; give --hook")?,
+        (None, None) => anyhow::bail!("--hook is required with --vector or --pairs"),
+    };
+    let direction = match (&a.vector, &a.pairs, &dictionary) {
+        (Some(v), _, _) => load_vector(v)?,
+        (None, Some(p), _) => contrastive_direction(m, tok, &load_pairs(p)?, &hook)?,
+        (None, None, Some(d)) => d.decoder_row(a.feature.context("--sae needs --feature")?)?,
+        _ => anyhow::bail!("give --vector, --pairs or --sae with --feature"),
+    };
+    if let (Some(value), Some(d)) = (a.clamp, &dictionary) {
+        return clamp(&a, &model, &hook, d.clone(), value);
+    }
     if let Some(path) = &a.save_vector {
         let t = std::collections::HashMap::from([("vector".to_string(), direction.clone())]);
         atomic_write(path, |tmp| {
@@ -64,7 +91,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|t| single_token(tok, t))
         .collect::<Result<_, _>>()?;
-    let mut steering = Steering::new(&a.hook, direction, a.strength)?;
+    let mut steering = Steering::new(&hook, direction, a.strength)?;
     steering.positions = a.positions.clone();
     let norm = steering
         .direction
@@ -72,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
         .sum_all()?
         .sqrt()?
         .to_scalar::<f32>()?;
-    println!("steering {} with a direction of norm {norm:.2}", a.hook);
+    println!("steering {hook} with a direction of norm {norm:.2}");
 
     if let Some(strengths) = &a.sweep {
         println!(
@@ -136,10 +163,37 @@ pub fn run(a: Args) -> Result<()> {
         e.kl_neutral
     );
     if let Some(p) = &a.json {
-        let v = serde_json::json!({"hook": a.hook, "strength": a.strength, "unsteered": plain, "steered": steered, "effect": e});
+        let v = serde_json::json!({"hook": hook, "strength": a.strength, "unsteered": plain, "steered": steered, "effect": e});
         atomic_write(p, |tmp| {
             Ok(std::fs::write(tmp, serde_json::to_string_pretty(&v)?)?)
         })?;
     }
+    Ok(())
+}
+
+/// Clamp mode: generate with the feature held at `value`, side by side with the plain model.
+fn clamp(
+    a: &Args,
+    model: &glassbox_model::Model,
+    hook: &str,
+    d: std::sync::Arc<glassbox_sae::Dictionary>,
+    value: f64,
+) -> Result<()> {
+    let tok = model.tokenizer()?;
+    let m = &model.transformer;
+    let feature = a.feature.context("--clamp needs --feature")?;
+    let c = glassbox_analysis::steering::FeatureClamp::new(hook, d, feature, value)?;
+    let prompt = encode(model, &a.prompt)?;
+    let opts = SamplingOptions {
+        max_new_tokens: a.max_tokens,
+        stop_tokens: tok.eos_token_id.into_iter().collect(),
+        ..Default::default()
+    };
+    let plain = tok.decode(&m.generate(&prompt, &opts, &mut Run::new(), |_| {})?)?;
+    let clamped = tok.decode(&m.generate(&prompt, &opts, &mut c.run(m)?, |_| {})?)?;
+    println!(
+        "\n--- plain ---\n{}{}\n--- feature {feature} clamped to {value} at {hook} ---\n{}{}\n",
+        a.prompt, plain, a.prompt, clamped
+    );
     Ok(())
 }
