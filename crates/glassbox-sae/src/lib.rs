@@ -21,3 +21,4 @@ pub enum SaeError {
 }
 
 pub type Result<T> = std::result::Result<T, SaeError>;
+pub mod topk_train;

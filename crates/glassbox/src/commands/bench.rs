@@ -8,6 +8,61 @@ use std::time::Instant;
 pub enum What {
     /// Forward-pass throughput on random tokens (median of timed runs after a warm-up)
     Forward(ForwardArgs),
+    /// TopK SAE training-step throughput on random Gaussian inputs (forward, backward,
+    /// Adam; median of 5 steps after a warm-up), as ../shared/bench/saelens_train_step.py
+    SaeStep(SaeStepArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SaeStepArgs {
+    #[arg(long, default_value_t = 576)]
+    d_in: usize,
+    #[arg(long, default_value_t = 16384)]
+    d_sae: usize,
+    #[arg(long, default_value_t = 32)]
+    k: usize,
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+}
+
+fn sae_step(a: SaeStepArgs) -> Result<()> {
+    use glassbox_sae::topk_train::{step, Adam, TopKSae, Workspace};
+    anyhow::ensure!(
+        a.k > 0 && a.k <= a.d_sae,
+        "--k must be between 1 and --d-sae"
+    );
+    anyhow::ensure!(
+        a.batch > 0 && a.d_in > 0,
+        "--batch and --d-in must be positive"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let x: Vec<f32> = (0..a.batch * a.d_in)
+        .map(|_| {
+            // Box–Muller, like torch.randn
+            let (u, v): (f32, f32) = (rng.gen_range(1e-7..1.0), rng.gen_range(0.0..1.0));
+            (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+        })
+        .collect();
+    let mut sae = TopKSae::init(a.d_in, a.d_sae, a.k, 0);
+    let mut ws = Workspace::new(&sae, a.batch);
+    let mut opt = Adam::new(&sae, 1e-4);
+    step(&mut sae, &x, &mut ws, &mut opt);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        step(&mut sae, &x, &mut ws, &mut opt);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "glassbox topk d_in={} d_sae={} k={} batch={}: {:.0} tokens/s",
+        a.d_in,
+        a.d_sae,
+        a.k,
+        a.batch,
+        a.batch as f64 / times[2]
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -28,6 +83,7 @@ pub struct ForwardArgs {
 pub fn run(what: What) -> Result<()> {
     match what {
         What::Forward(a) => forward(a),
+        What::SaeStep(a) => sae_step(a),
     }
 }
 
