@@ -634,3 +634,37 @@ fn probe_commands_refuse_bad_input_with_reasons() {
         stderr(&o)
     );
 }
+
+#[test]
+fn bench_sae_step_reports_tokens_per_second() {
+    let o = glassbox(&[
+        "bench",
+        "sae-step",
+        "--d-in",
+        "16",
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--batch",
+        "32",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let tps: f64 = out
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tps > 0.0, "{out}");
+    assert_refused(
+        &["bench", "sae-step", "--d-sae", "8", "--k", "9"],
+        "--k must be between 1 and --d-sae",
+    );
+}
