@@ -22,19 +22,6 @@ fn filter(m: &Model, spec: &str) -> HookFilter {
     HookFilter::parse(spec, m.config()).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn left_and_right_padding_match_unpadded_runs() {
     for name in FAMILIES {

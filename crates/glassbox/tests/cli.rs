@@ -1,6 +1,6 @@
 //! Drives the real `glassbox` binary, as scripts would.
 
-use glassbox_fixtures::{default_gguf, fixtures};
+use glassbox_fixtures::{default_gguf, fixtures, rel_err};
 use std::process::{Command, Output};
 
 fn glassbox(args: &[&str]) -> Output {
@@ -15,6 +15,17 @@ fn stdout(o: &Output) -> String {
 }
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The figure in a bench line: `… : N tokens/s …`.
+fn tokens_per_second(out: &str) -> f64 {
+    let figure = out
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next());
+    figure
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no tokens/s in {out:?}"))
 }
 
 /// The command fails, says `needle`, and does not panic.
@@ -102,26 +113,8 @@ fn cache_writes_logits_and_matched_activations() {
         "blocks.0.hook_resid_post",
         "blocks.1.attn.hook_pattern",
     ] {
-        let d = (&got[k] - &want[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let s = want[k]
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d / s < 1e-4, "{k}: {}", d / s);
+        let e = rel_err(&got[k], &want[k]);
+        assert!(e < 1e-4, "{k}: {e}");
     }
     assert_eq!(got["logits"].dims(), [2, 16, 512]);
 }
@@ -194,15 +187,7 @@ fn bench_forward_reports_tokens_per_second() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    let tps: f64 = out
-        .split(": ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let tps = tokens_per_second(&out);
     assert!(tps > 0.0, "{out}");
 }
 
@@ -653,15 +638,7 @@ fn bench_sae_step_reports_tokens_per_second() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    let tps: f64 = out
-        .split(": ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let tps = tokens_per_second(&out);
     assert!(tps > 0.0, "{out}");
     assert_refused(
         &["bench", "sae-step", "--d-sae", "8", "--k", "9"],
