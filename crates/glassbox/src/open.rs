@@ -40,3 +40,32 @@ pub fn atomic_write(
     }
     result
 }
+
+/// Runs `work` under a spinner on stderr (hidden when stderr is not a terminal).
+pub fn with_spinner<T>(message: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    let out = work();
+    bar.finish_and_clear();
+    if out.is_ok() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "{message}: done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    out
+}
+
+/// A progress bar over `len` steps on stderr.
+pub fn progress(len: usize, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64).with_message(message.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}

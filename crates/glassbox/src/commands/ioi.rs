@@ -1,4 +1,4 @@
-use crate::open::{atomic_write, encode, open_model};
+use crate::open::{atomic_write, encode, open_model, progress};
 use anyhow::Result;
 use glassbox_analysis::ioi;
 use glassbox_analysis::metric::single_token;
@@ -51,7 +51,9 @@ pub fn run(a: Args) -> Result<()> {
     let mut rows = Vec::new();
     let mut correct = 0;
     let mut last: Option<PatchResult> = None;
+    let bar = progress(prompts.len(), "patching IOI prompts");
     for p in &prompts {
+        bar.inc(1);
         let problem = PatchProblem {
             model: &model.transformer,
             clean: encode(&model, &p.clean)?,
@@ -64,10 +66,13 @@ pub fn run(a: Args) -> Result<()> {
         if r.logit_diff_clean > 0.0 {
             correct += 1;
         }
-        println!(
-            "{:>7.3} {:>7.3}  {}  ->{} (not{})",
-            r.logit_diff_clean, r.logit_diff_corrupt, p.clean, p.answer, p.wrong
-        );
+        // suspend, not println: a hidden bar (stderr not a terminal) would drop the line
+        bar.suspend(|| {
+            println!(
+                "{:>7.3} {:>7.3}  {}  ->{} (not{})",
+                r.logit_diff_clean, r.logit_diff_corrupt, p.clean, p.answer, p.wrong
+            )
+        });
         rows.push(serde_json::json!({"prompt": p, "logit_diff_clean": r.logit_diff_clean, "logit_diff_corrupt": r.logit_diff_corrupt}));
         sum = Some(match sum {
             None => r.grid.clone(),
@@ -79,6 +84,7 @@ pub fn run(a: Args) -> Result<()> {
         });
         last = Some(r);
     }
+    bar.finish_and_clear();
     let n = prompts.len().max(1) as f32;
     let mean: Vec<Vec<f32>> = sum
         .unwrap_or_default()

@@ -1,4 +1,4 @@
-use crate::open::{atomic_write, encode, open_model};
+use crate::open::{atomic_write, encode, open_model, with_spinner};
 use anyhow::{Context, Result};
 use glassbox_analysis::metric::single_token;
 use glassbox_analysis::patching::{grid_correlation, PatchProblem, PatchResult, PatchSite};
@@ -50,13 +50,21 @@ pub fn run(a: Args) -> Result<()> {
     };
     problem.validate()?;
     let (result, exact, correlation) = match a.method.as_str() {
-        "exact" => (problem.exact(site)?, None, None),
+        "exact" => (
+            with_spinner("exact patching, one batch per layer", || {
+                Ok(problem.exact(site)?)
+            })?,
+            None,
+            None,
+        ),
         "attribution" => {
-            let attr = problem.attribution(site)?;
+            let attr = with_spinner("attribution patching", || Ok(problem.attribution(site)?))?;
             if a.no_compare {
                 (attr, None, None)
             } else {
-                let exact = problem.exact(site)?;
+                let exact = with_spinner("exact patching for the comparison", || {
+                    Ok(problem.exact(site)?)
+                })?;
                 let r = grid_correlation(&attr.grid, &exact.grid);
                 (attr, Some(exact), Some(r))
             }

@@ -1,4 +1,4 @@
-use crate::open::{atomic_write, open_model};
+use crate::open::{atomic_write, open_model, with_spinner};
 use anyhow::{Context, Result};
 use glassbox_plot::LinePlot;
 use glassbox_probes::activations::Position;
@@ -147,7 +147,10 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let spec = a.common.spec()?;
     let data = Dataset::load(&a.data)?;
     let layers = parse_layers(a.layers.as_deref(), model.config().n_layers)?;
-    let results = sweep(&model, &data, &spec, &layers)?;
+    let results = with_spinner(
+        &format!("probing {} layers on {}", layers.len(), data.name),
+        || Ok(sweep(&model, &data, &spec, &layers)?),
+    )?;
     if a.json {
         let v = serde_json::json!({
             "data": data.name, "statements": data.statements.len(), "method": spec.method, "position": spec.position,
@@ -256,7 +259,9 @@ fn run_matrix(a: MatrixArgs) -> Result<()> {
         .map(|d| Dataset::load(d))
         .collect::<Result<_, _>>()?;
     parse_layers(Some(&a.layer.to_string()), model.config().n_layers)?;
-    let m = generalisation(&model, &datasets, &spec, a.layer)?;
+    let m = with_spinner("training and testing across datasets", || {
+        Ok(generalisation(&model, &datasets, &spec, a.layer)?)
+    })?;
     let names: Vec<&str> = datasets.iter().map(|d| d.name.as_str()).collect();
     if a.json {
         println!(
