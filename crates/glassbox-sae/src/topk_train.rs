@@ -358,3 +358,53 @@ pub fn gradients(sae: &TopKSae, ws: &mut Workspace) {
 pub fn grads(ws: &Workspace) -> (&[f32], &[f32], &[f32], &[f32]) {
     (&ws.g_w_enc_t, &ws.g_b_enc, &ws.g_w_dec, &ws.g_b_dec)
 }
+
+/// The last forward's selections: feature ids and their (post-ReLU) values, `k` per row.
+pub fn selections(ws: &Workspace) -> (&[u32], &[f32]) {
+    (&ws.idx, &ws.val)
+}
+
+impl TopKSae {
+    /// `b_dec` at the data mean (SAELens' `b_dec_init_method = "mean"`).
+    pub fn init_b_dec_mean(&mut self, rows: &[f32]) {
+        let n = (rows.len() / self.d_in).max(1) as f32;
+        self.b_dec.iter_mut().for_each(|b| *b = 0.0);
+        for r in rows.chunks(self.d_in) {
+            for (b, v) in self.b_dec.iter_mut().zip(r) {
+                *b += v / n;
+            }
+        }
+    }
+
+    /// As a SAELens-layout dictionary (for saving and for encode/decode elsewhere).
+    pub fn to_dictionary(
+        &self,
+        hook_name: Option<String>,
+        model_name: Option<String>,
+    ) -> candle_core::Result<crate::Dictionary> {
+        use candle_core::{Device, Tensor};
+        let dev = &Device::Cpu;
+        Ok(crate::Dictionary {
+            architecture: crate::Architecture::TopK,
+            d_in: self.d_in,
+            d_sae: self.d_sae,
+            d_out: self.d_in,
+            k: Some(self.k),
+            apply_b_dec_to_input: true,
+            w_enc: Tensor::from_slice(&self.w_enc_t, (self.d_sae, self.d_in), dev)?
+                .t()?
+                .contiguous()?,
+            b_enc: Some(Tensor::from_slice(&self.b_enc, self.d_sae, dev)?),
+            w_dec: Tensor::from_slice(&self.w_dec, (self.d_sae, self.d_in), dev)?,
+            b_dec: Tensor::from_slice(&self.b_dec, self.d_in, dev)?,
+            threshold: None,
+            b_gate: None,
+            r_mag: None,
+            b_mag: None,
+            w_skip: None,
+            hook_name,
+            model_name,
+            extra_cfg: Default::default(),
+        })
+    }
+}

@@ -112,3 +112,35 @@ fn training_reduces_the_error_on_sparse_data() {
         after / var
     );
 }
+
+#[test]
+fn a_trained_sae_exports_as_a_dictionary_that_encodes_the_same() {
+    use glassbox_sae::topk_train::selections;
+    let (d, m, k, b) = (8, 24, 3, 6);
+    let sae = TopKSae::init(d, m, k, 7);
+    let x = data(b, d, 8);
+    let mut ws = Workspace::new(&sae, b);
+    let mse = forward(&sae, &x, &mut ws);
+    let dict = sae
+        .to_dictionary(Some("blocks.0.hook_resid_post".into()), None)
+        .unwrap();
+    let xt = candle_core::Tensor::from_slice(&x, (b, d), &candle_core::Device::Cpu).unwrap();
+    let f: Vec<Vec<f32>> = dict.encode(&xt).unwrap().to_vec2().unwrap();
+    let (idx, val) = selections(&ws);
+    for r in 0..b {
+        for j in 0..k {
+            assert!((f[r][idx[r * k + j] as usize] - val[r * k + j]).abs() < 1e-5);
+        }
+    }
+    let out = dict.decode(&dict.encode(&xt).unwrap(), None).unwrap();
+    let err: f32 = (out - &xt)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        / b as f32;
+    assert!((err - mse).abs() < 1e-4 * mse.max(1.0), "{err} vs {mse}");
+}

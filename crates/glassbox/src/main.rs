@@ -48,6 +48,8 @@ enum Command {
     },
     /// Generate while a probe reads the model: per-token p(true), flagged disagreements
     Monitor(commands::monitor::Args),
+    /// Train a TopK SAE on a hook's activations over a corpus (first version: in-memory, one pass)
+    TrainSae(commands::train_sae::Args),
     /// Throughput benchmarks
     Bench {
         #[command(subcommand)]
@@ -86,6 +88,7 @@ fn main() {
         Command::Ablate(a) => commands::ablate::run(a),
         Command::Probe { what } => commands::probe::run(what),
         Command::Monitor(a) => commands::monitor::run(a),
+        Command::TrainSae(a) => commands::train_sae::run(a),
         Command::Bench { what } => commands::bench::run(what),
     };
     if let Err(e) = result {

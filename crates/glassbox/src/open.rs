@@ -69,3 +69,12 @@ pub fn progress(len: usize, message: &str) -> indicatif::ProgressBar {
     );
     bar
 }
+
+/// The model's file or folder name, for metadata.
+pub fn model_label(model: &glassbox_model::Model) -> String {
+    model
+        .source
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
+}

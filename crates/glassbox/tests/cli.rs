@@ -645,3 +645,60 @@ fn bench_sae_step_reports_tokens_per_second() {
         "--k must be between 1 and --d-sae",
     );
 }
+
+#[test]
+fn train_sae_writes_a_saelens_dictionary_and_metrics() {
+    if default_model().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let text =
+        "The committee met on Tuesday to review the budget for the coming year. ".repeat(200);
+    std::fs::write(&corpus, text).unwrap();
+    let out = dir.path().join("sae");
+    let o = glassbox(&[
+        "train-sae",
+        "--model",
+        "default",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--hook",
+        "blocks.3.hook_resid_post",
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "1024",
+        "--context-size",
+        "32",
+        "--batch",
+        "256",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = glassbox_sae::format::load(&out).unwrap();
+    assert_eq!((d.d_in, d.d_sae, d.k), (576, 64, Some(4)));
+    assert_eq!(d.hook_name.as_deref(), Some("blocks.3.hook_resid_post"));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let fvu = m["eval"]["fvu"].as_f64().unwrap();
+    assert!(fvu.is_finite() && fvu > 0.0 && fvu < 1.5, "FVU {fvu}");
+    assert!(m["eval"]["l0"].as_f64().unwrap() <= 4.0);
+    assert_refused(
+        &[
+            "train-sae",
+            "--model",
+            "default",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--tokens",
+            "100000000",
+            "--out",
+            "/tmp/never-sae",
+        ],
+        "needs",
+    );
+}

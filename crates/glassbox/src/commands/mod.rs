@@ -11,3 +11,4 @@ pub mod predict;
 pub mod probe;
 pub mod quickstart;
 pub mod steer;
+pub mod train_sae;
