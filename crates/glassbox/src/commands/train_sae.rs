@@ -35,6 +35,10 @@ pub struct Args {
     /// Output directory (SAELens format + metrics.json)
     #[arg(long)]
     out: PathBuf,
+    /// Also write the harvested activations (`train` shuffled, `eval`) as safetensors,
+    /// for training a baseline on identical data (../shared/bench/saelens_train_on_acts.py)
+    #[arg(long)]
+    export_acts: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -82,6 +86,22 @@ pub fn run(a: Args) -> Result<()> {
         .flat_map(|&i| rows[i * d..(i + 1) * d].iter().copied())
         .collect();
     rows = shuffled;
+    if let Some(path) = &a.export_acts {
+        let dev = &candle_core::Device::Cpu;
+        let t = std::collections::HashMap::from([
+            (
+                "train".to_string(),
+                candle_core::Tensor::from_slice(&rows, (n, d), dev)?,
+            ),
+            (
+                "eval".to_string(),
+                candle_core::Tensor::from_slice(&eval_rows, (eval_rows.len() / d, d), dev)?,
+            ),
+        ]);
+        atomic_write(path, |tmp| {
+            candle_core::safetensors::save(&t, tmp).context("cannot write activations")
+        })?;
+    }
     let mut sae = TopKSae::init(d, a.d_sae, a.k, a.seed);
     sae.init_b_dec_mean(&rows);
     let mut ws = Workspace::new(&sae, a.batch);
