@@ -302,6 +302,53 @@ pub struct FusedAttention {
     pub past: usize,
 }
 
+/// `dst [m, n] = lhs [m, k] · rhs` on the calling thread (the attention kernel already
+/// runs one task per head and row block). `lhs` and `dst` are row-major; `rhs` element
+/// `(i, j)` sits at `i · rhs_strides.0 + j · rhs_strides.1`.
+fn matmul_single(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    let (rs, cs) = rhs_strides;
+    assert!(
+        dst.len() >= m * n && lhs.len() >= m * k,
+        "matmul_single: buffers too small"
+    );
+    assert!(
+        k == 0 || n == 0 || rhs.len() > (k - 1) * rs + (n - 1) * cs,
+        "matmul_single: rhs too small"
+    );
+    // SAFETY: the asserts above bound every element gemm reads or writes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            cs as isize,
+            rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// A `[b, heads, rows, cols]` tensor whose last two axes are contiguous.
 struct HeadsView<'a> {
     data: &'a [f32],
@@ -442,55 +489,12 @@ impl CustomOp3 for FusedAttention {
                         scores.clear();
                         scores.resize(rows * cols, 0.0);
                         let qp = &qh[r0 * dh..(r0 + rows) * dh];
-                        // SAFETY: qp is rows×dh, kp and vp hold at least cols×dh, scores is rows×cols, z is rows×dh.
-                        unsafe {
-                            gemm::gemm(
-                                rows,
-                                cols,
-                                dh,
-                                scores.as_mut_ptr(),
-                                1,
-                                cols as isize,
-                                false,
-                                qp.as_ptr(),
-                                1,
-                                dh as isize,
-                                kp.as_ptr(),
-                                dh as isize,
-                                1,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+                        // scores = q · kᵀ (k row-major [cols, dh] read transposed)
+                        matmul_single(scores, rows, cols, dh, qp, kp, (1, dh));
                         let m = &mask[(bi * s + r0) * t..(bi * s + r0 + rows) * t];
                         softmax_rows(scores, m, cols, t, self.scale, self.softcap);
-                        unsafe {
-                            gemm::gemm(
-                                rows,
-                                dh,
-                                cols,
-                                z.as_mut_ptr(),
-                                1,
-                                dh as isize,
-                                false,
-                                scores.as_ptr(),
-                                1,
-                                cols as isize,
-                                vp.as_ptr(),
-                                1,
-                                dh as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+                        // z = pattern · v
+                        matmul_single(z, rows, dh, cols, scores, vp, (dh, 1));
                     });
             });
         Ok((CpuStorage::F32(out), Shape::from((b, h, s, dh))))
