@@ -53,6 +53,8 @@ pub struct Dictionary {
     pub w_skip: Option<Tensor>,
     /// the hook the dictionary reads (`metadata.hook_name`)
     pub hook_name: Option<String>,
+    /// the hook a transcoder predicts (`metadata.hook_name_out`)
+    pub hook_name_out: Option<String>,
     pub model_name: Option<String>,
     /// the cfg.json as read, kept so a save writes back what it did not understand
     pub extra_cfg: serde_json::Map<String, serde_json::Value>,
@@ -64,8 +66,16 @@ fn need<'a>(t: &'a Option<Tensor>, name: &str, arch: Architecture) -> Result<&'a
 }
 
 impl Dictionary {
+    /// Reads one hook and predicts another (SAELens' `*transcoder` architectures).
     pub fn is_transcoder(&self) -> bool {
-        self.d_out != self.d_in || self.w_skip.is_some()
+        self.d_out != self.d_in
+            || self.w_skip.is_some()
+            || self.hook_name_out.is_some()
+            || self
+                .extra_cfg
+                .get("architecture")
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| a.ends_with("transcoder"))
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {

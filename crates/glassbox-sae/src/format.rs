@@ -102,15 +102,18 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
     let legacy_fn = cfg.get("activation_fn_str").and_then(Value::as_str);
     let arch_name = cfg.get("architecture").and_then(Value::as_str);
     let architecture = match (arch_name, legacy_fn) {
-        (Some("topk"), _) | (None | Some("standard"), Some("topk")) => Architecture::TopK,
-        (Some("jumprelu"), _) => Architecture::JumpReLU,
+        (Some("topk" | "topk_transcoder" | "topk_skip_transcoder"), _)
+        | (None | Some("standard"), Some("topk")) => Architecture::TopK,
+        (Some("jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder"), _) => {
+            Architecture::JumpReLU
+        }
         (Some("gated"), _) => Architecture::Gated,
-        (Some("standard") | None, _) => Architecture::Standard,
+        (Some("standard" | "transcoder" | "skip_transcoder") | None, _) => Architecture::Standard,
         (Some(other), _) => {
             return Err(bad(
                 &cfg_path,
                 format!(
-                    "architecture `{other}` is not supported (standard, topk, jumprelu, gated)"
+                    "architecture `{other}` is not supported (standard, topk, jumprelu, gated, and the transcoder forms)"
                 ),
             ))
         }
@@ -146,6 +149,11 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
     let hook_name = meta
         .and_then(|m| m.get("hook_name"))
         .or_else(|| cfg.get("hook_name"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    let hook_name_out = meta
+        .and_then(|m| m.get("hook_name_out"))
+        .or_else(|| cfg.get("hook_name_out"))
         .and_then(Value::as_str)
         .map(String::from);
     let model_name = meta
@@ -196,6 +204,7 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
         },
         w_skip: take_opt(&mut t, "W_skip", &[d_out, d_in], &wpath)?,
         hook_name,
+        hook_name_out,
         model_name,
         extra_cfg: cfg,
     })
@@ -231,6 +240,7 @@ fn load_sparsify(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
         w_skip: None,
         // sparsify names the hook by the folder (e.g. `layers.6`)
         hook_name: None,
+        hook_name_out: None,
         model_name: None,
         extra_cfg: cfg,
     })
@@ -265,6 +275,9 @@ pub fn save_saelens(d: &Dictionary, dir: &Path) -> Result<()> {
     if let Some(h) = &d.hook_name {
         metadata.insert("hook_name".into(), json!(h));
     }
+    if let Some(h) = &d.hook_name_out {
+        metadata.insert("hook_name_out".into(), json!(h));
+    }
     if let Some(m) = &d.model_name {
         metadata.insert("model_name".into(), json!(m));
     }
@@ -278,6 +291,16 @@ pub fn save_saelens(d: &Dictionary, dir: &Path) -> Result<()> {
         cfg["rescale_acts_by_decoder_norm"] = json!(false);
     }
     if d.is_transcoder() {
+        // SAELens names transcoders by activation and skip connection (it has no TopK
+        // transcoder: `topk_transcoder` is glassbox's own name, loadable here only).
+        let skip = if d.w_skip.is_some() { "skip_" } else { "" };
+        let base = match d.architecture {
+            Architecture::Standard => "",
+            Architecture::JumpReLU => "jumprelu_",
+            Architecture::TopK => "topk_",
+            Architecture::Gated => "gated_",
+        };
+        cfg["architecture"] = json!(format!("{base}{skip}transcoder"));
         cfg["d_out"] = json!(d.d_out);
     }
     let wtmp = dir.join(".sae_weights.safetensors.tmp");

@@ -403,6 +403,7 @@ impl TopKSae {
             b_mag: None,
             w_skip: None,
             hook_name,
+            hook_name_out: None,
             model_name,
             extra_cfg: Default::default(),
         })
