@@ -1,0 +1,208 @@
+//! What a training run is: architecture, sizes, losses and schedules. Serialisable, so
+//! a run directory records it and `--config FILE` (TOML) can set it.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainArch {
+    /// k largest pre-activations per token (OpenAI, Gao et al. 2024), AuxK for dead latents
+    TopK,
+    /// k × batch largest over the whole batch (Bussmann et al. 2024); saved as JumpReLU
+    /// with the running threshold
+    BatchTopK,
+    /// ReLU with an L1 penalty (see `L1Recipe`)
+    Standard,
+    /// ReLU gated by a learned threshold, L0 penalty with straight-through gradients
+    /// (Rajamanoharan et al. 2024, Gemma Scope)
+    JumpReLU,
+    /// separate gate and magnitude paths (Rajamanoharan et al. 2024)
+    Gated,
+}
+
+impl TrainArch {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "topk" => TrainArch::TopK,
+            "batchtopk" | "batch-topk" | "batch_topk" => TrainArch::BatchTopK,
+            "standard" | "relu" => TrainArch::Standard,
+            "jumprelu" => TrainArch::JumpReLU,
+            "gated" => TrainArch::Gated,
+            _ => return None,
+        })
+    }
+
+    pub fn uses_k(self) -> bool {
+        matches!(self, TrainArch::TopK | TrainArch::BatchTopK)
+    }
+}
+
+/// The two common ReLU + L1 recipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum L1Recipe {
+    /// Anthropic (April 2024): L1 of each activation times its decoder row's norm, no
+    /// norm constraint (SAELens' `standard` default)
+    Anthropic,
+    /// decoder rows kept at unit norm (renormalised after every step, the gradient
+    /// component along each row removed), plain L1 (Bricken et al. 2023)
+    UnitNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BDecInit {
+    Zeros,
+    Mean,
+    GeometricMedian,
+}
+
+/// SAELens' `normalize_activations`: `expected_average_only_in` scales inputs so that
+/// E‖x‖ = √d_in during training and folds the factor into the weights on save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    None,
+    ExpectedAverageOnlyIn,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub arch: TrainArch,
+    pub d_in: usize,
+    /// the target's width for a transcoder; `None` for an SAE (target = input)
+    pub d_out: Option<usize>,
+    pub d_sae: usize,
+    /// active latents per token (topk, batchtopk)
+    pub k: usize,
+    pub l1_recipe: L1Recipe,
+    /// L1 coefficient (standard, gated) or L0 coefficient (jumprelu)
+    pub sparsity_coefficient: f32,
+    /// the sparsity coefficient rises linearly from 0 over these steps
+    pub sparsity_warmup_steps: usize,
+    pub lr: f32,
+    pub lr_warmup_steps: usize,
+    /// the learning rate falls linearly to 0 over the last fraction of steps
+    pub lr_decay_fraction: f32,
+    pub adam_beta1: f32,
+    pub adam_beta2: f32,
+    /// clip the global gradient norm to this (0 = no clipping)
+    pub grad_clip: f32,
+    /// AuxK loss weight (topk, batchtopk; OpenAI use 1/32)
+    pub aux_k_coefficient: f32,
+    /// latents used by AuxK per token (default d_in / 2)
+    pub aux_k: Option<usize>,
+    /// a latent is dead when it has not fired for this many training tokens
+    pub dead_window_tokens: u64,
+    /// standard/gated/jumprelu: re-initialise dead latents every N steps (0 = never)
+    pub resample_every_steps: usize,
+    pub jumprelu_bandwidth: f32,
+    pub jumprelu_init_threshold: f32,
+    pub b_dec_init: BDecInit,
+    pub normalize: Normalize,
+    /// transcoders: a linear skip connection `W_skip x`
+    pub skip: bool,
+    pub batch: usize,
+    pub seed: u64,
+    /// ReLU-family steps switch from sparse kernels to dense GEMMs above this density
+    pub dense_above: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            arch: TrainArch::TopK,
+            d_in: 0,
+            d_out: None,
+            d_sae: 4096,
+            k: 32,
+            l1_recipe: L1Recipe::Anthropic,
+            sparsity_coefficient: 5.0,
+            sparsity_warmup_steps: 0,
+            lr: 1e-3,
+            lr_warmup_steps: 0,
+            lr_decay_fraction: 0.2,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            grad_clip: 0.0,
+            aux_k_coefficient: 1.0 / 32.0,
+            aux_k: None,
+            dead_window_tokens: 200_000,
+            resample_every_steps: 0,
+            jumprelu_bandwidth: 0.001,
+            jumprelu_init_threshold: 0.001,
+            b_dec_init: BDecInit::GeometricMedian,
+            normalize: Normalize::ExpectedAverageOnlyIn,
+            skip: false,
+            batch: 4096,
+            seed: 0,
+            dense_above: 0.1,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn d_out(&self) -> usize {
+        self.d_out.unwrap_or(self.d_in)
+    }
+
+    pub fn is_transcoder(&self) -> bool {
+        self.d_out.is_some()
+    }
+
+    /// SAEs subtract `b_dec` from their input (SAELens default); transcoders cannot.
+    pub fn apply_b_dec_to_input(&self) -> bool {
+        !self.is_transcoder()
+    }
+
+    pub fn aux_k(&self) -> usize {
+        self.aux_k.unwrap_or(self.d_in / 2).clamp(1, self.d_sae)
+    }
+
+    /// Every inconsistency, as a message that says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        let pos = |v: f32| v.is_finite() && v > 0.0;
+        if self.d_in == 0 || self.d_sae == 0 || self.d_out == Some(0) {
+            return Err("d_in, d_out and d_sae must be positive".into());
+        }
+        if self.arch.uses_k() && (self.k == 0 || self.k > self.d_sae) {
+            return Err(format!(
+                "k must be between 1 and d_sae ({}); got {}",
+                self.d_sae, self.k
+            ));
+        }
+        if self.batch == 0 {
+            return Err("batch must be positive".into());
+        }
+        if !pos(self.lr) {
+            return Err(format!("lr must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.lr_decay_fraction) {
+            return Err("lr_decay_fraction must be between 0 and 1".into());
+        }
+        if !(self.sparsity_coefficient.is_finite() && self.sparsity_coefficient >= 0.0) {
+            return Err("sparsity_coefficient must be a finite number ≥ 0".into());
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err("grad_clip must be ≥ 0 (0 turns clipping off)".into());
+        }
+        for (name, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("{name} must be in [0, 1), got {v}"));
+            }
+        }
+        if self.arch == TrainArch::JumpReLU
+            && !(pos(self.jumprelu_bandwidth) && pos(self.jumprelu_init_threshold))
+        {
+            return Err("jumprelu_bandwidth and jumprelu_init_threshold must be positive".into());
+        }
+        if self.skip && !self.is_transcoder() {
+            return Err("a skip connection is for transcoders (set d_out / --hook-out)".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,497 @@
+//! Training sparse dictionaries (SAEs and transcoders) with hand-written CPU kernels.
+//!
+//! `Trainer` owns the parameters, Adam, the schedules (learning-rate warm-up and
+//! decay, sparsity-coefficient warm-up), dead-latent tracking (AuxK for TopK-style,
+//! resampling for ReLU-style), input normalisation (folded into the weights on save)
+//! and checkpoints that resume bit-for-bit. The kernels are in `step`.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod config;
+mod matmul;
+pub mod params;
+pub mod step;
+
+pub use config::{BDecInit, L1Recipe, Normalize, TrainArch, TrainConfig};
+pub use params::Params;
+pub use step::{Losses, StepCoefficients, Workspace};
+
+use crate::{Architecture, Dictionary};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error("step {step}: the {what} is {value} (NaN or infinite); training stopped before the update, the last checkpoint is intact. Lower the learning rate, enable --grad-clip, or check the activations for NaN/Inf")]
+    NonFinite {
+        step: usize,
+        what: &'static str,
+        value: f32,
+    },
+    #[error("batch has {got} values; expected {want} (batch × width)")]
+    Shape { got: usize, want: usize },
+}
+
+/// What one step did, for progress bars and the metrics log.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub step: usize,
+    pub losses: Losses,
+    /// this batch's fraction of variance unexplained
+    pub fvu: f32,
+    pub dead_fraction: f32,
+    pub lr: f32,
+    pub sparsity_coefficient: f32,
+    pub grad_norm: f32,
+    pub dense_kernels: bool,
+    pub resampled: usize,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub params: Params,
+    pub opt: adam::Adam,
+    ws: Workspace,
+    pub total_steps: usize,
+    pub step: usize,
+    /// per latent: training tokens since it last fired
+    pub since_fired: Vec<u64>,
+    /// normalisation factors applied to inputs and targets during training
+    pub scale_in: f32,
+    pub scale_out: f32,
+    /// batchtopk: running mean of the smallest selected activation (the inference
+    /// threshold)
+    pub batch_topk_threshold: f32,
+    xs: Vec<f32>,
+    ys: Vec<f32>,
+    dead: Vec<bool>,
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig, total_steps: usize) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        let params = Params::init(&cfg);
+        let opt = adam::Adam::new(&params, cfg.adam_beta1, cfg.adam_beta2);
+        let ws = Workspace::new(&cfg, &params);
+        Ok(Trainer {
+            since_fired: vec![0; cfg.d_sae],
+            dead: vec![false; cfg.d_sae],
+            xs: vec![0.0; cfg.batch * cfg.d_in],
+            ys: if cfg.is_transcoder() {
+                vec![0.0; cfg.batch * cfg.d_out()]
+            } else {
+                Vec::new()
+            },
+            cfg,
+            params,
+            opt,
+            ws,
+            total_steps: total_steps.max(1),
+            step: 0,
+            scale_in: 1.0,
+            scale_out: 1.0,
+            batch_topk_threshold: 0.0,
+        })
+    }
+
+    /// Before the first step: normalisation factors and `b_dec` from sample rows
+    /// (inputs `x`, and targets `y` for a transcoder).
+    pub fn prepare(&mut self, x: &[f32], y: Option<&[f32]>) {
+        let (d, o) = (self.cfg.d_in, self.cfg.d_out());
+        let mean_norm = |rows: &[f32], w: usize| {
+            let n = (rows.len() / w).max(1) as f64;
+            rows.chunks(w)
+                .map(|r| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+                .sum::<f64>()
+                / n
+        };
+        if self.cfg.normalize == Normalize::ExpectedAverageOnlyIn {
+            self.scale_in = ((d as f64).sqrt() / mean_norm(x, d).max(1e-12)) as f32;
+            self.scale_out = match y {
+                Some(y) => ((o as f64).sqrt() / mean_norm(y, o).max(1e-12)) as f32,
+                None => self.scale_in,
+            };
+        }
+        let target: Vec<f32> = y.unwrap_or(x).iter().map(|v| v * self.scale_out).collect();
+        // a sample is enough for the median; Weiszfeld is O(n·d) per iteration
+        let sample = &target[..target.len().min(8192 * o)];
+        self.params.b_dec = match self.cfg.b_dec_init {
+            BDecInit::Zeros => vec![0.0; o],
+            BDecInit::Mean => params::mean(&target, o),
+            BDecInit::GeometricMedian => params::geometric_median(sample, o, 50),
+        };
+    }
+
+    pub fn lr_at(&self, step: usize) -> f32 {
+        let c = &self.cfg;
+        let warm = if c.lr_warmup_steps > 0 {
+            ((step + 1) as f32 / c.lr_warmup_steps as f32).min(1.0)
+        } else {
+            1.0
+        };
+        let decay_steps = (c.lr_decay_fraction * self.total_steps as f32).round() as usize;
+        let decay_from = self.total_steps.saturating_sub(decay_steps);
+        let decay = if decay_steps > 0 && step >= decay_from {
+            1.0 - (step - decay_from) as f32 / decay_steps as f32
+        } else {
+            1.0
+        };
+        c.lr * warm * decay
+    }
+
+    pub fn sparsity_at(&self, step: usize) -> f32 {
+        let c = &self.cfg;
+        if c.sparsity_warmup_steps == 0 {
+            return c.sparsity_coefficient;
+        }
+        c.sparsity_coefficient * ((step + 1) as f32 / c.sparsity_warmup_steps as f32).min(1.0)
+    }
+
+    fn load_batch(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<(), TrainError> {
+        let (b, d, o) = (self.cfg.batch, self.cfg.d_in, self.cfg.d_out());
+        if x.len() != b * d {
+            return Err(TrainError::Shape {
+                got: x.len(),
+                want: b * d,
+            });
+        }
+        let s = self.scale_in;
+        self.xs.iter_mut().zip(x).for_each(|(o, v)| *o = v * s);
+        if self.cfg.is_transcoder() {
+            let y =
+                y.ok_or_else(|| TrainError::Config("a transcoder step needs targets".into()))?;
+            if y.len() != b * o {
+                return Err(TrainError::Shape {
+                    got: y.len(),
+                    want: b * o,
+                });
+            }
+            let s = self.scale_out;
+            self.ys.iter_mut().zip(y).for_each(|(o, v)| *o = v * s);
+        }
+        Ok(())
+    }
+
+    fn dead_mask(&mut self) -> Option<&[bool]> {
+        let window = self.cfg.dead_window_tokens;
+        let mut any = false;
+        for (d, &s) in self.dead.iter_mut().zip(&self.since_fired) {
+            *d = s >= window;
+            any |= *d;
+        }
+        any.then_some(&self.dead[..])
+    }
+
+    /// One optimisation step on raw (unnormalised) `x` `[batch, d_in]` and, for a
+    /// transcoder, targets `y` `[batch, d_out]`. A non-finite loss or gradient stops
+    /// before the parameters change.
+    pub fn step(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<StepReport, TrainError> {
+        self.load_batch(x, y)?;
+        let step = self.step;
+        let sparsity = self.sparsity_at(step);
+        let uses_aux_k = self.cfg.arch.uses_k();
+        let dead = if uses_aux_k {
+            self.dead_mask().map(|d| d.to_vec())
+        } else {
+            None
+        };
+        let coefs = StepCoefficients {
+            sparsity,
+            dead: dead.as_deref(),
+        };
+        let ys = self.cfg.is_transcoder().then_some(&self.ys[..]);
+        let losses = step::forward(&self.cfg, &self.params, &mut self.ws, &self.xs, ys, &coefs);
+        if !losses.total.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                what: "loss",
+                value: losses.total,
+            });
+        }
+        step::backward(&self.cfg, &self.params, &mut self.ws, &self.xs, &coefs);
+        let unit_norm =
+            self.cfg.arch == TrainArch::Standard && self.cfg.l1_recipe == L1Recipe::UnitNorm;
+        let o = self.cfg.d_out();
+        if unit_norm {
+            adam::remove_parallel_component(&self.params.w_dec, &mut self.ws.grads.w_dec, o);
+        }
+        let gnorm = adam::grad_norm(&self.ws.grads);
+        if !gnorm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                what: "gradient norm",
+                value: gnorm,
+            });
+        }
+        let clip = if self.cfg.grad_clip > 0.0 && gnorm > self.cfg.grad_clip {
+            self.cfg.grad_clip / gnorm
+        } else {
+            1.0
+        };
+        let lr = self.lr_at(step);
+        self.opt.update(&mut self.params, &self.ws.grads, lr, clip);
+        if unit_norm {
+            adam::normalize_rows(&mut self.params.w_dec, o);
+        }
+        let b = self.cfg.batch as u64;
+        for (s, &f) in self.since_fired.iter_mut().zip(&self.ws.fired) {
+            *s = if f > 0 { 0 } else { s.saturating_add(b) };
+        }
+        if self.cfg.arch == TrainArch::BatchTopK {
+            let t = self.ws.batch_min_active;
+            self.batch_topk_threshold = if step == 0 {
+                t
+            } else {
+                0.99 * self.batch_topk_threshold + 0.01 * t
+            };
+        }
+        let resampled = if !uses_aux_k
+            && self.cfg.resample_every_steps > 0
+            && (step + 1) % self.cfg.resample_every_steps == 0
+        {
+            self.resample_dead()
+        } else {
+            0
+        };
+        self.step += 1;
+        let dead_fraction = self
+            .since_fired
+            .iter()
+            .filter(|&&s| s >= self.cfg.dead_window_tokens)
+            .count() as f32
+            / self.cfg.d_sae as f32;
+        Ok(StepReport {
+            step,
+            fvu: losses.mse / losses.variance.max(1e-30),
+            losses,
+            dead_fraction,
+            lr,
+            sparsity_coefficient: sparsity,
+            grad_norm: gnorm,
+            dense_kernels: self.ws.was_dense(),
+            resampled,
+        })
+    }
+
+    /// Re-initialises dead latents from this batch's worst-reconstructed tokens
+    /// (Bricken et al. 2023): encoder and decoder along the token's centred input
+    /// (a transcoder's decoder along its residual), encoder scaled to 0.2 × the mean
+    /// live encoder norm, zero bias, fresh Adam moments.
+    fn resample_dead(&mut self) -> usize {
+        let (d, o, b) = (self.cfg.d_in, self.cfg.d_out(), self.cfg.batch);
+        let window = self.cfg.dead_window_tokens;
+        let dead: Vec<usize> = (0..self.cfg.d_sae)
+            .filter(|&f| self.since_fired[f] >= window)
+            .collect();
+        if dead.is_empty() {
+            return 0;
+        }
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let alive: Vec<usize> = (0..self.cfg.d_sae)
+            .filter(|&f| self.since_fired[f] < window)
+            .collect();
+        let mean_norm = |w: &[f32], width: usize, default: f32| {
+            if alive.is_empty() {
+                return default;
+            }
+            alive
+                .iter()
+                .map(|&f| norm(&w[f * width..(f + 1) * width]))
+                .sum::<f32>()
+                / alive.len() as f32
+        };
+        let enc_norm = 0.2 * mean_norm(&self.params.w_enc_t, d, 1.0);
+        let dec_norm =
+            if self.cfg.l1_recipe == L1Recipe::UnitNorm && self.cfg.arch == TrainArch::Standard {
+                1.0
+            } else {
+                mean_norm(&self.params.w_dec, o, 0.1)
+            };
+        // per-token loss (the workspace holds 2/b · error)
+        let loss = self.ws_row_losses();
+        let total: f64 = loss.iter().map(|v| *v as f64).sum();
+        let mut rng =
+            StdRng::seed_from_u64(self.cfg.seed ^ (self.step as u64).wrapping_mul(0x9e37));
+        for &f in &dead {
+            let mut pick = rng.gen_range(0.0..total.max(1e-30));
+            let mut r = b - 1;
+            for (i, l) in loss.iter().enumerate() {
+                pick -= *l as f64;
+                if pick <= 0.0 {
+                    r = i;
+                    break;
+                }
+            }
+            let mut enc: Vec<f32> = self.xs[r * d..(r + 1) * d].to_vec();
+            if self.cfg.apply_b_dec_to_input() {
+                enc.iter_mut()
+                    .zip(&self.params.b_dec)
+                    .for_each(|(v, b)| *v -= b);
+            }
+            let dec: Vec<f32> = if self.cfg.is_transcoder() {
+                self.ws_row_error(r).iter().map(|v| -v).collect()
+            } else {
+                enc.clone()
+            };
+            let (ne, nd) = (norm(&enc).max(1e-12), norm(&dec).max(1e-12));
+            self.params.w_enc_t[f * d..(f + 1) * d]
+                .iter_mut()
+                .zip(&enc)
+                .for_each(|(w, v)| *w = v / ne * enc_norm);
+            self.params.w_dec[f * o..(f + 1) * o]
+                .iter_mut()
+                .zip(&dec)
+                .for_each(|(w, v)| *w = v / nd * dec_norm);
+            self.params.b_enc[f] = 0.0;
+            if let Some(v) = self.params.r_mag.get_mut(f) {
+                *v = 0.0;
+            }
+            if let Some(v) = self.params.b_mag.get_mut(f) {
+                *v = 0.0;
+            }
+            self.since_fired[f] = 0;
+        }
+        self.opt.reset_latents(&dead, d, o);
+        dead.len()
+    }
+
+    fn ws_row_losses(&self) -> Vec<f32> {
+        let o = self.cfg.d_out();
+        (0..self.cfg.batch)
+            .map(|r| self.ws_row_error(r).iter().map(|v| v * v).sum())
+            .map(|v: f32| v.max(0.0) / o as f32)
+            .collect()
+    }
+
+    fn ws_row_error(&self, r: usize) -> &[f32] {
+        self.ws.error_row(r)
+    }
+
+    /// Forward pass only (no update) on a raw batch of the training batch size:
+    /// losses, plus each token's selections through `on_row(row, latents, values)`
+    /// when the step used sparse kernels.
+    pub fn evaluate(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<Losses, TrainError> {
+        self.load_batch(x, y)?;
+        let coefs = StepCoefficients {
+            sparsity: self.cfg.sparsity_coefficient,
+            dead: None,
+        };
+        let ys = self.cfg.is_transcoder().then_some(&self.ys[..]);
+        Ok(step::forward(
+            &self.cfg,
+            &self.params,
+            &mut self.ws,
+            &self.xs,
+            ys,
+            &coefs,
+        ))
+    }
+
+    /// Row `r`'s selected latents and values in the last forward (sparse steps only).
+    pub fn row_selection(&self, r: usize) -> Option<(&[u32], &[f32])> {
+        self.ws.row_selection(r)
+    }
+
+    /// The gradient buffers of the last step (tests and diagnostics).
+    pub fn gradients(&self) -> &Params {
+        &self.ws.grads
+    }
+
+    /// Forward + backward without an update, on already-normalised inputs (tests).
+    pub fn loss_and_gradients(
+        &mut self,
+        x: &[f32],
+        y: Option<&[f32]>,
+        sparsity: f32,
+        dead: Option<&[bool]>,
+    ) -> Losses {
+        let coefs = StepCoefficients { sparsity, dead };
+        let l = step::forward(&self.cfg, &self.params, &mut self.ws, x, y, &coefs);
+        step::backward(&self.cfg, &self.params, &mut self.ws, x, &coefs);
+        l
+    }
+
+    /// Loss only, on already-normalised inputs (tests).
+    pub fn loss(
+        &mut self,
+        x: &[f32],
+        y: Option<&[f32]>,
+        sparsity: f32,
+        dead: Option<&[bool]>,
+    ) -> Losses {
+        let coefs = StepCoefficients { sparsity, dead };
+        step::forward(&self.cfg, &self.params, &mut self.ws, x, y, &coefs)
+    }
+
+    /// The dictionary in SAELens' layout, with the normalisation folded into the
+    /// weights so it reads raw activations (SAELens' `fold_activation_norm_scaling_factor`).
+    /// BatchTopK becomes JumpReLU with its running threshold, as in SAELens.
+    pub fn to_dictionary(
+        &self,
+        hook_name: Option<String>,
+        hook_name_out: Option<String>,
+        model_name: Option<String>,
+    ) -> crate::Result<Dictionary> {
+        use candle_core::{Device, Tensor};
+        let dev = &Device::Cpu;
+        let c = &self.cfg;
+        let (d, m, o) = (c.d_in, c.d_sae, c.d_out());
+        let p = &self.params;
+        let (si, so) = (self.scale_in, self.scale_out);
+        let w_enc: Vec<f32> = p.w_enc_t.iter().map(|v| v * si).collect();
+        let w_dec: Vec<f32> = p.w_dec.iter().map(|v| v / so).collect();
+        let b_dec: Vec<f32> = p.b_dec.iter().map(|v| v / so).collect();
+        let t1 = |v: &[f32]| Tensor::from_slice(v, m, dev);
+        let (architecture, threshold) = match c.arch {
+            TrainArch::TopK => (Architecture::TopK, None),
+            TrainArch::BatchTopK => (
+                Architecture::JumpReLU,
+                Some(t1(&vec![self.batch_topk_threshold; m])?),
+            ),
+            TrainArch::Standard => (Architecture::Standard, None),
+            TrainArch::JumpReLU => {
+                let t: Vec<f32> = p.log_threshold.iter().map(|v| v.exp()).collect();
+                (Architecture::JumpReLU, Some(t1(&t)?))
+            }
+            TrainArch::Gated => (Architecture::Gated, None),
+        };
+        let gated = c.arch == TrainArch::Gated;
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("trained_with".into(), "glassbox".into());
+        metadata.insert(
+            "training_arch".into(),
+            serde_json::to_value(c.arch).unwrap_or_default(),
+        );
+        let mut extra_cfg = serde_json::Map::new();
+        extra_cfg.insert("metadata".into(), metadata.into());
+        Ok(Dictionary {
+            architecture,
+            d_in: d,
+            d_sae: m,
+            d_out: o,
+            k: (c.arch == TrainArch::TopK).then_some(c.k),
+            apply_b_dec_to_input: c.apply_b_dec_to_input(),
+            w_enc: Tensor::from_slice(&w_enc, (m, d), dev)?.t()?.contiguous()?,
+            b_enc: (!gated).then(|| t1(&p.b_enc)).transpose()?,
+            w_dec: Tensor::from_slice(&w_dec, (m, o), dev)?,
+            b_dec: Tensor::from_slice(&b_dec, o, dev)?,
+            threshold,
+            b_gate: gated.then(|| t1(&p.b_enc)).transpose()?,
+            r_mag: gated.then(|| t1(&p.r_mag)).transpose()?,
+            b_mag: gated.then(|| t1(&p.b_mag)).transpose()?,
+            w_skip: c
+                .skip
+                .then(|| {
+                    let w: Vec<f32> = p.w_skip.iter().map(|v| v * si / so).collect();
+                    Tensor::from_slice(&w, (o, d), dev)
+                })
+                .transpose()?,
+            hook_name,
+            hook_name_out,
+            model_name,
+            extra_cfg,
+        })
+    }
+}
