@@ -1,16 +1,47 @@
-//! glassbox-data: text corpora, packing them into fixed context windows, and
-//! harvesting a hook's activations over those windows.
+//! glassbox-data: text corpora (txt, JSON lines, Parquet), packing them into fixed
+//! context windows, harvesting hook activations over those windows, and the
+//! activation store that serves shuffled rows to dictionary training.
+//!
+//! This crate knows the model only as "give me the activations at hook H": it asks the
+//! runtime for a forward pass with a cache filter and never looks at weights.
 
-use glassbox_model::{Batch, HookFilter, LogitsMode, Model, Run};
+use glassbox_model::Model;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+mod corpus;
+mod harvest;
+pub mod store;
+
+pub use corpus::{read_corpus, Corpus, CorpusReport};
+pub use harvest::{harvest_hooks, harvest_with, special_tokens, Harvest, HarvestOptions};
+pub use store::{ActivationStore, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{0}")]
     BadInput(String),
+    /// A corpus that cannot be used as it is; the message says what to change.
+    #[error("{0}")]
+    Corpus(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Harvested activations that are NaN or infinite: training on them would
+    /// silently poison a dictionary, so harvesting stops here.
+    #[error(
+        "the activations at `{hook}` hold NaN or Inf ({place}): the model overflowed or its \
+         weights are broken; check the model file (run it on a short prompt) before training"
+    )]
+    NonFinite { hook: String, place: String },
+    /// The activation cache folder cannot be used at all (single shards that fail are
+    /// regenerated with a warning instead).
+    #[error("activation cache {}: {message}", path.display())]
+    Cache { path: PathBuf, message: String },
     #[error(transparent)]
     Model(#[from] glassbox_model::ModelError),
     #[error(transparent)]
@@ -19,23 +50,30 @@ pub enum DataError {
 
 pub type Result<T> = std::result::Result<T, DataError>;
 
-fn bad(m: impl Into<String>) -> DataError {
+pub(crate) fn bad(m: impl Into<String>) -> DataError {
     DataError::BadInput(m.into())
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Token windows, each `context_size` long.
 pub type Windows = Vec<Vec<u32>>;
 
 /// Plain-text documents: one `.txt` file, or every `.txt` file in a folder (sorted).
+/// Kept for callers that want exactly this; [`read_corpus`] also reads JSON lines and
+/// Parquet, walks folders recursively and skips unreadable files with a report.
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| bad(format!("cannot read {}: {e}", p.display())))
-    };
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err(p));
     if path.is_file() {
         return Ok(vec![read(path)?]);
     }
     let mut files: Vec<_> = std::fs::read_dir(path)
-        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?
+        .map_err(io_err(path))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
@@ -51,6 +89,9 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
 /// beginning with `bos` when given; documents are joined by `bos` (or nothing).
 /// Windows are shuffled with `seed`; the first `eval_fraction` become the held-out
 /// set, so training and evaluation never share a window.
+///
+/// Because documents are joined by `bos`, BOS also appears inside windows: harvest
+/// with `exclude_tokens` holding it (the default, see [`special_tokens`]).
 pub fn pack(
     model: &Model,
     texts: &[String],
@@ -90,35 +131,23 @@ pub fn pack(
 }
 
 /// Activations of `hook` over `windows` as rows `[n, width]`, leaving out the first
-/// position of every window (the attention sink, whose norm dwarfs the rest) and
-/// stopping after the hook's block. `on_window` is called after each batch.
+/// position of every window (the attention sink, whose norm dwarfs the rest) and every
+/// position holding one of the model's special tokens ([`special_tokens`]: BOS/EOS,
+/// which `pack` puts between documents), and stopping after the hook's block.
+/// `on_batch` is called after each forward batch with the number of windows it held.
+///
+/// For other exclusions or several hooks at once, use [`harvest_with`] /
+/// [`harvest_hooks`].
 pub fn harvest(
     model: &Model,
     windows: &[Vec<u32>],
     hook: &str,
     batch_windows: usize,
-    mut on_batch: impl FnMut(usize),
+    on_batch: impl FnMut(usize),
 ) -> Result<(Vec<f32>, usize)> {
-    let cfg = model.config();
-    let filter = HookFilter::parse(hook, cfg)?;
-    let layer = glassbox_model::hooks::layer_of(hook);
-    let mut rows = Vec::new();
-    let mut width = 0;
-    for chunk in windows.chunks(batch_windows.max(1)) {
-        let mut run = Run::new().cache(filter.clone()).logits(LogitsMode::None);
-        if let Some(l) = layer {
-            if l + 1 < cfg.n_layers {
-                run = run.stop_at_layer(l + 1);
-            }
-        }
-        let out = model
-            .transformer
-            .run(&Batch::new(chunk.to_vec()), &mut run)?;
-        let a = &out.cache[hook];
-        let (_, s, w) = a.dims3()?;
-        width = w;
-        rows.extend(a.narrow(1, 1, s - 1)?.flatten_all()?.to_vec1::<f32>()?);
-        on_batch(chunk.len());
-    }
-    Ok((rows, width))
+    let opts = HarvestOptions {
+        batch_windows,
+        exclude_tokens: special_tokens(model),
+    };
+    harvest_with(model, windows, hook, &opts, on_batch)
 }

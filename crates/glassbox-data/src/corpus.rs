@@ -1,0 +1,361 @@
+//! Reading corpora: plain text, JSON lines and Parquet (the shape HF datasets take on
+//! disk), one file or a folder of them. Unusable files are skipped and counted rather
+//! than fatal, so one stray file does not stop a long run; the report says what
+//! happened.
+
+use crate::{io_err, DataError, Result};
+use parquet::basic::Type as PhysicalType;
+use parquet::column::reader::ColumnReader;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The documents of a corpus and what reading it skipped.
+#[derive(Debug, Clone, Default)]
+pub struct Corpus {
+    pub texts: Vec<String>,
+    pub report: CorpusReport,
+}
+
+/// Counts from reading a corpus: print it so that a user sees what was left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorpusReport {
+    /// corpus files read (skipped ones included)
+    pub files: usize,
+    /// documents kept
+    pub documents: usize,
+    /// empty files, and empty or null documents inside JSON lines / Parquet
+    pub skipped_empty: usize,
+    /// `.txt` files and Parquet values that are not UTF-8
+    pub skipped_non_utf8: usize,
+    /// JSON lines that are not JSON objects or lack the text field
+    pub skipped_bad_lines: usize,
+}
+
+impl fmt::Display for CorpusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        write!(
+            f,
+            "{}, {}",
+            plural(self.files, "file", "files"),
+            plural(self.documents, "document", "documents")
+        )?;
+        let skipped: Vec<String> = [
+            (self.skipped_empty, "empty"),
+            (self.skipped_non_utf8, "not UTF-8"),
+            (self.skipped_bad_lines, "bad JSON lines"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if !skipped.is_empty() {
+            write!(f, " (skipped: {})", skipped.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    JsonLines,
+    Parquet,
+}
+
+fn kind_of(path: &Path) -> Option<Kind> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "txt" => Some(Kind::Text),
+        "jsonl" | "json" => Some(Kind::JsonLines),
+        "parquet" => Some(Kind::Parquet),
+        _ => None,
+    }
+}
+
+const SUPPORTED: &str = ".txt, .jsonl, .json or .parquet";
+
+/// Reads a corpus: a `.txt` file (one document), a `.jsonl`/`.json` file (one JSON
+/// object a line, the text under `text_field`; a `.json` holding one array of objects
+/// works too), a `.parquet` file (a string column named `text_field`), or a folder
+/// holding any of these at any depth (hidden entries skipped), read in path order so
+/// the corpus — and everything seeded from it — is the same on every machine.
+///
+/// Empty files, non-UTF-8 text and malformed JSON lines are skipped and counted in
+/// the report. A file in which no line has `text_field`, or a Parquet file without
+/// that column, is an error naming the fields that do exist: that is a wrong
+/// `text_field`, not a stray line.
+pub fn read_corpus(path: &Path, text_field: &str) -> Result<Corpus> {
+    if !path.exists() {
+        return Err(DataError::Corpus(format!(
+            "corpus {} does not exist",
+            path.display()
+        )));
+    }
+    let files = if path.is_dir() {
+        let mut files = Vec::new();
+        let mut other: BTreeMap<String, usize> = BTreeMap::new();
+        walk(path, &mut files, &mut other)?;
+        files.sort();
+        if files.is_empty() {
+            let found = if other.is_empty() {
+                "it is empty".to_string()
+            } else {
+                let list: Vec<String> = other.iter().map(|(e, n)| format!("{n} {e}")).collect();
+                format!("it has {}", list.join(", "))
+            };
+            let arrow_hint = if other.contains_key(".arrow") {
+                "; .arrow files are a `datasets` save_to_disk folder: write Parquet with \
+                 `ds.to_parquet(\"corpus.parquet\")` and pass that"
+            } else {
+                ""
+            };
+            return Err(DataError::Corpus(format!(
+                "{} holds no {SUPPORTED} files ({found}){arrow_hint}",
+                path.display()
+            )));
+        }
+        files
+    } else {
+        if kind_of(path).is_none() {
+            return Err(DataError::Corpus(format!(
+                "{}: not a corpus file; use {SUPPORTED}, or a folder of them",
+                path.display()
+            )));
+        }
+        vec![path.to_path_buf()]
+    };
+    let mut corpus = Corpus::default();
+    for f in &files {
+        corpus.report.files += 1;
+        match kind_of(f) {
+            Some(Kind::Text) => read_txt(f, &mut corpus)?,
+            Some(Kind::JsonLines) => read_jsonl(f, text_field, &mut corpus)?,
+            Some(Kind::Parquet) => read_parquet(f, text_field, &mut corpus)?,
+            None => {}
+        }
+    }
+    corpus.report.documents = corpus.texts.len();
+    if corpus.texts.is_empty() {
+        return Err(DataError::Corpus(format!(
+            "{} has no usable document: {}",
+            path.display(),
+            corpus.report
+        )));
+    }
+    Ok(corpus)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>, other: &mut BTreeMap<String, usize>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let p = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            walk(&p, files, other)?;
+        } else if kind_of(&p).is_some() {
+            files.push(p);
+        } else {
+            let ext = p
+                .extension()
+                .map(|e| format!(".{}", e.to_string_lossy()))
+                .unwrap_or_else(|| "without extension".into());
+            *other.entry(ext).or_default() += 1;
+        }
+    }
+    Ok(())
+}
+
+fn push_doc(text: &str, corpus: &mut Corpus) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        corpus.report.skipped_empty += 1;
+    } else {
+        corpus.texts.push(text.to_string());
+    }
+}
+
+fn read_txt(path: &Path, corpus: &mut Corpus) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    match String::from_utf8(bytes) {
+        Ok(text) => push_doc(&text, corpus),
+        Err(_) => corpus.report.skipped_non_utf8 += 1,
+    }
+    Ok(())
+}
+
+/// `"a", "b"` as `[a, b]`, for messages.
+fn key_list(obj: &serde_json::Map<String, Value>) -> String {
+    format!("[{}]", obj.keys().cloned().collect::<Vec<_>>().join(", "))
+}
+
+/// The key most likely to hold the text: the one with the longest string value.
+fn likely_text_key(obj: &serde_json::Map<String, Value>) -> Option<&str> {
+    obj.iter()
+        .filter_map(|(k, v)| Some((k, v.as_str()?.len())))
+        .max_by_key(|(_, n)| *n)
+        .map(|(k, _)| k.as_str())
+}
+
+fn read_jsonl(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        corpus.report.skipped_empty += 1;
+        return Ok(());
+    }
+    // A `.json` file may also be one array of records.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let records: Vec<std::result::Result<Value, ()>> = match first {
+        Some(b'[') => {
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                DataError::Corpus(format!(
+                    "{}: starts with `[` but is not a JSON array: {e}",
+                    path.display()
+                ))
+            })?;
+            match v {
+                Value::Array(items) => items.into_iter().map(Ok).collect(),
+                _ => vec![Err(())],
+            }
+        }
+        _ => bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|l| serde_json::from_slice::<Value>(l).map_err(|_| ()))
+            .collect(),
+    };
+    let mut with_field = 0;
+    let mut first_record: Option<Option<serde_json::Map<String, Value>>> = None;
+    for r in records {
+        let obj = match r {
+            Ok(Value::Object(o)) => Some(o),
+            _ => None,
+        };
+        if first_record.is_none() {
+            first_record = Some(obj.clone());
+        }
+        match obj.as_ref().map(|o| o.get(field)) {
+            Some(Some(Value::String(s))) => {
+                with_field += 1;
+                push_doc(s, corpus);
+            }
+            Some(Some(Value::Null)) => {
+                with_field += 1;
+                corpus.report.skipped_empty += 1;
+            }
+            _ => corpus.report.skipped_bad_lines += 1,
+        }
+    }
+    if with_field == 0 {
+        let about_first = match first_record.flatten() {
+            Some(o) => {
+                let hint = likely_text_key(&o)
+                    .map(|k| format!(": pass --text-field {k}"))
+                    .unwrap_or_default();
+                format!("the first line has keys {}{hint}", key_list(&o))
+            }
+            None => "the first line is not a JSON object: is this a JSON lines file?".into(),
+        };
+        return Err(DataError::Corpus(format!(
+            "{}: no line has field `{field}`; {about_first}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn parquet_err(path: &Path, doing: &str, e: parquet::errors::ParquetError) -> DataError {
+    let msg = e.to_string();
+    let hint = if msg.contains("feature") || msg.contains("codec") {
+        " (this build reads uncompressed, snappy and zstd Parquet: re-save the data with \
+         one of those)"
+    } else {
+        ""
+    };
+    DataError::Corpus(format!("{}: {doing}: {msg}{hint}", path.display()))
+}
+
+fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    if file.metadata().map_err(io_err(path))?.len() == 0 {
+        corpus.report.skipped_empty += 1;
+        return Ok(());
+    }
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| parquet_err(path, "not a readable Parquet file", e))?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let columns: Vec<String> = schema
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    let Some(index) =
+        (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == [field])
+    else {
+        let hint = ["text", "content", "document", "body", "article"]
+            .iter()
+            .find(|c| columns.iter().any(|k| k == *c) && **c != field)
+            .map(|c| format!(": pass --text-field {c}"))
+            .unwrap_or_default();
+        return Err(DataError::Corpus(format!(
+            "{}: no column `{field}`; the columns are [{}]{hint}",
+            path.display(),
+            columns.join(", ")
+        )));
+    };
+    let descr = schema.column(index);
+    if descr.physical_type() != PhysicalType::BYTE_ARRAY || descr.max_rep_level() > 0 {
+        return Err(DataError::Corpus(format!(
+            "{}: column `{field}` holds {}{}, not one string per row; pass the text column \
+             with --text-field",
+            path.display(),
+            descr.physical_type(),
+            if descr.max_rep_level() > 0 {
+                " lists"
+            } else {
+                ""
+            }
+        )));
+    }
+    let mut values = Vec::new();
+    let mut defs = Vec::new();
+    for g in 0..reader.num_row_groups() {
+        let group = reader
+            .get_row_group(g)
+            .map_err(|e| parquet_err(path, "cannot read a row group", e))?;
+        let col = group
+            .get_column_reader(index)
+            .map_err(|e| parquet_err(path, &format!("cannot read column `{field}`"), e))?;
+        let ColumnReader::ByteArrayColumnReader(mut col) = col else {
+            return Err(DataError::Corpus(format!(
+                "{}: column `{field}` is not a string column",
+                path.display()
+            )));
+        };
+        loop {
+            values.clear();
+            defs.clear();
+            let (records, n_values, _) = col
+                .read_records(1024, Some(&mut defs), None, &mut values)
+                .map_err(|e| parquet_err(path, &format!("cannot read column `{field}`"), e))?;
+            if records == 0 {
+                break;
+            }
+            // Nulls have no value: count them as empty documents.
+            corpus.report.skipped_empty += records.saturating_sub(n_values);
+            for v in &values {
+                match std::str::from_utf8(v.data()) {
+                    Ok(s) => push_doc(s, corpus),
+                    Err(_) => corpus.report.skipped_non_utf8 += 1,
+                }
+            }
+        }
+    }
+    Ok(())
+}

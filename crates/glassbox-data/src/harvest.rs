@@ -1,0 +1,243 @@
+//! Running the model over token windows and keeping the rows that training should see.
+
+use crate::{bad, DataError, Result};
+use candle_core::DType;
+use glassbox_model::hooks::{hook_points, layer_of, HookLayout};
+use glassbox_model::{Batch, HookFilter, LogitsMode, Model, Run};
+
+/// What to harvest besides the hook names.
+#[derive(Debug, Clone)]
+pub struct HarvestOptions {
+    /// Windows per forward pass: larger is faster until memory runs out.
+    pub batch_windows: usize,
+    /// Token ids whose positions are left out (BOS/EOS/pad). Position 0 of every window
+    /// is always left out: it is the attention sink, whose norm dwarfs everything else.
+    pub exclude_tokens: Vec<u32>,
+}
+
+impl HarvestOptions {
+    /// 8 windows a batch, excluding the model's special tokens.
+    pub fn for_model(model: &Model) -> Self {
+        HarvestOptions {
+            batch_windows: 8,
+            exclude_tokens: special_tokens(model),
+        }
+    }
+}
+
+/// The special token ids the model declares (BOS and EOS from its config and
+/// tokenizer), sorted and without repeats: the ids to leave out of training rows by
+/// default, since `pack` puts BOS between documents.
+pub fn special_tokens(model: &Model) -> Vec<u32> {
+    let c = model.config();
+    let mut ids: Vec<u32> = [c.bos_token_id, c.eos_token_id]
+        .into_iter()
+        .flatten()
+        .collect();
+    if let Some(t) = &model.tokenizer {
+        ids.extend([t.bos_token_id, t.eos_token_id].into_iter().flatten());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Rows harvested at several hooks in one pass; row `i` of every hook comes from the
+/// same token position.
+#[derive(Debug, Clone)]
+pub struct Harvest {
+    /// per hook, `[n_rows, widths[h]]` row-major
+    pub rows: Vec<Vec<f32>>,
+    pub widths: Vec<usize>,
+    pub n_rows: usize,
+}
+
+/// One hook's activations over `windows`, as rows `[n, width]`; see [`harvest_hooks`].
+pub fn harvest_with(
+    model: &Model,
+    windows: &[Vec<u32>],
+    hook: &str,
+    opts: &HarvestOptions,
+    on_batch: impl FnMut(usize),
+) -> Result<(Vec<f32>, usize)> {
+    let mut h = harvest_hooks(model, windows, &[hook.to_string()], opts, on_batch)?;
+    Ok((h.rows.remove(0), h.widths[0]))
+}
+
+/// Activations at every hook in `hooks` over `windows`, all from one forward pass per
+/// batch (a transcoder needs its input and output rows to be the same tokens), leaving
+/// out position 0 and the positions of `opts.exclude_tokens`. The pass stops after the
+/// deepest hook's block. `on_batch` gets the number of windows of each finished batch.
+pub fn harvest_hooks(
+    model: &Model,
+    windows: &[Vec<u32>],
+    hooks: &[String],
+    opts: &HarvestOptions,
+    mut on_batch: impl FnMut(usize),
+) -> Result<Harvest> {
+    let plan = HookPlan::new(model, hooks)?;
+    let mut rows = vec![Vec::new(); hooks.len()];
+    let mut n_rows = 0;
+    let step = opts.batch_windows.max(1);
+    for (i, batch) in windows.chunks(step).enumerate() {
+        let first = i * step;
+        n_rows += plan.forward_rows(model, batch, &opts.exclude_tokens, &mut rows, || {
+            format!("windows {first}..{}", first + batch.len())
+        })?;
+        on_batch(batch.len());
+    }
+    Ok(Harvest {
+        rows,
+        widths: plan.widths,
+        n_rows,
+    })
+}
+
+/// Whether position `p` of `window` becomes a training row.
+pub(crate) fn keep(window: &[u32], p: usize, exclude: &[u32]) -> bool {
+    p >= 1 && !exclude.contains(&window[p])
+}
+
+/// Rows `windows` will give (known from the tokens alone, before any forward pass).
+pub(crate) fn count_rows(windows: &[Vec<u32>], exclude: &[u32]) -> usize {
+    windows
+        .iter()
+        .map(|w| (1..w.len()).filter(|&p| keep(w, p, exclude)).count())
+        .sum()
+}
+
+/// The hooks to read, checked against the model, with their row widths and where the
+/// forward pass may stop.
+pub(crate) struct HookPlan {
+    pub hooks: Vec<String>,
+    pub widths: Vec<usize>,
+    filter: HookFilter,
+    stop_at_layer: Option<usize>,
+    logits: LogitsMode,
+}
+
+impl HookPlan {
+    pub fn new(model: &Model, hooks: &[String]) -> Result<Self> {
+        let cfg = model.config();
+        if hooks.is_empty() {
+            return Err(bad("no hook to harvest: name at least one hook point"));
+        }
+        let known = hook_points(cfg);
+        let mut widths = Vec::new();
+        // `Some(n)`: run blocks 0..n only; `None`: the hook is after the last block.
+        let mut stop: Option<usize> = Some(0);
+        for (i, h) in hooks.iter().enumerate() {
+            if h.contains('*') || h.contains(',') {
+                return Err(bad(format!(
+                    "`{h}` is a pattern; the store needs exact hook names, one per hook"
+                )));
+            }
+            if hooks[..i].contains(h) {
+                return Err(bad(format!("hook `{h}` is named twice")));
+            }
+            // The runtime's own check: an unknown name errors with the nearest hook.
+            HookFilter::new(vec![h.clone()], cfg)?;
+            if HookLayout::of(h) == HookLayout::Pattern {
+                return Err(bad(format!(
+                    "`{h}` is an attention pattern [batch, head, query, key], not one row \
+                     per token; choose a hook with a position axis (e.g. hook_z, hook_resid_post)"
+                )));
+            }
+            let info = known
+                .iter()
+                .find(|k| &k.name == h)
+                .ok_or_else(|| bad(format!("hook `{h}` is not a hook point of this model")))?;
+            widths.push(row_width(h, &info.shape)?);
+            stop = match (stop, layer_of(h)) {
+                (None, _) => None,
+                (Some(s), Some(l)) => Some(s.max(l + 1)),
+                // hook_embed / hook_pos_embed: before the first block
+                (Some(s), None) if !h.starts_with("ln_final") => Some(s),
+                (Some(_), None) => None,
+            };
+        }
+        Ok(HookPlan {
+            hooks: hooks.to_vec(),
+            widths,
+            filter: HookFilter::new(hooks.to_vec(), cfg)?,
+            stop_at_layer: stop,
+            // The final norm runs only on the way to the logits.
+            logits: if stop.is_some() {
+                LogitsMode::None
+            } else {
+                LogitsMode::All
+            },
+        })
+    }
+
+    /// Runs one batch and appends the kept rows of every hook to `out[h]`; returns the
+    /// number of rows appended. `place` describes the batch for error messages.
+    pub fn forward_rows(
+        &self,
+        model: &Model,
+        windows: &[Vec<u32>],
+        exclude: &[u32],
+        out: &mut [Vec<f32>],
+        place: impl Fn() -> String,
+    ) -> Result<usize> {
+        if windows.is_empty() {
+            return Ok(0);
+        }
+        let mut run = Run::new().cache(self.filter.clone()).logits(self.logits);
+        if let Some(l) = self.stop_at_layer {
+            run = run.stop_at_layer(l);
+        }
+        let res = model
+            .transformer
+            .run(&Batch::new(windows.to_vec()), &mut run)?;
+        let mut kept = 0;
+        for (h, hook) in self.hooks.iter().enumerate() {
+            let a = res.cache.get(hook).ok_or_else(|| {
+                bad(format!(
+                    "the forward pass recorded no `{hook}` (a runtime bug: please report it)"
+                ))
+            })?;
+            let dims = a.dims().to_vec();
+            let (b, s) = (dims[0], dims.get(1).copied().unwrap_or(0));
+            let width = self.widths[h];
+            if b != windows.len() || b * s * width != a.elem_count() {
+                return Err(bad(format!(
+                    "`{hook}` has shape {dims:?}; expected [{}, seq, {width}]",
+                    windows.len()
+                )));
+            }
+            let data = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let dst = &mut out[h];
+            kept = 0;
+            for (w, win) in windows.iter().enumerate() {
+                for p in (0..s).filter(|&p| keep(win, p, exclude)) {
+                    let row = &data[(w * s + p) * width..][..width];
+                    if row.iter().any(|x| !x.is_finite()) {
+                        return Err(DataError::NonFinite {
+                            hook: hook.clone(),
+                            place: format!("{}, position {p} of window {w} in the batch", place()),
+                        });
+                    }
+                    dst.extend_from_slice(row);
+                    kept += 1;
+                }
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// Width of one row of hook `name` from its symbolic shape (`["batch", "pos",
+/// "d_model=64"]`, or head and d_head for per-head hooks, which are flattened).
+fn row_width(name: &str, shape: &[String]) -> Result<usize> {
+    let size = |s: &String| -> Option<usize> { s.rsplit('=').next()?.parse().ok() };
+    shape
+        .get(2..)
+        .and_then(|rest| rest.iter().map(size).product::<Option<usize>>())
+        .filter(|&w| w > 0)
+        .ok_or_else(|| {
+            bad(format!(
+                "cannot tell the row width of `{name}` from {shape:?}"
+            ))
+        })
+}
