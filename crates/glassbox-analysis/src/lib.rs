@@ -5,6 +5,7 @@ pub mod ablation;
 pub mod ioi;
 pub mod metric;
 pub mod patching;
+pub mod sae_eval;
 pub mod steering;
 
 #[derive(Debug, thiserror::Error)]

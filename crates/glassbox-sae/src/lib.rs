@@ -21,5 +21,4 @@ pub enum SaeError {
 }
 
 pub type Result<T> = std::result::Result<T, SaeError>;
-pub mod topk_train;
 pub mod train;

@@ -49,7 +49,14 @@ enum Command {
     /// Generate while a probe reads the model: per-token p(true), flagged disagreements
     Monitor(commands::monitor::Args),
     /// Train a TopK SAE on a hook's activations over a corpus (first version: in-memory, one pass)
-    TrainSae(commands::train_sae::Args),
+    TrainSae(Box<commands::train_sae::Args>),
+    /// Evaluate a dictionary on held-out windows: L0, FVU, dead/dense features, CE and KL recovered
+    EvalSae(commands::eval_sae::Args),
+    /// Dictionaries on their own: apply one to vectors in a file
+    Sae {
+        #[command(subcommand)]
+        what: commands::sae::What,
+    },
     /// Throughput benchmarks
     Bench {
         #[command(subcommand)]
@@ -88,7 +95,9 @@ fn main() {
         Command::Ablate(a) => commands::ablate::run(a),
         Command::Probe { what } => commands::probe::run(what),
         Command::Monitor(a) => commands::monitor::run(a),
-        Command::TrainSae(a) => commands::train_sae::run(a),
+        Command::TrainSae(a) => commands::train_sae::run(*a),
+        Command::EvalSae(a) => commands::eval_sae::run(a),
+        Command::Sae { what } => commands::sae::run(what),
         Command::Bench { what } => commands::bench::run(what),
     };
     if let Err(e) = result {

@@ -20,6 +20,17 @@ use crate::{Architecture, Dictionary};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// `out [b, m] = x [b, d] · wᵀ` with `w [m, d]`: the encoder's GEMM alone, for
+/// benchmarks that report how close a step comes to it.
+pub fn encoder_gemm(out: &mut [f32], x: &[f32], w: &[f32], b: usize, d: usize, m: usize) {
+    matmul::matmul(
+        out,
+        false,
+        matmul::MatRef::new(x, b, d),
+        matmul::MatRef::new(w, m, d).t(),
+    );
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("{0}")]
@@ -249,7 +260,7 @@ impl Trainer {
         }
         let resampled = if !uses_aux_k
             && self.cfg.resample_every_steps > 0
-            && (step + 1) % self.cfg.resample_every_steps == 0
+            && (step + 1).is_multiple_of(self.cfg.resample_every_steps)
         {
             self.resample_dead()
         } else {

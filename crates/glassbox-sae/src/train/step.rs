@@ -643,6 +643,13 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    fn at(&self, i: usize) -> *mut f32 {
+        // SAFETY: callers keep `i` inside the matrix (see `column_pass`).
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// Per-latent accumulators a column pass fills.
 struct ColumnSums<'a> {
     colsum: &'a mut [f32],
@@ -675,13 +682,12 @@ fn column_pass(
         .zip(sums.g2.par_chunks_mut(BLOCK))
         .enumerate()
         .for_each(|(blk, ((((cs, l1), fired), g1), g2))| {
-            let up = up;
             let f0 = blk * BLOCK;
             for r in 0..b {
                 for (i, f) in (f0..f0 + cs.len()).enumerate() {
                     let at = r * m + f;
                     // SAFETY: `at` < b·m (asserted above) and column f belongs to this task only.
-                    let uv = unsafe { &mut *up.0.add(at) };
+                    let uv = unsafe { &mut *up.at(at) };
                     let mut acc = [cs[i], l1[i], g1[i], g2[i]];
                     visit(f, pre[at], a[at], uv, &mut acc, &mut fired[i]);
                     [cs[i], l1[i], g1[i], g2[i]] = acc;

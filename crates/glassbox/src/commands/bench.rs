@@ -8,13 +8,17 @@ use std::time::Instant;
 pub enum What {
     /// Forward-pass throughput on random tokens (median of timed runs after a warm-up)
     Forward(ForwardArgs),
-    /// TopK SAE training-step throughput on random Gaussian inputs (forward, backward,
+    /// Dictionary training-step throughput on random Gaussian inputs (forward, backward,
     /// Adam; median of 5 steps after a warm-up), as ../shared/bench/saelens_train_step.py
-    SaeStep(SaeStepArgs),
+    #[command(alias = "sae-step")]
+    Sae(SaeArgs),
 }
 
 #[derive(clap::Args)]
-pub struct SaeStepArgs {
+pub struct SaeArgs {
+    /// topk | batchtopk | standard | jumprelu | gated
+    #[arg(long, default_value = "topk")]
+    arch: String,
     #[arg(long, default_value_t = 576)]
     d_in: usize,
     #[arg(long, default_value_t = 16384)]
@@ -23,18 +27,36 @@ pub struct SaeStepArgs {
     k: usize,
     #[arg(long, default_value_t = 4096)]
     batch: usize,
+    /// L1 coefficient for standard (SAELens' bench uses 5)
+    #[arg(long, default_value_t = 5.0)]
+    sparsity_coefficient: f32,
+    /// ReLU-family: density above which the dense kernels run
+    #[arg(long)]
+    dense_above: Option<f32>,
 }
 
-fn sae_step(a: SaeStepArgs) -> Result<()> {
-    use glassbox_sae::topk_train::{step, Adam, TopKSae, Workspace};
-    anyhow::ensure!(
-        a.k > 0 && a.k <= a.d_sae,
-        "--k must be between 1 and --d-sae"
-    );
-    anyhow::ensure!(
-        a.batch > 0 && a.d_in > 0,
-        "--batch and --d-in must be positive"
-    );
+fn sae(a: SaeArgs) -> Result<()> {
+    use glassbox_sae::train::{Normalize, TrainArch, TrainConfig, Trainer};
+    let arch = TrainArch::parse(&a.arch).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--arch `{}` is not one of: topk, batchtopk, standard, jumprelu, gated",
+            a.arch
+        )
+    })?;
+    let mut cfg = TrainConfig {
+        arch,
+        d_in: a.d_in,
+        d_sae: a.d_sae,
+        k: a.k,
+        batch: a.batch,
+        lr: 1e-4,
+        sparsity_coefficient: a.sparsity_coefficient,
+        normalize: Normalize::None,
+        ..TrainConfig::default()
+    };
+    if let Some(d) = a.dense_above {
+        cfg.dense_above = d;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let x: Vec<f32> = (0..a.batch * a.d_in)
         .map(|_| {
@@ -43,24 +65,45 @@ fn sae_step(a: SaeStepArgs) -> Result<()> {
             (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
         })
         .collect();
-    let mut sae = TopKSae::init(a.d_in, a.d_sae, a.k, 0);
-    let mut ws = Workspace::new(&sae, a.batch);
-    let mut opt = Adam::new(&sae, 1e-4);
-    step(&mut sae, &x, &mut ws, &mut opt);
+    let mut t = Trainer::new(cfg, 1_000_000)?;
+    t.step(&x, None)?;
     let mut times = Vec::new();
+    let mut dense = false;
     for _ in 0..5 {
-        let t = Instant::now();
-        step(&mut sae, &x, &mut ws, &mut opt);
-        times.push(t.elapsed().as_secs_f64());
+        let start = Instant::now();
+        dense |= t.step(&x, None)?.dense_kernels;
+        times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
+    // the floor of any step: the encoder's dense GEMM, timed alone
+    let w: Vec<f32> = (0..a.d_sae * a.d_in)
+        .map(|i| (i % 7) as f32 * 0.01)
+        .collect();
+    let mut out = vec![0f32; a.batch * a.d_sae];
+    let mut gemm_times = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        glassbox_sae::train::encoder_gemm(&mut out, &x, &w, a.batch, a.d_in, a.d_sae);
+        gemm_times.push(start.elapsed().as_secs_f64());
+    }
+    gemm_times.sort_by(f64::total_cmp);
+    let g = gemm_times[1];
+    let gflops = 2.0 * (a.batch * a.d_in * a.d_sae) as f64 / g / 1e9;
     println!(
-        "glassbox topk d_in={} d_sae={} k={} batch={}: {:.0} tokens/s",
+        "glassbox {} d_in={} d_sae={} k={} batch={}: {:.0} tokens/s",
+        a.arch,
         a.d_in,
         a.d_sae,
         a.k,
         a.batch,
         a.batch as f64 / times[2]
+    );
+    println!(
+        "  step {:.3} s{}; one encoder GEMM {:.3} s ({gflops:.0} GFLOP/s) = {:.0} % of the step",
+        times[2],
+        if dense { " (dense ReLU kernels)" } else { "" },
+        g,
+        100.0 * g / times[2]
     );
     Ok(())
 }
@@ -83,7 +126,7 @@ pub struct ForwardArgs {
 pub fn run(what: What) -> Result<()> {
     match what {
         What::Forward(a) => forward(a),
-        What::SaeStep(a) => sae_step(a),
+        What::Sae(a) => sae(a),
     }
 }
 

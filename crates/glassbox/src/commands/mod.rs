@@ -1,6 +1,7 @@
 pub mod ablate;
 pub mod bench;
 pub mod cache;
+pub mod eval_sae;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
@@ -10,5 +11,6 @@ pub mod patch;
 pub mod predict;
 pub mod probe;
 pub mod quickstart;
+pub mod sae;
 pub mod steer;
 pub mod train_sae;

@@ -1,0 +1,180 @@
+use crate::open::{model_label, open_model, progress};
+use anyhow::Result;
+use glassbox_analysis::sae_eval::{evaluate, resolve_hooks, EvalOptions, SaeEval};
+use std::path::PathBuf;
+
+/// The held-out share of the packed windows; the same split as `train-sae`.
+const EVAL_FRACTION: f64 = 0.05;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: String,
+    /// The dictionary (SAELens or sparsify directory)
+    #[arg(long)]
+    sae: PathBuf,
+    /// The hook the dictionary reads (default: its cfg.json's hook_name)
+    #[arg(long)]
+    hook: Option<String>,
+    /// The hook a transcoder predicts (default: its cfg.json's hook_name_out)
+    #[arg(long)]
+    hook_out: Option<String>,
+    /// A .txt file or a folder of .txt files (default: the fetched State of the Union corpus)
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Evaluated tokens (first positions of windows excluded), from the held-out windows
+    #[arg(long, default_value_t = 16384)]
+    tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    context_size: usize,
+    /// Seed of the window shuffle and held-out split (use train-sae's to stay held out)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Windows per forward pass
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Print one JSON object with every number
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    anyhow::ensure!(a.tokens > 0, "--tokens must be at least 1");
+    anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(
+        a.context_size >= 3,
+        "--context-size must be at least 3 (position 0 is excluded and the loss needs a next token)"
+    );
+    let model = open_model(&a.model)?;
+    let dict = glassbox_sae::format::load(&a.sae)?;
+    // refuse a wrong hook or width before reading the corpus
+    let hooks = resolve_hooks(
+        &model.transformer,
+        &dict,
+        a.hook.as_deref(),
+        a.hook_out.as_deref(),
+    )?;
+    if let (Some(h), Some(dh)) = (&a.hook, &dict.hook_name) {
+        if h != dh {
+            eprintln!("note: --hook {h} differs from the dictionary's hook {dh}");
+        }
+    }
+    let corpus = match &a.corpus {
+        Some(c) => c.clone(),
+        None => glassbox_hub::fetch_default_corpus()?.join("data"),
+    };
+    let texts = glassbox_data::read_texts(&corpus)?;
+    let bos = model.tokenizer()?.bos_token_id;
+    let (_, held_out) =
+        glassbox_data::pack(&model, &texts, a.context_size, bos, a.seed, EVAL_FRACTION)?;
+    let per_window = a.context_size - 1;
+    let want = a.tokens.div_ceil(per_window);
+    if held_out.len() < want {
+        eprintln!(
+            "note: the corpus has {} held-out windows ({} tokens); --tokens {} wants {want}: evaluating on all of them",
+            held_out.len(),
+            held_out.len() * per_window,
+            a.tokens
+        );
+    }
+    let windows = &held_out[..want.min(held_out.len())];
+    let bar = progress(
+        windows.len(),
+        &format!("evaluating at {} (windows)", hooks.hook_out),
+    );
+    let opts = EvalOptions {
+        hook: Some(hooks.hook_in.clone()),
+        hook_out: Some(hooks.hook_out.clone()),
+        batch_windows: a.batch,
+        ..EvalOptions::default()
+    };
+    let r = evaluate(&model.transformer, &dict, windows, &opts, |n| {
+        bar.inc(n as u64)
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        let o = v.as_object_mut().expect("an object");
+        o.insert("model".into(), model_label(&model).into());
+        o.insert("sae".into(), a.sae.display().to_string().into());
+        o.insert("corpus".into(), corpus.display().to_string().into());
+        o.insert("seed".into(), a.seed.into());
+        o.insert("eval_fraction".into(), EVAL_FRACTION.into());
+        o.insert("held_out".into(), true.into());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    report(&r, &model_label(&model), &a);
+    Ok(())
+}
+
+fn report(r: &SaeEval, model: &str, a: &Args) {
+    let kind = if r.transcoder {
+        format!("{} transcoder {} → {}", r.architecture, r.hook, r.hook_out)
+    } else {
+        format!("{} SAE at {}", r.architecture, r.hook)
+    };
+    println!(
+        "{kind} (d_sae {}) on {model}: {} held-out tokens ({} windows of {} tokens, seed {})",
+        r.d_sae, r.tokens, r.windows, r.context_size, a.seed
+    );
+    println!(
+        "position 0 of every window (BOS / attention sink) is excluded from every number and is not spliced"
+    );
+    let pct = |v: f64| format!("{:.2} %", v * 100.0);
+    let rows = [
+        ("L0 (active features / token)", format!("{:.2}", r.l0)),
+        (
+            "FVU",
+            format!(
+                "{:.4}   (explained variance {:.4})",
+                r.fvu, r.explained_variance
+            ),
+        ),
+        ("mean cosine(x, reconstruction)", format!("{:.4}", r.cosine)),
+        (
+            "dead features",
+            format!(
+                "{}   (never fired in {} tokens)",
+                pct(r.dead_fraction),
+                r.window_tokens
+            ),
+        ),
+        (
+            "dense features",
+            format!(
+                "{}   (fired on > {:.0} % of tokens)",
+                pct(r.dense_fraction),
+                r.dense_threshold * 100.0
+            ),
+        ),
+        (
+            "CE loss",
+            format!(
+                "clean {:.4}, spliced {:.4}, zero-ablated {:.4}",
+                r.ce_clean, r.ce_spliced, r.ce_zero_ablated
+            ),
+        ),
+        ("CE loss recovered", format!("{:.4}", r.ce_recovered)),
+        (
+            "KL(clean ‖ ·)",
+            format!(
+                "spliced {:.5}, zero-ablated {:.5} nats/token",
+                r.kl_spliced, r.kl_zero_ablated
+            ),
+        ),
+        ("KL recovered", format!("{:.4}", r.kl_recovered)),
+    ];
+    for (name, value) in rows {
+        println!("  {name:<32} {value}");
+    }
+    let h = &r.density_histogram;
+    let w = (h.log10_max - h.log10_min) / h.counts.len() as f64;
+    println!("  feature density, log10(freq + 1e-10):");
+    for (i, c) in h.counts.iter().enumerate() {
+        if *c > 0 {
+            let lo = h.log10_min + i as f64 * w;
+            println!("    [{lo:>5.1}, {:>5.1})  {c}", lo + w);
+        }
+    }
+}

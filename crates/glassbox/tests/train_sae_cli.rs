@@ -1,0 +1,187 @@
+//! `glassbox train-sae` end to end on SmolLM2's first blocks: the run directory's
+//! contents, a killed run resumed from its checkpoint reaching the same dictionary as an
+//! uninterrupted one, a TOML config, and bad input.
+
+use glassbox_fixtures::default_gguf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn corpus(dir: &Path) -> PathBuf {
+    let p = dir.join("corpus.txt");
+    let text = (0..400)
+        .map(|i| {
+            format!(
+                "Sentence number {i} tells of the union, the people and the year {}. ",
+                1790 + i
+            )
+        })
+        .collect::<String>();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn train(model: &Path, corpus: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    cmd.args(["train-sae", "--model"]).arg(model);
+    if !extra.contains(&"--hook") {
+        cmd.args(["--hook", "blocks.1.hook_resid_pre"]);
+    }
+    cmd.args(["--d-sae", "256", "--k", "8"])
+        .args(["--tokens", "2560", "--batch", "256", "--context-size", "32"])
+        .args(["--eval-tokens", "256", "--checkpoint-every-tokens", "1024"])
+        .arg("--corpus")
+        .arg(corpus)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "train-sae failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_dictionary() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let straight = dir.path().join("straight");
+    ok(&train(&model, &corpus, &straight, &[]));
+    for f in [
+        "cfg.json",
+        "sae_weights.safetensors",
+        "config.toml",
+        "metrics.jsonl",
+        "metrics.json",
+    ] {
+        assert!(
+            straight.join(f).is_file(),
+            "{f} missing from the run directory"
+        );
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("metrics.json")).unwrap())
+            .unwrap();
+    let fvu = metrics["eval"]["fvu"].as_f64().unwrap();
+    assert!(fvu > 0.0 && fvu < 1.0, "held-out FVU {fvu}");
+    assert_eq!(metrics["eval"]["l0"].as_f64().unwrap().round(), 8.0);
+    let log = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 1, "one log line per 10 steps: {log}");
+
+    let killed = dir.path().join("killed");
+    let o = train(&model, &corpus, &killed, &["--abort-after-steps", "7"]);
+    assert!(!o.status.success(), "the run should have stopped");
+    // the checkpoint after 4 steps (1024 tokens) survives; resume from it
+    let o = train(&model, &corpus, &killed, &["--resume"]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming at step 4"));
+    assert_eq!(
+        std::fs::read(straight.join("sae_weights.safetensors")).unwrap(),
+        std::fs::read(killed.join("sae_weights.safetensors")).unwrap(),
+        "the resumed run's dictionary differs from the uninterrupted run's"
+    );
+    // a finished run is not overwritten by accident
+    let o = train(&model, &corpus, &straight, &[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+}
+
+#[test]
+fn a_toml_config_sets_the_run_and_is_recorded() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        "arch = \"standard\"\nsparsity_coefficient = 2.0\nl1_recipe = \"unit-norm\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = train(&model, &corpus, &out, &["--config", cfg.to_str().unwrap()]);
+    ok(&o);
+    let recorded = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        recorded.contains("arch = \"standard\"") && recorded.contains("unit-norm"),
+        "{recorded}"
+    );
+    let dict = glassbox_sae::format::load(&out).unwrap();
+    assert_eq!(dict.architecture, glassbox_sae::Architecture::Standard);
+    assert_eq!(dict.hook_name.as_deref(), Some("blocks.1.hook_resid_pre"));
+
+    std::fs::write(&cfg, "arch = \"standard\"\nlearning_rate = 2.0\n").unwrap();
+    let o = train(
+        &model,
+        &corpus,
+        &dir.path().join("bad"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("learning_rate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_transcoder_trains_from_mlp_input_to_mlp_output() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let out = dir.path().join("tc");
+    let o = train(
+        &model,
+        &corpus,
+        &out,
+        &[
+            "--hook",
+            "blocks.1.ln2.hook_normalized",
+            "--hook-out",
+            "blocks.1.hook_mlp_out",
+            "--skip",
+            "true",
+            "--arch",
+            "jumprelu",
+        ],
+    );
+    ok(&o);
+    let dict = glassbox_sae::format::load(&out).unwrap();
+    assert!(dict.is_transcoder() && dict.w_skip.is_some());
+    assert_eq!(dict.hook_name_out.as_deref(), Some("blocks.1.hook_mlp_out"));
+    let cfg = std::fs::read_to_string(out.join("cfg.json")).unwrap();
+    assert!(cfg.contains("jumprelu_skip_transcoder"), "{cfg}");
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let o = train(
+        &model,
+        &corpus,
+        &dir.path().join("a"),
+        &["--hook", "blocks.99.hook_resid_pre"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("blocks.99"), "{err}");
+    let o = train(&model, &corpus, &dir.path().join("b"), &["--arch", "relu6"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("topk, batchtopk"),
+        "{err}"
+    );
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "Too short a corpus for 2560 tokens. ".repeat(30)).unwrap();
+    let o = train(&model, &small, &dir.path().join("c"), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("training tokens"),
+        "{err}"
+    );
+}
