@@ -32,6 +32,9 @@ pub struct CorpusReport {
     pub skipped_non_utf8: usize,
     /// JSON lines that are not JSON objects or lack the text field
     pub skipped_bad_lines: usize,
+    /// documents identical (up to surrounding whitespace) to an earlier one: a corpus
+    /// shipped in two formats would otherwise leak held-out windows into training
+    pub skipped_duplicates: usize,
 }
 
 impl fmt::Display for CorpusReport {
@@ -48,6 +51,7 @@ impl fmt::Display for CorpusReport {
             (self.skipped_empty, "empty"),
             (self.skipped_non_utf8, "not UTF-8"),
             (self.skipped_bad_lines, "bad JSON lines"),
+            (self.skipped_duplicates, "duplicate documents"),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -138,6 +142,12 @@ pub fn read_corpus(path: &Path, text_field: &str) -> Result<Corpus> {
             None => {}
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    let before = corpus.texts.len();
+    corpus
+        .texts
+        .retain(|t| seen.insert(twox_hash::XxHash64::oneshot(0, t.trim().as_bytes())));
+    corpus.report.skipped_duplicates = before - corpus.texts.len();
     corpus.report.documents = corpus.texts.len();
     if corpus.texts.is_empty() {
         return Err(DataError::Corpus(format!(

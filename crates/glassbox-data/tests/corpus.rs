@@ -118,6 +118,7 @@ fn a_folder_mixes_formats_skips_bad_files_and_counts_them() {
             skipped_empty: 2,
             skipped_non_utf8: 1,
             skipped_bad_lines: 3,
+            skipped_duplicates: 0,
         }
     );
     assert_eq!(
@@ -226,4 +227,29 @@ fn a_single_text_file_is_one_document() {
     let c = read_corpus(&p, "text").unwrap();
     assert_eq!(c.texts, ["line one\nline two\n"]);
     assert_eq!(c.report.to_string(), "1 file, 1 document");
+}
+
+#[test]
+fn duplicate_documents_are_dropped_and_counted() {
+    // the State of the Union package ships every address as .txt and as .json
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.txt"),
+        "Fellow citizens, the union is strong.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.json"),
+        "{\"year\": 1790, \"text\": \"Fellow citizens, the union is strong.\"}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.txt"), "Another address.").unwrap();
+    let c = glassbox_data::read_corpus(dir.path(), "text").unwrap();
+    assert_eq!(c.texts.len(), 2);
+    assert_eq!(c.report.skipped_duplicates, 1);
+    assert!(
+        c.report.to_string().contains("1 duplicate documents"),
+        "{}",
+        c.report
+    );
 }

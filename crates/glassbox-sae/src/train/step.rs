@@ -71,6 +71,14 @@ pub struct Workspace {
     aux: Csr,
     aux_scale: f32,
     dense: bool,
+    /// density of the last ReLU-family step (picks the kernels of the next)
+    last_density: Option<f32>,
+    /// (active count, L1 sum) from the dense activation pass
+    dense_stats: Option<(usize, f64)>,
+    /// per latent: θ (jumprelu) or exp(r_mag) (gated)
+    gate: Vec<f32>,
+    /// per row chunk: partial per-latent sums of the dense backward pass
+    partials: Vec<Partial>,
     dense_a: Vec<f32>,
     dense_u: Vec<f32>,
     scratch: Vec<Vec<u32>>,
@@ -105,6 +113,10 @@ impl Workspace {
             aux: Csr::default(),
             aux_scale: 0.0,
             dense: false,
+            last_density: None,
+            dense_stats: None,
+            gate: Vec::new(),
+            partials: Vec::new(),
             dense_a: Vec::new(),
             dense_u: Vec::new(),
             scratch: (0..threads).map(|_| Vec::with_capacity(m)).collect(),
@@ -169,10 +181,6 @@ fn split_rows<'a, T>(
     out
 }
 
-fn threshold_of(p: &Params, f: usize) -> f32 {
-    p.log_threshold[f].exp()
-}
-
 /// Forward pass and losses (no gradients). `x` `[batch, d_in]`, `y` `[batch, d_out]`
 /// (`None`: an SAE, the target is `x`).
 pub fn forward(
@@ -211,18 +219,30 @@ pub fn forward(
         .par_iter_mut()
         .zip(p.w_dec.par_chunks(o))
         .for_each(|(n, w)| *n = w.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12));
-    // activation
+    // per-latent constants, once per step rather than per element
+    ws.gate.clear();
+    match cfg.arch {
+        TrainArch::JumpReLU => ws.gate.extend(p.log_threshold.iter().map(|v| v.exp())),
+        TrainArch::Gated => ws.gate.extend(p.r_mag.iter().map(|v| v.exp())),
+        _ => {}
+    }
+    // activation; ReLU-family steps pick dense or sparse kernels from the last step's
+    // density (counting first would cost a pass over the [batch, d_sae] matrix)
     ws.dense = false;
+    ws.dense_stats = None;
     match cfg.arch {
         TrainArch::TopK => select_topk(ws, cfg.k, m),
         TrainArch::BatchTopK => select_batch_topk(ws, cfg.k * b, m),
         _ => {
-            let nnz = count_active(cfg, p, ws);
-            ws.dense = nnz as f64 > cfg.dense_above as f64 * (b * m) as f64;
+            let density = match ws.last_density {
+                Some(d) => d,
+                None => count_active(cfg, p, ws) as f32 / (b * m) as f32,
+            };
+            ws.dense = density > cfg.dense_above;
             if ws.dense {
                 dense_activate(cfg, p, ws);
             } else {
-                sparse_activate(cfg, p, ws, nnz);
+                sparse_activate(cfg, p, ws);
             }
         }
     }
@@ -440,56 +460,64 @@ fn build_csr(ws: &mut Workspace, m: usize, keep: impl Fn(usize, f32) -> Option<f
         });
 }
 
-fn is_active(cfg: &TrainConfig, p: &Params, f: usize, v: f32) -> bool {
-    match cfg.arch {
-        TrainArch::JumpReLU => v > threshold_of(p, f),
-        _ => v > 0.0,
-    }
-}
-
-/// The value the decoder sees for an active latent.
-fn active_value(cfg: &TrainConfig, p: &Params, f: usize, v: f32) -> f32 {
-    match cfg.arch {
-        TrainArch::Gated => (p.r_mag[f].exp() * (v - p.b_enc[f]) + p.b_mag[f]).max(0.0),
-        _ => v,
+/// Whether latent `f` fires at pre-activation `v`, and the value the decoder then sees.
+/// `gate` holds θ (jumprelu) or exp(r_mag) (gated) per latent.
+#[inline(always)]
+fn activation(arch: TrainArch, p: &Params, gate: &[f32], f: usize, v: f32) -> Option<f32> {
+    match arch {
+        TrainArch::JumpReLU => (v > gate[f]).then_some(v),
+        TrainArch::Gated => (v > 0.0).then(|| (gate[f] * (v - p.b_enc[f]) + p.b_mag[f]).max(0.0)),
+        _ => (v > 0.0).then_some(v),
     }
 }
 
 fn count_active(cfg: &TrainConfig, p: &Params, ws: &Workspace) -> usize {
-    let m = cfg.d_sae;
+    let (m, gate) = (cfg.d_sae, &ws.gate);
     ws.pre
         .par_chunks(m)
         .map(|row| {
             row.iter()
                 .enumerate()
-                .filter(|(f, v)| is_active(cfg, p, *f, **v))
+                .filter(|(f, v)| activation(cfg.arch, p, gate, *f, **v).is_some())
                 .count()
         })
         .sum()
 }
 
-fn sparse_activate(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, _nnz: usize) {
-    build_csr(ws, cfg.d_sae, |f, v| {
-        is_active(cfg, p, f, v).then(|| active_value(cfg, p, f, v))
-    });
+fn sparse_activate(cfg: &TrainConfig, p: &Params, ws: &mut Workspace) {
+    let gate = std::mem::take(&mut ws.gate);
+    build_csr(ws, cfg.d_sae, |f, v| activation(cfg.arch, p, &gate, f, v));
+    ws.gate = gate;
+    ws.last_density = Some(ws.main.idx.len() as f32 / (ws.batch * cfg.d_sae) as f32);
 }
 
+/// Fills the dense activation matrix and, in the same pass, the active count and the
+/// L1 sum Σ w·‖W_dec‖ (w = a for standard, ReLU(π_gate) for gated).
 fn dense_activate(cfg: &TrainConfig, p: &Params, ws: &mut Workspace) {
     let (b, m) = (ws.batch, cfg.d_sae);
     ws.dense_a.resize(b * m, 0.0);
     ws.dense_u.resize(b * m, 0.0);
-    ws.dense_a
+    let (gate, norm, arch) = (&ws.gate, &ws.dec_norm, cfg.arch);
+    let (active, l1) = ws
+        .dense_a
         .par_chunks_mut(m)
         .zip(ws.pre.par_chunks(m))
-        .for_each(|(a, pre)| {
+        .map(|(a, pre)| {
+            let (mut n, mut s) = (0usize, 0f32);
             for f in 0..m {
-                a[f] = if is_active(cfg, p, f, pre[f]) {
-                    active_value(cfg, p, f, pre[f])
-                } else {
-                    0.0
+                a[f] = activation(arch, p, gate, f, pre[f]).unwrap_or(0.0);
+                n += usize::from(a[f] > 0.0);
+                s += match arch {
+                    TrainArch::Standard => a[f] * norm[f],
+                    TrainArch::Gated => pre[f].max(0.0) * norm[f],
+                    _ => 0.0,
                 };
             }
-        });
+            (n, s as f64)
+        })
+        .reduce(|| (0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    ws.dense_stats = Some((active, l1));
+    ws.last_density = Some(active as f32 / (b * m) as f32);
 }
 
 /// (L0, sparsity loss). Standard: λ Σ a‖W_dec‖ (unit-norm recipe: norms are 1);
@@ -504,24 +532,8 @@ fn sparsity_loss(cfg: &TrainConfig, ws: &Workspace, lambda: f32) -> (f32, f32) {
             _ => 0.0,
         }
     };
-    let (active, l1) = if ws.dense {
-        ws.dense_a
-            .par_chunks(m)
-            .zip(ws.pre.par_chunks(m))
-            .map(|(a, pre)| {
-                let mut n = 0usize;
-                let mut s = 0f64;
-                for f in 0..m {
-                    if a[f] > 0.0 {
-                        n += 1;
-                    }
-                    if pre[f] > 0.0 {
-                        s += weight(f, pre[f], a[f]) as f64;
-                    }
-                }
-                (n, s)
-            })
-            .reduce(|| (0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1))
+    let (active, l1) = if let Some(stats) = ws.dense_stats {
+        stats
     } else {
         let csr = &ws.main;
         (0..b)
@@ -636,64 +648,57 @@ fn gated_aux(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, y: &[f32]) -> f3
     sq as f32 / b as f32
 }
 
-/// A pointer shared by threads that write disjoint columns of a row-major matrix.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: used only by `column_pass`, whose tasks own disjoint column ranges.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    fn at(&self, i: usize) -> *mut f32 {
-        // SAFETY: callers keep `i` inside the matrix (see `column_pass`).
-        unsafe { self.0.add(i) }
-    }
+/// One row chunk's per-latent partial sums in the dense backward pass: four sums and
+/// a firing count, merged after the pass (rows stream in memory order; a column-wise
+/// pass over a [4096, 16384] matrix thrashes the TLB).
+pub(crate) struct Partial {
+    sums: [Vec<f32>; 4],
+    fired: Vec<u32>,
 }
 
-/// Per-latent accumulators a column pass fills.
-struct ColumnSums<'a> {
-    colsum: &'a mut [f32],
-    l1_sum: &'a mut [f32],
-    fired: &'a mut [u32],
-    g1: &'a mut [f32],
-    g2: &'a mut [f32],
-}
-
-/// Visits every (row, latent) of the `[b, m]` dense buffers in parallel over latent
-/// blocks, so each latent's sums have one writer. `visit(f, pre, a, &mut u, sums)`
-/// with `sums = [colsum, l1_sum, g1, g2]` and the fired counter.
-fn column_pass(
+/// Visits every (row, latent) of the `[b, m]` dense buffers, rows in parallel,
+/// `visit(f, pre, a, &mut u, sums, &mut fired)`; then adds the chunks' sums into
+/// `out` (colsum, l1_sum, acc1, acc2) and `fired`.
+#[allow(clippy::too_many_arguments)]
+fn row_pass(
     b: usize,
     m: usize,
+    partials: &mut Vec<Partial>,
     pre: &[f32],
     a: &[f32],
     u: &mut [f32],
-    sums: ColumnSums,
-    visit: impl Fn(usize, f32, f32, &mut f32, &mut [f32; 4], &mut u32) + Sync,
+    out: [&mut [f32]; 4],
+    fired: &mut [u32],
+    visit: impl Fn(usize, f32, f32, &mut f32, &mut [Vec<f32>; 4], &mut [u32]) + Sync,
 ) {
-    const BLOCK: usize = 64;
-    assert!(pre.len() >= b * m && a.len() >= b * m && u.len() >= b * m);
-    let up = SharedMut(u.as_mut_ptr());
-    sums.colsum
-        .par_chunks_mut(BLOCK)
-        .zip(sums.l1_sum.par_chunks_mut(BLOCK))
-        .zip(sums.fired.par_chunks_mut(BLOCK))
-        .zip(sums.g1.par_chunks_mut(BLOCK))
-        .zip(sums.g2.par_chunks_mut(BLOCK))
-        .enumerate()
-        .for_each(|(blk, ((((cs, l1), fired), g1), g2))| {
-            let f0 = blk * BLOCK;
-            for r in 0..b {
-                for (i, f) in (f0..f0 + cs.len()).enumerate() {
-                    let at = r * m + f;
-                    // SAFETY: `at` < b·m (asserted above) and column f belongs to this task only.
-                    let uv = unsafe { &mut *up.at(at) };
-                    let mut acc = [cs[i], l1[i], g1[i], g2[i]];
-                    visit(f, pre[at], a[at], uv, &mut acc, &mut fired[i]);
-                    [cs[i], l1[i], g1[i], g2[i]] = acc;
+    let ranges = row_ranges(b, rayon::current_num_threads());
+    partials.resize_with(ranges.len(), || Partial {
+        sums: std::array::from_fn(|_| vec![0.0; m]),
+        fired: vec![0; m],
+    });
+    partials
+        .par_iter_mut()
+        .zip(u.par_chunks_mut(ranges[0].1 * m))
+        .zip(&ranges)
+        .for_each(|((part, u), &(s, e))| {
+            part.sums.iter_mut().for_each(|v| v.fill(0.0));
+            part.fired.fill(0);
+            for r in s..e {
+                let (pre, a) = (&pre[r * m..(r + 1) * m], &a[r * m..(r + 1) * m]);
+                let u = &mut u[(r - s) * m..(r - s + 1) * m];
+                for f in 0..m {
+                    visit(f, pre[f], a[f], &mut u[f], &mut part.sums, &mut part.fired);
                 }
             }
         });
+    for (k, o) in out.into_iter().enumerate() {
+        for part in partials.iter() {
+            o.iter_mut().zip(&part.sums[k]).for_each(|(o, v)| *o += v);
+        }
+    }
+    for part in partials.iter() {
+        fired.iter_mut().zip(&part.fired).for_each(|(o, v)| *o += v);
+    }
 }
 
 /// Gradients of `Losses::total` into `ws.grads` (after `forward` on the same batch).
@@ -779,7 +784,7 @@ fn sparse_backward(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, lambda: f3
     let (b, m, o) = (ws.batch, cfg.d_sae, cfg.d_out());
     let lambda_over_b = lambda / b as f32;
     let ranges = row_ranges(b, 4 * rayon::current_num_threads());
-    let (pre, err, err_aux, norm) = (&ws.pre, &ws.err, &ws.err_aux, &ws.dec_norm);
+    let (pre, err, err_aux, norm, gate) = (&ws.pre, &ws.err, &ws.err_aux, &ws.dec_norm, &ws.gate);
     {
         let csr = &mut ws.main;
         let (row_ptr, idx, a) = (&csr.row_ptr, &csr.idx, &csr.a);
@@ -803,7 +808,7 @@ fn sparse_backward(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, lambda: f3
                         dpre[jj] = match cfg.arch {
                             TrainArch::Standard => u + lambda_over_b * norm[f],
                             TrainArch::Gated => {
-                                let er = p.r_mag[f].exp();
+                                let er = gate[f];
                                 let pv = pre[r * m + f];
                                 let pim = er * (pv - p.b_enc[f]) + p.b_mag[f];
                                 let dpim = if pim > 0.0 { u } else { 0.0 };
@@ -872,7 +877,8 @@ fn gather(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, aux: bool) {
             ws.fill[f] += 1;
         }
     }
-    let (offsets, by_feature, sae_in, pre) = (&ws.offsets, &ws.by_feature, &ws.sae_in, &ws.pre);
+    let (offsets, by_feature, sae_in, pre, gate) =
+        (&ws.offsets, &ws.by_feature, &ws.sae_in, &ws.pre, &ws.gate);
     let gated = cfg.arch == TrainArch::Gated;
     let g = &mut ws.grads;
     g.w_dec
@@ -917,7 +923,7 @@ fn gather(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, aux: bool) {
                         let pv = pre[r * m + f];
                         *l1 += pv.max(0.0);
                         *gb += csr.extra[j];
-                        let er = p.r_mag[f].exp();
+                        let er = gate[f];
                         *gr += csr.extra2[j] * er * (pv - p.b_enc[f]);
                         *gm += csr.extra2[j];
                     }
@@ -945,7 +951,7 @@ fn jumprelu_threshold_grad_sparse(
 ) {
     let (b, m, o) = (ws.batch, cfg.d_sae, cfg.d_out());
     let eps = cfg.jumprelu_bandwidth;
-    let (pre, err) = (&ws.pre, &ws.err);
+    let (pre, err, gate) = (&ws.pre, &ws.err, &ws.gate);
     let contributions: Vec<Vec<(u32, f32)>> = row_ranges(b, 4 * rayon::current_num_threads())
         .into_par_iter()
         .map(|(s, e)| {
@@ -953,7 +959,7 @@ fn jumprelu_threshold_grad_sparse(
             for r in s..e {
                 let g = &err[r * o..(r + 1) * o];
                 for f in 0..m {
-                    let t = threshold_of(p, f);
+                    let t = gate[f];
                     let z = pre[r * m + f] - t;
                     if z.abs() < eps / 2.0 {
                         let u = dot(g, &p.w_dec[f * o..(f + 1) * o]);
@@ -965,13 +971,14 @@ fn jumprelu_threshold_grad_sparse(
         })
         .collect();
     let g = &mut ws.grads.log_threshold;
+    let gate = &ws.gate;
     for part in contributions {
         for (f, v) in part {
             g[f as usize] += v;
         }
     }
     for (f, g) in g.iter_mut().enumerate() {
-        *g *= threshold_of(p, f);
+        *g *= gate[f];
     }
 }
 
@@ -992,11 +999,13 @@ fn dense_backward(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, lambda: f32
         acc1,
         acc2,
         dec_norm: norm,
+        gate,
+        partials,
         grads,
         ..
     } = ws;
-    acc1.iter_mut().for_each(|v| *v = 0.0);
-    acc2.iter_mut().for_each(|v| *v = 0.0);
+    acc1.fill(0.0);
+    acc2.fill(0.0);
     let w_dec_t = MatRef::new(&p.w_dec, m, o).t();
     // W_dec gradient: Aᵀ g
     matmul(
@@ -1010,46 +1019,45 @@ fn dense_backward(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, lambda: f32
             // U = g W_decᵀ, then in place D = d loss / d pre
             matmul(dense_u, false, MatRef::new(err, b, o), w_dec_t);
             let jump = cfg.arch == TrainArch::JumpReLU;
-            let sums = ColumnSums {
-                colsum,
-                l1_sum,
-                fired,
-                g1: acc1,
-                g2: acc2,
-            };
-            column_pass(
+            let out = [
+                &mut colsum[..],
+                &mut l1_sum[..],
+                &mut acc1[..],
+                &mut acc2[..],
+            ];
+            row_pass(
                 b,
                 m,
+                partials,
                 pre,
                 dense_a,
                 dense_u,
-                sums,
-                |f, pv, a, u, acc, fired| {
-                    if a > 0.0 {
-                        *fired += 1;
-                    }
+                out,
+                fired,
+                |f, pv, a, u, s, fired| {
+                    fired[f] += u32::from(a > 0.0);
                     if jump {
-                        let t = threshold_of(p, f);
+                        let t = gate[f];
                         if (pv - t).abs() < eps / 2.0 {
-                            acc[2] += -(t / eps) * *u - lambda_over_b / eps;
+                            s[2][f] += -(t / eps) * *u - lambda_over_b / eps;
                         }
                         if pv <= t {
                             *u = 0.0;
                         }
                     } else {
-                        acc[1] += a;
+                        s[1][f] += a;
                         *u = if pv > 0.0 {
                             *u + lambda_over_b * norm[f]
                         } else {
                             0.0
                         };
                     }
-                    acc[0] += *u;
+                    s[0][f] += *u;
                 },
             );
             if jump {
                 for (f, g) in grads.log_threshold.iter_mut().enumerate() {
-                    *g = acc1[f] * threshold_of(p, f);
+                    *g = acc1[f] * gate[f];
                 }
             }
             grads.b_enc.copy_from_slice(colsum);
@@ -1057,57 +1065,62 @@ fn dense_backward(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, lambda: f32
         TrainArch::Gated => {
             // pass 1: U = g_aux W_decᵀ → d loss / d π_gate (L1 + aux path)
             matmul(dense_u, false, MatRef::new(err_aux, b, o), w_dec_t);
-            let sums = ColumnSums {
-                colsum: &mut *colsum,
-                l1_sum: &mut *l1_sum,
-                fired: &mut *fired,
-                g1: &mut *acc1,
-                g2: &mut *acc2,
-            };
-            column_pass(
+            let out = [
+                &mut colsum[..],
+                &mut l1_sum[..],
+                &mut acc1[..],
+                &mut acc2[..],
+            ];
+            row_pass(
                 b,
                 m,
+                partials,
                 pre,
                 dense_a,
                 dense_u,
-                sums,
-                |f, pv, a, u, acc, fired| {
-                    if a > 0.0 {
-                        *fired += 1;
-                    }
+                out,
+                fired,
+                |f, pv, a, u, s, fired| {
+                    fired[f] += u32::from(a > 0.0);
                     if pv > 0.0 {
-                        acc[1] += pv;
+                        s[1][f] += pv;
                         *u += lambda_over_b * norm[f];
                     } else {
                         *u = 0.0;
                     }
-                    acc[0] += *u;
+                    s[0][f] += *u;
                 },
             );
             grads.b_enc.copy_from_slice(colsum);
-            colsum.iter_mut().for_each(|v| *v = 0.0);
-            // pass 2: A = g W_decᵀ → the magnitude path, added into U
+            colsum.fill(0.0);
+            // pass 2: A = g W_decᵀ → the magnitude path, added into U (l1_sum and
+            // fired get nothing from this pass)
             matmul(dense_a, false, MatRef::new(err, b, o), w_dec_t);
-            // (l1_sum and fired pass through untouched)
-            let sums = ColumnSums {
-                colsum: &mut *colsum,
-                l1_sum,
-                fired,
-                g1: &mut *acc1,
-                g2: &mut *acc2,
-            };
-            column_pass(b, m, pre, dense_a, dense_u, sums, |f, pv, a, u, acc, _| {
-                if pv > 0.0 {
-                    let er = p.r_mag[f].exp();
-                    let pim = er * (pv - p.b_enc[f]) + p.b_mag[f];
-                    if pim > 0.0 {
-                        *u += er * a;
-                        acc[2] += a * er * (pv - p.b_enc[f]);
-                        acc[3] += a;
+            let mut none = vec![0.0f32; m];
+            let mut none_fired = vec![0u32; m];
+            let out = [&mut colsum[..], &mut none[..], &mut acc1[..], &mut acc2[..]];
+            row_pass(
+                b,
+                m,
+                partials,
+                pre,
+                dense_a,
+                dense_u,
+                out,
+                &mut none_fired,
+                |f, pv, a, u, s, _| {
+                    if pv > 0.0 {
+                        let er = gate[f];
+                        let pim = er * (pv - p.b_enc[f]) + p.b_mag[f];
+                        if pim > 0.0 {
+                            *u += er * a;
+                            s[2][f] += a * er * (pv - p.b_enc[f]);
+                            s[3][f] += a;
+                        }
                     }
-                }
-                acc[0] += *u;
-            });
+                    s[0][f] += *u;
+                },
+            );
             grads.r_mag.copy_from_slice(acc1);
             grads.b_mag.copy_from_slice(acc2);
         }

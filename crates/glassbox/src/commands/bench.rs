@@ -33,6 +33,10 @@ pub struct SaeArgs {
     /// ReLU-family: density above which the dense kernels run
     #[arg(long)]
     dense_above: Option<f32>,
+    /// ReLU-family: shift the encoder bias so this many latents fire per token, as in a
+    /// trained dictionary (at initialisation half of them fire)
+    #[arg(long)]
+    l0: Option<f32>,
 }
 
 fn sae(a: SaeArgs) -> Result<()> {
@@ -66,7 +70,27 @@ fn sae(a: SaeArgs) -> Result<()> {
         })
         .collect();
     let mut t = Trainer::new(cfg, 1_000_000)?;
-    t.step(&x, None)?;
+    if let Some(l0) = a.l0 {
+        anyhow::ensure!(
+            l0 > 0.0 && (l0 as usize) < a.d_sae && !arch.uses_k(),
+            "--l0 is for ReLU-family architectures, between 0 and --d-sae"
+        );
+        // the bias that leaves `l0` of `d_sae` pre-activations positive
+        let mut pre = vec![0f32; a.batch * a.d_sae];
+        glassbox_sae::train::encoder_gemm(
+            &mut pre,
+            &x,
+            &t.params.w_enc_t,
+            a.batch,
+            a.d_in,
+            a.d_sae,
+        );
+        let rank = ((l0 / a.d_sae as f32) * pre.len() as f32) as usize;
+        let (_, q, _) = pre.select_nth_unstable_by(rank, |u, v| v.total_cmp(u));
+        let q = *q;
+        t.params.b_enc.iter_mut().for_each(|b| *b = -q);
+    }
+    let first = t.step(&x, None)?;
     let mut times = Vec::new();
     let mut dense = false;
     for _ in 0..5 {
@@ -90,12 +114,14 @@ fn sae(a: SaeArgs) -> Result<()> {
     let g = gemm_times[1];
     let gflops = 2.0 * (a.batch * a.d_in * a.d_sae) as f64 / g / 1e9;
     println!(
-        "glassbox {} d_in={} d_sae={} k={} batch={}: {:.0} tokens/s",
+        "glassbox {} d_in={} d_sae={} k={} batch={}{}: {:.0} tokens/s",
         a.arch,
         a.d_in,
         a.d_sae,
         a.k,
         a.batch,
+        a.l0.map(|_| format!(" L0={:.0}", first.losses.l0))
+            .unwrap_or_default(),
         a.batch as f64 / times[2]
     );
     println!(
