@@ -139,3 +139,44 @@ fn bad_dictionaries_are_refused_with_reasons() {
         .unwrap();
     assert!(d.encode(&x).unwrap_err().to_string().contains("width 64"));
 }
+
+#[test]
+fn malformed_configs_are_refused_with_reasons() {
+    let src = fixtures().join("saelens/sae-topk");
+    for (cfg, want) in [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        (r#"{"d_sae": 256, "architecture": "topk", "k": 8}"#, "d_in"),
+        (r#"{"d_in": 64, "d_sae": 256, "architecture": "relu6"}"#, "relu6"),
+        (r#"{"d_in": 64, "d_sae": 256, "architecture": "topk"}"#, "needs `k`"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            src.join("sae_weights.safetensors"),
+            dir.path().join("sae_weights.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("cfg.json"), cfg).unwrap();
+        let msg = load(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains(want) && msg.contains("cfg.json"), "{cfg}: {msg}");
+    }
+}
+
+/// A write that fails half-way (here: the temporary file cannot be created, as when a
+/// disk is full) leaves the dictionary already in the folder intact and loadable.
+#[test]
+fn a_failed_save_leaves_the_previous_dictionary_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = load(&fixtures().join("saelens/sae-standard")).unwrap();
+    glassbox_sae::format::save_saelens(&original, dir.path()).unwrap();
+    let before = std::fs::read(dir.path().join("sae_weights.safetensors")).unwrap();
+    std::fs::create_dir(dir.path().join(".sae_weights.safetensors.tmp")).unwrap();
+    let other = load(&fixtures().join("saelens/sae-topk")).unwrap();
+    assert!(glassbox_sae::format::save_saelens(&other, dir.path()).is_err());
+    assert_eq!(
+        std::fs::read(dir.path().join("sae_weights.safetensors")).unwrap(),
+        before
+    );
+    let back = load(dir.path()).unwrap();
+    assert_eq!(back.architecture, original.architecture);
+}
