@@ -135,7 +135,9 @@ macro_rules! merge {
 /// The resolved run: what `config.toml` records.
 #[derive(Serialize)]
 struct Run {
+    /// the model's resolved path (what `glassbox features build` and `serve` reopen)
     model: String,
+    model_name: String,
     hook: String,
     hook_out: Option<String>,
     corpus: String,
@@ -323,8 +325,13 @@ pub fn run(mut a: Args) -> Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let eval_tokens = a.eval_tokens.unwrap_or(16_384);
     let checkpoint_every = a.checkpoint_every_tokens.unwrap_or(500_000);
+    let model_path = glassbox_hub::resolve_model(&model_spec)?;
     let run_cfg = Run {
-        model: model_label(&model),
+        model: std::fs::canonicalize(&model_path)
+            .unwrap_or(model_path)
+            .display()
+            .to_string(),
+        model_name: model_label(&model),
         hook: hook.clone(),
         hook_out: a.hook_out.clone(),
         corpus: corpus.display().to_string(),
