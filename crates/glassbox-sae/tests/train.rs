@@ -525,9 +525,48 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
     // the next weights file cannot be written
     std::fs::create_dir(dir.path().join(".checkpoint-000000002.safetensors.tmp")).unwrap();
     let err = checkpoint::save(&t, dir.path(), serde_json::json!({"rows": 32})).unwrap_err();
-    assert!(err.to_string().contains("cannot write the checkpoint"), "{err}");
+    assert!(
+        err.to_string().contains("cannot write the checkpoint"),
+        "{err}"
+    );
     let (back, extra) = checkpoint::load(dir.path()).unwrap();
     assert_eq!(back.step, 1);
     assert_eq!(extra["rows"], 16);
     assert_eq!(back.params, saved);
+}
+
+/// Resampling (ReLU family): a latent that never fires is re-initialised along a
+/// poorly reconstructed input, with fresh Adam moments, and then fires.
+#[test]
+fn dead_latents_are_resampled_and_fire_again() {
+    let cfg = TrainConfig {
+        arch: TrainArch::Standard,
+        d_in: 16,
+        d_sae: 32,
+        batch: 64,
+        sparsity_coefficient: 0.1,
+        dead_window_tokens: 64,
+        resample_every_steps: 2,
+        normalize: glassbox_sae::train::Normalize::None,
+        b_dec_init: glassbox_sae::train::BDecInit::Zeros,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(cfg, 100).unwrap();
+    t.params.b_enc[5] = -1e6; // latent 5 can never fire
+    let before = t.params.w_enc_t[5 * 16..6 * 16].to_vec();
+    let r1 = t.step(&sparse_data(64, 16, 1), None).unwrap();
+    assert_eq!(r1.resampled, 0);
+    assert!(t.since_fired[5] >= 64);
+    let r2 = t.step(&sparse_data(64, 16, 2), None).unwrap();
+    assert!(r2.resampled >= 1, "no latent resampled");
+    assert_eq!(t.since_fired[5], 0);
+    assert_eq!(t.params.b_enc[5], 0.0);
+    assert_ne!(&t.params.w_enc_t[5 * 16..6 * 16], &before[..]);
+    assert!(t.opt.m.w_enc_t[5 * 16..6 * 16].iter().all(|v| *v == 0.0));
+    let r3 = t.step(&sparse_data(64, 16, 3), None).unwrap();
+    assert!(r3.losses.l0 > 0.0);
+    assert_eq!(
+        t.since_fired[5], 0,
+        "the resampled latent should fire on inputs like the one it was set from"
+    );
 }
