@@ -7,6 +7,7 @@ pub mod metric;
 pub mod patching;
 pub mod sae_eval;
 pub mod steering;
+pub mod transcoders;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {

@@ -324,7 +324,7 @@ impl Acc {
 
 /// Sum over rows and positions 0..s−1 of −log p(next token), for log-probs of positions
 /// 1..s (`lp` `[b, s−1, V]`) of windows whose tokens are `rows`.
-fn ce_sum(lp: &Tensor, rows: &[Vec<u32>]) -> Result<f64> {
+pub(crate) fn ce_sum(lp: &Tensor, rows: &[Vec<u32>]) -> Result<f64> {
     let (b, n, _) = lp.dims3()?;
     // position p (1-based in the window) predicts token p+1; the last has no target
     let targets: Vec<u32> = rows.iter().flat_map(|r| r[2..].iter().copied()).collect();
@@ -337,7 +337,7 @@ fn ce_sum(lp: &Tensor, rows: &[Vec<u32>]) -> Result<f64> {
 }
 
 /// Σ over positions of KL(p ‖ q), given log p, p and log q `[b, n, V]`.
-fn kl_sum(lp: &Tensor, p: &Tensor, lq: &Tensor) -> Result<f64> {
+pub(crate) fn kl_sum(lp: &Tensor, p: &Tensor, lq: &Tensor) -> Result<f64> {
     let per_token = (p * (lp - lq)?)?.sum(D::Minus1)?;
     Ok(per_token
         .to_dtype(DType::F64)?

@@ -147,8 +147,14 @@ fn malformed_configs_are_refused_with_reasons() {
         ("{not json", "not valid JSON"),
         ("[1, 2]", "JSON object"),
         (r#"{"d_sae": 256, "architecture": "topk", "k": 8}"#, "d_in"),
-        (r#"{"d_in": 64, "d_sae": 256, "architecture": "relu6"}"#, "relu6"),
-        (r#"{"d_in": 64, "d_sae": 256, "architecture": "topk"}"#, "needs `k`"),
+        (
+            r#"{"d_in": 64, "d_sae": 256, "architecture": "relu6"}"#,
+            "relu6",
+        ),
+        (
+            r#"{"d_in": 64, "d_sae": 256, "architecture": "topk"}"#,
+            "needs `k`",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(
@@ -158,7 +164,10 @@ fn malformed_configs_are_refused_with_reasons() {
         .unwrap();
         std::fs::write(dir.path().join("cfg.json"), cfg).unwrap();
         let msg = load(dir.path()).unwrap_err().to_string();
-        assert!(msg.contains(want) && msg.contains("cfg.json"), "{cfg}: {msg}");
+        assert!(
+            msg.contains(want) && msg.contains("cfg.json"),
+            "{cfg}: {msg}"
+        );
     }
 }
 

@@ -48,8 +48,10 @@ enum Command {
     },
     /// Generate while a probe reads the model: per-token p(true), flagged disagreements
     Monitor(commands::monitor::Args),
-    /// Train a TopK SAE on a hook's activations over a corpus (first version: in-memory, one pass)
+    /// Train an SAE or a transcoder (TopK, BatchTopK, ReLU+L1, JumpReLU, gated) on streamed activations
     TrainSae(Box<commands::train_sae::Args>),
+    /// Train one transcoder per layer (MLP input → hook_mlp_out) from one pass over the corpus
+    TrainTranscoders(commands::train_transcoders::Args),
     /// Evaluate a dictionary on held-out windows: L0, FVU, dead/dense features, CE and KL recovered
     EvalSae(commands::eval_sae::Args),
     /// Dictionaries on their own: apply one to vectors in a file
@@ -96,6 +98,7 @@ fn main() {
         Command::Probe { what } => commands::probe::run(what),
         Command::Monitor(a) => commands::monitor::run(a),
         Command::TrainSae(a) => commands::train_sae::run(*a),
+        Command::TrainTranscoders(a) => commands::train_transcoders::run(a),
         Command::EvalSae(a) => commands::eval_sae::run(a),
         Command::Sae { what } => commands::sae::run(what),
         Command::Bench { what } => commands::bench::run(what),

@@ -185,3 +185,63 @@ fn bad_input_is_refused_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn a_transcoder_set_trains_from_one_pass_and_is_spliced_at_once() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let out = dir.path().join("set");
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["train-transcoders", "--model"])
+        .arg(&model)
+        .args([
+            "--layers", "0,2", "--d-sae", "128", "--k", "8", "--tokens", "1024",
+        ])
+        .args([
+            "--batch",
+            "256",
+            "--context-size",
+            "32",
+            "--eval-windows",
+            "4",
+        ])
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(&o);
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).unwrap()).unwrap();
+    let layers = index["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for (l, entry) in [0, 2].iter().zip(layers) {
+        let d = glassbox_sae::format::load(&out.join(entry["path"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            d.hook_name.as_deref(),
+            Some(format!("blocks.{l}.ln2.hook_normalized").as_str())
+        );
+        assert_eq!(
+            d.hook_name_out.as_deref(),
+            Some(format!("blocks.{l}.hook_mlp_out").as_str())
+        );
+        assert!(entry["eval_fvu"].as_f64().unwrap().is_finite());
+    }
+    let ce = &index["splice_all"];
+    assert!(
+        ce["ce_spliced"].as_f64().unwrap() > 0.0
+            && ce["ce_recovered"].as_f64().unwrap().is_finite()
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["train-transcoders", "--model"])
+        .arg(&model)
+        .args(["--layers", "0..99", "--out"])
+        .arg(dir.path().join("bad"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("0..30"), "{err}");
+}

@@ -14,3 +14,4 @@ pub mod quickstart;
 pub mod sae;
 pub mod steer;
 pub mod train_sae;
+pub mod train_transcoders;
