@@ -59,6 +59,13 @@ enum Command {
         #[command(subcommand)]
         what: commands::sae::What,
     },
+    /// Feature dashboards: build a dictionary's feature store (features.sqlite), show it
+    Features {
+        #[command(subcommand)]
+        what: commands::features::What,
+    },
+    /// Browse a run's feature dashboards: JSON API + web UI (or --export static HTML)
+    Serve(commands::serve::Args),
     /// Throughput benchmarks
     Bench {
         #[command(subcommand)]
@@ -101,6 +108,8 @@ fn main() {
         Command::TrainTranscoders(a) => commands::train_transcoders::run(a),
         Command::EvalSae(a) => commands::eval_sae::run(a),
         Command::Sae { what } => commands::sae::run(what),
+        Command::Features { what } => commands::features::run(what),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Bench { what } => commands::bench::run(what),
     };
     if let Err(e) = result {

@@ -1,79 +1,122 @@
-use crate::open::open_model;
-use anyhow::Result;
-use glassbox_model::logits::top_k;
-use glassbox_model::{Batch, HookFilter, Run};
+//! `glassbox quickstart`: the whole job on the embedded default, in one command —
+//! fetch the model and corpus, harvest activations, train a dictionary, build its
+//! feature store, say where to look, and serve the dashboards.
+
+use crate::commands::{features, serve, train_sae};
+use anyhow::{Context, Result};
+use clap::{Args as ClapArgs, FromArgMatches};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Prompt to show the model working on
-    #[arg(
-        long,
-        default_value = "When Mary and John went to the store, John gave a drink to"
-    )]
-    prompt: String,
+    /// Run directory (reused when it already holds a finished run)
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    /// Stop after building the feature store instead of serving it
+    #[arg(long)]
+    no_serve: bool,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Training tokens (the default finishes in about 10 minutes on 2 cores)
+    #[arg(long, default_value_t = 300_000)]
+    tokens: usize,
+    #[arg(long, default_value_t = 4096)]
+    d_sae: usize,
+    #[arg(long, default_value = "blocks.15.hook_resid_pre")]
+    hook: String,
+    /// Held-out tokens for the feature statistics
+    #[arg(long, default_value_t = 40_000)]
+    feature_tokens: usize,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    eprintln!("[1/3] fetching the default model and corpus (cached after the first run)");
-    let model_path = glassbox_hub::fetch_default_model()?;
-    let corpus = glassbox_hub::fetch_default_corpus()?;
-    println!(
-        "model  {}\ncorpus {}",
-        model_path.display(),
-        corpus.join("data").display()
-    );
+/// Parses a subcommand's arguments as its own command line would.
+fn parse<T: ClapArgs + FromArgMatches>(name: &'static str, args: &[String]) -> Result<T> {
+    let cmd = T::augment_args(clap::Command::new(name));
+    let m = cmd
+        .try_get_matches_from(std::iter::once(name.to_string()).chain(args.iter().cloned()))
+        .with_context(|| format!("internal: bad {name} arguments"))?;
+    Ok(T::from_arg_matches(&m)?)
+}
 
-    eprintln!("[2/3] loading {}", model_path.display());
-    let model = open_model(&model_path.to_string_lossy())?;
-    let c = model.config();
-    println!(
-        "{}: {} layers, d_model {}, {} heads ({} KV), d_mlp {}, vocab {}",
-        c.architecture.name(),
-        c.n_layers,
-        c.d_model,
-        c.n_heads,
-        c.n_kv_heads,
-        c.d_mlp,
-        c.d_vocab
-    );
-
-    eprintln!("[3/3] running the prompt with a cache of the residual stream");
-    let tok = model.tokenizer()?;
-    let ids = tok.encode(&args.prompt)?;
-    let filter = HookFilter::parse("blocks.*.hook_resid_post", c)?;
-    let out = model
-        .transformer
-        .run(&Batch::single(&ids), &mut Run::new().cache(filter))?;
-    let logits = out.logits()?.squeeze(0)?;
-    let last: Vec<f32> = logits.get(ids.len() - 1)?.to_vec1()?;
-    println!("\nprompt: {:?}\nnext-token predictions:", args.prompt);
-    for t in top_k(&last, 5) {
-        println!(
-            "  {:<14} logit {:>7.3}  p {:>5.1}%",
-            format!("{:?}", tok.token_text(t.id)),
-            t.logit,
-            t.prob * 100.0
+pub fn run(a: Args) -> Result<()> {
+    eprintln!("[1/4] fetching the default model and corpus (cached after the first run)");
+    let model = glassbox_hub::fetch_default_model()?;
+    let corpus = glassbox_hub::fetch_default_corpus()?.join("data");
+    println!("model  {}\ncorpus {}", model.display(), corpus.display());
+    let dir = a.out.display().to_string();
+    if a.out.join("metrics.json").is_file() {
+        eprintln!("[2/4] {dir} already holds a trained dictionary: reusing it (delete the folder to retrain)");
+    } else {
+        eprintln!(
+            "[2/4] harvesting {} and training a {}-latent TopK SAE on {} tokens",
+            a.hook, a.d_sae, a.tokens
         );
+        let resume = a.out.join("checkpoint/checkpoint.json").is_file();
+        let mut args: Vec<String> = [
+            "--model",
+            &model.display().to_string(),
+            "--hook",
+            &a.hook,
+            "--arch",
+            "topk",
+            "--d-sae",
+            &a.d_sae.to_string(),
+            "--k",
+            "32",
+            "--tokens",
+            &a.tokens.to_string(),
+            "--batch",
+            "2048",
+            "--eval-tokens",
+            "8192",
+            "--out",
+            &dir,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if resume {
+            args.push("--resume".into());
+        }
+        train_sae::run(parse("train-sae", &args)?)?;
     }
-    println!("\nresidual-stream norm at the last token, by layer (blocks.L.hook_resid_post):");
-    let mut norms = Vec::new();
-    for l in 0..c.n_layers {
-        let r = &out.cache[&format!("blocks.{l}.hook_resid_post")];
-        let v = r
-            .squeeze(0)?
-            .get(ids.len() - 1)?
-            .sqr()?
-            .sum_all()?
-            .sqrt()?
-            .to_scalar::<f32>()?;
-        norms.push(v);
+    if a.out.join(glassbox_features::STORE_FILE).is_file() {
+        eprintln!("[3/4] reusing {dir}/{}", glassbox_features::STORE_FILE);
+    } else {
+        eprintln!(
+            "[3/4] feature statistics over {} held-out tokens, and the MLP-neuron baseline",
+            a.feature_tokens
+        );
+        let args: Vec<String> = [
+            "build",
+            "--run",
+            &dir,
+            "--tokens",
+            &a.feature_tokens.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        features::run(parse_features(&args)?)?;
     }
-    let max = norms.iter().copied().fold(0f32, f32::max).max(1e-6);
-    for (l, n) in norms.iter().enumerate() {
-        let bar = "█".repeat(((n / max) * 40.0).round() as usize);
-        println!("  {l:>2} {n:>9.1} {bar}");
+    println!("\nwhere to look:");
+    println!("  {dir}/metrics.json       held-out FVU, L0, dead latents, CE loss recovered");
+    println!("  {dir}/features.sqlite    every feature's statistics and contexts");
+    println!("  glassbox features show {dir} --feature 0");
+    println!("  glassbox serve {dir} --export {dir}/html   (static pages)");
+    if a.no_serve {
+        println!("  glassbox serve {dir}   (the dashboards in a browser)");
+        return Ok(());
     }
-    println!("\nnext: glassbox inspect --model default   (every hook point)");
-    println!("      glassbox cache --model default --prompt \"…\" --hooks 'blocks.*.hook_resid_post' --out acts.safetensors");
-    Ok(())
+    eprintln!("[4/4] serving the dashboards (Ctrl-C to stop)");
+    serve::run(parse("serve", &[dir, "--port".into(), a.port.to_string()])?)
+}
+
+fn parse_features(args: &[String]) -> Result<features::What> {
+    use clap::Subcommand;
+    let cmd = features::What::augment_subcommands(clap::Command::new("features"));
+    let m = cmd
+        .try_get_matches_from(std::iter::once("features".to_string()).chain(args.iter().cloned()))
+        .context("internal: bad features arguments")?;
+    Ok(features::What::from_arg_matches(&m)?)
 }

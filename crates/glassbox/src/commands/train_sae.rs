@@ -304,7 +304,8 @@ pub fn run(mut a: Args) -> Result<()> {
         0.05,
     )?;
     let special = glassbox_data::special_tokens(&model);
-    let buffer_tokens = a.buffer_tokens.unwrap_or(262_144);
+    // the store harvests a whole buffer before serving from it: never more than the run needs
+    let buffer_tokens = a.buffer_tokens.unwrap_or(262_144).min(tokens.max(1));
     let mut opts = StoreOptions::new(hooks.clone());
     opts.buffer_tokens = buffer_tokens;
     opts.seed = cfg_base.seed;

@@ -108,7 +108,7 @@ pub fn run(a: Args) -> Result<()> {
     let (train_w, eval_w) =
         glassbox_data::pack(&model, &texts.texts, a.context_size, bos, a.seed, 0.05)?;
     let mut opts = StoreOptions::new(hooks.clone());
-    opts.buffer_tokens = a.buffer_tokens;
+    opts.buffer_tokens = a.buffer_tokens.min(a.tokens.max(1));
     opts.seed = a.seed;
     opts.cache_dir = a.cache_dir.clone();
     opts.exclude_tokens = glassbox_data::special_tokens(&model);

@@ -1,0 +1,118 @@
+//! The whole build: the streaming pass, the weight-only effects, the summaries and the
+//! comparison, written to one store.
+
+use crate::describe::{compare, summarise, Summary};
+use crate::effects::{logit_effects, neighbours, TokenEffects};
+use crate::pass::{analyse, check_hooks, Analysis};
+use crate::write::{write_store, StoreInput};
+use crate::{BuildOptions, Result};
+use glassbox_model::Transformer;
+use glassbox_sae::Dictionary;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a build reads.
+pub struct BuildInput<'a> {
+    pub model: &'a Transformer,
+    pub dict: &'a Dictionary,
+    /// the hook the dictionary reads
+    pub hook: &'a str,
+    /// held-out token windows, all the same length
+    pub windows: &'a [Vec<u32>],
+    /// the display text of a token id
+    pub token_text: &'a dyn Fn(u32) -> String,
+    /// extra `meta` entries (model, sae_dir, corpus, ...)
+    pub meta: Vec<(String, String)>,
+}
+
+/// What a build did.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub path: PathBuf,
+    pub tokens: u64,
+    pub windows: usize,
+    /// wall time of the whole build
+    pub seconds: f64,
+    /// (phase, seconds): pass, logit effects, neighbours, summaries, write
+    pub phases: Vec<(&'static str, f64)>,
+    pub comparison: Vec<(String, f64)>,
+    pub analysis: Analysis,
+    pub feature_summaries: Vec<Summary>,
+    pub neuron_summaries: Option<Vec<Summary>>,
+    pub logit_effects: Option<Vec<TokenEffects>>,
+    pub neighbours: Vec<Vec<(u32, f32)>>,
+}
+
+/// Builds the feature store at `out` (atomically). A dictionary that does not fit the
+/// hook fails before any work.
+pub fn build(
+    input: &BuildInput,
+    opts: &BuildOptions,
+    out: &Path,
+    on_batch: impl FnMut(usize),
+) -> Result<BuildReport> {
+    let started = Instant::now();
+    check_hooks(input.model, input.dict, input.hook, opts.neurons)?;
+    let mut phases = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, f64)>| {
+        phases.push((name, clock.elapsed().as_secs_f64()));
+        clock = Instant::now();
+    };
+    let analysis = analyse(
+        input.model,
+        input.dict,
+        input.hook,
+        input.windows,
+        opts,
+        on_batch,
+    )?;
+    lap("pass", &mut phases);
+    let effects = logit_effects(input.model, input.dict, opts.logit_effects)?;
+    lap("logit effects", &mut phases);
+    let near = neighbours(input.dict, opts.neighbours)?;
+    lap("neighbours", &mut phases);
+    let fs: Vec<Summary> = analysis.features.units.par_iter().map(summarise).collect();
+    let ns: Option<Vec<Summary>> = analysis
+        .neurons
+        .as_ref()
+        .map(|g| g.units.par_iter().map(summarise).collect());
+    let mut groups = vec![&analysis.features];
+    let mut sums: Vec<&[Summary]> = vec![&fs];
+    if let (Some(g), Some(s)) = (analysis.neurons.as_ref(), ns.as_ref()) {
+        groups.push(g);
+        sums.push(s);
+    }
+    let comparison = compare(&groups, &sums);
+    lap("summaries", &mut phases);
+    write_store(
+        out,
+        &StoreInput {
+            analysis: &analysis,
+            feature_summaries: &fs,
+            neuron_summaries: ns.as_deref(),
+            logit_effects: effects.as_deref(),
+            neighbours: &near,
+            comparison: &comparison,
+            windows: input.windows,
+            token_text: input.token_text,
+            meta: input.meta.clone(),
+            started,
+        },
+    )?;
+    lap("write", &mut phases);
+    Ok(BuildReport {
+        path: out.to_path_buf(),
+        tokens: analysis.tokens,
+        windows: analysis.windows,
+        seconds: started.elapsed().as_secs_f64(),
+        phases,
+        comparison,
+        analysis,
+        feature_summaries: fs,
+        neuron_summaries: ns,
+        logit_effects: effects,
+        neighbours: near,
+    })
+}

@@ -1,0 +1,298 @@
+//! The live views: run the model on a prompt and encode it with the dictionary, or
+//! generate with and without steering. The model is loaded on first use.
+
+use crate::error::{ApiError, ApiResult};
+use candle_core::Tensor;
+use glassbox_analysis::steering::Steering;
+use glassbox_model::{Batch, HookFilter, LogitsMode, Model, Run, SamplingOptions};
+use glassbox_sae::Dictionary;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Prompts longer than this are cut to their first `MAX_PROMPT_TOKENS` tokens (with a
+/// message in the response).
+pub const MAX_PROMPT_TOKENS: usize = 256;
+/// Features listed per token in the prompt view.
+pub const TOP_FEATURES_PER_TOKEN: usize = 5;
+/// Most tokens a steering request may generate.
+pub const MAX_NEW_TOKENS: usize = 200;
+/// Default number of generated tokens for steering.
+pub const DEFAULT_NEW_TOKENS: usize = 30;
+/// Most features one steering request may combine.
+pub const MAX_STEER_FEATURES: usize = 16;
+
+/// The dictionary (loaded when the server starts) and the model (loaded on first use).
+pub struct Live {
+    pub dictionary: Arc<Dictionary>,
+    pub dictionary_dir: PathBuf,
+    /// the model spec from config.toml (or the store's meta), if any
+    pub model_spec: Option<String>,
+    model: Mutex<Option<Arc<Model>>>,
+}
+
+/// Expands a leading `~/` with `$HOME`.
+fn expand_home(spec: &str) -> String {
+    match (spec.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest).to_string_lossy().into_owned(),
+        _ => spec.to_string(),
+    }
+}
+
+fn model_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("model error: {e}"))
+}
+
+impl Live {
+    pub fn new(
+        dictionary: Dictionary,
+        dictionary_dir: PathBuf,
+        model_spec: Option<String>,
+    ) -> Self {
+        Live {
+            dictionary: Arc::new(dictionary),
+            dictionary_dir,
+            model_spec,
+            model: Mutex::new(None),
+        }
+    }
+
+    pub fn model_loaded(&self) -> bool {
+        self.model.lock().map(|m| m.is_some()).unwrap_or(false)
+    }
+
+    /// The model, loading it on first use. Blocking: call from a blocking task.
+    pub fn model(&self) -> ApiResult<Arc<Model>> {
+        let mut slot = self
+            .model
+            .lock()
+            .map_err(|_| ApiError::internal("the model slot was poisoned"))?;
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let spec = self.model_spec.as_deref().ok_or_else(|| {
+            ApiError::unavailable(
+                "this run directory names no model (no `model = \"...\"` in config.toml): the live views need one",
+            )
+        })?;
+        let spec = expand_home(spec);
+        let path = glassbox_hub::resolve_model(&spec)
+            .map_err(|e| ApiError::unavailable(format!("cannot find the model `{spec}`: {e}")))?;
+        eprintln!("loading the model {} ...", path.display());
+        let model = glassbox_model::load_model(&path)
+            .map_err(|e| ApiError::unavailable(format!("cannot open the model `{spec}`: {e}")))?;
+        model.tokenizer().map_err(|e| {
+            ApiError::unavailable(format!("the model has no tokenizer for text prompts: {e}"))
+        })?;
+        let model = Arc::new(model);
+        *slot = Some(model.clone());
+        Ok(model)
+    }
+
+    fn read_hook(&self) -> ApiResult<String> {
+        self.dictionary.hook_name.clone().ok_or_else(|| {
+            ApiError::unavailable("the dictionary's cfg.json names no hook (metadata.hook_name)")
+        })
+    }
+
+    /// Tokens of `text` and, per token, the activation of `feature` and the most active
+    /// features. `labels` gives a feature's label for the response.
+    pub fn prompt(
+        &self,
+        text: &str,
+        feature: Option<usize>,
+        labels: impl Fn(&[i64]) -> std::collections::HashMap<i64, String>,
+    ) -> ApiResult<Value> {
+        let d = &self.dictionary;
+        if let Some(f) = feature {
+            if f >= d.d_sae {
+                return Err(ApiError::bad_request(format!(
+                    "feature {f} does not exist: the dictionary has {} features (0..{})",
+                    d.d_sae,
+                    d.d_sae.saturating_sub(1)
+                )));
+            }
+        }
+        if text.trim().is_empty() {
+            return Err(ApiError::bad_request("the prompt is empty"));
+        }
+        let hook = self.read_hook()?;
+        let model = self.model()?;
+        let tok = model.tokenizer().map_err(model_err)?;
+        let mut ids = tok.encode(text).map_err(model_err)?;
+        if ids.is_empty() {
+            return Err(ApiError::bad_request("the prompt has no tokens"));
+        }
+        let mut message = None;
+        let full_len = ids.len();
+        let limit = MAX_PROMPT_TOKENS.min(model.config().n_ctx);
+        if ids.len() > limit {
+            ids.truncate(limit);
+            message = Some(format!(
+                "the prompt has {full_len} tokens; only the first {limit} were run (the prompt view's limit)"
+            ));
+        }
+        let m = &model.transformer;
+        let filter = HookFilter::parse(&hook, &m.config).map_err(|e| {
+            ApiError::unavailable(format!(
+                "the dictionary's hook does not fit this model: {e}"
+            ))
+        })?;
+        let mut run = Run::new().cache(filter).logits(LogitsMode::None);
+        if let Some(l) = glassbox_model::hooks::layer_of(&hook) {
+            run = run.stop_at_layer((l + 1).min(m.config.n_layers));
+        }
+        let out = m.run(&Batch::single(&ids), &mut run).map_err(model_err)?;
+        let acts = out
+            .cache
+            .get(&hook)
+            .ok_or_else(|| ApiError::internal(format!("the run did not reach {hook}")))?;
+        let x = acts.get(0).map_err(model_err)?;
+        let f = d.encode(&x).map_err(model_err)?;
+        let rows: Vec<Vec<f32>> = f.to_vec2().map_err(model_err)?;
+
+        let mut tops: Vec<Vec<(usize, f32)>> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut idx: Vec<(usize, f32)> = row
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, a)| *a > 0.0)
+                .collect();
+            idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            idx.truncate(TOP_FEATURES_PER_TOKEN);
+            tops.push(idx);
+        }
+        let mut wanted: Vec<i64> = tops.iter().flatten().map(|(i, _)| *i as i64).collect();
+        wanted.extend(feature.map(|f| f as i64));
+        wanted.sort_unstable();
+        wanted.dedup();
+        let names = labels(&wanted);
+        let tokens: Vec<Value> = ids
+            .iter()
+            .zip(rows.iter().zip(&tops))
+            .enumerate()
+            .map(|(i, (&id, (row, top)))| {
+                json!({
+                    "index": i,
+                    "id": id,
+                    "text": tok.token_text(id),
+                    "act": feature.map(|f| row[f]),
+                    "top": top.iter().map(|(f, a)| json!({
+                        "id": f, "act": a, "label": names.get(&(*f as i64)),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(json!({
+            "hook": hook,
+            "feature": feature,
+            "feature_label": feature.and_then(|f| names.get(&(f as i64))),
+            "n_tokens": ids.len(),
+            "prompt_tokens": full_len,
+            "limit": limit,
+            "truncated": full_len > ids.len(),
+            "message": message,
+            "tokens": tokens,
+        }))
+    }
+
+    /// Greedy continuations of `prompt` without and with the features' decoder rows
+    /// (× strength, summed) added at the dictionary's hook at every position.
+    pub fn steer(
+        &self,
+        prompt: &str,
+        features: &[(usize, f64)],
+        max_new_tokens: usize,
+    ) -> ApiResult<Value> {
+        let d = &self.dictionary;
+        if prompt.trim().is_empty() {
+            return Err(ApiError::bad_request("the prompt is empty"));
+        }
+        if features.is_empty() {
+            return Err(ApiError::bad_request(
+                "give at least one feature: \"features\": [{\"id\": F, \"strength\": S}]",
+            ));
+        }
+        if features.len() > MAX_STEER_FEATURES {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_STEER_FEATURES} features per request"
+            )));
+        }
+        if max_new_tokens == 0 || max_new_tokens > MAX_NEW_TOKENS {
+            return Err(ApiError::bad_request(format!(
+                "max_new_tokens must be between 1 and {MAX_NEW_TOKENS}"
+            )));
+        }
+        for &(f, s) in features {
+            if f >= d.d_sae {
+                return Err(ApiError::bad_request(format!(
+                    "feature {f} does not exist: the dictionary has {} features (0..{})",
+                    d.d_sae,
+                    d.d_sae.saturating_sub(1)
+                )));
+            }
+            if !s.is_finite() || s.abs() > 1e4 {
+                return Err(ApiError::bad_request(format!(
+                    "strength {s} for feature {f} must be a finite number of magnitude at most 10000"
+                )));
+            }
+        }
+        // a feature's decoder row writes to the hook the dictionary reconstructs: the
+        // output hook of a transcoder, the read hook of an SAE
+        let hook = match &d.hook_name_out {
+            Some(h) => h.clone(),
+            None => self.read_hook()?,
+        };
+        let model = self.model()?;
+        let tok = model.tokenizer().map_err(model_err)?;
+        let ids = tok.encode(prompt).map_err(model_err)?;
+        if ids.is_empty() {
+            return Err(ApiError::bad_request("the prompt has no tokens"));
+        }
+        if ids.len() > MAX_PROMPT_TOKENS {
+            return Err(ApiError::bad_request(format!(
+                "the prompt has {} tokens; the steering playground takes at most {MAX_PROMPT_TOKENS}",
+                ids.len()
+            )));
+        }
+        let m = &model.transformer;
+        let mut direction: Option<Tensor> = None;
+        for &(f, s) in features {
+            let row = (d.decoder_row(f).map_err(model_err)? * s).map_err(model_err)?;
+            direction = Some(match direction {
+                Some(acc) => (acc + row).map_err(model_err)?,
+                None => row,
+            });
+        }
+        let direction = direction.expect("at least one feature");
+        let norm = direction
+            .sqr()
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.sqrt())
+            .and_then(|t| t.to_scalar::<f32>())
+            .map_err(model_err)?;
+        let steering = Steering::new(&hook, direction, 1.0).map_err(model_err)?;
+        let opts = SamplingOptions {
+            max_new_tokens,
+            stop_tokens: tok.eos_token_id.into_iter().collect(),
+            ..Default::default()
+        };
+        let baseline = m
+            .generate(&ids, &opts, &mut Run::new(), |_| {})
+            .map_err(model_err)?;
+        let mut run = steering.run(m).map_err(model_err)?;
+        let steered = m
+            .generate(&ids, &opts, &mut run, |_| {})
+            .map_err(model_err)?;
+        Ok(json!({
+            "prompt": prompt,
+            "hook": hook,
+            "features": features.iter().map(|(f, s)| json!({"id": f, "strength": s})).collect::<Vec<_>>(),
+            "direction_norm": norm,
+            "max_new_tokens": max_new_tokens,
+            "baseline": tok.decode(&baseline).map_err(model_err)?,
+            "steered": tok.decode(&steered).map_err(model_err)?,
+        }))
+    }
+}

@@ -1,0 +1,250 @@
+//! End to end in a real headless Chromium: the server on a real port, the page's script
+//! rendering from the API, assertions on the DOM Chromium dumps.
+//!
+//! Needs Debian's `chromium` (`apt-get install -y chromium`). Without it the tests fail
+//! under CI and print SKIPPED elsewhere.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn chromium() -> Option<PathBuf> {
+    let p = PathBuf::from(CHROMIUM);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI needs chromium for the browser tests: {CHROMIUM} is missing; install it with `apt-get install -y chromium`");
+    }
+    eprintln!("SKIPPED: chromium not installed ({CHROMIUM}); `apt-get install -y chromium` to run the browser tests");
+    None
+}
+
+/// Loads `url` in headless Chromium and returns the DOM after the page's script ran.
+fn dump_dom(chromium: &Path, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start chromium");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 180 s on {url}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dom = out.join().unwrap();
+    let err = err.join().unwrap();
+    assert!(
+        dom.contains("</html>"),
+        "chromium produced no DOM for {url}; stderr:\n{err}"
+    );
+    for junk in ["[object ", ">null<", ">undefined<", "NaN"] {
+        assert!(!dom.contains(junk), "{url} renders {junk:?}:\n{dom}");
+    }
+    dom
+}
+
+/// The text between `<tag ... id="id" ...>` and the tag's end (no nesting of the same tag).
+fn element<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element #{id} in:\n{dom}"));
+    &dom[at..]
+}
+
+#[test]
+fn feature_page_list_and_compare_render_in_chromium() {
+    let Some(chromium) = chromium() else { return };
+    let run = run_dir();
+    let base = start_server(run.path());
+
+    let dom = dump_dom(&chromium, &format!("{base}/unit/feature/3"));
+    assert!(
+        dom.contains(r#"data-state="ready""#),
+        "page did not finish:\n{dom}"
+    );
+    assert!(dom.contains("Feature 3"), "{dom}");
+    assert!(dom.contains("cat and kitten"), "the label");
+    let top = element(&dom, "top-examples");
+    // example tokens, highlighted by activation, value on hover
+    assert!(top.contains(r#"data-act="4""#), "{top}");
+    assert!(top.contains("> cat</span>"), "{top}");
+    assert!(top.contains(" kitten</span>"), "{top}");
+    assert!(
+        top.contains("act 4.00"),
+        "hover title with the value: {top}"
+    );
+    assert!(
+        top.contains("rgba(232, 121, 12"),
+        "background intensity: {top}"
+    );
+    assert!(
+        dom.contains(r#"<svg class="histogram""#),
+        "inline SVG histogram"
+    );
+    assert!(element(&dom, "bands").contains(" rose</span>"));
+    let effects = element(&dom, "logit-effects");
+    assert!(effects.contains(" purr") && effects.contains(" woof"));
+    assert!(element(&dom, "neighbours").contains(r#"href="/unit/feature/4""#));
+
+    // neurons: same page, same statistics
+    let dom = dump_dom(&chromium, &format!("{base}/unit/neuron/1"));
+    assert!(
+        dom.contains("Neuron 1") && dom.contains("neuron label 1"),
+        "{dom}"
+    );
+    assert!(element(&dom, "top-examples").contains(r#"class="tok focus on""#));
+
+    // the list, with a search from the URL
+    let dom = dump_dom(&chromium, &format!("{base}/?q=kitten"));
+    let table = element(&dom, "list-table");
+    assert!(table.contains("cat and kitten"), "{table}");
+    assert!(
+        !table.contains("feature label 1"),
+        "the search filters: {table}"
+    );
+    assert!(table.contains(r#"href="/unit/feature/3""#));
+
+    let dom = dump_dom(&chromium, &format!("{base}/compare"));
+    let cmp = element(&dom, "compare-table");
+    assert!(cmp.contains("mean concentration"), "{cmp}");
+
+    // an unknown unit: the API's message shown, not a blank page
+    let dom = dump_dom(&chromium, &format!("{base}/unit/feature/999"));
+    assert!(dom.contains("no feature 999"), "{dom}");
+}
+
+#[test]
+fn static_export_renders_from_disk_in_chromium() {
+    let Some(chromium) = chromium() else { return };
+    let run = run_dir();
+    let out = tempfile::tempdir().unwrap();
+    glassbox_server::export_static(run.path(), out.path()).unwrap();
+
+    let url = format!(
+        "file://{}",
+        out.path().join("unit/feature/3.html").display()
+    );
+    let dom = dump_dom(&chromium, &url);
+    assert!(dom.contains(r#"data-state="ready""#), "{dom}");
+    assert!(dom.contains("cat and kitten"));
+    assert!(element(&dom, "top-examples").contains("> cat</span>"));
+    assert!(dom.contains(r#"<svg class="histogram""#));
+    // links stay inside the export
+    assert!(
+        dom.contains(r#"<a href="../../compare.html">Compare</a>"#),
+        "nav stays relative"
+    );
+    assert!(element(&dom, "neighbours").contains(r#"href="../../unit/feature/4.html""#));
+
+    let url = format!("file://{}", out.path().join("index.html").display());
+    let dom = dump_dom(&chromium, &url);
+    let t = element(&dom, "list-table");
+    assert!(t.contains(r#"href="./unit/feature/3.html""#), "{dom}");
+
+    let url = format!("file://{}", out.path().join("prompt.html").display());
+    let dom = dump_dom(&chromium, &url);
+    assert!(dom.contains("glassbox serve"), "{dom}");
+}
+
+#[test]
+fn prompt_view_renders_tokens_in_chromium() {
+    let Some(chromium) = chromium() else { return };
+    let Some(gguf) = glassbox_fixtures::default_gguf() else {
+        return;
+    };
+    let run = run_dir_with_model(&gguf);
+    let base = start_server(run.path());
+    // load the model first so the page's request is quick
+    let (s, body) = raw_request(&base, "POST", "/api/prompt", Some(r#"{"text": "warm up"}"#));
+    assert_eq!(s, 200, "{body}");
+
+    let dom = dump_dom(
+        &chromium,
+        &format!("{base}/prompt?text=The%20cat%20sat%20on%20the%20mat&feature=2"),
+    );
+    assert!(dom.contains(r#"data-state="ready""#), "{dom}");
+    let toks = element(&dom, "prompt-tokens");
+    let toks = &toks[..toks.find("</div>").unwrap()];
+    for t in [
+        ">The</span>",
+        "> cat</span>",
+        "> sat</span>",
+        "> mat</span>",
+    ] {
+        assert!(toks.contains(t), "token {t} missing: {toks}");
+    }
+    assert_eq!(toks.matches("data-act=\"").count(), 6, "{toks}");
+    assert!(toks.contains("data-index=\"5\""));
+    assert!(
+        dom.contains("feature label 2"),
+        "the selected feature's label"
+    );
+    assert!(dom.contains("most active features"));
+    assert!(
+        dom.contains(r#"href="/unit/feature/"#),
+        "top features link to pages"
+    );
+}
+
+#[test]
+fn steering_playground_renders_side_by_side_in_chromium() {
+    let Some(chromium) = chromium() else { return };
+    let Some(gguf) = glassbox_fixtures::default_gguf() else {
+        return;
+    };
+    let run = run_dir_with_model(&gguf);
+    let base = start_server(run.path());
+    let (s, body) = raw_request(&base, "POST", "/api/prompt", Some(r#"{"text": "warm up"}"#));
+    assert_eq!(s, 200, "{body}");
+    let dom = dump_dom(
+        &chromium,
+        &format!("{base}/steer?prompt=The%20weather%20today%20is&feature=1&strength=200&max_new_tokens=5"),
+    );
+    assert!(dom.contains(r#"data-state="ready""#), "{dom}");
+    let baseline = element(&dom, "steer-baseline");
+    let steered = element(&dom, "steer-steered");
+    assert!(baseline.contains("The weather today is"), "{baseline}");
+    assert!(steered.contains(r#"class="generated""#), "{steered}");
+    assert!(dom.contains("decoder row #1"), "{dom}");
+}

@@ -1,0 +1,370 @@
+use crate::open::{model_label, open_model, progress};
+use anyhow::{Context, Result};
+use glassbox_features::run_dir::{read_run, RunConfig};
+use glassbox_features::store::{FeatureStore, Order};
+use glassbox_features::{BuildInput, BuildOptions, UnitKind, STORE_FILE};
+use std::path::{Path, PathBuf};
+
+/// The held-out share of the packed windows; the same split as `train-sae`.
+const EVAL_FRACTION: f64 = 0.05;
+
+#[derive(clap::Subcommand)]
+pub enum What {
+    /// Build DIR/features.sqlite: statistics, top and sampled contexts, logit effects and
+    /// neighbours of every feature, and the MLP-neuron baseline, over held-out windows
+    Build(BuildArgs),
+    /// Print a feature store's summary and comparison, or one feature or neuron
+    Show(ShowArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// A train-sae run directory: its dictionary and config.toml (model, hook, corpus)
+    #[arg(long, conflicts_with = "sae", required_unless_present = "sae")]
+    run: Option<PathBuf>,
+    /// A dictionary directory (SAELens or sparsify); needs --model
+    #[arg(long)]
+    sae: Option<PathBuf>,
+    /// The model (default with --run: the one config.toml names)
+    #[arg(long)]
+    model: Option<String>,
+    /// The hook the dictionary reads (default: config.toml's, then the dictionary's)
+    #[arg(long)]
+    hook: Option<String>,
+    /// Corpus file or folder (default: config.toml's, then the fetched State of the Union)
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// JSON-lines / Parquet text field (default: config.toml's, then `text`)
+    #[arg(long)]
+    text_field: Option<String>,
+    /// Window length (default: config.toml's, then the dictionary's, then 128)
+    #[arg(long)]
+    context_size: Option<usize>,
+    /// Seed of the window shuffle and held-out split (default: the run's, then 0)
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Evaluated tokens (default: every held-out window)
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Output file (default: DIR/features.sqlite)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Top activating examples per unit
+    #[arg(long, default_value_t = 20)]
+    top_k: usize,
+    /// Tokens of context on each side of an example
+    #[arg(long, default_value_t = 10)]
+    context_radius: usize,
+    /// Windows per forward pass
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Skip the MLP-neuron baseline
+    #[arg(long)]
+    no_neurons: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// A features.sqlite file, or the run directory that holds one
+    path: PathBuf,
+    /// Show one feature
+    #[arg(long, conflicts_with = "neuron")]
+    feature: Option<u32>,
+    /// Show one MLP neuron
+    #[arg(long)]
+    neuron: Option<u32>,
+    /// Units listed in the summary
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+}
+
+pub fn run(what: What) -> Result<()> {
+    match what {
+        What::Build(a) => build(a),
+        What::Show(a) => show(a),
+    }
+}
+
+/// `config.toml` records the model's file name; the default model's resolves to its alias.
+fn resolve_spec(spec: &str) -> String {
+    if spec == glassbox_hub::DEFAULT_MODEL_FILE && !Path::new(spec).exists() {
+        "default".into()
+    } else {
+        spec.into()
+    }
+}
+
+fn build(a: BuildArgs) -> Result<()> {
+    anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(a.top_k > 0, "--top-k must be at least 1");
+    let (dict_dir, cfg) = match (&a.run, &a.sae) {
+        (Some(run), _) => (run.clone(), Some(read_run(run)?)),
+        (None, Some(sae)) => (sae.clone(), None),
+        (None, None) => anyhow::bail!("give --run DIR (a train-sae run) or --sae DIR --model M"),
+    };
+    let from_run = |f: fn(&RunConfig) -> Option<String>| cfg.as_ref().and_then(f);
+    let dict = glassbox_sae::format::load(&dict_dir)?;
+    let spec = a
+        .model
+        .clone()
+        .or_else(|| from_run(|c| c.model.clone()))
+        .context("--model is required (the run's config.toml names none)")?;
+    let model = open_model(&resolve_spec(&spec))?;
+    let hook = a
+        .hook
+        .clone()
+        .or_else(|| from_run(|c| c.hook.clone()))
+        .or_else(|| dict.hook_name.clone())
+        .context("the dictionary names no hook (no hook_name in cfg.json): give --hook")?;
+    // refuse a dictionary that does not fit before reading the corpus
+    let hooks = glassbox_features::check_hooks(&model.transformer, &dict, &hook, !a.no_neurons)?;
+    let corpus = match a
+        .corpus
+        .clone()
+        .or_else(|| from_run(|c| c.corpus.clone()).map(PathBuf::from))
+    {
+        Some(c) => c,
+        None => glassbox_hub::fetch_default_corpus()?.join("data"),
+    };
+    let text_field = a
+        .text_field
+        .clone()
+        .or_else(|| from_run(|c| c.text_field.clone()))
+        .unwrap_or_else(|| "text".into());
+    let context_size = a
+        .context_size
+        .or_else(|| cfg.as_ref().and_then(|c| c.context_size))
+        .or_else(|| {
+            dict.extra_cfg
+                .get("metadata")
+                .and_then(|m| m.get("context_size"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+        })
+        .unwrap_or(128);
+    let seed = a.seed.or_else(|| cfg.as_ref().map(|c| c.seed)).unwrap_or(0);
+    let read = glassbox_data::read_corpus(&corpus, &text_field)?;
+    eprintln!("corpus {}: {}", corpus.display(), read.report);
+    let bos = model.tokenizer()?.bos_token_id;
+    let (_, held_out) =
+        glassbox_data::pack(&model, &read.texts, context_size, bos, seed, EVAL_FRACTION)?;
+    let per_window = context_size - 1;
+    let want = a.tokens.map_or(held_out.len(), |t| t.div_ceil(per_window));
+    if want > held_out.len() {
+        eprintln!(
+            "note: the corpus has {} held-out windows (about {} tokens); --tokens {} wants {want}: using all of them",
+            held_out.len(),
+            held_out.len() * per_window,
+            a.tokens.unwrap_or(0)
+        );
+    }
+    let windows = &held_out[..want.min(held_out.len())];
+    let out = a.out.clone().unwrap_or_else(|| dict_dir.join(STORE_FILE));
+    let tok = model.tokenizer()?;
+    let token_text = |t: u32| tok.token_text(t);
+    let opts = BuildOptions {
+        top_k: a.top_k,
+        context_radius: a.context_radius,
+        batch_windows: a.batch,
+        exclude_tokens: glassbox_data::special_tokens(&model),
+        neurons: !a.no_neurons,
+        ..BuildOptions::default()
+    };
+    let meta = vec![
+        ("model".to_string(), model_label(&model)),
+        ("model_spec".into(), spec.clone()),
+        ("sae_dir".into(), dict_dir.display().to_string()),
+        ("architecture".into(), dict.architecture.name().into()),
+        ("corpus".into(), corpus.display().to_string()),
+        ("text_field".into(), text_field),
+        ("split_seed".into(), seed.to_string()),
+        ("eval_fraction".into(), EVAL_FRACTION.to_string()),
+        ("held_out".into(), "true".into()),
+    ];
+    eprintln!(
+        "{} features of {} and {} neurons of {} over {} held-out windows of {context_size} tokens \
+         (position 0 and special tokens excluded)",
+        dict.d_sae,
+        hooks.hook,
+        hooks.d_mlp,
+        hooks.neuron_hook.as_deref().unwrap_or("-"),
+        windows.len(),
+    );
+    let bar = progress(windows.len(), "features (windows)");
+    let report = glassbox_features::build(
+        &BuildInput {
+            model: &model.transformer,
+            dict: &dict,
+            hook: &hook,
+            windows,
+            token_text: &token_text,
+            meta,
+        },
+        &opts,
+        &out,
+        |n| bar.inc(n as u64),
+    )?;
+    bar.finish_and_clear();
+    let pass = report
+        .phases
+        .iter()
+        .find(|(p, _)| *p == "pass")
+        .map_or(report.seconds, |p| p.1);
+    println!(
+        "wrote {}: {} tokens in {} windows, {:.1} s ({:.0} tokens/s in the pass)",
+        report.path.display(),
+        report.tokens,
+        report.windows,
+        report.seconds,
+        report.tokens as f64 / pass.max(1e-9)
+    );
+    let phases: Vec<String> = report
+        .phases
+        .iter()
+        .map(|(p, s)| format!("{p} {s:.1} s"))
+        .collect();
+    println!("  {}", phases.join(", "));
+    print_comparison(&report.comparison, opts.top_k);
+    Ok(())
+}
+
+fn print_comparison(c: &[(String, f64)], top_k: usize) {
+    let get = |k: &str| c.iter().find(|(n, _)| n == k).map(|p| p.1);
+    if get("neuron_units").is_none() {
+        return;
+    }
+    println!("are features more monosemantic than neurons? (over units that fired; top-{top_k} examples)");
+    println!("  {:<44} {:>10} {:>10}", "", "features", "neurons");
+    let rows = [
+        ("units", "units", 0),
+        ("alive (fired at least once)", "alive", 0),
+        ("dead fraction", "dead_fraction", 4),
+        ("mean density", "mean_density", 5),
+        (
+            "mean concentration (top token share)",
+            "mean_concentration",
+            3,
+        ),
+        ("mean distinct tokens in top-K", "mean_distinct_tokens", 2),
+        ("units with a full top-K", "full_topk_units", 0),
+        (
+            "  their mean concentration",
+            "mean_concentration_full_topk",
+            3,
+        ),
+        (
+            "  their mean distinct tokens",
+            "mean_distinct_tokens_full_topk",
+            2,
+        ),
+    ];
+    for (name, key, prec) in rows {
+        let f = get(&format!("feature_{key}")).unwrap_or(f64::NAN);
+        let n = get(&format!("neuron_{key}")).unwrap_or(f64::NAN);
+        println!("  {name:<44} {f:>10.prec$} {n:>10.prec$}");
+    }
+}
+
+fn show(a: ShowArgs) -> Result<()> {
+    let store = FeatureStore::open(&a.path)?;
+    let unit = match (a.feature, a.neuron) {
+        (Some(f), _) => Some((UnitKind::Feature, f)),
+        (_, Some(n)) => Some((UnitKind::Neuron, n)),
+        _ => None,
+    };
+    if let Some((kind, id)) = unit {
+        return show_unit(&store, kind, id);
+    }
+    let meta = store.meta()?;
+    let m = |k: &str| meta.get(k).map(String::as_str).unwrap_or("?");
+    println!(
+        "{}: {} features at {} (+ {} neurons at {}) on {}, {} held-out tokens, built in {} s",
+        store.path.display(),
+        m("d_sae"),
+        m("hook"),
+        m("d_mlp"),
+        m("neuron_hook"),
+        m("model"),
+        m("tokens"),
+        m("built_seconds"),
+    );
+    let top_k = m("top_k").parse().unwrap_or(0);
+    print_comparison(&store.comparison()?, top_k);
+    for kind in [UnitKind::Feature, UnitKind::Neuron] {
+        let units = store.units(kind, Order::Density, true, a.top, 0)?;
+        if units.is_empty() {
+            continue;
+        }
+        println!("densest {}s:", kind.as_str());
+        for u in units {
+            println!(
+                "  {:>6}  density {:.5}  max {:>8.3}  concentration {:.2}  {}",
+                u.id, u.density, u.max_act, u.concentration, u.label
+            );
+        }
+    }
+    Ok(())
+}
+
+fn show_unit(store: &FeatureStore, kind: UnitKind, id: u32) -> Result<()> {
+    let d = store
+        .unit(kind, id)?
+        .with_context(|| format!("{} has no {} {id}", store.path.display(), kind.as_str()))?;
+    let u = &d.unit;
+    println!("{} {id}: {}", kind.as_str(), u.label);
+    println!(
+        "  density {:.6}, max {:.4}, mean {:.4}, concentration {:.2}",
+        u.density, u.max_act, u.mean_act, u.concentration
+    );
+    let toks: Vec<String> = u
+        .top_tokens
+        .iter()
+        .take(8)
+        .map(|(t, c)| format!("{t:?}×{c}"))
+        .collect();
+    println!("  top tokens: {}", toks.join(", "));
+    let mut band = i64::MIN;
+    for e in &d.examples {
+        if e.band != band {
+            band = e.band;
+            if band < 0 {
+                println!("  top activations:");
+            } else {
+                println!("  band {band} samples:");
+            }
+        }
+        let at = (e.position - e.context_start) as usize;
+        let text: String = e
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if i == at {
+                    format!("[[{t}]]")
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+        println!("    {:>9.3}  {}", e.act, text.replace('\n', "⏎"));
+    }
+    if !d.promoted.is_empty() {
+        let fmt = |v: &[(String, f64)]| {
+            v.iter()
+                .map(|(t, x)| format!("{t:?} {x:+.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  promotes: {}", fmt(&d.promoted));
+        println!("  suppresses: {}", fmt(&d.suppressed));
+    }
+    if !d.neighbours.is_empty() {
+        let n: Vec<String> = d
+            .neighbours
+            .iter()
+            .map(|(f, c)| format!("{f} ({c:.2})"))
+            .collect();
+        println!("  nearest features: {}", n.join(", "));
+    }
+    Ok(())
+}

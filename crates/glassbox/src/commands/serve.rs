@@ -1,0 +1,37 @@
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// `glassbox serve DIR`: the feature dashboards of a run directory in the browser.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run directory: features.sqlite (from `glassbox features build --run DIR`), the
+    /// dictionary (cfg.json + sae_weights.safetensors) and config.toml (names the model
+    /// the live prompt and steering views load on first use)
+    dir: PathBuf,
+    /// Port to listen on (0: any free port)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address to bind; the default keeps the server on this machine
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Instead of serving, write the list, every unit page and the comparison as static
+    /// HTML into this directory (opens from disk, no server) and exit
+    #[arg(long, value_name = "OUT")]
+    export: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if let Some(out) = &a.export {
+        let s = glassbox_server::export_static(&a.dir, out)?;
+        println!(
+            "wrote {} files to {}: {} feature pages, {} neuron pages; open {}",
+            s.files,
+            s.out_dir.display(),
+            s.features,
+            s.neurons,
+            s.out_dir.join("index.html").display()
+        );
+        return Ok(());
+    }
+    glassbox_server::serve(&a.dir, &a.host, a.port)
+}
