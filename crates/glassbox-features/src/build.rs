@@ -34,7 +34,8 @@ pub struct BuildReport {
     pub windows: usize,
     /// wall time of the whole build
     pub seconds: f64,
-    /// (phase, seconds): pass, logit effects, neighbours, summaries, write
+    /// (phase, seconds): pass (of which: forward, encode, feature stats, neuron
+    /// stats), logit effects, neighbours, summaries, write
     pub phases: Vec<(&'static str, f64)>,
     pub comparison: Vec<(String, f64)>,
     pub analysis: Analysis,
@@ -69,6 +70,7 @@ pub fn build(
         on_batch,
     )?;
     lap("pass", &mut phases);
+    phases.extend(analysis.seconds.iter().map(|&(n, s)| (n, s)));
     let effects = logit_effects(input.model, input.dict, opts.logit_effects)?;
     lap("logit effects", &mut phases);
     let near = neighbours(input.dict, opts.neighbours)?;

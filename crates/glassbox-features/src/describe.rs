@@ -43,15 +43,18 @@ pub fn summarise(unit: &UnitState) -> Summary {
     }
 }
 
-/// A short label from the summary: the tokens that recur among the top examples (at
-/// most three, quoted), e.g. `" Washington" / " president"`; `mixed: …` when no token
-/// recurs; `(dead)` when the unit never fired.
+/// A short label from the summary: the tokens that recur in at least a fifth of the
+/// top examples (and at least twice; at most three, quoted), e.g.
+/// `" Washington" / " president"`; `mixed: …` when none does; `(dead)` when the unit
+/// never fired.
 pub fn label(summary: &Summary, token_text: &mut dyn FnMut(u32) -> String) -> String {
     let mut quote = |t: u32| serde_json::to_string(&token_text(t)).unwrap_or_default();
+    // a token names the unit when it recurs in at least a fifth of the top examples
+    let needed = summary.examples.div_ceil(5).max(2);
     let recurring: Vec<String> = summary
         .top_tokens
         .iter()
-        .filter(|(_, c)| *c >= 2)
+        .filter(|(_, c)| *c >= needed)
         .take(3)
         .map(|&(t, _)| quote(t))
         .collect();

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use glassbox_model::hooks::{hook_points, layer_of, HookLayout};
 use glassbox_model::{Batch, HookFilter, LogitsMode, Run, Transformer};
 use glassbox_sae::Dictionary;
+use std::time::Instant;
 
 /// Where the pass reads.
 #[derive(Debug, Clone)]
@@ -105,6 +106,9 @@ pub struct Analysis {
     pub windows: usize,
     /// window length
     pub context_size: usize,
+    /// seconds spent in: the model's forward passes, encoding, feature statistics,
+    /// neuron statistics
+    pub seconds: [(&'static str, f64); 4],
 }
 
 /// Runs `model` over `windows` (all the same length) and gathers the statistics of
@@ -181,6 +185,17 @@ pub fn analyse(
 
     let step = opts.batch_windows.max(1);
     let mut tokens = 0u64;
+    let mut seconds = [
+        ("forward", 0.0),
+        ("encode", 0.0),
+        ("feature stats", 0.0),
+        ("neuron stats", 0.0),
+    ];
+    let mut clock = Instant::now();
+    let mut lap = |i: usize, seconds: &mut [(&'static str, f64); 4]| {
+        seconds[i].1 += clock.elapsed().as_secs_f64();
+        clock = Instant::now();
+    };
     for (bi, batch) in windows.chunks(step).enumerate() {
         let first = bi * step;
         let mut run = Run::new().cache(filter.clone());
@@ -188,6 +203,7 @@ pub fn analyse(
             Some(l) => run.stop_at_layer(l).logits(LogitsMode::None),
             None => run.logits(LogitsMode::Last),
         };
+        lap(3, &mut seconds);
         let out = model.run(&Batch::new(batch.to_vec()), &mut run)?;
         // statistics rows: positions ≥ 1 that are not excluded tokens
         let mut rows: Vec<(u32, u32, u32)> = Vec::new();
@@ -226,6 +242,7 @@ pub fn analyse(
             Ok(x)
         };
         let x = take(&hooks.hook, hooks.d_in)?;
+        lap(0, &mut seconds);
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         if let Some(i) = xs.iter().position(|v| !v.is_finite()) {
             let (w, p, _) = rows[i / hooks.d_in];
@@ -236,6 +253,7 @@ pub fn analyse(
         }
         let f = dict.encode(&x)?;
         let fs: Vec<f32> = f.flatten_all()?.to_vec1()?;
+        lap(1, &mut seconds);
         features.observe(&BatchActs {
             acts: &fs,
             width: dict.d_sae,
@@ -245,6 +263,7 @@ pub fn analyse(
             first_window: first as u32,
         });
         drop(fs);
+        lap(2, &mut seconds);
         if let (Some(group), Some(nh)) = (neurons.as_mut(), hooks.neuron_hook.as_ref()) {
             let n: Vec<f32> = take(nh, hooks.d_mlp)?.flatten_all()?.to_vec1()?;
             group.observe(&BatchActs {
@@ -258,6 +277,7 @@ pub fn analyse(
         }
         on_batch(batch.len());
     }
+    lap(3, &mut seconds);
     Ok(Analysis {
         hooks,
         features,
@@ -265,5 +285,6 @@ pub fn analyse(
         tokens,
         windows: windows.len(),
         context_size: seq,
+        seconds,
     })
 }

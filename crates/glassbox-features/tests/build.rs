@@ -739,3 +739,25 @@ fn a_run_directory_without_a_dictionary_is_a_clear_error() {
     assert_eq!(run.corpus.as_deref(), Some("c"));
     assert_eq!(run.seed, 7);
 }
+
+#[test]
+fn labels_name_recurring_tokens() {
+    use glassbox_features::describe::{label, Summary};
+    let s = |top_tokens: Vec<(u32, usize)>| Summary {
+        examples: top_tokens.iter().map(|p| p.1).sum(),
+        distinct: top_tokens.len(),
+        concentration: 0.0,
+        top_tokens,
+    };
+    let mut text = |t: u32| format!(" w{t}");
+    let l = label(
+        &s(vec![(7, 10), (8, 6), (9, 1), (3, 1), (4, 1), (5, 1)]),
+        &mut text,
+    );
+    assert_eq!(l, "\" w7\" / \" w8\"");
+    // two of twenty is not enough to name a unit
+    let many: Vec<(u32, usize)> = (0..18).map(|t| (t, if t < 2 { 2 } else { 1 })).collect();
+    assert_eq!(label(&s(many), &mut text), "mixed: \" w0\" / \" w1\"");
+    assert_eq!(label(&s(vec![]), &mut text), "(dead)");
+    assert_eq!(label(&s(vec![(5, 2)]), &mut text), "\" w5\"");
+}

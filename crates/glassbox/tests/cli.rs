@@ -641,8 +641,20 @@ fn bench_sae_step_reports_tokens_per_second() {
     let tps = tokens_per_second(&out);
     assert!(tps > 0.0, "{out}");
     assert_refused(
-        &["bench", "sae-step", "--d-sae", "8", "--k", "9"],
-        "--k must be between 1 and --d-sae",
+        &["bench", "sae", "--d-sae", "8", "--k", "9"],
+        "k must be between 1 and d_sae (8)",
+    );
+    // every architecture's step runs
+    for arch in ["batchtopk", "standard", "jumprelu", "gated"] {
+        let o = glassbox(&[
+            "bench", "sae", "--arch", arch, "--d-in", "16", "--d-sae", "64", "--batch", "32",
+        ]);
+        assert!(o.status.success(), "{arch}: {}", stderr(&o));
+        assert!(tokens_per_second(&stdout(&o)) > 0.0);
+    }
+    assert_refused(
+        &["bench", "sae", "--arch", "relu6"],
+        "is not one of: topk, batchtopk",
     );
 }
 
