@@ -15,6 +15,19 @@ pub enum What {
     Build(BuildArgs),
     /// Print a feature store's summary and comparison, or one feature or neuron
     Show(ShowArgs),
+    /// Write the dashboards as static HTML (list, every feature and neuron page, the
+    /// comparison), readable from disk without a server
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The run directory (features.sqlite and the dictionary)
+    #[arg(long)]
+    run: PathBuf,
+    /// Output folder (new, empty, or an earlier export)
+    #[arg(long)]
+    html: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +95,18 @@ pub fn run(what: What) -> Result<()> {
     match what {
         What::Build(a) => build(a),
         What::Show(a) => show(a),
+        What::Export(a) => {
+            let s = glassbox_server::export_static(&a.run, &a.html)?;
+            println!(
+                "wrote {} files to {}: {} feature pages, {} neuron pages; open {}",
+                s.files,
+                s.out_dir.display(),
+                s.features,
+                s.neurons,
+                s.out_dir.join("index.html").display()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -103,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("  {dir}/metrics.json       held-out FVU, L0, dead latents, CE loss recovered");
     println!("  {dir}/features.sqlite    every feature's statistics and contexts");
     println!("  glassbox features show {dir} --feature 0");
-    println!("  glassbox serve {dir} --export {dir}/html   (static pages)");
+    println!("  glassbox features export --run {dir} --html {dir}/html   (static pages)");
     if a.no_serve {
         println!("  glassbox serve {dir}   (the dashboards in a browser)");
         return Ok(());
