@@ -267,6 +267,56 @@ impl LinePlot<'_> {
     }
 }
 
+/// Rasterises an SVG (as this crate and the dashboards write them) to PNG bytes, at
+/// `scale` × its own size. Text uses the system's fonts; without any, shapes still render.
+pub fn png_from_svg(svg: &str, scale: f32) -> Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    // pages embed SVG without the namespace; a standalone file needs it
+    let svg = if svg.contains("xmlns=") {
+        svg.to_string()
+    } else {
+        svg.replacen("<svg", "<svg xmlns=\"http://www.w3.org/2000/svg\"", 1)
+    };
+    let mut opt = usvg::Options::default();
+    opt.fontdb_mut().load_system_fonts();
+    // the dashboards style text with CSS the file does not carry: use a font that exists
+    let family = {
+        let db = &opt.fontdb;
+        let has = |name: &str| {
+            db.faces()
+                .any(|f| f.families.iter().any(|(n, _)| n == name))
+        };
+        ["DejaVu Sans", "Liberation Sans", "Noto Sans"]
+            .into_iter()
+            .find(|n| has(n))
+            .map(String::from)
+            .or_else(|| {
+                db.faces()
+                    .next()
+                    .and_then(|f| f.families.first().map(|(n, _)| n.clone()))
+            })
+    };
+    if let Some(f) = family {
+        opt.fontdb_mut().set_sans_serif_family(f.clone());
+        opt.font_family = f;
+    }
+    let tree = usvg::Tree::from_str(&svg, &opt).map_err(|e| format!("not a valid SVG: {e}"))?;
+    let size = tree
+        .size()
+        .to_int_size()
+        .scale_by(scale)
+        .ok_or("empty picture")?;
+    let mut pixmap =
+        tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("picture too large")?;
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,22 @@ pub enum What {
     /// Write the dashboards as static HTML (list, every feature and neuron page, the
     /// comparison), readable from disk without a server
     Export(ExportArgs),
+    /// Draw a feature's or neuron's activation histogram as a picture (.png or .svg)
+    Plot(PlotArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PlotArgs {
+    /// A features.sqlite file, or the run directory that holds one
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long, conflicts_with = "neuron", required_unless_present = "neuron")]
+    feature: Option<u32>,
+    #[arg(long)]
+    neuron: Option<u32>,
+    /// Output file: .png (rasterised at 2×) or .svg
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +111,7 @@ pub fn run(what: What) -> Result<()> {
     match what {
         What::Build(a) => build(a),
         What::Show(a) => show(a),
+        What::Plot(a) => plot(a),
         What::Export(a) => {
             let s = glassbox_server::export_static(&a.run, &a.html)?;
             println!(
@@ -391,5 +408,37 @@ fn show_unit(store: &FeatureStore, kind: UnitKind, id: u32) -> Result<()> {
             .collect();
         println!("  nearest features: {}", n.join(", "));
     }
+    Ok(())
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let (kind, id) = match (a.feature, a.neuron) {
+        (Some(f), _) => (UnitKind::Feature, f),
+        (None, Some(n)) => (UnitKind::Neuron, n),
+        (None, None) => anyhow::bail!("pass --feature F or --neuron N"),
+    };
+    let store = FeatureStore::open(&a.run)?;
+    let unit = store
+        .unit(kind, id)?
+        .with_context(|| format!("{} {id} is not in {}", kind.as_str(), a.run.display()))?
+        .unit;
+    let counts: Vec<f64> = unit.histogram.iter().map(|&c| c as f64).collect();
+    let svg = glassbox_server::histogram_svg(
+        &glassbox_features::hist_edges(),
+        &counts,
+        &format!("{} {id} activation (log scale)", kind.as_str()),
+        true,
+    );
+    let png = a
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let bytes = if png {
+        glassbox_plot::png_from_svg(&svg, 2.0).map_err(anyhow::Error::msg)?
+    } else {
+        svg.into_bytes()
+    };
+    crate::open::atomic_write(&a.out, |tmp| Ok(std::fs::write(tmp, &bytes)?))?;
+    println!("wrote {}", a.out.display());
     Ok(())
 }
