@@ -45,6 +45,14 @@ pub enum TrainError {
     Shape { got: usize, want: usize },
 }
 
+fn check_len(v: &[f32], want: usize) -> Result<(), TrainError> {
+    if v.len() == want {
+        Ok(())
+    } else {
+        Err(TrainError::Shape { got: v.len(), want })
+    }
+}
+
 /// What one step did, for progress bars and the metrics log.
 #[derive(Debug, Clone, Copy)]
 pub struct StepReport {
@@ -162,37 +170,28 @@ impl Trainer {
 
     fn load_batch(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<(), TrainError> {
         let (b, d, o) = (self.cfg.batch, self.cfg.d_in, self.cfg.d_out());
-        if x.len() != b * d {
-            return Err(TrainError::Shape {
-                got: x.len(),
-                want: b * d,
-            });
-        }
+        check_len(x, b * d)?;
         let s = self.scale_in;
         self.xs.iter_mut().zip(x).for_each(|(o, v)| *o = v * s);
         if self.cfg.is_transcoder() {
             let y =
                 y.ok_or_else(|| TrainError::Config("a transcoder step needs targets".into()))?;
-            if y.len() != b * o {
-                return Err(TrainError::Shape {
-                    got: y.len(),
-                    want: b * o,
-                });
-            }
+            check_len(y, b * o)?;
             let s = self.scale_out;
             self.ys.iter_mut().zip(y).for_each(|(o, v)| *o = v * s);
         }
         Ok(())
     }
 
-    fn dead_mask(&mut self) -> Option<&[bool]> {
+    /// Refreshes `self.dead` from the firing counters; whether any latent is dead.
+    fn refresh_dead_mask(&mut self) -> bool {
         let window = self.cfg.dead_window_tokens;
         let mut any = false;
         for (d, &s) in self.dead.iter_mut().zip(&self.since_fired) {
             *d = s >= window;
             any |= *d;
         }
-        any.then_some(&self.dead[..])
+        any
     }
 
     /// One optimisation step on raw (unnormalised) `x` `[batch, d_in]` and, for a
@@ -203,14 +202,10 @@ impl Trainer {
         let step = self.step;
         let sparsity = self.sparsity_at(step);
         let uses_aux_k = self.cfg.arch.uses_k();
-        let dead = if uses_aux_k {
-            self.dead_mask().map(|d| d.to_vec())
-        } else {
-            None
-        };
+        let any_dead = uses_aux_k && self.refresh_dead_mask();
         let coefs = StepCoefficients {
             sparsity,
-            dead: dead.as_deref(),
+            dead: any_dead.then_some(&self.dead[..]),
         };
         let ys = self.cfg.is_transcoder().then_some(&self.ys[..]);
         let losses = step::forward(&self.cfg, &self.params, &mut self.ws, &self.xs, ys, &coefs);
@@ -342,7 +337,7 @@ impl Trainer {
                     .for_each(|(v, b)| *v -= b);
             }
             let dec: Vec<f32> = if self.cfg.is_transcoder() {
-                self.ws_row_error(r).iter().map(|v| -v).collect()
+                self.ws.error_row(r).iter().map(|v| -v).collect()
             } else {
                 enc.clone()
             };
@@ -371,13 +366,9 @@ impl Trainer {
     fn ws_row_losses(&self) -> Vec<f32> {
         let o = self.cfg.d_out();
         (0..self.cfg.batch)
-            .map(|r| self.ws_row_error(r).iter().map(|v| v * v).sum())
+            .map(|r| self.ws.error_row(r).iter().map(|v| v * v).sum())
             .map(|v: f32| v.max(0.0) / o as f32)
             .collect()
-    }
-
-    fn ws_row_error(&self, r: usize) -> &[f32] {
-        self.ws.error_row(r)
     }
 
     /// Forward pass only (no update) on a raw batch of the training batch size:
