@@ -9,9 +9,9 @@ pub mod run;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, ModelConfig, NormKind};
 pub use error::{ModelError, Result};
-pub use hooks::{hook_points, Edit, HookFilter, HookPointInfo, Intervention};
+pub use hooks::{hook_points, layer_of, Edit, HookFilter, HookPointInfo, Intervention};
 pub use run::{ActivationCache, Batch, LogitsMode, PaddingSide, Run, RunOutput};
 pub use transformer::{KvCache, Transformer};
 pub mod loader;

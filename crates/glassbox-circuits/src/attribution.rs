@@ -1,0 +1,431 @@
+//! Attribution: the graph's nodes and the direct effect of every source node on every
+//! target node, through the frozen linear paths of the local replacement model.
+//!
+//! A feature (layer L, position p) writes `activation · W_dec[f]` into the residual
+//! stream after block L; an error node writes its error vector there; a token node is
+//! the embedding entering block 0. A feature target reads its pre-activation
+//! `W_enc[:, f] · ln2(resid_mid[L, p])`; a logit target reads the de-meaned logit
+//! `(W_U[t] − mean_v W_U[v]) · ln_final(resid[last])`. With attention patterns and norm
+//! scales frozen and MLPs contributing only through their nodes (or a transcoder's
+//! linear skip), target values are linear in source outputs: the edge weight is the
+//! source's output dotted with the gradient of the target at the source's write point.
+//! Gradients are computed by hand, for a batch of targets at once, layer by layer down
+//! the residual stream: each target joins the batch at the layer where it reads.
+
+use crate::intervene::top_probs;
+use crate::replacement::norm_backward;
+use crate::replacement::{check_supported, ReplacementState};
+use crate::set::TranscoderSet;
+use crate::{bad, Result};
+use candle_core::{Device, Tensor, D};
+use glassbox_model::Transformer;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct AttributionOptions {
+    /// graph nodes for at most this many active features (the rest fold into errors)
+    pub max_feature_nodes: usize,
+    /// logit targets: the most probable tokens until this much probability is covered…
+    pub logit_probability: f32,
+    /// …but at most this many
+    pub max_logits: usize,
+    /// explicit logit targets instead (token ids)
+    pub targets: Vec<u32>,
+    /// targets per batched backward pass
+    pub batch: usize,
+}
+
+impl Default for AttributionOptions {
+    fn default() -> Self {
+        AttributionOptions {
+            max_feature_nodes: 8192,
+            logit_probability: 0.95,
+            max_logits: 10,
+            targets: Vec::new(),
+            batch: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NodeKind {
+    Feature {
+        layer: usize,
+        position: usize,
+        feature: usize,
+        activation: f32,
+    },
+    /// ‖error‖ at (layer, position)
+    Error {
+        layer: usize,
+        position: usize,
+        norm: f32,
+    },
+    Token {
+        position: usize,
+        token: u32,
+    },
+    /// `value`: the de-meaned logit the edges explain
+    Logit {
+        token: u32,
+        probability: f32,
+        value: f32,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    #[serde(flatten)]
+    pub kind: NodeKind,
+}
+
+/// The unpruned graph. Nodes are ordered features, errors (layer-major), tokens,
+/// logits; `adjacency[target · n + source]` is the direct effect of `source` on
+/// `target` (rows are targets, as in circuit-tracer).
+pub struct Attribution {
+    pub nodes: Vec<Node>,
+    pub n_features: usize,
+    pub n_layers: usize,
+    pub seq_len: usize,
+    pub n_logits: usize,
+    pub adjacency: Vec<f32>,
+    /// active features folded into error nodes (position 0, or past the cap)
+    pub features_folded: usize,
+    pub seconds: f64,
+}
+
+impl Attribution {
+    pub fn n(&self) -> usize {
+        self.nodes.len()
+    }
+    pub fn error_index(&self, layer: usize, position: usize) -> usize {
+        self.n_features + layer * self.seq_len + position
+    }
+    pub fn token_index(&self, position: usize) -> usize {
+        self.n_features + self.n_layers * self.seq_len + position
+    }
+    pub fn logit_index(&self, i: usize) -> usize {
+        self.token_index(self.seq_len) + i
+    }
+    pub fn edge(&self, target: usize, source: usize) -> f32 {
+        self.adjacency[target * self.n() + source]
+    }
+    /// Probabilities of the logit nodes, zero elsewhere (the weights of influence).
+    pub fn logit_weights(&self) -> Vec<f32> {
+        self.nodes
+            .iter()
+            .map(|n| match n.kind {
+                NodeKind::Logit { probability, .. } => probability,
+                _ => 0.0,
+            })
+            .collect()
+    }
+}
+
+/// Where a target reads: a feature's pre-activation at (layer, position), or a logit at
+/// the last position (after every layer).
+struct Target {
+    node: usize,
+    layer: usize,
+    position: usize,
+    /// the read direction in the residual stream at the read point, `[d_model]`
+    direction: Vec<f32>,
+}
+
+/// Builds the graph for the prompt of `state`.
+pub fn attribute(
+    model: &Transformer,
+    set: &TranscoderSet,
+    state: &ReplacementState,
+    opts: &AttributionOptions,
+) -> Result<Attribution> {
+    check_supported(model)?;
+    let started = Instant::now();
+    let cfg = &model.config;
+    let (n_layers, s, d) = (cfg.n_layers, state.seq_len(), cfg.d_model);
+    let w = &model.weights;
+
+    // logit targets
+    let logits = &state.last_logits;
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().map(|&x| ((x - m) as f64).exp()).sum();
+    let probs: Vec<f32> = logits
+        .iter()
+        .map(|&x| (((x - m) as f64).exp() / z) as f32)
+        .collect();
+    let chosen: Vec<u32> = if opts.targets.is_empty() {
+        let mut out = Vec::new();
+        let mut covered = 0f32;
+        for t in top_probs(logits, &probs, opts.max_logits.max(1)) {
+            out.push(t.token);
+            covered += t.prob;
+            if covered >= opts.logit_probability {
+                break;
+            }
+        }
+        out
+    } else {
+        for &t in &opts.targets {
+            if t as usize >= cfg.d_vocab {
+                return Err(bad(format!(
+                    "target token id {t} is outside the vocabulary (0..{})",
+                    cfg.d_vocab
+                )));
+            }
+        }
+        opts.targets.clone()
+    };
+
+    // nodes
+    let mut nodes: Vec<Node> = state
+        .features
+        .iter()
+        .map(|f| Node {
+            kind: NodeKind::Feature {
+                layer: f.layer,
+                position: f.position,
+                feature: f.feature,
+                activation: f.activation,
+            },
+        })
+        .collect();
+    let n_features = nodes.len();
+    for (l, e) in state.errors.iter().enumerate() {
+        let norms: Vec<f32> = e.sqr()?.sum(D::Minus1)?.sqrt()?.to_vec1()?;
+        for (p, &norm) in norms.iter().enumerate() {
+            nodes.push(Node {
+                kind: NodeKind::Error {
+                    layer: l,
+                    position: p,
+                    norm,
+                },
+            });
+        }
+    }
+    for (p, &token) in state.tokens.iter().enumerate() {
+        nodes.push(Node {
+            kind: NodeKind::Token { position: p, token },
+        });
+    }
+    let unembed_mean = w.unembed.mean(0)?;
+    let lnf_scale = state.scale("ln_final")?;
+    let mut targets = Vec::new();
+    for &t in &chosen {
+        let node = nodes.len();
+        let dir = (w.unembed.get(t as usize)? - &unembed_mean)?;
+        let value = logits[t as usize]
+            - logits.iter().map(|&x| x as f64).sum::<f64>() as f32 / logits.len() as f32;
+        nodes.push(Node {
+            kind: NodeKind::Logit {
+                token: t,
+                probability: probs[t as usize],
+                value,
+            },
+        });
+        let g = norm_backward(
+            &dir.reshape((1, 1, d))?,
+            &w.ln_final.weight,
+            &lnf_scale.narrow(0, s - 1, 1)?,
+            cfg.norm,
+        )?;
+        targets.push(Target {
+            node,
+            layer: n_layers,
+            position: s - 1,
+            direction: g.flatten_all()?.to_vec1()?,
+        });
+    }
+    let n = nodes.len();
+
+    // feature targets: encoder columns through the frozen ln2
+    let mut enc_t: Vec<Option<Tensor>> = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        enc_t.push(match &set.by_layer[l] {
+            Some(dict) => Some(dict.w_enc.t()?.contiguous()?),
+            None => None,
+        });
+    }
+    for (i, f) in state.features.iter().enumerate() {
+        let col = enc_t[f.layer]
+            .as_ref()
+            .ok_or_else(|| bad("internal: feature of a layer without transcoder"))?
+            .get(f.feature)?;
+        let scale = state.scale(&format!("blocks.{}.ln2", f.layer))?;
+        let g = norm_backward(
+            &col.reshape((1, 1, d))?,
+            &w.blocks[f.layer].ln2.weight,
+            &scale.narrow(0, f.position, 1)?,
+            cfg.norm,
+        )?;
+        targets.push(Target {
+            node: i,
+            layer: f.layer,
+            position: f.position,
+            direction: g.flatten_all()?.to_vec1()?,
+        });
+    }
+    // deepest read point first: each batch starts its backward pass at its first target
+    targets.sort_by(|a, b| b.layer.cmp(&a.layer).then(a.node.cmp(&b.node)));
+
+    // source write vectors per (layer, position): features' a·W_dec rows and node ids
+    let mut writes: Vec<Vec<Option<(Tensor, Vec<usize>)>>> = vec![vec![None; s]; n_layers];
+    {
+        let mut i = 0;
+        while i < n_features {
+            let f0 = state.features[i];
+            let mut j = i;
+            let mut rows = Vec::new();
+            while j < n_features
+                && state.features[j].layer == f0.layer
+                && state.features[j].position == f0.position
+            {
+                rows.push(state.features[j]);
+                j += 1;
+            }
+            let dict = set.get(f0.layer)?;
+            let mut data = Vec::with_capacity(rows.len() * d);
+            for r in &rows {
+                let row: Vec<f32> = dict.w_dec.get(r.feature)?.to_vec1()?;
+                data.extend(row.iter().map(|v| v * r.activation));
+            }
+            writes[f0.layer][f0.position] = Some((
+                Tensor::from_vec(data, (rows.len(), d), &Device::Cpu)?,
+                (i..j).collect(),
+            ));
+            i = j;
+        }
+    }
+    let embed = state.get("blocks.0.hook_resid_pre")?.clone();
+
+    let mut adjacency = vec![0f32; n * n];
+    let err_base = n_features;
+    let tok_base = n_features + n_layers * s;
+    for batch in targets.chunks(opts.batch.max(1)) {
+        let nb = batch.len();
+        let top = batch[0].layer; // deepest read point in this batch
+        let mut g = Tensor::zeros((nb, s, d), candle_core::DType::F32, &Device::Cpu)?;
+        let inject = |g: &Tensor, layer: usize| -> Result<Option<Tensor>> {
+            let mut data = vec![0f32; nb * s * d];
+            let mut any = false;
+            for (row, t) in batch.iter().enumerate() {
+                if t.layer == layer {
+                    let at = (row * s + t.position) * d;
+                    data[at..at + d].copy_from_slice(&t.direction);
+                    any = true;
+                }
+            }
+            if !any {
+                return Ok(None);
+            }
+            Ok(Some(
+                (g + Tensor::from_vec(data, (nb, s, d), &Device::Cpu)?)?,
+            ))
+        };
+        if let Some(next) = inject(&g, n_layers)? {
+            g = next;
+        }
+        let mut record = |rows: &Tensor, cols: &[usize]| -> Result<()> {
+            // rows: [nb, cols.len()]
+            let vals: Vec<Vec<f32>> = rows.to_vec2()?;
+            for (r, t) in batch.iter().enumerate() {
+                let base = t.node * n;
+                for (c, &src) in cols.iter().enumerate() {
+                    adjacency[base + src] = vals[r][c];
+                }
+            }
+            Ok(())
+        };
+        for l in (0..n_layers.min(top + 1)).rev() {
+            // g: gradient at the residual stream after block l (where layer-l sources write)
+            if l < top || top == n_layers {
+                for p in 0..s {
+                    if let Some((rows, ids)) = &writes[l][p] {
+                        let gp = g.narrow(1, p, 1)?.squeeze(1)?; // [nb, d]
+                        record(&gp.matmul(&rows.t()?)?, ids)?;
+                    }
+                }
+                let errs = g
+                    .broadcast_mul(&state.errors[l].unsqueeze(0)?)?
+                    .sum(D::Minus1)?; // [nb, s]
+                let cols: Vec<usize> = (0..s).map(|p| err_base + l * s + p).collect();
+                record(&errs, &cols)?;
+            }
+            let blk = &w.blocks[l];
+            let ln2_scale = state.scale(&format!("blocks.{l}.ln2"))?;
+            // a transcoder's linear skip is a direct path through the MLP
+            if let Some(ws) = set.by_layer[l]
+                .as_ref()
+                .and_then(|dict| dict.w_skip.as_ref())
+            {
+                let dx = g.reshape((nb * s, d))?.matmul(ws)?.reshape((nb, s, d))?;
+                g = (&g + norm_backward(&dx, &blk.ln2.weight, &ln2_scale, cfg.norm)?)?;
+            }
+            if let Some(next) = inject(&g, l)? {
+                g = next;
+            }
+            g = (&g + attention_backward(model, state, l, &g)?)?;
+        }
+        let toks = g.broadcast_mul(&embed.unsqueeze(0)?)?.sum(D::Minus1)?;
+        let cols: Vec<usize> = (0..s).map(|p| tok_base + p).collect();
+        record(&toks, &cols)?;
+    }
+    Ok(Attribution {
+        nodes,
+        n_features,
+        n_layers,
+        seq_len: s,
+        n_logits: chosen.len(),
+        adjacency,
+        features_folded: state.features_folded,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Gradient at the block's input residual from `g` at its attention output's residual
+/// (`resid_mid`), with the pattern and ln1 (and ln1_post) scales frozen: only the value
+/// path carries it.
+fn attention_backward(
+    model: &Transformer,
+    state: &ReplacementState,
+    l: usize,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let c = &model.config;
+    let blk = &model.weights.blocks[l];
+    let (nb, s, d) = g.dims3()?;
+    let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
+    let g = match &blk.ln1_post {
+        Some(post) => norm_backward(
+            g,
+            &post.weight,
+            &state.scale(&format!("blocks.{l}.ln1_post"))?,
+            c.norm,
+        )?,
+        None => g.clone(),
+    };
+    // dz = g · W_O, laid out per head with the targets folded into columns
+    let dz = g
+        .reshape((nb * s, d))?
+        .matmul(&blk.o.weight)?
+        .reshape((nb, s, h, dh))?
+        .permute((2, 1, 0, 3))?
+        .contiguous()?
+        .reshape((h, s, nb * dh))?;
+    let pattern = state.get(&format!("blocks.{l}.attn.hook_pattern"))?; // [h, q, k]
+    let dv = pattern.transpose(1, 2)?.contiguous()?.matmul(&dz)?; // [h, k, nb·dh]
+    let dv = dv.reshape((kvh, h / kvh, s, nb * dh))?.sum(1)?; // query heads share a KV head
+    let dv = dv
+        .reshape((kvh, s, nb, dh))?
+        .permute((2, 1, 0, 3))?
+        .contiguous()?
+        .reshape((nb * s, kvh * dh))?;
+    let dx = dv.matmul(&blk.v()?.weight)?.reshape((nb, s, d))?;
+    norm_backward(
+        &dx,
+        &blk.ln1.weight,
+        &state.scale(&format!("blocks.{l}.ln1"))?,
+        c.norm,
+    )
+}
