@@ -52,6 +52,10 @@ enum Command {
     TrainSae(Box<commands::train_sae::Args>),
     /// Train one transcoder per layer (MLP input → hook_mlp_out) from one pass over the corpus
     TrainTranscoders(commands::train_transcoders::Args),
+    /// Attribution graph of a prompt through a transcoder set: nodes, edges, pruning, JSON
+    Trace(commands::trace::Args),
+    /// Set or scale transcoder features on a prompt and compare the output distribution
+    Intervene(commands::trace::InterveneArgs),
     /// Evaluate a dictionary on held-out windows: L0, FVU, dead/dense features, CE and KL recovered
     EvalSae(commands::eval_sae::Args),
     /// Dictionaries on their own: apply one to vectors in a file
@@ -106,6 +110,8 @@ fn main() {
         Command::Monitor(a) => commands::monitor::run(a),
         Command::TrainSae(a) => commands::train_sae::run(*a),
         Command::TrainTranscoders(a) => commands::train_transcoders::run(a),
+        Command::Trace(a) => commands::trace::run(a),
+        Command::Intervene(a) => commands::trace::run_intervene(a),
         Command::EvalSae(a) => commands::eval_sae::run(a),
         Command::Sae { what } => commands::sae::run(what),
         Command::Features { what } => commands::features::run(what),

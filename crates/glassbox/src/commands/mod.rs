@@ -15,5 +15,6 @@ pub mod quickstart;
 pub mod sae;
 pub mod serve;
 pub mod steer;
+pub mod trace;
 pub mod train_sae;
 pub mod train_transcoders;

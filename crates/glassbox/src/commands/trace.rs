@@ -1,0 +1,323 @@
+//! `glassbox trace`: the attribution graph of a prompt through a transcoder set, pruned,
+//! written as JSON (circuit-tracer's shape); `glassbox intervene`: set or scale features
+//! and compare the output distribution.
+
+use crate::open::{atomic_write, model_label, open_model};
+use anyhow::{Context, Result};
+use glassbox_circuits::{
+    attribute, graph_json, intervene, prune, AttributionOptions, EditValue, FeatureEdit,
+    GraphContext, InterventionMode, NodeKind, PruneOptions, ReplacementState, TranscoderSet,
+};
+use glassbox_model::Model;
+use std::path::PathBuf;
+
+/// Longest prompt `trace` accepts: the dense adjacency grows with the square of
+/// (features per token × tokens).
+pub const MAX_TRACE_TOKENS: usize = 64;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: String,
+    /// A transcoder set (`glassbox train-transcoders --out`)
+    #[arg(long)]
+    transcoders: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    /// The graph file to write
+    #[arg(long)]
+    out: PathBuf,
+    /// Logit targets (repeatable; each must be one token), instead of the most probable
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Most probable tokens up to this cumulative probability…
+    #[arg(long, default_value_t = 0.95)]
+    logit_probability: f32,
+    /// …but at most this many logit nodes
+    #[arg(long, default_value_t = 10)]
+    max_logits: usize,
+    /// Active features beyond this many (the weakest by activation × decoder norm) are
+    /// folded into the error nodes
+    #[arg(long, default_value_t = 8192)]
+    max_feature_nodes: usize,
+    #[arg(long, default_value_t = 0.8)]
+    node_threshold: f32,
+    #[arg(long, default_value_t = 0.98)]
+    edge_threshold: f32,
+    /// Targets per batched backward pass
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Longest prompt in tokens (BOS included)
+    #[arg(long, default_value_t = MAX_TRACE_TOKENS)]
+    max_tokens: usize,
+}
+
+/// BOS (when the model has one, as in training, where position 0 is excluded) + prompt.
+fn prompt_tokens(model: &Model, prompt: &str, max_tokens: usize) -> Result<Vec<u32>> {
+    let tok = model.tokenizer()?;
+    let mut ids: Vec<u32> = tok.bos_token_id.into_iter().collect();
+    ids.extend(tok.encode(prompt)?);
+    anyhow::ensure!(ids.len() >= 2, "the prompt is empty: nothing to trace");
+    anyhow::ensure!(
+        ids.len() <= max_tokens,
+        "the prompt is {} tokens; the limit is {max_tokens} (--max-tokens; the graph's memory grows with the square of its length)",
+        ids.len()
+    );
+    Ok(ids)
+}
+
+fn single_token(model: &Model, text: &str) -> Result<u32> {
+    let tok = model.tokenizer()?;
+    if let Some(id) = tok.token_to_id(text) {
+        return Ok(id);
+    }
+    let ids = tok.encode(text)?;
+    anyhow::ensure!(
+        ids.len() == 1,
+        "target `{text}` is not one token of the vocabulary (it encodes to {} tokens: {:?}); pick a single token, often with its leading space, e.g. \" Austin\"",
+        ids.len(),
+        ids.iter().map(|&i| tok.token_text(i)).collect::<Vec<_>>()
+    );
+    Ok(ids[0])
+}
+
+/// Peak resident memory of this process so far (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn open_set(model: &Model, dir: &std::path::Path) -> Result<TranscoderSet> {
+    let set = TranscoderSet::load(dir, model.config())
+        .with_context(|| format!("transcoder set {}", dir.display()))?;
+    let missing: Vec<usize> = (0..model.config().n_layers)
+        .filter(|&l| set.by_layer[l].is_none())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "note: layers {missing:?} have no transcoder: their whole MLP output is an error node"
+        );
+    }
+    if let (Some(trained), label) = (&set.model, model_label(model)) {
+        if *trained != label {
+            eprintln!("note: the set was trained on `{trained}`; tracing `{label}`");
+        }
+    }
+    Ok(set)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let model = open_model(&a.model)?;
+    let set = open_set(&model, &a.transcoders)?;
+    let tokens = prompt_tokens(&model, &a.prompt, a.max_tokens)?;
+    let targets = a
+        .targets
+        .iter()
+        .map(|t| single_token(&model, t))
+        .collect::<Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
+    let state = ReplacementState::new(&model.transformer, &set, &tokens, a.max_feature_nodes)?;
+    let opts = AttributionOptions {
+        max_feature_nodes: a.max_feature_nodes,
+        logit_probability: a.logit_probability,
+        max_logits: a.max_logits,
+        targets,
+        batch: a.batch,
+    };
+    eprintln!(
+        "{} tokens, {} feature nodes ({} active features folded into error nodes: position 0 and past --max-feature-nodes); attributing…",
+        tokens.len(),
+        state.features.len(),
+        state.features_folded
+    );
+    let graph = attribute(&model.transformer, &set, &state, &opts)?;
+    let popts = PruneOptions {
+        node_threshold: a.node_threshold,
+        edge_threshold: a.edge_threshold,
+    };
+    let pruned = prune(&graph, popts)?;
+    let total_s = started.elapsed().as_secs_f64();
+    let tok = model.tokenizer()?;
+    let text = |id: u32| tok.token_text(id);
+    let label = model_label(&model);
+    let set_dir = a.transcoders.display().to_string();
+    let json = graph_json(
+        &graph,
+        &pruned,
+        popts,
+        &GraphContext {
+            prompt: &a.prompt,
+            model: &a.model,
+            transcoders: &set_dir,
+            token_text: &text,
+        },
+    );
+    atomic_write(&a.out, |tmp| {
+        Ok(std::fs::write(tmp, serde_json::to_string(&json)?)?)
+    })?;
+
+    println!("prompt: {:?} → {} tokens", a.prompt, tokens.len());
+    println!("model {label}; transcoders {set_dir}");
+    for i in 0..graph.n_logits {
+        if let NodeKind::Logit {
+            token, probability, ..
+        } = graph.nodes[graph.logit_index(i)].kind
+        {
+            println!(
+                "  logit target {:<16} p = {:.3}",
+                format!("{:?}", text(token)),
+                probability
+            );
+        }
+    }
+    let kept = pruned.node_mask.iter().filter(|&&k| k).count();
+    let kept_features = (0..graph.n_features)
+        .filter(|&i| pruned.node_mask[i])
+        .count();
+    println!(
+        "graph: {} nodes ({} features) → pruned to {} nodes ({} features), {} edges; nodes kept hold {:.1} % of influence",
+        graph.n(),
+        graph.n_features,
+        kept,
+        kept_features,
+        pruned.edges.len(),
+        pruned.final_influence * 100.0
+    );
+    println!(
+        "replacement score {:.3}, completeness score {:.3}",
+        pruned.replacement_score, pruned.completeness_score
+    );
+    let mut top: Vec<usize> = (0..graph.n_features)
+        .filter(|&i| pruned.node_mask[i])
+        .collect();
+    top.sort_by(|&x, &y| pruned.influence[y].total_cmp(&pruned.influence[x]));
+    println!("most influential features (layer/feature@position token: activation, influence):");
+    for &i in top.iter().take(12) {
+        if let NodeKind::Feature {
+            layer,
+            position,
+            feature,
+            activation,
+        } = graph.nodes[i].kind
+        {
+            println!(
+                "  L{layer}/{feature}@{position} {:<14} {activation:>8.3}  {:.4}",
+                format!("{:?}", text(tokens[position])),
+                pruned.influence[i]
+            );
+        }
+    }
+    println!(
+        "time: attribution {:.1} s, total {:.1} s; peak memory {} MiB",
+        graph.seconds,
+        total_s,
+        peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}"))
+    );
+    println!("graph written to {}", a.out.display());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct InterveneArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    transcoders: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    /// `LAYER/FEATURE@POSITION=VALUE` sets an activation, `…*FACTOR` scales it
+    /// (`*0` ablates); repeatable. Positions count BOS as 0, as in the graph.
+    #[arg(long = "edit", required = true)]
+    edits: Vec<String>,
+    /// frozen: the local replacement model (attention, norms, errors fixed at the
+    /// prompt's values); live: the real model, edits added through the transcoders
+    #[arg(long, default_value = "live")]
+    mode: String,
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_edit(spec: &str) -> Result<FeatureEdit> {
+    let err = || {
+        anyhow::anyhow!(
+            "--edit `{spec}`: expected LAYER/FEATURE@POSITION=VALUE or LAYER/FEATURE@POSITION*FACTOR, e.g. 12/345@7*0"
+        )
+    };
+    let (lf, rest) = spec.split_once('@').ok_or_else(err)?;
+    let (l, f) = lf.split_once('/').ok_or_else(err)?;
+    let (p, value) = if let Some((p, v)) = rest.split_once('=') {
+        (p, EditValue::Set(v.trim().parse().map_err(|_| err())?))
+    } else if let Some((p, v)) = rest.split_once('*') {
+        (p, EditValue::Scale(v.trim().parse().map_err(|_| err())?))
+    } else {
+        return Err(err());
+    };
+    Ok(FeatureEdit {
+        layer: l.trim().parse().map_err(|_| err())?,
+        feature: f.trim().parse().map_err(|_| err())?,
+        position: p.trim().parse().map_err(|_| err())?,
+        value,
+    })
+}
+
+pub fn run_intervene(a: InterveneArgs) -> Result<()> {
+    let mode = match a.mode.as_str() {
+        "frozen" => InterventionMode::Frozen,
+        "live" => InterventionMode::Live,
+        m => anyhow::bail!("--mode `{m}`: use frozen or live"),
+    };
+    let edits = a
+        .edits
+        .iter()
+        .map(|s| parse_edit(s))
+        .collect::<Result<Vec<_>>>()?;
+    let model = open_model(&a.model)?;
+    let set = open_set(&model, &a.transcoders)?;
+    let tokens = prompt_tokens(&model, &a.prompt, usize::MAX)?;
+    let state = ReplacementState::new(&model.transformer, &set, &tokens, usize::MAX)?;
+    let out = intervene(&model.transformer, &set, &state, &edits, mode, a.top)?;
+    let tok = model.tokenizer()?;
+    if a.json {
+        let with_text = |v: &[glassbox_circuits::TokenProb]| {
+            v.iter()
+                .map(|t| serde_json::json!({"token": t.token, "token_str": tok.token_text(t.token), "prob": t.prob, "logit": t.logit}))
+                .collect::<Vec<_>>()
+        };
+        let v = serde_json::json!({
+            "prompt": a.prompt, "mode": out.mode, "edits": out.edits, "kl": out.kl,
+            "before": with_text(&out.before), "after": with_text(&out.after),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for e in &out.edits {
+        println!(
+            "L{}/{}@{} ({:?}): activation {:.3} → {:.3}",
+            e.edit.layer,
+            e.edit.feature,
+            e.edit.position,
+            tok.token_text(tokens[e.edit.position]),
+            e.clean_activation,
+            e.new_activation
+        );
+    }
+    println!("{:<24} {:>8}   {:<24} {:>8}", "before", "p", "after", "p");
+    for (b, f) in out.before.iter().zip(&out.after) {
+        println!(
+            "{:<24} {:>8.4}   {:<24} {:>8.4}",
+            format!("{:?}", tok.token_text(b.token)),
+            b.prob,
+            format!("{:?}", tok.token_text(f.token)),
+            f.prob
+        );
+    }
+    println!(
+        "KL(clean ‖ edited) = {:.4} nats ({:?} mode)",
+        out.kl, out.mode
+    );
+    Ok(())
+}
