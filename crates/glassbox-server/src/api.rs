@@ -1,5 +1,6 @@
 //! Routes: the JSON API under `/api`, the single-page UI and its embedded assets.
-//! Nothing here reads a file: pages and assets come from the binary, data from the store.
+//! Pages and assets come from the binary, data from the store; the only files read are
+//! the graphs in `graphs/`, by names checked against that folder's listing.
 
 use crate::assets;
 use crate::error::{ApiError, ApiResult};
@@ -12,6 +13,7 @@ use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use glassbox_circuits::{FeatureEdit, InterventionMode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -28,11 +30,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/comparison", get(comparison))
         .route("/api/prompt", post(prompt))
         .route("/api/steer", post(steer))
+        .route("/api/graphs", get(graph_list))
+        .route("/api/graphs/{name}", get(graph))
+        .route("/api/graphs/{name}/intervene", post(graph_intervene))
+        .route("/api/layers", get(layers))
+        .route("/api/layers/{layer}/features/{id}", get(layer_feature))
         .route("/", get(page))
         .route("/index.html", get(page))
         .route("/prompt", get(page))
         .route("/steer", get(page))
         .route("/compare", get(page))
+        .route("/graphs", get(page))
+        .route("/graph/{name}", get(graph_page))
+        .route("/layer/{layer}/feature/{id}", get(layer_feature_page))
         .route("/unit/{kind}/{id}", get(unit_page))
         .route("/static/{file}", get(asset))
         .fallback(not_found)
@@ -93,6 +103,20 @@ async fn unit_page(Path((kind, id)): Path<(String, String)>, uri: Uri) -> Respon
     html(assets::page_html("/", None))
 }
 
+async fn graph_page(Path(name): Path<String>, uri: Uri) -> Response {
+    if crate::check_graph_name(&name).is_err() {
+        return not_found(uri).await;
+    }
+    html(assets::page_html("/", None))
+}
+
+async fn layer_feature_page(Path((layer, id)): Path<(String, String)>, uri: Uri) -> Response {
+    if layer.parse::<u64>().is_err() || id.parse::<u64>().is_err() {
+        return not_found(uri).await;
+    }
+    html(assets::page_html("/", None))
+}
+
 async fn asset(Path(file): Path<String>, uri: Uri) -> Response {
     match assets::get(&file) {
         Some((ctype, body)) => ([(header::CONTENT_TYPE, ctype)], body).into_response(),
@@ -110,15 +134,31 @@ fn parse_kind(s: &str) -> ApiResult<Kind> {
 
 async fn meta(State(app): AppState) -> ApiResult<Json<Value>> {
     blocking(move || {
-        let meta = app.store.meta()?;
-        let counts = app.store.counts()?;
-        let d = &app.live.dictionary;
+        let n_graphs = app.graphs.names().len();
+        let (Some(store), Some(live)) = (&app.store, &app.live) else {
+            let index = app.graphs.set_index.as_ref();
+            return Ok(Json(json!({
+                "mode": "transcoders",
+                "run_dir": app.run_dir.display().to_string(),
+                "graphs": n_graphs,
+                "set": {
+                    "model": index.and_then(|i| i.model.clone()),
+                    "layers": index.map(|i| i.describe()),
+                },
+                "meta": {},
+            })));
+        };
+        let meta = store.meta()?;
+        let counts = store.counts()?;
+        let d = &live.dictionary;
         Ok(Json(json!({
+            "mode": "run",
             "run_dir": app.run_dir.display().to_string(),
+            "graphs": n_graphs,
             "meta": meta,
             "counts": counts,
             "dictionary": {
-                "dir": app.live.dictionary_dir.display().to_string(),
+                "dir": live.dictionary_dir.display().to_string(),
                 "architecture": d.architecture.name(),
                 "d_in": d.d_in,
                 "d_sae": d.d_sae,
@@ -126,8 +166,8 @@ async fn meta(State(app): AppState) -> ApiResult<Json<Value>> {
                 "hook_name_out": d.hook_name_out,
             },
             "live": {
-                "model": app.live.model_spec,
-                "model_loaded": app.live.model_loaded(),
+                "model": live.model_spec,
+                "model_loaded": live.model_loaded(),
                 "max_prompt_tokens": MAX_PROMPT_TOKENS,
                 "top_features_per_token": TOP_FEATURES_PER_TOKEN,
                 "max_new_tokens": MAX_NEW_TOKENS,
@@ -195,7 +235,7 @@ async fn units(
         limit,
         offset,
     };
-    blocking(move || Ok(Json(app.store.list(&q)?))).await
+    blocking(move || Ok(Json(app.store()?.list(&q)?))).await
 }
 
 async fn unit(
@@ -208,7 +248,7 @@ async fn unit(
             "unit id must be a non-negative integer, got `{id}`"
         ))
     })?;
-    blocking(move || match app.store.unit(kind, id)? {
+    blocking(move || match app.store()?.unit(kind, id)? {
         Some(u) => Ok(Json(u)),
         None => Err(ApiError::not_found(format!(
             "no {} {id} in this feature store",
@@ -219,7 +259,7 @@ async fn unit(
 }
 
 async fn comparison(State(app): AppState) -> ApiResult<Json<Value>> {
-    blocking(move || Ok(Json(app.store.comparison()?))).await
+    blocking(move || Ok(Json(app.store()?.comparison()?))).await
 }
 
 #[derive(Deserialize)]
@@ -256,8 +296,9 @@ async fn prompt(
 ) -> ApiResult<Json<Value>> {
     let Json(req) = body.map_err(body_error)?;
     blocking(move || {
-        let labels = |ids: &[i64]| app.store.labels(Kind::Feature, ids).unwrap_or_default();
-        Ok(Json(app.live.prompt(&req.text, req.feature, labels)?))
+        let store = app.store()?;
+        let labels = |ids: &[i64]| store.labels(Kind::Feature, ids).unwrap_or_default();
+        Ok(Json(app.live()?.prompt(&req.text, req.feature, labels)?))
     })
     .await
 }
@@ -269,13 +310,13 @@ async fn steer(
     let Json(req) = body.map_err(body_error)?;
     blocking(move || {
         let features: Vec<(usize, f64)> = req.features.iter().map(|f| (f.id, f.strength)).collect();
-        let mut out = app.live.steer(
+        let mut out = app.live()?.steer(
             &req.prompt,
             &features,
             req.max_new_tokens.unwrap_or(DEFAULT_NEW_TOKENS),
         )?;
         let ids: Vec<i64> = features.iter().map(|f| f.0 as i64).collect();
-        let labels = app.store.labels(Kind::Feature, &ids).unwrap_or_default();
+        let labels = app.store()?.labels(Kind::Feature, &ids).unwrap_or_default();
         if let Some(fs) = out["features"].as_array_mut() {
             for f in fs {
                 let id = f["id"].as_i64().unwrap_or(-1);
@@ -283,6 +324,96 @@ async fn steer(
             }
         }
         Ok(Json(out))
+    })
+    .await
+}
+
+async fn graph_list(State(app): AppState) -> ApiResult<Json<Value>> {
+    blocking(move || Ok(Json(app.graphs.list()?))).await
+}
+
+async fn graph(State(app): AppState, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    blocking(move || Ok(Json(app.graphs.get(&name)?))).await
+}
+
+fn default_mode() -> InterventionMode {
+    InterventionMode::Frozen
+}
+
+fn default_top() -> usize {
+    10
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InterveneRequest {
+    #[serde(default = "default_mode")]
+    mode: InterventionMode,
+    #[serde(default)]
+    edits: Vec<FeatureEdit>,
+    #[serde(default = "default_top")]
+    top: usize,
+}
+
+async fn graph_intervene(
+    State(app): AppState,
+    Path(name): Path<String>,
+    body: Result<Json<InterveneRequest>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    // the name first: a bad or unknown graph is refused before the body is looked at
+    let name = crate::check_graph_name(&name)?.to_string();
+    let Json(req) = body.map_err(body_error)?;
+    blocking(move || {
+        Ok(Json(
+            app.graphs.intervene(&name, req.mode, &req.edits, req.top)?,
+        ))
+    })
+    .await
+}
+
+async fn layers(State(app): AppState) -> ApiResult<Json<Value>> {
+    blocking(move || match &app.graphs.set_index {
+        Some(i) => Ok(Json(json!({
+            "dir": i.dir.display().to_string(),
+            "model": i.model,
+            "layers": i.describe(),
+        }))),
+        None => Err(ApiError::not_found(format!(
+            "{} is not a transcoder set (no index.json)",
+            app.run_dir.display()
+        ))),
+    })
+    .await
+}
+
+async fn layer_feature(
+    State(app): AppState,
+    Path((layer, id)): Path<(String, String)>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(p) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(k) = p.keys().find(|k| k.as_str() != "graph") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{k}`: expected graph"
+        )));
+    }
+    let layer: usize = layer.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "layer must be a non-negative integer, got `{layer}`"
+        ))
+    })?;
+    let id: i64 = id.parse().ok().filter(|i| *i >= 0).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "feature id must be a non-negative integer, got `{id}`"
+        ))
+    })?;
+    let graph = p.get("graph").cloned();
+    blocking(move || {
+        Ok(Json(app.graphs.layer_feature(
+            layer,
+            id,
+            graph.as_deref(),
+        )?))
     })
     .await
 }

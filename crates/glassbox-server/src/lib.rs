@@ -2,11 +2,14 @@
 //! store (`features.sqlite`), a small web UI embedded in the binary (one HTML page, one
 //! script, one stylesheet, no external requests), live views that run the model with the
 //! dictionary (prompt view, steering playground), and a static HTML export of every
-//! unit page. The API is documented in this crate's README.
+//! unit page. It also serves the attribution graphs of a transcoder set (or of a run's
+//! `graphs/` folder) with interventions on their features. The API is documented in this
+//! crate's README.
 
 mod api;
 mod error;
 mod export;
+mod graphs;
 mod live;
 mod store;
 mod svg;
@@ -14,6 +17,7 @@ mod svg;
 pub use api::router;
 pub use error::ApiError;
 pub use export::{export_static, ExportSummary};
+pub use graphs::{check_graph_name, Graphs, SetIndex, GRAPHS_DIR, MAX_EDITS, MAX_TOP};
 pub use live::{Live, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TOP_FEATURES_PER_TOKEN};
 pub use store::{Kind, ListQuery, Sort, Store, STORE_FILE};
 pub use svg::histogram_svg;
@@ -59,12 +63,16 @@ pub mod assets {
     }
 }
 
-/// A run directory opened for serving: the feature store, the dictionary and (lazily)
-/// the model.
+/// A directory opened for serving: a dictionary run (the feature store, the dictionary
+/// and, lazily, the model) or a transcoder set (no store at its root); either may hold
+/// attribution graphs in `graphs/`.
 pub struct App {
     pub run_dir: PathBuf,
-    pub store: Store,
-    pub live: Live,
+    /// the run's feature store; `None` for a transcoder set
+    pub store: Option<Store>,
+    /// the run's live views; `None` for a transcoder set
+    pub live: Option<Live>,
+    pub graphs: Graphs,
 }
 
 /// Where the run's dictionary lives: the run directory itself (what `train-sae --out`
@@ -112,10 +120,19 @@ fn model_spec(run_dir: &Path, meta: &BTreeMap<String, String>) -> Result<Option<
 }
 
 impl App {
-    /// Opens a run directory: fails clearly when it has no feature store or no dictionary.
+    /// Opens a directory: a transcoder set when it has a set's `index.json`, else a
+    /// dictionary run, which fails clearly when it has no feature store or dictionary.
     pub fn open(run_dir: &Path) -> Result<App> {
         if !run_dir.is_dir() {
             bail!("{} is not a directory", run_dir.display());
+        }
+        if let Some(index) = SetIndex::read(run_dir)? {
+            return Ok(App {
+                run_dir: run_dir.to_path_buf(),
+                store: None,
+                live: None,
+                graphs: Graphs::new(run_dir, Some(index)),
+            });
         }
         let store = Store::open_run(run_dir)?;
         let meta = store.meta()?;
@@ -125,9 +142,28 @@ impl App {
         let spec = model_spec(run_dir, &meta)?;
         Ok(App {
             run_dir: run_dir.to_path_buf(),
-            store,
-            live: Live::new(dictionary, dict_dir, spec),
+            store: Some(store),
+            live: Some(Live::new(dictionary, dict_dir, spec)),
+            graphs: Graphs::new(run_dir, None),
         })
+    }
+
+    /// The run's feature store, or a 404 saying this is a transcoder set.
+    pub fn store(&self) -> Result<&Store, ApiError> {
+        self.store.as_ref().ok_or_else(|| self.not_a_run())
+    }
+
+    /// The run's live views, or a 404 saying this is a transcoder set.
+    pub fn live(&self) -> Result<&Live, ApiError> {
+        self.live.as_ref().ok_or_else(|| self.not_a_run())
+    }
+
+    fn not_a_run(&self) -> ApiError {
+        ApiError::not_found(format!(
+            "{} is a transcoder set, not a dictionary run: it has no feature store at its root; \
+             its graphs are under /api/graphs and its layers' features under /api/layers/{{layer}}/features/{{id}}",
+            self.run_dir.display()
+        ))
     }
 }
 
@@ -152,13 +188,31 @@ pub fn serve(run_dir: &Path, host: &str, port: u16) -> Result<()> {
     let listener = std::net::TcpListener::bind((host, port))
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr = listener.local_addr()?;
-    let counts = app.store.counts()?;
-    println!(
-        "serving {} ({} features, {} neurons) at http://{addr}/",
-        app.run_dir.display(),
-        counts.get("feature").copied().unwrap_or(0),
-        counts.get("neuron").copied().unwrap_or(0),
-    );
+    let n_graphs = app.graphs.names().len();
+    match (&app.store, &app.graphs.set_index) {
+        (Some(store), _) => {
+            let counts = store.counts()?;
+            println!(
+                "serving {} ({} features, {} neurons{}) at http://{addr}/",
+                app.run_dir.display(),
+                counts.get("feature").copied().unwrap_or(0),
+                counts.get("neuron").copied().unwrap_or(0),
+                if n_graphs > 0 {
+                    format!(", {n_graphs} graphs")
+                } else {
+                    String::new()
+                },
+            );
+        }
+        (None, index) => {
+            let layers = index.as_ref().map_or(0, |i| i.layers.len());
+            println!(
+                "serving the transcoder set {} ({layers} layers, {n_graphs} graphs in {}) at http://{addr}/",
+                app.run_dir.display(),
+                app.graphs.graphs_dir.display(),
+            );
+        }
+    }
     if addr.ip().is_unspecified() {
         println!("listening on every interface: anyone on the network can reach it");
     }

@@ -39,6 +39,17 @@ fn expand_home(spec: &str) -> String {
     }
 }
 
+/// Opens the model named by `spec` (a path, `~/…`, a HF repo id or `default`): what
+/// every view that runs a model uses. Blocking.
+pub(crate) fn open_model(spec: &str) -> ApiResult<Model> {
+    let spec = expand_home(spec);
+    let path = glassbox_hub::resolve_model(&spec)
+        .map_err(|e| ApiError::unavailable(format!("cannot find the model `{spec}`: {e}")))?;
+    eprintln!("loading the model {} ...", path.display());
+    glassbox_model::load_model(&path)
+        .map_err(|e| ApiError::unavailable(format!("cannot open the model `{spec}`: {e}")))
+}
+
 fn model_err(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("model error: {e}"))
 }
@@ -75,12 +86,7 @@ impl Live {
                 "this run directory names no model (no `model = \"...\"` in config.toml): the live views need one",
             )
         })?;
-        let spec = expand_home(spec);
-        let path = glassbox_hub::resolve_model(&spec)
-            .map_err(|e| ApiError::unavailable(format!("cannot find the model `{spec}`: {e}")))?;
-        eprintln!("loading the model {} ...", path.display());
-        let model = glassbox_model::load_model(&path)
-            .map_err(|e| ApiError::unavailable(format!("cannot open the model `{spec}`: {e}")))?;
+        let model = open_model(spec)?;
         model.tokenizer().map_err(|e| {
             ApiError::unavailable(format!("the model has no tokenizer for text prompts: {e}"))
         })?;

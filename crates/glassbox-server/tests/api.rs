@@ -408,7 +408,7 @@ fn opening_a_run_without_a_store_or_dictionary_fails_clearly() {
         .unwrap();
     drop(c);
     let app = App::open(with_sub.path()).unwrap();
-    assert_eq!(app.live.dictionary.d_sae, N_FEATURES);
+    assert_eq!(app.live.as_ref().unwrap().dictionary.d_sae, N_FEATURES);
 }
 
 #[test]
@@ -448,7 +448,7 @@ fn live_prompt_and_steer_on_the_default_model() {
         any_active |= !top.is_empty();
     }
     assert!(any_active, "a random ReLU dictionary fires somewhere: {v}");
-    assert!(f.app.live.model_loaded());
+    assert!(f.app.live.as_ref().unwrap().model_loaded());
 
     // an overlong prompt is capped with a message, not an error
     let long = "word ".repeat(400);

@@ -2,6 +2,8 @@
 //! dictionary, and optionally a config.toml naming a model.
 #![allow(dead_code)]
 
+pub mod graphs;
+
 use candle_core::{Device, Tensor};
 use rusqlite::{params, Connection};
 use serde_json::json;
