@@ -46,7 +46,13 @@
     compare: () => (STATIC ? ROOT + 'compare.html' : '/compare'),
     prompt: (params) => (STATIC ? ROOT + 'prompt.html' : '/prompt') + qs(params),
     steer: (params) => (STATIC ? ROOT + 'steer.html' : '/steer') + qs(params),
+    graphs: () => '/graphs',
+    graph: (name, params) => '/graph/' + encodeURIComponent(name) + qs(params),
+    layerFeature: (layer, id) => `/layer/${layer}/feature/${id}`,
   };
+
+  // What the server serves (`/api/meta`), fetched before the first page is drawn.
+  let META = null;
 
   async function api(path, body) {
     const opts = body === undefined ? {} : {
@@ -137,13 +143,15 @@
   // ---- header ------------------------------------------------------------------
 
   function nav() {
-    const items = [
+    const transcoders = META && META.mode === 'transcoders';
+    const items = transcoders ? [] : [
       ['Features', link.list({})],
       ['Neurons', link.list({ kind: 'neuron' })],
       ['Compare', link.compare()],
       ['Prompt', link.prompt({})],
       ['Steer', link.steer({})],
     ];
+    if (!STATIC && META && (transcoders || META.graphs > 0)) items.push(['Graphs', link.graphs()]);
     fill(document.getElementById('nav'), ...items.map(([t, u]) => h('a', { href: u }, t)));
     document.getElementById('nav-home').setAttribute('href', link.list({}));
     const info = document.getElementById('run-info');
@@ -157,8 +165,12 @@
     };
     if (STATIC) {
       if (STATIC.meta) describe(STATIC.meta, STATIC.counts);
-    } else {
-      api('/api/meta').then((m) => describe(m.meta || {}, m.counts)).catch(() => {});
+    } else if (transcoders) {
+      const layers = (META.set && META.set.layers) || [];
+      info.textContent = [META.set && META.set.model, `transcoder set · ${layers.length} layers · ${META.graphs} graphs`]
+        .filter(Boolean).join(' · ');
+    } else if (META) {
+      describe(META.meta || {}, META.counts);
     }
   }
 
@@ -270,16 +282,21 @@
       row('concentration', fmt(u.concentration), 'share of top examples whose activating token is its most common one'));
   }
 
-  function unitView(kind, u) {
+  // `opts` (a transcoder layer's feature): {title, unitLink(kind, id), live: false}
+  function unitView(kind, u, opts) {
+    const o = opts || {};
+    const unitLink = o.unitLink || link.unit;
+    const live = o.live !== false;
+    const title = o.title || `${kindName(kind)} ${u.id}`;
     const scale = u.max_act > 0 ? u.max_act : 1;
-    document.title = `glassbox — ${kind} ${u.id}: ${u.label || ''}`;
+    document.title = `glassbox — ${title}: ${u.label || ''}`;
     const header = h('div', { class: 'unit-head' },
-      h('h1', {}, `${kindName(kind)} ${u.id}`, ' · ', h('span', { class: 'label', id: 'unit-label' }, u.label || '(no label)')),
+      h('h1', {}, title, ' · ', h('span', { class: 'label', id: 'unit-label' }, u.label || '(no label)')),
       h('div', { class: 'unit-nav' },
-        u.prev !== null && u.prev !== undefined ? h('a', { href: link.unit(kind, u.prev) }, `← #${u.prev}`) : null,
-        u.next !== null && u.next !== undefined ? h('a', { href: link.unit(kind, u.next) }, `#${u.next} →`) : null,
-        kind === 'feature' ? h('a', { href: link.prompt({ feature: u.id }) }, 'prompt view') : null,
-        kind === 'feature' ? h('a', { href: link.steer({ feature: u.id }) }, 'steer with it') : null));
+        u.prev !== null && u.prev !== undefined ? h('a', { href: unitLink(kind, u.prev) }, `← #${u.prev}`) : null,
+        u.next !== null && u.next !== undefined ? h('a', { href: unitLink(kind, u.next) }, `#${u.next} →`) : null,
+        live && kind === 'feature' ? h('a', { href: link.prompt({ feature: u.id }) }, 'prompt view') : null,
+        live && kind === 'feature' ? h('a', { href: link.steer({ feature: u.id }) }, 'steer with it') : null));
 
     const top = h('section', { id: 'top-examples' }, h('h2', {}, 'Top activations'),
       (u.top_examples || []).length
@@ -306,7 +323,7 @@
     const neighSec = h('section', { id: 'neighbours' }, h('h2', {}, 'Nearest features (decoder cosine)'),
       (u.neighbours || []).length
         ? h('ul', { class: 'neigh' }, u.neighbours.map((n) => h('li', {},
-          h('a', { href: link.unit('feature', n.id) }, `#${n.id}`), ' ', h('span', { class: 'label' }, n.label || ''),
+          h('a', { href: unitLink('feature', n.id) }, `#${n.id}`), ' ', h('span', { class: 'label' }, n.label || ''),
           ' ', h('span', { class: 'muted' }, `cos ${fmt(n.cosine)}`))))
         : h('p', { class: 'muted' }, kind === 'feature' ? 'none recorded' : 'Neighbours are recorded for dictionary features only.'));
 
@@ -487,9 +504,582 @@
     } catch (e) { showError(e); }
   }
 
+  // ---- attribution graphs ------------------------------------------------------------
+
+  // The SVG namespace, as the HTML parser assigns it (the script holds no URL at all).
+  const SVG_NS = (() => {
+    const d = document.createElement('div');
+    d.innerHTML = '<svg></svg>';
+    return d.firstChild.namespaceURI;
+  })();
+
+  function svg(tag, attrs, ...kids) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, String(v));
+    }
+    for (const kid of kids.flat(Infinity)) {
+      if (kid === null || kid === undefined || kid === false) continue;
+      el.appendChild(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+    }
+    return el;
+  }
+
+  function clip(t, n) {
+    const s = showTok(t);
+    return s.length > n ? s.slice(0, n - 1) + '…' : s;
+  }
+
+  // A short name of a graph node.
+  function nodeName(n) {
+    switch (n.feature_type) {
+      case 'transcoder': return `L${n.layer} #${n.feature} @${n.ctx_idx}`;
+      case 'mlp reconstruction error': return `error L${n.layer} @${n.ctx_idx}`;
+      case 'embedding': return `emb “${clip(n.token_str, 12)}” @${n.ctx_idx}`;
+      case 'logit': return `logit “${clip(n.token_str, 12)}”`;
+      default: return n.node_id;
+    }
+  }
+
+  const TYPE_CLASS = {
+    transcoder: 't-feature', 'mlp reconstruction error': 't-error', embedding: 't-embedding', logit: 't-logit',
+  };
+
+  function graphsPage() {
+    document.title = 'glassbox — graphs';
+    const out = h('div', { id: 'graph-list' }, h('p', { class: 'muted' }, 'Loading…'));
+    const layersBox = h('div', { id: 'layer-list' });
+    show(h('h1', {}, 'Attribution graphs'),
+      h('p', { class: 'muted' }, 'Graphs written by ', h('code', {}, 'glassbox trace … --out DIR/graphs/NAME.json'),
+        '. Features are placed by prompt position (x) and layer (y); edges are direct effects.'),
+      out, layersBox);
+    app.setAttribute('data-state', 'loading');
+    (async () => {
+      try {
+        const r = await api('/api/graphs');
+        const gs = r.graphs || [];
+        fill(out, gs.length
+          ? h('table', { class: 'units' },
+            h('thead', {}, h('tr', {}, h('th', {}, 'graph'), h('th', {}, 'prompt'), h('th', { class: 'num' }, 'nodes'),
+              h('th', { class: 'num' }, 'features'), h('th', { class: 'num' }, 'links'),
+              h('th', { class: 'num' }, 'replacement'), h('th', { class: 'num' }, 'completeness'))),
+            h('tbody', {}, gs.map((g) => h('tr', {},
+              h('td', {}, h('a', { href: link.graph(g.name), class: 'label' }, g.name)),
+              g.error ? h('td', { colspan: 6, class: 'error' }, g.error) : [
+                h('td', {}, h('span', { class: 'ex-text' }, g.prompt || '')),
+                h('td', { class: 'num' }, g.n_nodes), h('td', { class: 'num' }, g.n_features),
+                h('td', { class: 'num' }, g.n_links),
+                h('td', { class: 'num' }, fmt(g.replacement_score)), h('td', { class: 'num' }, fmt(g.completeness_score))]))))
+          : h('p', { class: 'notice' }, `No graphs in ${r.dir} yet: `, h('code', {}, 'glassbox trace --model M --transcoders SET --prompt "…" --out SET/graphs/NAME.json'), '.'));
+        const layers = (META && META.set && META.set.layers) || [];
+        if (layers.length) {
+          fill(layersBox, h('h2', {}, 'Layers'),
+            h('table', { class: 'stats' }, layers.map((l) => h('tr', {},
+              h('th', {}, `layer ${l.layer}`), h('td', {}, h('code', {}, l.path)),
+              h('td', {}, l.features ? h('a', { href: link.layerFeature(l.layer, 0) }, 'feature pages')
+                : h('span', { class: 'muted' }, `no feature store: glassbox features build --sae ${META.run_dir}/${l.path} --model ${META.set.model || 'M'}`))))));
+        }
+        app.setAttribute('data-state', 'ready');
+      } catch (e) { showError(e); }
+    })();
+  }
+
+  async function layerFeaturePage(layer, id) {
+    try {
+      const u = await api(`/api/layers/${layer}/features/${id}`);
+      unitView('feature', u, {
+        title: `Layer ${layer} · feature ${id}`,
+        unitLink: (kind, fid) => link.layerFeature(layer, fid),
+        live: false,
+      });
+    } catch (e) { showError(e); }
+  }
+
+  // Supernodes of a graph, kept in localStorage: [{id, name, members: [node_id]}].
+  function supernodeStore(name) {
+    const key = 'glassbox.supernodes.' + name;
+    return {
+      load() {
+        try {
+          const v = JSON.parse(localStorage.getItem(key) || '[]');
+          return Array.isArray(v) ? v.filter((s) => s && typeof s.name === 'string' && Array.isArray(s.members)) : [];
+        } catch (e) { return []; }
+      },
+      save(list) {
+        try { localStorage.setItem(key, JSON.stringify(list)); } catch (e) { /* storage full or disabled */ }
+      },
+    };
+  }
+
+  async function graphPage(name) {
+    document.title = 'glassbox — graph ' + name;
+    app.setAttribute('data-state', 'loading');
+    let g;
+    try {
+      g = await api('/api/graphs/' + encodeURIComponent(name));
+    } catch (e) { showError(e); return; }
+    graphView(name, g);
+  }
+
+  function graphView(name, g) {
+    app.classList.add('wide');
+    const meta = g.metadata || {};
+    const nodes = g.nodes || [];
+    const links = g.links || [];
+    const byId = new Map(nodes.map((n) => [n.node_id, n]));
+    const nLayers = meta.n_layers || Math.max(0, ...nodes.map((n) => n.layer));
+    const tokens = meta.prompt_tokens || [];
+    const nPos = Math.max(tokens.length, ...nodes.map((n) => n.ctx_idx + 1));
+    const store = supernodeStore(name);
+    let supers = store.load().map((s, i) => ({
+      id: s.id || `S${i}`, name: s.name, members: s.members.filter((m) => byId.has(m)),
+    })).filter((s) => s.members.length > 0);
+    let selection = [];        // node ids and supernode ids, in click order
+    const editValues = new Map(); // node id -> {op, value}
+
+    const superOf = () => {
+      const m = new Map();
+      for (const s of supers) for (const id of s.members) m.set(id, s);
+      return m;
+    };
+    const superById = (id) => supers.find((s) => s.id === id);
+    const memberNodes = (id) => {
+      const s = superById(id);
+      return s ? s.members.map((m) => byId.get(m)) : (byId.has(id) ? [byId.get(id)] : []);
+    };
+
+    // ---- header, toolbar, panels
+    const scores = h('div', { class: 'graph-scores', id: 'graph-scores' },
+      h('span', {}, 'replacement ', h('b', { id: 'score-replacement' }, fmt(meta.replacement_score))),
+      h('span', {}, 'completeness ', h('b', { id: 'score-completeness' }, fmt(meta.completeness_score))),
+      h('span', { class: 'muted' }, `${nodes.length} nodes · ${links.length} links`),
+      meta.model ? h('span', { class: 'muted' }, meta.model) : null,
+      h('span', { class: 'muted' }, `node threshold ${fmt(meta.node_threshold)} · edge threshold ${fmt(meta.edge_threshold)}`));
+    const selInfo = h('span', { class: 'muted', id: 'graph-selection' });
+    const groupBtn = h('button', { type: 'button', id: 'group-btn', onclick: () => group() }, 'Group as supernode');
+    const clearBtn = h('button', { type: 'button', onclick: () => { selection = []; updateSelection(); } }, 'Clear selection');
+    const dlBtn = h('button', { type: 'button', id: 'supernodes-download', onclick: () => download() }, 'Download supernodes');
+    const superList = h('span', { class: 'super-list', id: 'super-list' });
+    const legend = h('span', { class: 'graph-legend muted' },
+      h('i', { class: 'lg t-feature' }), 'feature ', h('i', { class: 'lg t-error' }), 'error ',
+      h('i', { class: 'lg t-embedding' }), 'embedding ', h('i', { class: 'lg t-logit' }), 'logit ',
+      h('i', { class: 'lg e-pos' }), '+ edge ', h('i', { class: 'lg e-neg' }), '− edge');
+    const toolbar = h('div', { class: 'controls graph-toolbar' }, selInfo, groupBtn, clearBtn, dlBtn, superList, legend);
+    const canvas = h('div', { class: 'graph-canvas', id: 'graph-canvas' });
+    const tip = h('div', { class: 'graph-tip', id: 'graph-tip', hidden: true });
+    const panel = h('aside', { class: 'graph-panel', id: 'graph-panel' },
+      h('p', { class: 'muted' }, 'Click a node to see it here; shift-click to select several.'));
+    const ivPanel = h('section', { class: 'intervene', id: 'intervene-panel' });
+    show(h('h1', {}, 'Attribution graph · ', h('span', { class: 'label' }, name)),
+      h('p', { class: 'graph-prompt' }, h('span', { class: 'muted' }, 'prompt '), h('span', { class: 'ex-text' }, meta.prompt || '')),
+      scores, toolbar,
+      h('div', { class: 'graph-layout' }, h('div', { class: 'graph-wrap' }, canvas, tip), panel),
+      ivPanel);
+
+    // ---- drawing
+    let nodeEls = new Map();
+    let edgeEls = [];
+
+    function draw() {
+      const sOf = superOf();
+      const visible = nodes.filter((n) => !sOf.has(n.node_id));
+      const rowH = 58;
+      const rowOf = (layer) => nLayers - layer; // logits (layer n) on row 0, embeddings (−1) at the bottom
+      // items per (row, position): nodes and supernodes (placed at their members' mean)
+      const items = visible.map((n) => ({ id: n.node_id, node: n, row: rowOf(n.layer), pos: n.ctx_idx }));
+      for (const s of supers) {
+        const ms = s.members.map((m) => byId.get(m));
+        const meanLayer = ms.reduce((a, n) => a + n.layer, 0) / ms.length;
+        const meanPos = ms.reduce((a, n) => a + n.ctx_idx, 0) / ms.length;
+        items.push({ id: s.id, sup: s, row: rowOf(Math.round(meanLayer)), pos: Math.round(meanPos) });
+      }
+      const cells = new Map();
+      for (const it of items) {
+        const k = it.row + ':' + it.pos;
+        if (!cells.has(k)) cells.set(k, []);
+        cells.get(k).push(it);
+      }
+      const perPos = new Array(nPos).fill(1);
+      for (const [k, list] of cells) {
+        const p = parseInt(k.split(':')[1], 10);
+        const width = list.reduce((a, it) => a + (it.sup ? 4 : 1), 0);
+        perPos[p] = Math.max(perPos[p], width);
+      }
+      const step = 16;
+      const colW = perPos.map((c) => Math.max(76, c * step + 20));
+      const left = 58;
+      const colX = [];
+      let x = left;
+      for (const w of colW) { colX.push(x); x += w; }
+      const width = x + 16;
+      const top = 34;
+      const height = top + (nLayers + 2) * rowH + 40;
+      const place = new Map();
+      for (const [k, list] of cells) {
+        const [row, p] = k.split(':').map((v) => parseInt(v, 10));
+        list.sort((a, b) => (a.sup ? 1 : 0) - (b.sup ? 1 : 0) || (b.node ? b.node.influence : 0) - (a.node ? a.node.influence : 0));
+        const units = list.reduce((a, it) => a + (it.sup ? 4 : 1), 0);
+        let cx = colX[p] + (colW[p] - (units - 1) * step) / 2;
+        for (const it of list) {
+          const w = it.sup ? 4 : 1;
+          place.set(it.id, { x: cx + (w - 1) * step / 2, y: top + row * rowH + rowH / 2 });
+          cx += w * step;
+        }
+      }
+
+      const root = svg('svg', {
+        id: 'graph-svg', class: 'graph-svg', width: width, height: height,
+        viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': 'attribution graph',
+      });
+      // rows and columns
+      const grid = svg('g', { class: 'grid' });
+      for (let layer = -1; layer <= nLayers; layer++) {
+        const y = top + rowOf(layer) * rowH + rowH / 2;
+        grid.appendChild(svg('line', { x1: left - 6, x2: width - 10, y1: y, y2: y, class: 'row-line' }));
+        grid.appendChild(svg('text', { x: 6, y: y + 4, class: 'row-label' },
+          layer === -1 ? 'emb' : layer === nLayers ? 'logits' : `L${layer}`));
+      }
+      for (let p = 0; p < nPos; p++) {
+        const cx = colX[p] + colW[p] / 2;
+        const t = svg('text', { x: cx, y: height - 14, class: 'tok-label', 'text-anchor': 'middle', 'data-pos': p },
+          clip(tokens[p] !== undefined ? tokens[p] : `#${p}`, 10));
+        t.appendChild(svg('title', {}, `position ${p}: ${JSON.stringify(tokens[p] ?? '')}`));
+        grid.appendChild(t);
+        if (p > 0) grid.appendChild(svg('line', { x1: colX[p], x2: colX[p], y1: top, y2: height - 32, class: 'col-line' }));
+      }
+      root.appendChild(grid);
+
+      // edges, merged into supernodes
+      const vis = (id) => (sOf.has(id) ? sOf.get(id).id : id);
+      const merged = new Map();
+      for (const l of links) {
+        const s = vis(l.source);
+        const t = vis(l.target);
+        if (s === t || !place.has(s) || !place.has(t)) continue;
+        const k = s + '\u0000' + t;
+        merged.set(k, { source: s, target: t, weight: (merged.has(k) ? merged.get(k).weight : 0) + l.weight });
+      }
+      const edges = [...merged.values()].sort((a, b) => Math.abs(a.weight) - Math.abs(b.weight));
+      const maxW = Math.max(1e-30, ...edges.map((e) => Math.abs(e.weight)));
+      const eg = svg('g', { class: 'edges', id: 'graph-edges' });
+      edgeEls = [];
+      for (const e of edges) {
+        const a = place.get(e.source);
+        const b = place.get(e.target);
+        const r = Math.abs(e.weight) / maxW;
+        const my = (a.y + b.y) / 2;
+        const path = svg('path', {
+          class: 'gedge ' + (e.weight >= 0 ? 'pos' : 'neg'),
+          d: `M${a.x.toFixed(1)},${a.y.toFixed(1)} C${a.x.toFixed(1)},${my.toFixed(1)} ${b.x.toFixed(1)},${my.toFixed(1)} ${b.x.toFixed(1)},${b.y.toFixed(1)}`,
+          'stroke-width': (0.4 + 3.6 * r).toFixed(2),
+          'stroke-opacity': (0.15 + 0.7 * r).toFixed(2),
+          'data-source': e.source, 'data-target': e.target,
+        });
+        edgeEls.push({ el: path, source: e.source, target: e.target });
+        eg.appendChild(path);
+      }
+      root.appendChild(eg);
+
+      // nodes
+      const ng = svg('g', { class: 'nodes', id: 'graph-nodes' });
+      nodeEls = new Map();
+      for (const it of items) {
+        const { x: px, y: py } = place.get(it.id);
+        let el;
+        if (it.sup) {
+          const w = 4 * step - 4;
+          el = svg('g', { class: 'gsuper', 'data-id': it.id, transform: `translate(${px.toFixed(1)},${py.toFixed(1)})` },
+            svg('rect', { x: -w / 2, y: -9, width: w, height: 18, rx: 9 }),
+            svg('text', { y: 4, 'text-anchor': 'middle' }, clip(it.sup.name, 12)));
+        } else {
+          const n = it.node;
+          const cls = 'gnode ' + (TYPE_CLASS[n.feature_type] || 't-other');
+          let shape;
+          if (n.feature_type === 'transcoder') shape = svg('circle', { r: 6 });
+          else if (n.feature_type === 'mlp reconstruction error') shape = svg('rect', { x: -5, y: -5, width: 10, height: 10 });
+          else if (n.feature_type === 'embedding') shape = svg('rect', { x: -7, y: -5, width: 14, height: 10, rx: 2 });
+          else shape = svg('polygon', { points: '0,-8 8,0 0,8 -8,0' });
+          el = svg('g', { class: cls, 'data-id': n.node_id, transform: `translate(${px.toFixed(1)},${py.toFixed(1)})` }, shape);
+          if (n.feature_type === 'logit') {
+            el.appendChild(svg('text', { y: -12, 'text-anchor': 'middle', class: 'logit-label' }, clip(n.token_str, 8)));
+          }
+        }
+        el.addEventListener('mouseenter', (ev) => hover(it.id, ev));
+        el.addEventListener('mousemove', (ev) => moveTip(ev));
+        el.addEventListener('mouseleave', () => unhover());
+        el.addEventListener('click', (ev) => { ev.stopPropagation(); clickNode(it.id, ev.shiftKey); });
+        nodeEls.set(it.id, el);
+        ng.appendChild(el);
+      }
+      root.appendChild(ng);
+      fill(canvas, root);
+      updateSelection();
+      fill(superList, supers.map((s) => h('span', { class: 'chip super-chip', 'data-id': s.id },
+        h('a', { href: '#', onclick: (e) => { e.preventDefault(); clickNode(s.id, e.shiftKey); } }, s.name),
+        h('sub', {}, s.members.length),
+        h('button', { type: 'button', class: 'ungroup', title: 'ungroup', onclick: () => ungroup(s.id) }, '×'))));
+      dlBtn.disabled = supers.length === 0;
+    }
+
+    // ---- hover
+    function tipLines(id) {
+      const s = superById(id);
+      if (s) {
+        return [`supernode “${s.name}”`, `${s.members.length} nodes`,
+          ...s.members.slice(0, 8).map((m) => nodeName(byId.get(m))), s.members.length > 8 ? '…' : null];
+      }
+      const n = byId.get(id);
+      const rows = [`${n.feature_type}`, `layer ${n.layer} · position ${n.ctx_idx} (${JSON.stringify(n.token_str)})`];
+      if (n.feature !== null && n.feature !== undefined) rows.push(`feature ${n.feature}`);
+      if (n.activation !== null && n.activation !== undefined) rows.push(`activation ${fmt(n.activation)}`);
+      if (n.error_norm !== null && n.error_norm !== undefined) rows.push(`error norm ${fmt(n.error_norm)}`);
+      if (n.token_prob !== null && n.token_prob !== undefined) rows.push(`probability ${pct(n.token_prob)}`);
+      rows.push(`influence ${fmt(n.influence)}`);
+      return rows;
+    }
+    function hover(id, ev) {
+      fill(tip, tipLines(id).filter((l) => l !== null).map((l, i) => h('div', { class: i === 0 ? 'label' : null }, l)));
+      tip.hidden = false;
+      moveTip(ev);
+      canvas.classList.add('hovering');
+      for (const e of edgeEls) {
+        if (e.source === id || e.target === id) e.el.classList.add('hl');
+      }
+    }
+    function moveTip(ev) {
+      const box = canvas.parentNode.getBoundingClientRect();
+      tip.style.left = (ev.clientX - box.left + 14) + 'px';
+      tip.style.top = (ev.clientY - box.top + 14) + 'px';
+    }
+    function unhover() {
+      tip.hidden = true;
+      canvas.classList.remove('hovering');
+      for (const e of edgeEls) e.el.classList.remove('hl');
+    }
+
+    // ---- selection and the side panel
+    function clickNode(id, shift) {
+      if (shift) {
+        const i = selection.indexOf(id);
+        if (i >= 0) selection.splice(i, 1); else selection.push(id);
+      } else {
+        selection = [id];
+      }
+      updateSelection();
+      if (selection.includes(id)) showPanel(id);
+    }
+
+    function updateSelection() {
+      for (const [id, el] of nodeEls) {
+        el.classList.toggle('sel', selection.includes(id));
+      }
+      selection = selection.filter((id) => nodeEls.has(id));
+      selInfo.textContent = selection.length ? `${selection.length} selected` : 'nothing selected';
+      groupBtn.disabled = selection.length < 2;
+      renderIntervene();
+    }
+
+    function edgeList(title, list, other, cls) {
+      return h('div', { class: 'edge-list ' + cls },
+        h('h3', {}, title),
+        list.length ? h('ol', { class: 'effects' }, list.map((l) => h('li', {},
+          h('a', { href: '#', onclick: (e) => { e.preventDefault(); clickNode(other(l), false); } }, nodeName(byId.get(other(l)))),
+          ' ', h('span', { class: 'num ' + (l.weight >= 0 ? 'w-pos' : 'w-neg') }, fmt(l.weight)))))
+          : h('p', { class: 'muted' }, 'none'));
+    }
+
+    function strongest(pred) {
+      return links.filter(pred).sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, 8);
+    }
+
+    function dashboard(n) {
+      const box = h('div', { class: 'panel-dash', id: 'panel-dashboard' }, h('p', { class: 'muted' }, 'Loading the feature’s dashboard…'));
+      api(`/api/layers/${n.layer}/features/${n.feature}` + qs({ graph: name })).then((u) => {
+        const scale = u.max_act > 0 ? u.max_act : 1;
+        fill(box,
+          h('p', {}, h('span', { class: 'label', id: 'panel-label' }, u.label || '(no label)'), ' ',
+            h('a', { href: link.layerFeature(n.layer, n.feature) }, 'full page')),
+          statsTable(u),
+          h('div', { class: 'toks' }, (u.top_tokens || []).map((t) =>
+            h('span', { class: 'chip', title: `${JSON.stringify(t[0])} × ${t[1]}` }, showTok(t[0]), h('sub', {}, t[1])))),
+          h('h3', {}, 'Top activations'),
+          (u.top_examples || []).length
+            ? h('div', { id: 'panel-examples' }, u.top_examples.slice(0, 8).map((ex) => exampleRow(ex, scale)))
+            : h('p', { class: 'muted' }, 'no examples recorded'));
+        box.setAttribute('data-state', 'ready');
+      }).catch((e) => {
+        fill(box, h('div', { class: 'notice', id: 'panel-missing' }, e.message));
+        box.setAttribute('data-state', 'missing');
+      });
+      return box;
+    }
+
+    function showPanel(id) {
+      const s = superById(id);
+      if (s) {
+        const members = new Set(s.members);
+        fill(panel,
+          h('h2', { id: 'panel-title' }, `Supernode “${s.name}”`),
+          h('ul', { class: 'neigh' }, s.members.map((m) => h('li', {},
+            h('a', { href: '#', onclick: (e) => { e.preventDefault(); clickNode(m, false); } }, nodeName(byId.get(m)))))),
+          edgeList('strongest inputs', strongest((l) => members.has(l.target) && !members.has(l.source)), (l) => l.source, 'in'),
+          edgeList('strongest outputs', strongest((l) => members.has(l.source) && !members.has(l.target)), (l) => l.target, 'out'));
+        panel.setAttribute('data-node', id);
+        return;
+      }
+      const n = byId.get(id);
+      const row = (k, v) => (v === null || v === undefined ? null : h('tr', {}, h('th', {}, k), h('td', {}, v)));
+      fill(panel,
+        h('h2', { id: 'panel-title' }, nodeName(n)),
+        h('table', { class: 'stats' },
+          row('type', n.feature_type), row('layer', n.layer), row('position', `${n.ctx_idx} ${JSON.stringify(n.token_str)}`),
+          row('feature', n.feature), row('activation', n.activation === null || n.activation === undefined ? null : fmt(n.activation)),
+          row('error norm', n.error_norm === null || n.error_norm === undefined ? null : fmt(n.error_norm)),
+          row('probability', n.token_prob === null || n.token_prob === undefined ? null : pct(n.token_prob)),
+          row('influence', fmt(n.influence))),
+        n.feature_type === 'transcoder' ? dashboard(n) : null,
+        edgeList('strongest inputs', strongest((l) => l.target === id), (l) => l.source, 'in'),
+        edgeList('strongest outputs', strongest((l) => l.source === id), (l) => l.target, 'out'));
+      panel.setAttribute('data-node', id);
+    }
+
+    // ---- supernodes
+    function group() {
+      const ids = [...new Set(selection.flatMap((id) => memberNodes(id).map((n) => n.node_id)))];
+      if (ids.length < 2) return;
+      const suggested = ids.map((i) => byId.get(i)).find((n) => n.feature_type === 'transcoder');
+      const label = window.prompt('Name the supernode', suggested ? nodeName(suggested) : 'group');
+      if (label === null || label.trim() === '') return;
+      const taken = new Set(ids);
+      supers = supers.map((s) => ({ ...s, members: s.members.filter((m) => !taken.has(m)) })).filter((s) => s.members.length > 0);
+      const id = 'S' + Date.now().toString(36) + Math.floor(Math.random() * 1e6).toString(36);
+      supers.push({ id: id, name: label.trim(), members: ids });
+      store.save(supers);
+      selection = [id];
+      draw();
+      showPanel(id);
+    }
+    function ungroup(id) {
+      supers = supers.filter((s) => s.id !== id);
+      store.save(supers);
+      selection = selection.filter((s) => s !== id);
+      draw();
+    }
+    function download() {
+      const body = JSON.stringify({ graph: name, prompt: meta.prompt, supernodes: supers }, null, 2);
+      const url = URL.createObjectURL(new Blob([body], { type: 'application/json' }));
+      const a = h('a', { href: url, download: `${name}.supernodes.json` });
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+    }
+
+    // ---- interventions
+    const mode = h('select', { id: 'iv-mode' }, h('option', { value: 'frozen' }, 'frozen (replacement model)'), h('option', { value: 'live' }, 'live (real model)'));
+    const topN = h('input', { type: 'number', id: 'iv-top', min: 1, max: 100, value: 10 });
+    const ivRows = h('div', { id: 'iv-rows' });
+    const ivOut = h('div', { id: 'iv-out' });
+    const runBtn = h('button', { type: 'button', id: 'iv-run', onclick: () => runIntervention() }, 'Run');
+    fill(ivPanel, h('h2', {}, 'Intervene'),
+      h('p', { class: 'muted' }, 'Set or scale the selected features (scale 0 ablates) and compare the next-token distribution. ' +
+        'Frozen: the replacement model with attention and norms pinned, as the graph assumes. Live: the real model, everything downstream recomputed.'),
+      ivRows,
+      h('div', { class: 'controls' }, h('label', {}, 'mode ', mode), h('label', {}, 'top ', topN), runBtn),
+      ivOut);
+
+    function selectedFeatures() {
+      const seen = new Set();
+      const out = [];
+      for (const id of selection) {
+        for (const n of memberNodes(id)) {
+          if (n.feature_type === 'transcoder' && !seen.has(n.node_id)) { seen.add(n.node_id); out.push(n); }
+        }
+      }
+      return out;
+    }
+
+    function renderIntervene() {
+      const feats = selectedFeatures();
+      runBtn.disabled = false;
+      if (!feats.length) {
+        fill(ivRows, h('p', { class: 'muted' }, 'No features selected: click a feature (shift-click for several). Run with none checks that the frozen model reproduces the clean distribution.'));
+        return;
+      }
+      fill(ivRows, h('table', { class: 'per-token iv-table' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'feature'), h('th', { class: 'num' }, 'activation'), h('th', {}, 'edit'), h('th', {}, ''))),
+        h('tbody', {}, feats.map((n) => {
+          if (!editValues.has(n.node_id)) editValues.set(n.node_id, { op: 'scale', value: '0' });
+          const ev = editValues.get(n.node_id);
+          const op = h('select', { class: 'iv-op', onchange: () => { ev.op = op.value; } },
+            h('option', { value: 'scale', selected: ev.op === 'scale' }, 'scale ×'), h('option', { value: 'set', selected: ev.op === 'set' }, 'set to'));
+          const val = h('input', { type: 'number', step: 'any', class: 'iv-value', value: ev.value, oninput: () => { ev.value = val.value; } });
+          return h('tr', { 'data-node': n.node_id },
+            h('td', {}, nodeName(n)), h('td', { class: 'num' }, fmt(n.activation)),
+            h('td', {}, op, ' ', val),
+            h('td', {}, h('button', { type: 'button', onclick: () => { selection = selection.filter((s) => s !== n.node_id); updateSelection(); } }, 'remove')));
+        }))));
+    }
+
+    async function runIntervention() {
+      const edits = [];
+      for (const n of selectedFeatures()) {
+        const ev = editValues.get(n.node_id) || { op: 'scale', value: '0' };
+        const v = parseFloat(ev.value);
+        if (!Number.isFinite(v)) {
+          fill(ivOut, h('div', { class: 'error' }, `the value for ${nodeName(n)} is not a number`));
+          return;
+        }
+        edits.push({ layer: n.layer, position: n.ctx_idx, feature: n.feature, value: { [ev.op]: v } });
+      }
+      fill(ivOut, h('p', { class: 'muted' }, 'Running… (the first run loads the model and the transcoders)'));
+      ivOut.setAttribute('data-state', 'loading');
+      try {
+        const r = await api(`/api/graphs/${encodeURIComponent(name)}/intervene`,
+          { mode: mode.value, edits: edits, top: parseInt(topN.value, 10) || 10 });
+        const table = (title, list, id, other) => {
+          const prob = new Map((other || []).map((t) => [t.token, t.prob]));
+          return h('div', { class: 'gen', id: id }, h('h3', {}, title),
+            h('table', { class: 'per-token' },
+              h('thead', {}, h('tr', {}, h('th', {}, 'token'), h('th', { class: 'num' }, 'prob'), h('th', { class: 'num' }, 'logit'))),
+              h('tbody', {}, list.map((t) => h('tr', { 'data-token': t.token },
+                h('td', {}, h('span', { class: 'chip', title: `token ${t.token}` }, showTok(t.token_str))),
+                h('td', { class: 'num', title: prob.has(t.token) ? `other side ${pct(prob.get(t.token))}` : '' }, pct(t.prob)),
+                h('td', { class: 'num' }, fmt(t.logit)))))));
+        };
+        fill(ivOut,
+          h('p', {}, `${r.mode} · KL(clean ‖ edited) = `, h('b', { id: 'iv-kl' }, fmt(r.kl)), ' nats'),
+          r.edits.length ? h('p', { class: 'muted' }, r.edits.map((e) =>
+            `L${e.layer} #${e.feature} @${e.position}: ${fmt(e.clean_activation)} → ${fmt(e.new_activation)}`).join(' · ')) : null,
+          h('div', { class: 'two' },
+            table('before', r.before, 'iv-before', r.after),
+            table('after', r.after, 'iv-after', r.before)));
+        ivOut.setAttribute('data-state', 'ready');
+      } catch (e) {
+        fill(ivOut, h('div', { class: 'error' }, e.message));
+        ivOut.setAttribute('data-state', 'error');
+      }
+    }
+
+    draw();
+    app.setAttribute('data-state', 'ready');
+
+    // ?select=ID,ID (clicks them, the later ones with shift) and &run=1 (runs the
+    // intervention with the default edits): links into a selection, and the browser tests
+    const p = new URLSearchParams(location.search);
+    const pre = (p.get('select') || '').split(',').filter((id) => nodeEls.has(id));
+    pre.forEach((id, i) => nodeEls.get(id).dispatchEvent(new MouseEvent('click', { bubbles: true, shiftKey: i > 0 })));
+    if (p.get('run') === '1') runIntervention();
+  }
+
   // ---- routing -------------------------------------------------------------------
 
-  function route() {
+  async function route() {
+    if (!STATIC) {
+      try { META = await api('/api/meta'); } catch (e) { META = null; }
+    }
     nav();
     if (STATIC) {
       switch (STATIC.page) {
@@ -503,6 +1093,16 @@
     const path = location.pathname.replace(/\/+$/, '') || '/';
     const m = path.match(/^\/unit\/(feature|neuron)\/(\d+)$/);
     if (m) return unitPage(m[1], parseInt(m[2], 10));
+    const g = path.match(/^\/graph\/([^/]+)$/);
+    if (g) {
+      let name = null;
+      try { name = decodeURIComponent(g[1]); } catch (e) { /* malformed escape */ }
+      return name === null ? showError('No such graph.') : graphPage(name);
+    }
+    const lf = path.match(/^\/layer\/(\d+)\/feature\/(\d+)$/);
+    if (lf) return layerFeaturePage(parseInt(lf[1], 10), parseInt(lf[2], 10));
+    if (path === '/graphs') return graphsPage();
+    if (META && META.mode === 'transcoders' && (path === '/' || path === '/index.html')) return graphsPage();
     if (path === '/' || path === '/index.html') return listPage();
     if (path === '/prompt') return promptPage();
     if (path === '/steer') return steerPage();

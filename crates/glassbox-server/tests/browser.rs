@@ -248,3 +248,105 @@ fn steering_playground_renders_side_by_side_in_chromium() {
     assert!(steered.contains(r#"class="generated""#), "{steered}");
     assert!(dom.contains("decoder row #1"), "{dom}");
 }
+
+#[test]
+fn attribution_graph_renders_every_node_and_opens_a_feature_in_chromium() {
+    let Some(chromium) = chromium() else { return };
+    let fx = common::graphs::graph_set();
+    let base = start_server(fx.dir.path());
+    let nodes = fx.graph["nodes"].as_array().unwrap();
+    let features = common::graphs::feature_nodes(&fx.graph);
+    let name = common::graphs::GRAPH_NAME;
+    let pick = |layer: i64| {
+        features
+            .iter()
+            .find(|n| n["layer"] == layer)
+            .unwrap_or_else(|| panic!("the graph has no layer-{layer} feature"))
+            .clone()
+    };
+    let (f1, f0) = (pick(1), pick(0));
+    let id1 = f1["node_id"].as_str().unwrap();
+    let title1 = format!(
+        "L1 #{} @{}",
+        f1["feature"].as_u64().unwrap(),
+        f1["ctx_idx"].as_u64().unwrap()
+    );
+    // load the model and the set first so the page's intervention is quick
+    let (s, body) = raw_request(
+        &base,
+        "POST",
+        &format!("/api/graphs/{name}/intervene"),
+        Some("{}"),
+    );
+    assert_eq!(s, 200, "{body}");
+
+    // a click on a layer-1 feature (its layer has a feature store), then Run
+    let dom = dump_dom(
+        &chromium,
+        &format!("{base}/graph/{name}?select={id1}&run=1"),
+    );
+    assert!(
+        dom.contains(r#"data-state="ready""#),
+        "page did not finish:\n{dom}"
+    );
+    assert_eq!(
+        dom.matches(r#"class="gnode "#).count(),
+        nodes.len(),
+        "one element per node of the JSON"
+    );
+    assert!(dom.contains(r#"id="graph-svg""#));
+    assert!(dom.contains(r#"class="gedge "#), "edges drawn");
+    assert!(dom.contains(">Graphs</a>"), "nav link");
+    assert!(dom.contains(r#"id="score-replacement""#));
+    assert!(dom.contains(r#"id="score-completeness""#));
+    assert!(
+        dom.contains(&format!(r#"class="gnode t-feature sel" data-id="{id1}""#)),
+        "the clicked node is selected"
+    );
+    let panel = element(&dom, "graph-panel");
+    let panel = &panel[..panel.find("</aside>").unwrap()];
+    assert!(panel.contains(&format!(r#"data-node="{id1}""#)), "{panel}");
+    assert!(panel.contains(&title1), "{panel}");
+    assert!(panel.contains("strongest inputs"), "{panel}");
+    assert!(panel.contains("strongest outputs"), "{panel}");
+    assert!(
+        panel.contains(r#"id="panel-dashboard" data-state="ready""#),
+        "the layer's feature store answered: {panel}"
+    );
+    assert!(panel.contains("Top activations"), "{panel}");
+    // the intervention panel lists the feature and ran
+    let iv = element(&dom, "intervene-panel");
+    assert!(iv.contains(&format!(r#"data-node="{id1}""#)), "{iv}");
+    assert!(iv.contains(r#"id="iv-out" data-state="ready""#), "{iv}");
+    assert!(
+        iv.contains(r#"id="iv-kl""#)
+            && iv.contains(r#"id="iv-before""#)
+            && iv.contains(r#"id="iv-after""#),
+        "{iv}"
+    );
+
+    // a layer-0 feature: no store there, the panel says how to build it; shift-click adds
+    let id0 = f0["node_id"].as_str().unwrap();
+    let dom = dump_dom(
+        &chromium,
+        &format!("{base}/graph/{name}?select={id1},{id0}"),
+    );
+    let panel = element(&dom, "graph-panel");
+    let panel = &panel[..panel.find("</aside>").unwrap()];
+    assert!(panel.contains(&format!(r#"data-node="{id0}""#)), "{panel}");
+    assert!(panel.contains("glassbox features build --sae"), "{panel}");
+    assert!(dom.contains("2 selected"), "shift-click keeps both");
+
+    // the graph list and a layer's feature page
+    let dom = dump_dom(&chromium, &format!("{base}/"));
+    assert!(
+        element(&dom, "graph-list").contains(&format!(r#"href="/graph/{name}""#)),
+        "{dom}"
+    );
+    let dom = dump_dom(
+        &chromium,
+        &format!("{base}/layer/1/feature/{}", f1["feature"].as_u64().unwrap()),
+    );
+    assert!(dom.contains(r#"data-state="ready""#), "{dom}");
+    assert!(dom.contains("Layer 1 · feature"), "{dom}");
+}
