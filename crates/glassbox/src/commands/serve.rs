@@ -1,12 +1,15 @@
 use anyhow::Result;
 use std::path::PathBuf;
 
-/// `glassbox serve DIR`: the feature dashboards of a run directory in the browser.
+/// `glassbox serve DIR`: the feature dashboards of a run directory, or the attribution
+/// graphs of a transcoder set, in the browser.
 #[derive(clap::Args)]
 pub struct Args {
     /// Run directory: features.sqlite (from `glassbox features build --run DIR`), the
     /// dictionary (cfg.json + sae_weights.safetensors) and config.toml (names the model
-    /// the live prompt and steering views load on first use)
+    /// the live prompt and steering views load on first use). Or a transcoder set
+    /// (index.json, from `glassbox train-transcoders`): its graphs/*.json (from
+    /// `glassbox trace`) and the feature pages of layers with a layer_XX/features.sqlite
     dir: PathBuf,
     /// Port to listen on (0: any free port)
     #[arg(long, default_value_t = 8080)]
