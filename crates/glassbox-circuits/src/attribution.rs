@@ -124,6 +124,10 @@ impl Attribution {
     }
 }
 
+/// The output vectors `[n, d_model]` of the feature nodes at one (layer, position), and
+/// their node indices.
+type SourceWrites = (Tensor, Vec<usize>);
+
 /// Where a target reads: a feature's pre-activation at (layer, position), or a logit at
 /// the last position (after every layer).
 struct Target {
@@ -270,7 +274,7 @@ pub fn attribute(
     targets.sort_by(|a, b| b.layer.cmp(&a.layer).then(a.node.cmp(&b.node)));
 
     // source write vectors per (layer, position): features' a·W_dec rows and node ids
-    let mut writes: Vec<Vec<Option<(Tensor, Vec<usize>)>>> = vec![vec![None; s]; n_layers];
+    let mut writes: Vec<Vec<Option<SourceWrites>>> = vec![vec![None; s]; n_layers];
     {
         let mut i = 0;
         while i < n_features {
@@ -340,8 +344,8 @@ pub fn attribute(
         for l in (0..n_layers.min(top + 1)).rev() {
             // g: gradient at the residual stream after block l (where layer-l sources write)
             if l < top || top == n_layers {
-                for p in 0..s {
-                    if let Some((rows, ids)) = &writes[l][p] {
+                for (p, w) in writes[l].iter().enumerate() {
+                    if let Some((rows, ids)) = w {
                         let gp = g.narrow(1, p, 1)?.squeeze(1)?; // [nb, d]
                         record(&gp.matmul(&rows.t()?)?, ids)?;
                     }
