@@ -144,6 +144,7 @@ pub fn prune(g: &Attribution, opts: PruneOptions) -> Result<Pruned> {
         den += out;
     }
     let completeness_score = (num / den.max(1e-30)) as f32;
+    drop(b); // n² floats: the pruned copies below need the room
 
     // nodes: the most influential ones holding node_threshold; tokens and logits stay
     let cut = find_threshold(&infl[..first_token], opts.node_threshold);
