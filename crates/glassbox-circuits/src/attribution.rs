@@ -311,17 +311,15 @@ pub fn attribute(
         let top = batch[0].layer; // deepest read point in this batch
         let mut g = Tensor::zeros((nb, s, d), candle_core::DType::F32, &Device::Cpu)?;
         let inject = |g: &Tensor, layer: usize| -> Result<Option<Tensor>> {
+            if !batch.iter().any(|t| t.layer == layer) {
+                return Ok(None);
+            }
             let mut data = vec![0f32; nb * s * d];
-            let mut any = false;
             for (row, t) in batch.iter().enumerate() {
                 if t.layer == layer {
                     let at = (row * s + t.position) * d;
                     data[at..at + d].copy_from_slice(&t.direction);
-                    any = true;
                 }
-            }
-            if !any {
-                return Ok(None);
             }
             Ok(Some(
                 (g + Tensor::from_vec(data, (nb, s, d), &Device::Cpu)?)?,
