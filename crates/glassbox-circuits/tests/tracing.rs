@@ -5,53 +5,26 @@
 //! a target add up to its value; pruning keeps the influence it promises; bad input is
 //! refused with a message.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use glassbox_circuits::{
     attribute, intervene, prune, AttributionOptions, EditValue, FeatureEdit, InterventionMode,
     NodeKind, PruneOptions, ReplacementState, TranscoderSet,
 };
 use glassbox_fixtures::tiny_dir;
 use glassbox_model::{load_model, Batch, HookFilter, Model, Run};
-use glassbox_sae::{Architecture, Dictionary};
+use glassbox_sae::testing::RandomTranscoder;
+use glassbox_sae::Dictionary;
 use std::collections::HashMap;
-
-fn rnd(seed: &mut u64, n: usize, s: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * s
-        })
-        .collect()
-}
 
 /// A random transcoder for `layer`: TopK (k 6 of 48), optionally with a skip connection.
 fn transcoder(layer: usize, d: usize, skip: bool, seed: u64) -> Dictionary {
-    let m = 48;
-    let mut x = seed;
-    let dev = &Device::Cpu;
-    Dictionary {
-        architecture: Architecture::TopK,
-        d_in: d,
-        d_sae: m,
-        d_out: d,
+    RandomTranscoder {
         k: Some(6),
-        apply_b_dec_to_input: false,
-        w_enc: Tensor::from_vec(rnd(&mut x, d * m, 1.0), (d, m), dev).unwrap(),
-        b_enc: Some(Tensor::from_vec(rnd(&mut x, m, 0.2), m, dev).unwrap()),
-        w_dec: Tensor::from_vec(rnd(&mut x, m * d, 0.3), (m, d), dev).unwrap(),
-        b_dec: Tensor::from_vec(rnd(&mut x, d, 0.1), d, dev).unwrap(),
-        threshold: None,
-        b_gate: None,
-        r_mag: None,
-        b_mag: None,
-        w_skip: skip.then(|| Tensor::from_vec(rnd(&mut x, d * d, 0.1), (d, d), dev).unwrap()),
-        hook_name: Some(format!("blocks.{layer}.ln2.hook_normalized")),
-        hook_name_out: Some(format!("blocks.{layer}.hook_mlp_out")),
-        model_name: None,
-        extra_cfg: Default::default(),
+        skip,
+        ..RandomTranscoder::new(layer, d, 48, seed)
     }
+    .build()
+    .unwrap()
 }
 
 fn setup(family: &str) -> (Model, TranscoderSet, Vec<u32>) {
@@ -488,5 +461,4 @@ fn a_transcoder_set_that_does_not_fit_the_model_is_refused() {
         .unwrap()
         .to_string();
     assert!(e.contains("vocabulary"), "{e}");
-    let _ = DType::F32;
 }

@@ -4,6 +4,7 @@
 
 pub mod dictionary;
 pub mod format;
+pub mod testing;
 
 pub use dictionary::{Architecture, Dictionary};
 

@@ -2,9 +2,9 @@
 //! model with a set of small random transcoders (the graph's exactness is tested in
 //! glassbox-circuits; here: the file, the forms scripts use, and bad input).
 
-use candle_core::{Device, Tensor};
 use glassbox_fixtures::default_gguf;
-use glassbox_sae::{Architecture, Dictionary};
+use glassbox_sae::testing::RandomTranscoder;
+use glassbox_sae::Dictionary;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -33,40 +33,15 @@ fn assert_refused(args: &[&str], needles: &[&str]) {
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
 }
 
+/// TopK (k 4 of 64) with decoder rows large enough to matter in SmolLM2's residual stream.
 fn random_transcoder(layer: usize, d: usize, m: usize, seed: u64) -> Dictionary {
-    let mut x = seed;
-    let mut rnd = |n: usize, s: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * s
-            })
-            .collect()
-    };
-    let dev = &Device::Cpu;
-    Dictionary {
-        architecture: Architecture::TopK,
-        d_in: d,
-        d_sae: m,
-        d_out: d,
+    let spec = RandomTranscoder {
         k: Some(4),
-        apply_b_dec_to_input: false,
-        w_enc: Tensor::from_vec(rnd(d * m, 0.2), (d, m), dev).unwrap(),
-        b_enc: Some(Tensor::from_vec(rnd(m, 0.1), m, dev).unwrap()),
-        w_dec: Tensor::from_vec(rnd(m * d, 3.0), (m, d), dev).unwrap(),
-        b_dec: Tensor::zeros(d, candle_core::DType::F32, dev).unwrap(),
-        threshold: None,
-        b_gate: None,
-        r_mag: None,
-        b_mag: None,
-        w_skip: None,
-        hook_name: Some(format!("blocks.{layer}.ln2.hook_normalized")),
-        hook_name_out: Some(format!("blocks.{layer}.hook_mlp_out")),
-        model_name: None,
-        extra_cfg: Default::default(),
-    }
+        enc_scale: 0.2,
+        dec_scale: 3.0,
+        ..RandomTranscoder::new(layer, d, m, seed)
+    };
+    spec.build().unwrap()
 }
 
 fn write_set(dir: &Path, layers: usize, d: usize) {

@@ -3,13 +3,13 @@
 //! with an index.json, one attribution graph in graphs/ built with glassbox-circuits,
 //! and a feature store for layer 1 built with glassbox-features (layer 0 has none).
 
-use candle_core::{Device, Tensor};
 use glassbox_circuits::{
     attribute, graph_json, prune, AttributionOptions, GraphContext, PruneOptions, ReplacementState,
     TranscoderSet,
 };
 use glassbox_model::load_model;
-use glassbox_sae::{Architecture, Dictionary};
+use glassbox_sae::testing::RandomTranscoder;
+use glassbox_sae::Dictionary;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -21,47 +21,16 @@ pub fn tiny_llama() -> PathBuf {
     glassbox_fixtures::tiny_dir("llama")
 }
 
-fn rnd(seed: &mut u64, n: usize, s: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * s
-        })
-        .collect()
-}
-
 /// A random transcoder for `layer` of a `d`-wide model.
 pub fn transcoder(layer: usize, d: usize, topk: bool, skip: bool, seed: u64) -> Dictionary {
-    let m = D_SAE;
-    let mut x = seed;
-    let dev = &Device::Cpu;
-    Dictionary {
-        architecture: if topk {
-            Architecture::TopK
-        } else {
-            Architecture::Standard
-        },
-        d_in: d,
-        d_sae: m,
-        d_out: d,
+    let spec = RandomTranscoder {
         k: topk.then_some(6),
-        apply_b_dec_to_input: false,
-        w_enc: Tensor::from_vec(rnd(&mut x, d * m, 1.0), (d, m), dev).unwrap(),
-        b_enc: Some(Tensor::from_vec(rnd(&mut x, m, 0.2), m, dev).unwrap()),
-        w_dec: Tensor::from_vec(rnd(&mut x, m * d, 0.3), (m, d), dev).unwrap(),
-        b_dec: Tensor::from_vec(rnd(&mut x, d, 0.1), d, dev).unwrap(),
-        threshold: None,
-        b_gate: None,
-        r_mag: None,
-        b_mag: None,
-        w_skip: skip.then(|| Tensor::from_vec(rnd(&mut x, d * d, 0.1), (d, d), dev).unwrap()),
-        hook_name: Some(format!("blocks.{layer}.ln2.hook_normalized")),
-        hook_name_out: Some(format!("blocks.{layer}.hook_mlp_out")),
-        model_name: Some("tiny-llama".into()),
-        extra_cfg: Default::default(),
-    }
+        skip,
+        ..RandomTranscoder::new(layer, d, D_SAE, seed)
+    };
+    let mut t = spec.build().unwrap();
+    t.model_name = Some("tiny-llama".into());
+    t
 }
 
 fn windows(n: usize, len: usize) -> Vec<Vec<u32>> {
