@@ -67,6 +67,24 @@ pub fn progress(len: usize, message: &str) -> indicatif::ProgressBar {
         .expect("valid template")
         .progress_chars("=> "),
     );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // no terminal to draw on (CI, `2> log`): a plain line every 30 s instead
+        // (a weak handle: the thread ends when the bar is finished or dropped)
+        let weak = bar.downgrade();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            let Some(watched) = weak.upgrade().filter(|b| !b.is_finished()) else {
+                break;
+            };
+            eprintln!(
+                "{} {}/{} ({:.0} s)",
+                watched.message(),
+                watched.position(),
+                watched.length().unwrap_or(0),
+                watched.elapsed().as_secs_f64()
+            );
+        });
+    }
     bar
 }
 
