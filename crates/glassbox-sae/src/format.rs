@@ -127,14 +127,16 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
     if architecture == Architecture::TopK && k.is_none() {
         return Err(bad(&cfg_path, "a topk dictionary needs `k`"));
     }
-    if cfg
+    // SAELens' TopK scales pre-activations by ‖W_dec row‖ before the top-k and divides
+    // them out again in decode; folded into the weights below (its `fold_W_dec_norm`).
+    let rescale = cfg
         .get("rescale_acts_by_decoder_norm")
         .and_then(Value::as_bool)
-        == Some(true)
-    {
+        == Some(true);
+    if rescale && architecture != Architecture::TopK {
         return Err(bad(
             &cfg_path,
-            "rescale_acts_by_decoder_norm = true is not supported yet",
+            "rescale_acts_by_decoder_norm = true is defined for topk dictionaries only",
         ));
     }
     match cfg.get("normalize_activations").and_then(Value::as_str) {
@@ -164,7 +166,7 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
     let wpath = dir.join("sae_weights.safetensors");
     let mut t = read_tensors(&wpath)?;
     let gated = architecture == Architecture::Gated;
-    Ok(Dictionary {
+    let mut d = Dictionary {
         architecture,
         d_in,
         d_sae,
@@ -207,7 +209,27 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
         hook_name_out,
         model_name,
         extra_cfg: cfg,
-    })
+    };
+    if rescale {
+        fold_decoder_norms(&mut d)?;
+    }
+    Ok(d)
+}
+
+/// W_enc and b_enc columns times ‖W_dec row‖, W_dec rows divided by it: the same
+/// feature activations and outputs as rescaling at run time, with unit decoder rows.
+fn fold_decoder_norms(d: &mut Dictionary) -> Result<()> {
+    let norms = d.w_dec.sqr()?.sum(1)?.sqrt()?;
+    // a zero row stays zero (its feature can never contribute)
+    let norms = norms.maximum(1e-30)?;
+    d.w_enc = d.w_enc.broadcast_mul(&norms.unsqueeze(0)?)?;
+    if let Some(b) = &d.b_enc {
+        d.b_enc = Some(b.mul(&norms)?);
+    }
+    d.w_dec = d.w_dec.broadcast_div(&norms.unsqueeze(1)?)?;
+    d.extra_cfg
+        .insert("rescale_acts_by_decoder_norm".into(), Value::Bool(false));
+    Ok(())
 }
 
 fn load_sparsify(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {

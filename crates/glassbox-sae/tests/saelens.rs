@@ -189,3 +189,99 @@ fn a_failed_save_leaves_the_previous_dictionary_intact() {
     let back = load(dir.path()).unwrap();
     assert_eq!(back.architecture, original.architecture);
 }
+
+/// SAELens' TopK `rescale_acts_by_decoder_norm`: pre-activations scaled by the decoder
+/// row norms before the top-k, divided out in decode. Loading folds it into the weights;
+/// the outputs are those of the run-time definition.
+#[test]
+fn rescale_acts_by_decoder_norm_is_folded_on_load() {
+    use candle_core::{Device, Tensor};
+    use glassbox_sae::testing::RandomTranscoder;
+    let spec = RandomTranscoder {
+        k: Some(3),
+        skip: true,
+        dec_scale: 2.0,
+        ..RandomTranscoder::new(0, 8, 12, 5)
+    };
+    let d = spec.build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    glassbox_sae::format::save_saelens(&d, dir.path()).unwrap();
+    let cfg_path = dir.path().join("cfg.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["rescale_acts_by_decoder_norm"] = serde_json::json!(true);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let loaded = glassbox_sae::format::load(dir.path()).unwrap();
+
+    let x = Tensor::from_vec(
+        (0..40)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect::<Vec<_>>(),
+        (5, 8),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let norms: Vec<f32> = d
+        .w_dec
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let pre: Vec<Vec<f32>> = x
+        .matmul(&d.w_enc)
+        .unwrap()
+        .broadcast_add(d.b_enc.as_ref().unwrap())
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let w_dec: Vec<Vec<f32>> = d.w_dec.to_vec2().unwrap();
+    let got_f: Vec<Vec<f32>> = loaded.encode(&x).unwrap().to_vec2().unwrap();
+    let got_y: Vec<Vec<f32>> = loaded
+        .decode(&loaded.encode(&x).unwrap(), Some(&x))
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let skip: Vec<Vec<f32>> = x
+        .matmul(&d.w_skip.as_ref().unwrap().t().unwrap())
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let b_dec: Vec<f32> = d.b_dec.to_vec1().unwrap();
+    for r in 0..5 {
+        let scaled: Vec<f32> = pre[r].iter().zip(&norms).map(|(p, n)| p * n).collect();
+        let mut idx: Vec<usize> = (0..12).collect();
+        idx.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
+        let mut want_f = [0f32; 12];
+        for &i in &idx[..3] {
+            want_f[i] = scaled[i].max(0.0);
+        }
+        for i in 0..12 {
+            assert!(
+                (got_f[r][i] - want_f[i]).abs() < 1e-4,
+                "row {r} feature {i}: {} vs {}",
+                got_f[r][i],
+                want_f[i]
+            );
+        }
+        for o in 0..8 {
+            let want_y: f32 = (0..12)
+                .map(|i| want_f[i] / norms[i] * w_dec[i][o])
+                .sum::<f32>()
+                + b_dec[o]
+                + skip[r][o];
+            assert!(
+                (got_y[r][o] - want_y).abs() < 1e-4,
+                "row {r} out {o}: {} vs {want_y}",
+                got_y[r][o]
+            );
+        }
+    }
+    assert!(
+        norms.iter().any(|n| (n - 1.0).abs() > 0.1),
+        "the test needs non-unit decoder rows"
+    );
+}
