@@ -355,12 +355,12 @@ pub fn attribute(
                 record(&errs, &cols)?;
             }
             let blk = &w.blocks[l];
-            let ln2_scale = state.scale(&format!("blocks.{l}.ln2"))?;
             // a transcoder's linear skip is a direct path through the MLP
             if let Some(ws) = set.by_layer[l]
                 .as_ref()
                 .and_then(|dict| dict.w_skip.as_ref())
             {
+                let ln2_scale = state.scale(&format!("blocks.{l}.ln2"))?;
                 let dx = g.reshape((nb * s, d))?.matmul(ws)?.reshape((nb, s, d))?;
                 g = (&g + norm_backward(&dx, &blk.ln2.weight, &ln2_scale, cfg.norm)?)?;
             }

@@ -164,19 +164,16 @@ impl ReplacementState {
                 continue;
             };
             let d = set.get(l)?;
-            // the node features' share of the reconstruction, removed from the error
-            let mut kept = vec![0f32; acts.elem_count()];
+            // error = mlp_out − (b_dec + skip + node features)
+            //       = (mlp_out − recon) + the output of the features folded into it
+            let mut folded: Vec<f32> = acts.flatten_all()?.to_vec1()?;
             let d_sae = d.d_sae;
             for f in features.iter().filter(|f| f.layer == l) {
-                kept[f.position * d_sae + f.feature] = f.activation;
+                folded[f.position * d_sae + f.feature] = 0.0;
             }
-            let kept = Tensor::from_vec(kept, acts.dims(), &Device::Cpu)?;
-            let from_nodes = kept.matmul(&d.w_dec)?;
+            let folded = Tensor::from_vec(folded, acts.dims(), &Device::Cpu)?.matmul(&d.w_dec)?;
             let full_error = (mlp_out - &recon)?;
-            let all_features = acts.matmul(&d.w_dec)?;
-            // error = mlp_out − (b_dec + skip + node features)
-            //       = (mlp_out − recon) + (all features − node features)
-            errors.push(((&full_error + all_features)? - from_nodes)?);
+            errors.push((&full_error + folded)?);
             full_errors.push(full_error);
         }
         Ok(ReplacementState {

@@ -112,18 +112,7 @@ pub fn run(what: What) -> Result<()> {
         What::Build(a) => build(a),
         What::Show(a) => show(a),
         What::Plot(a) => plot(a),
-        What::Export(a) => {
-            let s = glassbox_server::export_static(&a.run, &a.html)?;
-            println!(
-                "wrote {} files to {}: {} feature pages, {} neuron pages; open {}",
-                s.files,
-                s.out_dir.display(),
-                s.features,
-                s.neurons,
-                s.out_dir.join("index.html").display()
-            );
-            Ok(())
-        }
+        What::Export(a) => export(&a.run, &a.html),
     }
 }
 
@@ -440,5 +429,19 @@ fn plot(a: PlotArgs) -> Result<()> {
     };
     crate::open::atomic_write(&a.out, |tmp| Ok(std::fs::write(tmp, &bytes)?))?;
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Writes the static HTML pages of a run and says where they are.
+pub fn export(run: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let s = glassbox_server::export_static(run, out)?;
+    println!(
+        "wrote {} files to {}: {} feature pages, {} neuron pages; open {}",
+        s.files,
+        s.out_dir.display(),
+        s.features,
+        s.neurons,
+        s.out_dir.join("index.html").display()
+    );
     Ok(())
 }

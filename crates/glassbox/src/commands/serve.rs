@@ -25,16 +25,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     if let Some(out) = &a.export {
-        let s = glassbox_server::export_static(&a.dir, out)?;
-        println!(
-            "wrote {} files to {}: {} feature pages, {} neuron pages; open {}",
-            s.files,
-            s.out_dir.display(),
-            s.features,
-            s.neurons,
-            s.out_dir.join("index.html").display()
-        );
-        return Ok(());
+        return super::features::export(&a.dir, out);
     }
     glassbox_server::serve(&a.dir, &a.host, a.port)
 }
