@@ -259,7 +259,7 @@ pub fn attribute(
         let scale = state.scale(&format!("blocks.{}.ln2", f.layer))?;
         let g = norm_backward(
             &col.reshape((1, 1, d))?,
-            &w.blocks[f.layer].ln2.weight,
+            &pre_norm(&w.blocks[f.layer].ln2)?.weight,
             &scale.narrow(0, f.position, 1)?,
             cfg.norm,
         )?;
@@ -362,7 +362,7 @@ pub fn attribute(
             {
                 let ln2_scale = state.scale(&format!("blocks.{l}.ln2"))?;
                 let dx = g.reshape((nb * s, d))?.matmul(ws)?.reshape((nb, s, d))?;
-                g = (&g + norm_backward(&dx, &blk.ln2.weight, &ln2_scale, cfg.norm)?)?;
+                g = (&g + norm_backward(&dx, &pre_norm(&blk.ln2)?.weight, &ln2_scale, cfg.norm)?)?;
             }
             if let Some(next) = inject(&g, l)? {
                 g = next;
@@ -388,6 +388,12 @@ pub fn attribute(
 /// Gradient at the block's input residual from `g` at its attention output's residual
 /// (`resid_mid`), with the pattern and ln1 (and ln1_post) scales frozen: only the value
 /// path carries it.
+/// The tracer differentiates through the pre-norms; OLMo 2 has none (refused at load).
+fn pre_norm(n: &Option<glassbox_model::weights::Norm>) -> Result<&glassbox_model::weights::Norm> {
+    n.as_ref()
+        .ok_or_else(|| bad("circuit tracing needs pre-norms before attention and MLP"))
+}
+
 fn attention_backward(
     model: &Transformer,
     state: &ReplacementState,
@@ -426,7 +432,7 @@ fn attention_backward(
     let dx = dv.matmul(&blk.v()?.weight)?.reshape((nb, s, d))?;
     norm_backward(
         &dx,
-        &blk.ln1.weight,
+        &pre_norm(&blk.ln1)?.weight,
         &state.scale(&format!("blocks.{l}.ln1"))?,
         c.norm,
     )

@@ -81,6 +81,12 @@ pub(crate) fn check_supported(model: &Transformer) -> Result<()> {
             c.architecture.name()
         )));
     }
+    if !c.pre_norms {
+        return Err(bad(format!(
+            "circuit tracing differentiates through the norms before attention and MLP; {} has none (it normalises their outputs)",
+            c.architecture.name()
+        )));
+    }
     Ok(())
 }
 

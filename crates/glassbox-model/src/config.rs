@@ -6,14 +6,30 @@ use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
 
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
+    "gpt2",
+    "gpt_neox",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Architecture {
     Llama,
+    Mistral,
     Qwen2,
+    Qwen3,
     Gemma2,
+    Gemma3,
+    Phi3,
+    Olmo2,
     Gpt2,
     GptNeox,
 }
@@ -21,9 +37,15 @@ pub enum Architecture {
 impl Architecture {
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
-            "llama" | "mistral" => Architecture::Llama,
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
             "gemma2" => Architecture::Gemma2,
+            // `gemma3` is the multimodal wrapper; its text model is `gemma3_text`.
+            "gemma3_text" => Architecture::Gemma3,
+            "phi3" => Architecture::Phi3,
+            "olmo2" => Architecture::Olmo2,
             "gpt2" => Architecture::Gpt2,
             "gpt_neox" => Architecture::GptNeox,
             other => {
@@ -37,8 +59,13 @@ impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
+            Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
             Architecture::Gemma2 => "gemma2",
+            Architecture::Gemma3 => "gemma3_text",
+            Architecture::Phi3 => "phi3",
+            Architecture::Olmo2 => "olmo2",
             Architecture::Gpt2 => "gpt2",
             Architecture::GptNeox => "gpt_neox",
         }
@@ -54,6 +81,70 @@ pub enum NormKind {
     RmsNormUnitOffset,
     /// (x − mean) / sqrt(var + eps) · w + b
     LayerNorm,
+}
+
+/// RMSNorm on queries and keys before the rotary embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QkNorm {
+    /// over each head's `d_head` values, one weight shared by all heads (Qwen3, Gemma 3)
+    PerHead,
+    /// over all heads at once, `n_heads · d_head` weights (OLMo 2)
+    AllHeads,
+}
+
+/// How rotary frequencies are rescaled for long contexts (HF `rope_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "rope_type")]
+pub enum RopeScaling {
+    Default,
+    /// every frequency divided by `factor` (Gemma 3 ≥ 4B, global layers)
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1+: low frequencies divided by `factor`, high ones kept, a smooth ramp between
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl RopeScaling {
+    /// HF's inverse frequencies for a rotary width `rot` and base `theta`, rescaled.
+    pub fn inv_freq(&self, theta: f64, rot: usize) -> Vec<f64> {
+        let base: Vec<f64> = (0..rot / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / rot as f64))
+            .collect();
+        match *self {
+            RopeScaling::Default => base,
+            RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,10 +192,19 @@ pub struct ModelConfig {
     pub gated_mlp: bool,
     /// `None` for learned absolute positions (gpt2)
     pub rotary_dim: Option<usize>,
+    /// rotary base of the global (full-attention) layers
     pub rope_theta: f64,
+    /// rescaling of the global layers' rotary frequencies
+    pub rope_scaling: RopeScaling,
+    /// rotary base of the sliding-window layers when it differs (Gemma 3; unscaled)
+    pub rope_local_theta: Option<f64>,
+    /// RMSNorm on queries and keys (Qwen3, Gemma 3, OLMo 2)
+    pub qk_norm: Option<QkNorm>,
+    /// norms before attention and MLP (all but OLMo 2, which normalises their outputs only)
+    pub pre_norms: bool,
     /// attention and MLP read the same residual (gpt_neox)
     pub parallel_residual: bool,
-    /// Gemma 2's extra norms on the attention and MLP outputs
+    /// norms on the attention and MLP outputs before the residual add (Gemma 2/3, OLMo 2)
     pub post_sublayer_norms: bool,
     pub attn_scale: f64,
     pub attn_softcap: Option<f64>,
@@ -116,6 +216,10 @@ pub struct ModelConfig {
     pub sliding_layers: Vec<bool>,
     pub tied_embeddings: bool,
     pub qkv_bias: bool,
+    /// bias on the attention output projection (`attention_bias` in llama-style configs)
+    pub o_bias: bool,
+    /// biases on the MLP projections (gated MLPs with `mlp_bias`)
+    pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
 }
@@ -132,6 +236,114 @@ fn get_f64(cfg: &Value, keys: &[&str]) -> Option<f64> {
 fn get_str<'a>(cfg: &'a Value, key: &str) -> Option<&'a str> {
     cfg.get(key).and_then(Value::as_str)
 }
+fn get_bool(cfg: &Value, key: &str) -> Option<bool> {
+    cfg.get(key).and_then(Value::as_bool)
+}
+
+/// Layer counts beyond this are a corrupt or hostile config, not a model.
+pub const MAX_LAYERS: usize = 4096;
+
+fn refused(field: &str, why: &str) -> ModelError {
+    ModelError::BadInput(format!(
+        "config field `{field}` is not supported: {why}; glassbox refuses rather than compute something HF would not"
+    ))
+}
+
+/// transformers 5 writes `rope_parameters` per layer type for models with two kinds of layers.
+fn is_per_layer_rope(cfg: &Value) -> bool {
+    cfg.get("rope_parameters")
+        .is_some_and(|r| r.get("full_attention").is_some() || r.get("sliding_attention").is_some())
+}
+
+/// The rotary parameters for one layer type: transformers 5's `rope_parameters`
+/// (flat or per layer type) or transformers 4's `rope_scaling`.
+fn rope_params<'a>(cfg: &'a Value, layer_type: &str) -> Option<&'a Value> {
+    if let Some(rp) = cfg.get("rope_parameters").filter(|v| v.is_object()) {
+        if is_per_layer_rope(cfg) {
+            return rp.get(layer_type).filter(|v| v.is_object());
+        }
+        return Some(rp);
+    }
+    cfg.get("rope_scaling").filter(|v| v.is_object())
+}
+
+fn parse_rope_scaling(r: Option<&Value>) -> Result<RopeScaling> {
+    let Some(r) = r else {
+        return Ok(RopeScaling::Default);
+    };
+    let kind = get_str(r, "rope_type")
+        .or_else(|| get_str(r, "type"))
+        .unwrap_or("default");
+    let need = |key: &str| {
+        get_f64(r, &[key]).ok_or_else(|| {
+            ModelError::BadInput(format!("rope scaling `{kind}` needs a numeric `{key}`"))
+        })
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position_embeddings: need("original_max_position_embeddings")?,
+        },
+        other => {
+            return Err(ModelError::BadInput(format!(
+                "rope_type `{other}` is not supported (supported: default, linear, llama3); glassbox refuses rather than compute wrong positions"
+            )))
+        }
+    };
+    match scaling {
+        RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. } if !(factor > 0.0) => {
+            Err(ModelError::BadInput(format!(
+                "rope scaling factor {factor} must be positive"
+            )))
+        }
+        RopeScaling::Llama3 {
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+            ..
+        } if !(high_freq_factor > low_freq_factor
+            && low_freq_factor > 0.0
+            && original_max_position_embeddings > 0.0) =>
+        {
+            Err(ModelError::BadInput(
+                "llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor and a positive original_max_position_embeddings".into(),
+            ))
+        }
+        s => Ok(s),
+    }
+}
+
+/// `layer_types` as sliding (true) or full (false) per layer; other kinds are refused.
+fn layer_types(cfg: &Value, n_layers: usize) -> Result<Option<Vec<bool>>> {
+    let Some(types) = cfg.get("layer_types").and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    if types.len() != n_layers {
+        return Err(ModelError::BadInput(format!(
+            "layer_types lists {} layers but num_hidden_layers is {n_layers}",
+            types.len()
+        )));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("sliding_attention") => Ok(true),
+            Some("full_attention") => Ok(false),
+            other => Err(refused(
+                &format!("layer_types entry {other:?}"),
+                "only full_attention and sliding_attention layers are implemented",
+            )),
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 fn first_u32(v: Option<&Value>) -> Option<u32> {
     match v? {
         Value::Number(n) => n.as_u64().map(|x| x as u32),
@@ -155,6 +367,19 @@ impl ModelConfig {
     pub fn from_hf_config(cfg: &Value) -> Result<Self> {
         let model_type = get_str(cfg, "model_type")
             .ok_or_else(|| ModelError::BadInput("config has no `model_type`".into()))?;
+        // Multimodal Gemma 3 (4B and up) wraps the text model's config.
+        if model_type == "gemma3" {
+            return match cfg.get("text_config").filter(|t| t.is_object()) {
+                Some(text) => {
+                    let mut text = text.clone();
+                    text["model_type"] = Value::from("gemma3_text");
+                    Self::from_hf_config(&text)
+                }
+                None => Err(ModelError::BadInput(
+                    "model_type `gemma3` without a `text_config`: expected Gemma 3's multimodal config (or a `gemma3_text` one)".into(),
+                )),
+            };
+        }
         let arch = Architecture::parse(model_type)?;
         let need = |keys: &[&str]| {
             get_usize(cfg, keys).ok_or_else(|| {
@@ -166,42 +391,46 @@ impl ModelConfig {
         let n_heads = need(&["num_attention_heads", "n_head"])?;
         let d_vocab = need(&["vocab_size"])?;
         let n_kv_heads = get_usize(cfg, &["num_key_value_heads"]).unwrap_or(n_heads);
-        let d_head = get_usize(cfg, &["head_dim"]).unwrap_or(d_model / n_heads.max(1));
-        let n_ctx = need(&["max_position_embeddings", "n_positions", "n_ctx"])?;
-        let d_mlp = match arch {
-            Architecture::Gpt2 => get_usize(cfg, &["n_inner"]).unwrap_or(4 * d_model),
-            _ => need(&["intermediate_size"])?,
-        };
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(ModelError::BadInput(format!(
                 "num_attention_heads ({n_heads}) must be a positive multiple of num_key_value_heads ({n_kv_heads})"
             )));
         }
-        let rope = cfg
-            .get("rope_parameters")
-            .or_else(|| cfg.get("rope_scaling"));
-        let rope_theta = get_f64(cfg, &["rope_theta"])
-            .or_else(|| rope.and_then(|r| get_f64(r, &["rope_theta"])))
-            .unwrap_or(10000.0);
-        if let Some(kind) =
-            rope.and_then(|r| get_str(r, "rope_type").or_else(|| get_str(r, "type")))
-        {
-            if kind != "default" {
-                return Err(ModelError::BadInput(format!(
-                    "rope scaling `{kind}` is not supported yet (only the default rotary embedding)"
-                )));
-            }
+        if n_layers > MAX_LAYERS {
+            return Err(ModelError::BadInput(format!(
+                "num_hidden_layers = {n_layers} is not a plausible layer count (at most {MAX_LAYERS})"
+            )));
         }
-        let act_name = get_str(cfg, "hidden_act")
-            .or_else(|| get_str(cfg, "hidden_activation"))
-            .or_else(|| get_str(cfg, "activation_function"))
-            .unwrap_or("silu");
+        let d_head = get_usize(cfg, &["head_dim"]).unwrap_or(d_model / n_heads);
+        let n_ctx = need(&["max_position_embeddings", "n_positions", "n_ctx"])?;
+        let d_mlp = match arch {
+            Architecture::Gpt2 => get_usize(cfg, &["n_inner"]).unwrap_or(4 * d_model),
+            _ => need(&["intermediate_size"])?,
+        };
+        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
+        let act_name = if gemma {
+            get_str(cfg, "hidden_activation").or_else(|| get_str(cfg, "hidden_act"))
+        } else {
+            get_str(cfg, "hidden_act").or_else(|| get_str(cfg, "activation_function"))
+        }
+        .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
         let activation = Activation::parse(act_name)?;
         let tied_default = !matches!(arch, Architecture::GptNeox);
-        let tied_embeddings = cfg
-            .get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(tied_default);
+        let tied_embeddings = get_bool(cfg, "tie_word_embeddings").unwrap_or(tied_default);
+        let global_rope = rope_params(cfg, "full_attention");
+        let rope_theta = get_f64(cfg, &["rope_theta"])
+            .or_else(|| global_rope.and_then(|r| get_f64(r, &["rope_theta"])))
+            .unwrap_or(10000.0);
+        let rope_scaling = parse_rope_scaling(global_rope)?;
+        let partial_rotary = get_f64(cfg, &["partial_rotary_factor", "rotary_pct"])
+            .or_else(|| global_rope.and_then(|r| get_f64(r, &["partial_rotary_factor"])))
+            .unwrap_or(1.0);
+        if !(partial_rotary > 0.0 && partial_rotary <= 1.0) {
+            return Err(ModelError::BadInput(format!(
+                "partial_rotary_factor = {partial_rotary} must lie in (0, 1]"
+            )));
+        }
+        let attention_bias = get_bool(cfg, "attention_bias");
         let mut c = ModelConfig {
             architecture: arch,
             d_model,
@@ -222,6 +451,10 @@ impl ModelConfig {
             gated_mlp: true,
             rotary_dim: Some(d_head),
             rope_theta,
+            rope_scaling,
+            rope_local_theta: None,
+            qk_norm: None,
+            pre_norms: true,
             parallel_residual: false,
             post_sublayer_norms: false,
             attn_scale: 1.0 / (d_head as f64).sqrt(),
@@ -232,78 +465,216 @@ impl ModelConfig {
             sliding_layers: vec![false; n_layers],
             tied_embeddings,
             qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
             bos_token_id: first_u32(cfg.get("bos_token_id")),
             eos_token_id: first_u32(cfg.get("eos_token_id")),
         };
+        let window = get_usize(cfg, &["sliding_window"]);
         match arch {
             Architecture::Llama => {
-                c.qkv_bias = cfg
-                    .get("attention_bias")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                c.qkv_bias = attention_bias.unwrap_or(false);
+                c.o_bias = c.qkv_bias;
+                c.mlp_bias = get_bool(cfg, "mlp_bias").unwrap_or(false);
             }
-            Architecture::Qwen2 => {
-                c.qkv_bias = true;
-                if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-                    return Err(ModelError::BadInput(
-                        "qwen2 with use_sliding_window=true is not supported yet".into(),
-                    ));
+            Architecture::Mistral => {
+                c.set_window(cfg, window, |_| true)?;
+            }
+            Architecture::Qwen2 | Architecture::Qwen3 => {
+                if arch == Architecture::Qwen2 {
+                    c.qkv_bias = true;
+                } else {
+                    c.qkv_bias = attention_bias.unwrap_or(false);
+                    c.o_bias = c.qkv_bias;
+                    c.qk_norm = Some(QkNorm::PerHead);
+                }
+                // HF keeps the window only with use_sliding_window, and then only from
+                // layer max_window_layers on.
+                if get_bool(cfg, "use_sliding_window") == Some(true) {
+                    let from = get_usize(cfg, &["max_window_layers"]).unwrap_or(28);
+                    c.set_window(cfg, window, |l| l >= from)?;
                 }
             }
-            Architecture::Gemma2 => {
+            Architecture::Gemma2 | Architecture::Gemma3 => {
                 c.norm = NormKind::RmsNormUnitOffset;
                 c.post_sublayer_norms = true;
                 c.embed_scale = Some((d_model as f64).sqrt());
+                c.qkv_bias = attention_bias.unwrap_or(false);
+                c.o_bias = c.qkv_bias;
                 if let Some(s) = get_f64(cfg, &["query_pre_attn_scalar"]) {
                     c.attn_scale = 1.0 / s.sqrt();
                 }
                 c.attn_softcap = get_f64(cfg, &["attn_logit_softcapping"]);
                 c.final_softcap = get_f64(cfg, &["final_logit_softcapping"]);
-                c.sliding_window = get_usize(cfg, &["sliding_window"]);
-                c.sliding_layers = match cfg.get("layer_types").and_then(Value::as_array) {
-                    Some(types) if types.len() == n_layers => types
-                        .iter()
-                        .map(|t| t.as_str() == Some("sliding_attention"))
-                        .collect(),
+                if arch == Architecture::Gemma2 {
                     // Gemma 2 default: even layers slide, odd layers attend globally.
-                    _ => (0..n_layers).map(|l| l % 2 == 0).collect(),
-                };
-                if c.sliding_window.is_none() {
-                    c.sliding_layers = vec![false; n_layers];
+                    c.set_window(cfg, window, |l| l % 2 == 0)?;
+                } else {
+                    c.qk_norm = Some(QkNorm::PerHead);
+                    let pattern =
+                        get_usize(cfg, &["sliding_window_pattern", "_sliding_window_pattern"])
+                            .unwrap_or(6)
+                            .max(1);
+                    c.set_window(cfg, window, |l| (l + 1) % pattern != 0)?;
+                    let local =
+                        rope_params(cfg, "sliding_attention").filter(|_| is_per_layer_rope(cfg));
+                    if parse_rope_scaling(local)? != RopeScaling::Default {
+                        return Err(ModelError::BadInput(
+                            "rope_parameters.sliding_attention: only the default rope type is supported on Gemma 3's local layers".into(),
+                        ));
+                    }
+                    c.rope_local_theta = Some(
+                        get_f64(cfg, &["rope_local_base_freq"])
+                            .or_else(|| local.and_then(|r| get_f64(r, &["rope_theta"])))
+                            .unwrap_or(10000.0),
+                    );
                 }
+                if get_bool(cfg, "use_bidirectional_attention") == Some(true) {
+                    return Err(refused(
+                        "use_bidirectional_attention = true",
+                        "only causal attention is implemented",
+                    ));
+                }
+            }
+            Architecture::Phi3 => {
+                c.set_window(cfg, window, |_| true)?;
+            }
+            Architecture::Olmo2 => {
+                c.qkv_bias = attention_bias.unwrap_or(false);
+                c.o_bias = c.qkv_bias;
+                c.qk_norm = Some(QkNorm::AllHeads);
+                c.pre_norms = false;
+                c.post_sublayer_norms = true;
             }
             Architecture::Gpt2 => {
                 c.norm = NormKind::LayerNorm;
                 c.gated_mlp = false;
                 c.rotary_dim = None;
                 c.qkv_bias = true;
+                c.o_bias = true;
+                c.mlp_bias = true;
                 c.tied_embeddings = true;
-                if cfg
-                    .get("scale_attn_by_inverse_layer_idx")
-                    .and_then(Value::as_bool)
-                    == Some(true)
-                {
-                    return Err(ModelError::BadInput(
-                        "gpt2 with scale_attn_by_inverse_layer_idx is not supported".into(),
+                if get_bool(cfg, "scale_attn_by_inverse_layer_idx") == Some(true) {
+                    return Err(refused(
+                        "scale_attn_by_inverse_layer_idx = true",
+                        "not implemented for gpt2",
+                    ));
+                }
+                if get_bool(cfg, "scale_attn_weights") == Some(false) {
+                    return Err(refused(
+                        "scale_attn_weights = false",
+                        "not implemented for gpt2",
                     ));
                 }
             }
             Architecture::GptNeox => {
                 c.norm = NormKind::LayerNorm;
                 c.gated_mlp = false;
-                c.qkv_bias = true;
-                c.parallel_residual = cfg
-                    .get("use_parallel_residual")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true);
-                let pct = get_f64(cfg, &["rotary_pct", "partial_rotary_factor"])
-                    .or_else(|| rope.and_then(|r| get_f64(r, &["partial_rotary_factor"])))
-                    .unwrap_or(1.0);
-                c.rotary_dim = Some((d_head as f64 * pct) as usize);
+                c.qkv_bias = attention_bias.unwrap_or(true);
+                c.o_bias = c.qkv_bias;
+                c.mlp_bias = true;
+                c.parallel_residual = get_bool(cfg, "use_parallel_residual").unwrap_or(true);
                 c.rope_theta = get_f64(cfg, &["rotary_emb_base"]).unwrap_or(rope_theta);
             }
         }
+        if matches!(arch, Architecture::Phi3 | Architecture::GptNeox) {
+            let rot = (d_head as f64 * partial_rotary) as usize;
+            if rot == 0 || rot % 2 != 0 {
+                return Err(ModelError::BadInput(format!(
+                    "partial_rotary_factor = {partial_rotary} gives a rotary width of {rot} of {d_head} dims; it must be even and positive"
+                )));
+            }
+            c.rotary_dim = Some(rot);
+        } else if partial_rotary != 1.0 {
+            return Err(refused(
+                &format!("partial_rotary_factor = {partial_rotary}"),
+                &format!("{} rotates every head dimension", arch.name()),
+            ));
+        }
+        c.refuse_unimplemented(cfg)?;
         Ok(c)
+    }
+
+    /// Sets the sliding window from `sliding_window` and `layer_types` (or `default`
+    /// per layer when the config has no `layer_types`).
+    fn set_window(
+        &mut self,
+        cfg: &Value,
+        window: Option<usize>,
+        default: impl Fn(usize) -> bool,
+    ) -> Result<()> {
+        let Some(w) = window else {
+            return Ok(());
+        };
+        if w == 0 {
+            return Err(ModelError::BadInput(
+                "sliding_window = 0 would let no token see any other".into(),
+            ));
+        }
+        self.sliding_window = Some(w);
+        self.sliding_layers = match layer_types(cfg, self.n_layers)? {
+            Some(types) => types,
+            None => (0..self.n_layers).map(default).collect(),
+        };
+        Ok(())
+    }
+
+    /// Config fields that would change the computation but are not implemented for
+    /// this architecture: refused by name, never ignored.
+    fn refuse_unimplemented(&self, cfg: &Value) -> Result<()> {
+        let arch = self.architecture.name();
+        let set = |k: &str| {
+            cfg.get(k)
+                .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+        };
+        let gemma = matches!(
+            self.architecture,
+            Architecture::Gemma2 | Architecture::Gemma3
+        );
+        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if set(key) && !gemma {
+                return Err(refused(key, &format!("{arch} has no soft-capping")));
+            }
+        }
+        if self.sliding_window.is_none() {
+            let types = layer_types(cfg, self.n_layers)?;
+            if types.is_some_and(|t| t.iter().any(|&s| s)) {
+                return Err(refused(
+                    "layer_types with sliding_attention",
+                    "the config sets no sliding_window for them",
+                ));
+            }
+            let honoured = matches!(self.architecture, Architecture::Qwen2 | Architecture::Qwen3);
+            if set("sliding_window") && !honoured {
+                return Err(refused(
+                    "sliding_window",
+                    &format!("{arch} has no sliding-window attention in HF transformers"),
+                ));
+            }
+        }
+        if set("use_qk_norm") && self.qk_norm.is_none() {
+            return Err(refused("use_qk_norm", &format!("{arch} has no q/k norm")));
+        }
+        if set("mlp_bias") && !self.mlp_bias {
+            return Err(refused("mlp_bias", &format!("{arch}'s MLP has no biases")));
+        }
+        if set("attention_bias") && !self.qkv_bias {
+            return Err(refused(
+                "attention_bias",
+                &format!("{arch}'s attention has no biases"),
+            ));
+        }
+        for key in [
+            "clip_qkv",
+            "logit_scale",
+            "embedding_multiplier",
+            "residual_multiplier",
+        ] {
+            if set(key) {
+                return Err(refused(key, "not implemented"));
+            }
+        }
+        Ok(())
     }
 
     pub fn n_query_groups(&self) -> usize {

@@ -100,8 +100,8 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
             bias: None,
         };
         blocks.push(BlockWeights::fuse(BlockParts {
-            ln1: nrm(get(&format!("{p}.attn_norm.weight"), &[d])?),
-            ln2: nrm(get(&format!("{p}.ffn_norm.weight"), &[d])?),
+            ln1: Some(nrm(get(&format!("{p}.attn_norm.weight"), &[d])?)),
+            ln2: Some(nrm(get(&format!("{p}.ffn_norm.weight"), &[d])?)),
             ln1_post: None,
             ln2_post: None,
             q: lin(unpermute_rotary(
@@ -113,6 +113,8 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
                 cfg.n_kv_heads,
             )?),
             v: lin(get(&format!("{p}.attn_v.weight"), &[hkv, d])?),
+            q_norm: None,
+            k_norm: None,
             o: lin(get(&format!("{p}.attn_output.weight"), &[d, hq])?),
             mlp_in: lin(get(&format!("{p}.ffn_up.weight"), &[m, d])?),
             mlp_gate: Some(lin(get(&format!("{p}.ffn_gate.weight"), &[m, d])?)),
@@ -183,6 +185,10 @@ fn gguf_config(c: &Content) -> Result<ModelConfig> {
         gated_mlp: true,
         rotary_dim: Some(rotary),
         rope_theta: meta_f64(c, "llama.rope.freq_base").unwrap_or(10000.0),
+        rope_scaling: crate::config::RopeScaling::Default,
+        rope_local_theta: None,
+        qk_norm: None,
+        pre_norms: true,
         parallel_residual: false,
         post_sublayer_norms: false,
         attn_scale: 1.0 / (d_head as f64).sqrt(),
@@ -193,6 +199,8 @@ fn gguf_config(c: &Content) -> Result<ModelConfig> {
         sliding_layers: vec![false; n_layers],
         tied_embeddings: true,
         qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
         bos_token_id: meta_u32(c, "tokenizer.ggml.bos_token_id"),
         eos_token_id: meta_u32(c, "tokenizer.ggml.eos_token_id"),
     })

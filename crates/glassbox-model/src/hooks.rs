@@ -1,7 +1,7 @@
 //! Hook points with TransformerLens names: which exist for a model, glob filters over
 //! them, and the interventions (replace, add, ablate, scale, patch) that edit them.
 
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, QkNorm};
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -81,8 +81,24 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
     for l in 0..c.n_layers {
         let b = format!("blocks.{l}");
         push(format!("{b}.hook_resid_pre"), stream(dm()));
-        push(format!("{b}.ln1.hook_scale"), scale.clone());
-        push(format!("{b}.ln1.hook_normalized"), stream(dm()));
+        if c.pre_norms {
+            push(format!("{b}.ln1.hook_scale"), scale.clone());
+            push(format!("{b}.ln1.hook_normalized"), stream(dm()));
+        }
+        if let Some(kind) = c.qk_norm {
+            // per head: [batch, pos, head, 1]; across heads: [batch, pos, 1]
+            for (which, n) in [("q_norm", c.n_heads), ("k_norm", c.n_kv_heads)] {
+                let (scale_shape, normalized) = match kind {
+                    QkNorm::PerHead => (
+                        vec!["batch".into(), "pos".into(), dim("head", n), "1".into()],
+                        heads(n),
+                    ),
+                    QkNorm::AllHeads => (scale.clone(), stream(dim("head·d_head", n * c.d_head))),
+                };
+                push(format!("{b}.attn.{which}.hook_scale"), scale_shape);
+                push(format!("{b}.attn.{which}.hook_normalized"), normalized);
+            }
+        }
         push(format!("{b}.attn.hook_q"), heads(c.n_heads));
         push(format!("{b}.attn.hook_k"), heads(c.n_kv_heads));
         push(format!("{b}.attn.hook_v"), heads(c.n_kv_heads));
@@ -101,8 +117,10 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
         if !c.parallel_residual {
             push(format!("{b}.hook_resid_mid"), stream(dm()));
         }
-        push(format!("{b}.ln2.hook_scale"), scale.clone());
-        push(format!("{b}.ln2.hook_normalized"), stream(dm()));
+        if c.pre_norms {
+            push(format!("{b}.ln2.hook_scale"), scale.clone());
+            push(format!("{b}.ln2.hook_normalized"), stream(dm()));
+        }
         push(format!("{b}.mlp.hook_pre"), stream(dim("d_mlp", c.d_mlp)));
         if c.gated_mlp {
             push(

@@ -2,7 +2,7 @@
 //! at each TransformerLens hook point. Fused candle ops are used unless gradients or
 //! a `hook_scale` are asked for; then differentiable compositions compute the same thing.
 
-use crate::config::{Activation, ModelConfig, NormKind};
+use crate::config::{Activation, ModelConfig, NormKind, QkNorm, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::hooks::HookFilter;
 use crate::kernels::{FusedAttention, LinearOp, MaskData, RopeData, RopeSplit, SiluMulPacked};
@@ -134,10 +134,11 @@ struct Rope {
     data: RopeData,
 }
 
-fn rotary_tables(cfg: &ModelConfig, rot: usize, pos: &[Vec<u32>]) -> Result<Rope> {
-    let half = rot / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (cfg.rope_theta.powf((2 * i) as f64 / rot as f64) as f32))
+fn rotary_tables(theta: f64, scaling: &RopeScaling, rot: usize, pos: &[Vec<u32>]) -> Result<Rope> {
+    let inv_freq: Vec<f32> = scaling
+        .inv_freq(theta, rot)
+        .into_iter()
+        .map(|f| f as f32)
         .collect();
     let (b, s) = (pos.len(), pos[0].len());
     let mut cos = Vec::with_capacity(b * s * rot);
@@ -387,9 +388,24 @@ impl Transformer {
             )),
             _ => None,
         };
+        // Global layers use the (possibly rescaled) base; Gemma 3's local layers their own.
         let rope = match c.rotary_dim {
-            Some(rot) => Some(rotary_tables(c, rot, &positions)?),
+            Some(rot) => Some(rotary_tables(
+                c.rope_theta,
+                &c.rope_scaling,
+                rot,
+                &positions,
+            )?),
             None => None,
+        };
+        let rope_local = match (c.rotary_dim, c.rope_local_theta) {
+            (Some(rot), Some(theta)) => Some(rotary_tables(
+                theta,
+                &RopeScaling::Default,
+                rot,
+                &positions,
+            )?),
+            _ => None,
         };
 
         let mut ctx = Ctx {
@@ -432,14 +448,20 @@ impl Transformer {
         for l in first_layer..n_layers {
             let w = &self.weights.blocks[l];
             resid = ctx.hook(|| format!("blocks.{l}.hook_resid_pre"), resid)?;
-            let x = self.norm(&resid, &w.ln1, &format!("blocks.{l}.ln1"), &mut ctx)?;
-            let mask = if c.sliding_layers[l] {
-                sliding_mask.as_ref().unwrap_or(&full_mask)
+            let x = match &w.ln1 {
+                Some(n) => self.norm(&resid, n, &format!("blocks.{l}.ln1"), &mut ctx)?,
+                None => resid.clone(),
+            };
+            let (mask, layer_rope) = if c.sliding_layers[l] {
+                (
+                    sliding_mask.as_ref().unwrap_or(&full_mask),
+                    rope_local.as_ref().or(rope.as_ref()),
+                )
             } else {
-                &full_mask
+                (&full_mask, rope.as_ref())
             };
             let layer_kv = kv.as_mut().map(|k| &mut k.layers[l]);
-            let mut attn = self.attention(l, &x, mask, rope.as_ref(), layer_kv, &mut ctx)?;
+            let mut attn = self.attention(l, &x, mask, layer_rope, layer_kv, &mut ctx)?;
             if let Some(n) = &w.ln1_post {
                 attn = self.norm(&attn, n, &format!("blocks.{l}.ln1_post"), &mut ctx)?;
             }
@@ -450,7 +472,10 @@ impl Transformer {
                 resid = ctx.hook(|| format!("blocks.{l}.hook_resid_mid"), (resid + &attn)?)?;
                 resid.clone()
             };
-            let x = self.norm(&mlp_in, &w.ln2, &format!("blocks.{l}.ln2"), &mut ctx)?;
+            let x = match &w.ln2 {
+                Some(n) => self.norm(&mlp_in, n, &format!("blocks.{l}.ln2"), &mut ctx)?,
+                None => mlp_in,
+            };
             let mut mlp = self.mlp(l, &x, &mut ctx)?;
             if let Some(n) = &w.ln2_post {
                 mlp = self.norm(&mlp, n, &format!("blocks.{l}.ln2_post"), &mut ctx)?;
@@ -544,6 +569,7 @@ impl Transformer {
                     .any(|n| ctx.wants(&format!("blocks.{l}.attn.{n}")))
         };
         let (q, mut k, mut v) = if !ctx.differentiable
+            && c.qk_norm.is_none()
             && !hooked(
                 ctx,
                 &["hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k"],
@@ -563,14 +589,17 @@ impl Transformer {
                 heads.narrow(1, h + kvh, kvh)?,
             )
         } else {
-            let q = ctx.hook(
-                || format!("blocks.{l}.attn.hook_q"),
-                qkv.narrow(1, 0, h * dh)?.reshape((b, s, h, dh))?,
-            )?;
-            let k = ctx.hook(
-                || format!("blocks.{l}.attn.hook_k"),
-                qkv.narrow(1, h * dh, kvh * dh)?.reshape((b, s, kvh, dh))?,
-            )?;
+            let q = qkv.narrow(1, 0, h * dh)?;
+            let k = qkv.narrow(1, h * dh, kvh * dh)?;
+            let (q, k) = match (&w.q_norm, &w.k_norm) {
+                (Some(qn), Some(kn)) => (
+                    self.qk_norm(l, "q_norm", q, qn, (b, s, h, dh), ctx)?,
+                    self.qk_norm(l, "k_norm", k, kn, (b, s, kvh, dh), ctx)?,
+                ),
+                _ => (q.reshape((b, s, h, dh))?, k.reshape((b, s, kvh, dh))?),
+            };
+            let q = ctx.hook(|| format!("blocks.{l}.attn.hook_q"), q)?;
+            let k = ctx.hook(|| format!("blocks.{l}.attn.hook_k"), k)?;
             let v = ctx.hook(
                 || format!("blocks.{l}.attn.hook_v"),
                 qkv.narrow(1, (h + kvh) * dh, kvh * dh)?
@@ -646,6 +675,31 @@ impl Transformer {
         )?
         .reshape((b, s, d))
         .map_err(Into::into)
+    }
+
+    /// RMSNorm of queries or keys `[b s, heads d_head]` per head or across heads, as
+    /// `[b, s, heads, d_head]` (hook points `blocks.L.attn.q_norm.*`).
+    fn qk_norm(
+        &self,
+        l: usize,
+        which: &str,
+        x: Tensor,
+        n: &Norm,
+        shape: (usize, usize, usize, usize),
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let prefix = format!("blocks.{l}.attn.{which}");
+        Ok(match self.config.qk_norm {
+            Some(QkNorm::AllHeads) => self
+                .norm(
+                    &x.reshape((shape.0, shape.1, shape.2 * shape.3))?,
+                    n,
+                    &prefix,
+                    ctx,
+                )?
+                .reshape(shape)?,
+            _ => self.norm(&x.reshape(shape)?, n, &prefix, ctx)?,
+        })
     }
 
     fn mlp(&self, l: usize, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {

@@ -2,7 +2,7 @@
 //! produces `ModelWeights` in HF orientation (`[out, in]` for linear maps) so the
 //! forward pass has a single shape convention.
 
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, QkNorm};
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -23,13 +23,17 @@ pub struct Norm {
 
 /// One block's weights as a loader reads them, before fusion.
 pub struct BlockParts {
-    pub ln1: Norm,
-    pub ln2: Norm,
+    /// `None` where the architecture has no pre-norms (OLMo 2)
+    pub ln1: Option<Norm>,
+    pub ln2: Option<Norm>,
     pub ln1_post: Option<Norm>,
     pub ln2_post: Option<Norm>,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
+    /// RMSNorm weights on queries and keys (`[d_head]` per head, or all heads' width)
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     pub o: Linear,
     /// up projection (gated) or the input projection (gpt2/neox)
     pub mlp_in: Linear,
@@ -42,12 +46,15 @@ pub struct BlockParts {
 /// matrices are views into that storage (held once).
 #[derive(Debug, Clone)]
 pub struct BlockWeights {
-    pub ln1: Norm,
-    pub ln2: Norm,
+    /// `None` where the architecture has no pre-norms (OLMo 2)
+    pub ln1: Option<Norm>,
+    pub ln2: Option<Norm>,
     pub ln1_post: Option<Norm>,
     pub ln2_post: Option<Norm>,
     /// `[q; k; v]`: `[(n_heads + 2 n_kv_heads) d_head, d_model]`
     pub qkv: Linear,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     pub o: Linear,
     /// gated: `[gate; up]` `[2 d_mlp, d_model]`; plain: the input projection `[d_mlp, d_model]`
     pub mlp_in: Linear,
@@ -108,6 +115,8 @@ impl BlockWeights {
             ln1_post: p.ln1_post,
             ln2_post: p.ln2_post,
             qkv,
+            q_norm: p.q_norm,
+            k_norm: p.k_norm,
             o: p.o,
             mlp_in,
             gated,
@@ -192,6 +201,43 @@ impl TensorMap {
         })
     }
 
+    /// Every weight must have been read: a tensor left over means the config describes
+    /// another computation than the checkpoint holds (a bias, a norm), never to be ignored.
+    pub fn finish(self) -> Result<()> {
+        // Buffers some exporters save that are recomputed from the config.
+        const DERIVED: &[&str] = &[
+            ".rotary_emb.inv_freq",
+            ".attn.bias",
+            ".attn.masked_bias",
+            ".attention.bias",
+            ".attention.masked_bias",
+        ];
+        // Other towers of multimodal checkpoints.
+        const OTHER_MODELS: &[&str] = &[
+            "vision_tower.",
+            "multi_modal_projector.",
+            "model.vision_tower.",
+            "model.multi_modal_projector.",
+        ];
+        let mut left: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !DERIVED.iter().any(|d| k.ends_with(d)))
+            .filter(|k| !OTHER_MODELS.iter().any(|p| k.starts_with(p)))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        left.sort();
+        let shown: Vec<&str> = left.iter().take(5).map(|s| s.as_str()).collect();
+        Err(ModelError::BadInput(format!(
+            "the checkpoint holds {} tensor(s) the config does not use ({}{}): the config.json does not describe these weights (a bias or norm the config leaves out?)",
+            left.len(),
+            shown.join(", "),
+            if left.len() > 5 { ", …" } else { "" }
+        )))
+    }
+
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.contains(name) {
             self.take(name, shape).map(Some)
@@ -251,7 +297,15 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     })
 }
 
-const HF_PREFIXES: &[&str] = &["model.", "transformer.", "gpt_neox."];
+const HF_PREFIXES: &[&str] = &[
+    "model.",
+    "transformer.",
+    "gpt_neox.",
+    // multimodal Gemma 3: transformers 4 and 5 name its text model differently
+    "language_model.model.",
+    "language_model.",
+    "model.language_model.",
+];
 
 pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
     let mut tensors = HashMap::new();
@@ -259,13 +313,13 @@ pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
         tensors.extend(read_safetensors(&file)?);
     }
     let mut map = TensorMap::new(tensors, HF_PREFIXES);
-    match cfg.architecture {
-        Architecture::Gpt2 => gpt2_weights(&mut map, cfg),
-        Architecture::GptNeox => neox_weights(&mut map, cfg),
-        Architecture::Llama | Architecture::Qwen2 | Architecture::Gemma2 => {
-            llama_family_weights(&mut map, cfg)
-        }
-    }
+    let weights = match cfg.architecture {
+        Architecture::Gpt2 => gpt2_weights(&mut map, cfg)?,
+        Architecture::GptNeox => neox_weights(&mut map, cfg)?,
+        _ => llama_family_weights(&mut map, cfg)?,
+    };
+    map.finish()?;
+    Ok(weights)
 }
 
 fn linear(map: &mut TensorMap, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
@@ -303,70 +357,108 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
         c.n_kv_heads * c.d_head,
         c.d_mlp,
     );
-    let gemma = c.architecture == Architecture::Gemma2;
+    let arch = c.architecture;
+    let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
+    // Gemma stores norm weights as offsets from one.
     let off = if gemma { 1.0 } else { 0.0 };
-    let norm = |map: &mut TensorMap, name: &str, d: usize, bias: bool| {
-        norm_offset(map, name, d, bias, off)
-    };
+    let norm = |map: &mut TensorMap, name: &str, d: usize| norm_offset(map, name, d, false, off);
     let mut blocks = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let p = format!("layers.{l}");
-        let b = c.qkv_bias;
+        let (ln1, ln2, ln1_post, ln2_post) = match arch {
+            _ if gemma => (
+                Some(norm(map, &format!("{p}.input_layernorm"), d)?),
+                Some(norm(map, &format!("{p}.pre_feedforward_layernorm"), d)?),
+                Some(norm(map, &format!("{p}.post_attention_layernorm"), d)?),
+                Some(norm(map, &format!("{p}.post_feedforward_layernorm"), d)?),
+            ),
+            // OLMo 2 normalises the sublayer outputs, not their inputs.
+            Architecture::Olmo2 => (
+                None,
+                None,
+                Some(norm(map, &format!("{p}.post_attention_layernorm"), d)?),
+                Some(norm(map, &format!("{p}.post_feedforward_layernorm"), d)?),
+            ),
+            _ => (
+                Some(norm(map, &format!("{p}.input_layernorm"), d)?),
+                Some(norm(map, &format!("{p}.post_attention_layernorm"), d)?),
+                None,
+                None,
+            ),
+        };
+        let attn = format!("{p}.self_attn");
+        let (q, k, v) = if arch == Architecture::Phi3 {
+            // Phi-3 stores [q; k; v] as one matrix.
+            let qkv = linear(map, &format!("{attn}.qkv_proj"), hq + 2 * hkv, d, false)?;
+            (
+                rows(&qkv, 0, hq)?,
+                rows(&qkv, hq, hkv)?,
+                rows(&qkv, hq + hkv, hkv)?,
+            )
+        } else {
+            let b = c.qkv_bias;
+            (
+                linear(map, &format!("{attn}.q_proj"), hq, d, b)?,
+                linear(map, &format!("{attn}.k_proj"), hkv, d, b)?,
+                linear(map, &format!("{attn}.v_proj"), hkv, d, b)?,
+            )
+        };
+        let (q_norm, k_norm) = match c.qk_norm {
+            None => (None, None),
+            Some(QkNorm::PerHead) => (
+                Some(norm(map, &format!("{attn}.q_norm"), c.d_head)?),
+                Some(norm(map, &format!("{attn}.k_norm"), c.d_head)?),
+            ),
+            Some(QkNorm::AllHeads) => (
+                Some(norm(map, &format!("{attn}.q_norm"), hq)?),
+                Some(norm(map, &format!("{attn}.k_norm"), hkv)?),
+            ),
+        };
+        let (mlp_in, mlp_gate) = if arch == Architecture::Phi3 {
+            // Phi-3 stores [gate; up] as one matrix.
+            let gate_up = linear(map, &format!("{p}.mlp.gate_up_proj"), 2 * m, d, false)?;
+            (rows(&gate_up, m, m)?, rows(&gate_up, 0, m)?)
+        } else {
+            (
+                linear(map, &format!("{p}.mlp.up_proj"), m, d, c.mlp_bias)?,
+                linear(map, &format!("{p}.mlp.gate_proj"), m, d, c.mlp_bias)?,
+            )
+        };
         blocks.push(BlockWeights::fuse(BlockParts {
-            ln1: norm(map, &format!("{p}.input_layernorm"), d, false)?,
-            ln2: norm(
-                map,
-                &format!(
-                    "{p}.{}",
-                    if gemma {
-                        "pre_feedforward_layernorm"
-                    } else {
-                        "post_attention_layernorm"
-                    }
-                ),
-                d,
-                false,
-            )?,
-            ln1_post: if gemma {
-                Some(norm(
-                    map,
-                    &format!("{p}.post_attention_layernorm"),
-                    d,
-                    false,
-                )?)
-            } else {
-                None
-            },
-            ln2_post: if gemma {
-                Some(norm(
-                    map,
-                    &format!("{p}.post_feedforward_layernorm"),
-                    d,
-                    false,
-                )?)
-            } else {
-                None
-            },
-            q: linear(map, &format!("{p}.self_attn.q_proj"), hq, d, b)?,
-            k: linear(map, &format!("{p}.self_attn.k_proj"), hkv, d, b)?,
-            v: linear(map, &format!("{p}.self_attn.v_proj"), hkv, d, b)?,
-            o: linear(map, &format!("{p}.self_attn.o_proj"), d, hq, false)?,
-            mlp_in: linear(map, &format!("{p}.mlp.up_proj"), m, d, false)?,
-            mlp_gate: Some(linear(map, &format!("{p}.mlp.gate_proj"), m, d, false)?),
-            mlp_out: linear(map, &format!("{p}.mlp.down_proj"), d, m, false)?,
+            ln1,
+            ln2,
+            ln1_post,
+            ln2_post,
+            q,
+            k,
+            v,
+            q_norm,
+            k_norm,
+            o: linear(map, &format!("{attn}.o_proj"), d, hq, c.o_bias)?,
+            mlp_in,
+            mlp_gate: Some(mlp_gate),
+            mlp_out: linear(map, &format!("{p}.mlp.down_proj"), d, m, c.mlp_bias)?,
         })?);
     }
     let embed = map.take("embed_tokens.weight", &[c.d_vocab, d])?;
-    let unembed = match map.take_opt("lm_head.weight", &[c.d_vocab, d])? {
-        Some(w) if !c.tied_embeddings => w,
-        _ if !c.tied_embeddings => return Err(ModelError::MissingTensor("lm_head.weight".into())),
-        _ => embed.clone(),
+    let unembed = if c.tied_embeddings {
+        // A tied checkpoint may still carry a copy of the embedding as lm_head.
+        map.take_opt("lm_head.weight", &[c.d_vocab, d])?;
+        embed.clone()
+    } else {
+        map.take("lm_head.weight", &[c.d_vocab, d])
+            .map_err(|e| match e {
+                ModelError::MissingTensor(_) => ModelError::MissingTensor(
+                    "lm_head.weight (the config says tie_word_embeddings = false)".into(),
+                ),
+                other => other,
+            })?
     };
     Ok(ModelWeights {
         embed,
         pos_embed: None,
         blocks,
-        ln_final: norm(map, "norm", d, false)?,
+        ln_final: norm(map, "norm", d)?,
         unembed,
     })
 }
@@ -403,13 +495,15 @@ fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
         let qkv = split_rows(&conv1d(map, &format!("{p}.attn.c_attn"), d, 3 * d)?, 3)?;
         let [q, k, v]: [Linear; 3] = qkv.try_into().expect("three parts");
         blocks.push(BlockWeights::fuse(BlockParts {
-            ln1: norm(map, &format!("{p}.ln_1"), d, true)?,
-            ln2: norm(map, &format!("{p}.ln_2"), d, true)?,
+            ln1: Some(norm(map, &format!("{p}.ln_1"), d, true)?),
+            ln2: Some(norm(map, &format!("{p}.ln_2"), d, true)?),
             ln1_post: None,
             ln2_post: None,
             q,
             k,
             v,
+            q_norm: None,
+            k_norm: None,
             o: conv1d(map, &format!("{p}.attn.c_proj"), d, d)?,
             mlp_in: conv1d(map, &format!("{p}.mlp.c_fc"), d, m)?,
             mlp_gate: None,
@@ -437,29 +531,38 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
             &format!("{p}.attention.query_key_value"),
             3 * h * dh,
             d,
-            true,
+            c.qkv_bias,
         )?;
         let w = qkv.weight.reshape((h, 3, dh, d))?;
-        let b = qkv
-            .bias
-            .as_ref()
-            .expect("neox qkv has bias")
-            .reshape((h, 3, dh))?;
+        let b = match &qkv.bias {
+            Some(b) => Some(b.reshape((h, 3, dh))?),
+            None => None,
+        };
         let part = |i: usize| -> Result<Linear> {
             Ok(Linear {
                 weight: w.narrow(1, i, 1)?.reshape((h * dh, d))?.contiguous()?,
-                bias: Some(b.narrow(1, i, 1)?.reshape(h * dh)?.contiguous()?),
+                bias: match &b {
+                    Some(b) => Some(b.narrow(1, i, 1)?.reshape(h * dh)?.contiguous()?),
+                    None => None,
+                },
             })
         };
         blocks.push(BlockWeights::fuse(BlockParts {
-            ln1: norm(map, &format!("{p}.input_layernorm"), d, true)?,
-            ln2: norm(map, &format!("{p}.post_attention_layernorm"), d, true)?,
+            ln1: Some(norm(map, &format!("{p}.input_layernorm"), d, true)?),
+            ln2: Some(norm(
+                map,
+                &format!("{p}.post_attention_layernorm"),
+                d,
+                true,
+            )?),
             ln1_post: None,
             ln2_post: None,
             q: part(0)?,
             k: part(1)?,
             v: part(2)?,
-            o: linear(map, &format!("{p}.attention.dense"), d, h * dh, true)?,
+            q_norm: None,
+            k_norm: None,
+            o: linear(map, &format!("{p}.attention.dense"), d, h * dh, c.o_bias)?,
             mlp_in: linear(map, &format!("{p}.mlp.dense_h_to_4h"), m, d, true)?,
             mlp_gate: None,
             mlp_out: linear(map, &format!("{p}.mlp.dense_4h_to_h"), d, m, true)?,
@@ -467,6 +570,7 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
     }
     let embed = map.take("embed_in.weight", &[c.d_vocab, d])?;
     let unembed = if c.tied_embeddings {
+        map.take_opt("embed_out.weight", &[c.d_vocab, d])?;
         embed.clone()
     } else {
         map.take("embed_out.weight", &[c.d_vocab, d])?
