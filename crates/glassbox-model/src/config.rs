@@ -422,6 +422,17 @@ impl ModelConfig {
             .or_else(|| global_rope.and_then(|r| get_f64(r, &["rope_theta"])))
             .unwrap_or(10000.0);
         let rope_scaling = parse_rope_scaling(global_rope)?;
+        // transformers 4's key beside transformers 5's: both must say the same.
+        if cfg.get("rope_parameters").is_some_and(Value::is_object) {
+            if let Some(legacy) = cfg.get("rope_scaling").filter(|v| v.is_object()) {
+                if parse_rope_scaling(Some(legacy))? != rope_scaling {
+                    return Err(refused(
+                        "rope_scaling",
+                        "it disagrees with the config's rope_parameters",
+                    ));
+                }
+            }
+        }
         let partial_rotary = get_f64(cfg, &["partial_rotary_factor", "rotary_pct"])
             .or_else(|| global_rope.and_then(|r| get_f64(r, &["partial_rotary_factor"])))
             .unwrap_or(1.0);
@@ -506,6 +517,13 @@ impl ModelConfig {
                 }
                 c.attn_softcap = get_f64(cfg, &["attn_logit_softcapping"]);
                 c.final_softcap = get_f64(cfg, &["final_logit_softcapping"]);
+                if arch == Architecture::Gemma3 && c.attn_softcap.is_some() {
+                    // HF's Gemma 3 reads the field but never passes it to attention.
+                    return Err(refused(
+                        "attn_logit_softcapping",
+                        "HF transformers' Gemma 3 ignores it, so no result would match the reference",
+                    ));
+                }
                 if arch == Architecture::Gemma2 {
                     // Gemma 2 default: even layers slide, odd layers attend globally.
                     c.set_window(cfg, window, |l| l % 2 == 0)?;

@@ -442,8 +442,16 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
     }
     let embed = map.take("embed_tokens.weight", &[c.d_vocab, d])?;
     let unembed = if c.tied_embeddings {
-        // A tied checkpoint may still carry a copy of the embedding as lm_head.
-        map.take_opt("lm_head.weight", &[c.d_vocab, d])?;
+        // A tied checkpoint may still carry a copy of the embedding as lm_head; a
+        // different one is a contradiction HF versions resolve differently.
+        if let Some(head) = map.take_opt("lm_head.weight", &[c.d_vocab, d])? {
+            let diff = (&head - &embed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            if diff > 0.0 {
+                return Err(ModelError::BadInput(
+                    "config field `tie_word_embeddings` is true but the checkpoint's lm_head.weight differs from embed_tokens.weight; set it to false if the model is untied".into(),
+                ));
+            }
+        }
         embed.clone()
     } else {
         map.take("lm_head.weight", &[c.d_vocab, d])
