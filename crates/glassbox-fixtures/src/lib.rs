@@ -48,25 +48,38 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     max_abs_diff(a, b) / scale.max(1e-12)
 }
 
-/// The default model, if `glassbox fetch` has put it in the cache. Absent, tests print
-/// a loud SKIPPED line — and fail under `CI`, which fetches it first.
-pub fn default_gguf() -> Option<PathBuf> {
+/// A fetched model file under `$GLASSBOX_HOME/models`, or a loud SKIPPED line — and a
+/// failure under `CI`, which fetches it first with `fetch_command`.
+fn fetched_model(file: &str, fetch_command: &str) -> Option<PathBuf> {
     let home = std::env::var_os("GLASSBOX_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/glassbox")))?;
-    let p = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = home.join("models").join(file);
     if p.exists() {
         return Some(p);
     }
     if std::env::var_os("CI").is_some() {
         panic!(
-            "CI must fetch the default model first (`glassbox fetch`): {} is missing",
+            "CI must fetch the model first (`{fetch_command}`): {} is missing",
             p.display()
         );
     }
     eprintln!(
-        "SKIPPED: default model not fetched ({}); run `glassbox fetch`",
+        "SKIPPED: model not fetched ({}); run `{fetch_command}`",
         p.display()
     );
     None
+}
+
+/// The default model, if `glassbox fetch` has put it in the cache.
+pub fn default_gguf() -> Option<PathBuf> {
+    fetched_model("SmolLM2-135M-Instruct.Q4_1.gguf", "glassbox fetch")
+}
+
+/// Gemma-3-270M (Q4_K_M), if `glassbox fetch --model gemma3-270m` has put it in the cache.
+pub fn gemma3_gguf() -> Option<PathBuf> {
+    fetched_model(
+        "gemma-3-270m-q4_k_m.gguf",
+        "glassbox fetch --model gemma3-270m",
+    )
 }

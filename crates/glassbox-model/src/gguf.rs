@@ -2,7 +2,7 @@
 //! load, and Q/K rows are un-permuted back to the HF rotary layout so hook values match
 //! the HF reference.
 
-use crate::config::{Activation, Architecture, ModelConfig, NormKind};
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::weights::{check_shape, BlockParts, BlockWeights, Linear, ModelWeights, Norm};
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -56,16 +56,27 @@ pub fn meta_string(c: &Content, key: &str) -> Option<String> {
     meta(c, key).and_then(|v| v.to_string().ok().cloned())
 }
 
+/// GGUF architectures glassbox reads (`general.architecture`).
+pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+
 pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     let (content, mut reader) = read_gguf_header(path)?;
     let arch = meta_string(&content, "general.architecture").unwrap_or_default();
-    if arch != "llama" {
-        return Err(ModelError::UnsupportedArchitecture {
-            found: format!("{arch} (GGUF)"),
-            supported: "llama (GGUF); llama, qwen2, gemma2, gpt2, gpt_neox (HF directories)".into(),
-        });
-    }
-    let cfg = gguf_config(&content).map_err(|e| match e {
+    let architecture = match arch.as_str() {
+        "llama" => Architecture::Llama,
+        "gemma3" => Architecture::Gemma3,
+        _ => {
+            return Err(ModelError::UnsupportedArchitecture {
+                found: format!("{arch} (GGUF)"),
+                supported: format!(
+                    "{} (GGUF); {} (HF directories)",
+                    SUPPORTED_GGUF_ARCHITECTURES.join(", "),
+                    crate::config::SUPPORTED_ARCHITECTURES.join(", ")
+                ),
+            })
+        }
+    };
+    let cfg = gguf_config(&content, architecture).map_err(|e| match e {
         ModelError::BadInput(m) => ModelError::bad_file(path, m),
         other => other,
     })?;
@@ -86,6 +97,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
         check_shape(name, &t, shape)?;
         Ok(t)
     };
+    let gemma = architecture == Architecture::Gemma3;
     let (d, m, dh) = (cfg.d_model, cfg.d_mlp, cfg.d_head);
     let (hq, hkv) = (cfg.n_heads * dh, cfg.n_kv_heads * dh);
     let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -95,26 +107,44 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
             weight: w,
             bias: None,
         };
+        // llama.cpp stores Gemma's norm weights with the `1 +` already added.
         let nrm = |w: Tensor| Norm {
             weight: w,
             bias: None,
         };
+        // llama.cpp permutes llama's Q/K rows for its rotary kernel, not Gemma's.
+        let (q, k) = (
+            get(&format!("{p}.attn_q.weight"), &[hq, d])?,
+            get(&format!("{p}.attn_k.weight"), &[hkv, d])?,
+        );
+        let (q, k) = if gemma {
+            (q, k)
+        } else {
+            (
+                unpermute_rotary(q, cfg.n_heads)?,
+                unpermute_rotary(k, cfg.n_kv_heads)?,
+            )
+        };
+        let optional_norm = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+                             name: &str,
+                             width: usize|
+         -> Result<Option<Norm>> {
+            if gemma {
+                Ok(Some(nrm(get(&format!("{p}.{name}.weight"), &[width])?)))
+            } else {
+                Ok(None)
+            }
+        };
         blocks.push(BlockWeights::fuse(BlockParts {
             ln1: Some(nrm(get(&format!("{p}.attn_norm.weight"), &[d])?)),
             ln2: Some(nrm(get(&format!("{p}.ffn_norm.weight"), &[d])?)),
-            ln1_post: None,
-            ln2_post: None,
-            q: lin(unpermute_rotary(
-                get(&format!("{p}.attn_q.weight"), &[hq, d])?,
-                cfg.n_heads,
-            )?),
-            k: lin(unpermute_rotary(
-                get(&format!("{p}.attn_k.weight"), &[hkv, d])?,
-                cfg.n_kv_heads,
-            )?),
+            ln1_post: optional_norm(&mut get, "post_attention_norm", d)?,
+            ln2_post: optional_norm(&mut get, "post_ffw_norm", d)?,
+            q: lin(q),
+            k: lin(k),
             v: lin(get(&format!("{p}.attn_v.weight"), &[hkv, d])?),
-            q_norm: None,
-            k_norm: None,
+            q_norm: optional_norm(&mut get, "attn_q_norm", dh)?,
+            k_norm: optional_norm(&mut get, "attn_k_norm", dh)?,
             o: lin(get(&format!("{p}.attn_output.weight"), &[d, hq])?),
             mlp_in: lin(get(&format!("{p}.ffn_up.weight"), &[m, d])?),
             mlp_gate: Some(lin(get(&format!("{p}.ffn_gate.weight"), &[m, d])?)),
@@ -146,46 +176,72 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     })
 }
 
-fn gguf_config(c: &Content) -> Result<ModelConfig> {
-    let d_model = meta_usize(c, "llama.embedding_length")?;
-    let n_heads = meta_usize(c, "llama.attention.head_count")?;
-    let n_kv_heads = meta_usize(c, "llama.attention.head_count_kv").unwrap_or(n_heads);
-    let n_layers = meta_usize(c, "llama.block_count")?;
-    let d_head = meta_usize(c, "llama.attention.key_length").unwrap_or(d_model / n_heads);
-    let d_vocab = match meta_usize(c, "llama.vocab_size") {
-        Ok(v) => v,
-        Err(_) => match meta(c, "tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()) {
-            Some(tokens) => tokens.len(),
-            None => {
-                return Err(ModelError::BadInput(
-                    "GGUF has neither llama.vocab_size nor tokenizer.ggml.tokens".into(),
-                ))
-            }
-        },
+fn gguf_config(c: &Content, architecture: Architecture) -> Result<ModelConfig> {
+    let a = match architecture {
+        Architecture::Gemma3 => "gemma3",
+        _ => "llama",
     };
+    let key = |k: &str| format!("{a}.{k}");
+    let d_model = meta_usize(c, &key("embedding_length"))?;
+    let n_heads = meta_usize(c, &key("attention.head_count"))?;
+    let n_kv_heads = meta_usize(c, &key("attention.head_count_kv")).unwrap_or(n_heads);
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(ModelError::BadInput(format!(
             "head_count ({n_heads}) must be a positive multiple of head_count_kv ({n_kv_heads})"
         )));
     }
-    let rotary = meta_usize(c, "llama.rope.dimension_count").unwrap_or(d_head);
-    Ok(ModelConfig {
-        architecture: Architecture::Llama,
+    let n_layers = meta_usize(c, &key("block_count"))?;
+    // Every layer has at least its norm and projections: more layers than tensors is a
+    // corrupt header, not a model (and must not size allocations).
+    if n_layers == 0 || n_layers > c.tensor_infos.len() || n_layers > crate::config::MAX_LAYERS {
+        return Err(ModelError::BadInput(format!(
+            "block_count = {n_layers} does not fit the {} tensors the file holds",
+            c.tensor_infos.len()
+        )));
+    }
+    let d_head = meta_usize(c, &key("attention.key_length")).unwrap_or(d_model / n_heads);
+    let d_vocab = match meta_usize(c, &key("vocab_size")) {
+        Ok(v) => v,
+        Err(_) => match meta(c, "tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()) {
+            Some(tokens) => tokens.len(),
+            None => {
+                return Err(ModelError::BadInput(format!(
+                    "GGUF has neither {a}.vocab_size nor tokenizer.ggml.tokens"
+                )))
+            }
+        },
+    };
+    let rotary = meta_usize(c, &key("rope.dimension_count")).unwrap_or(d_head);
+    let rope_scaling = match meta_string(c, &key("rope.scaling.type")).as_deref() {
+        None | Some("none") => RopeScaling::Default,
+        Some("linear") => RopeScaling::Linear {
+            factor: meta_f64(c, &key("rope.scaling.factor")).ok_or_else(|| {
+                ModelError::BadInput(format!("{a}.rope.scaling.type is linear but has no factor"))
+            })?,
+        },
+        Some(other) => {
+            return Err(ModelError::BadInput(format!(
+                "GGUF rope scaling `{other}` is not supported (supported: none, linear)"
+            )))
+        }
+    };
+    let mut cfg = ModelConfig {
+        architecture,
         d_model,
         n_layers,
         n_heads,
         n_kv_heads,
         d_head,
-        d_mlp: meta_usize(c, "llama.feed_forward_length")?,
+        d_mlp: meta_usize(c, &key("feed_forward_length"))?,
         d_vocab,
-        n_ctx: meta_usize(c, "llama.context_length").unwrap_or(2048),
+        n_ctx: meta_usize(c, &key("context_length")).unwrap_or(2048),
         norm: NormKind::RmsNorm,
-        norm_eps: meta_f64(c, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        norm_eps: meta_f64(c, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
         activation: Activation::Silu,
         gated_mlp: true,
         rotary_dim: Some(rotary),
-        rope_theta: meta_f64(c, "llama.rope.freq_base").unwrap_or(10000.0),
-        rope_scaling: crate::config::RopeScaling::Default,
+        rope_theta: meta_f64(c, &key("rope.freq_base")).unwrap_or(10000.0),
+        rope_scaling,
         rope_local_theta: None,
         qk_norm: None,
         pre_norms: true,
@@ -203,7 +259,27 @@ fn gguf_config(c: &Content) -> Result<ModelConfig> {
         mlp_bias: false,
         bos_token_id: meta_u32(c, "tokenizer.ggml.bos_token_id"),
         eos_token_id: meta_u32(c, "tokenizer.ggml.eos_token_id"),
-    })
+    };
+    if architecture == Architecture::Gemma3 {
+        // What llama.cpp assumes for gemma3 GGUFs, which do not store these: every
+        // sixth layer global, local layers on base 10000, queries scaled by the head
+        // width (27B, 62 layers: by d_model / n_heads).
+        cfg.norm = NormKind::RmsNormUnitOffset;
+        cfg.activation = Activation::GeluTanh;
+        cfg.qk_norm = Some(crate::config::QkNorm::PerHead);
+        cfg.post_sublayer_norms = true;
+        cfg.embed_scale = Some((d_model as f64).sqrt());
+        cfg.rope_local_theta = Some(10000.0);
+        if n_layers == 62 {
+            cfg.attn_scale = 1.0 / ((d_model / n_heads) as f64).sqrt();
+        }
+        cfg.final_softcap = meta_f64(c, "gemma3.final_logit_softcapping");
+        if let Some(w) = meta_usize(c, "gemma3.attention.sliding_window").ok() {
+            cfg.sliding_window = Some(w);
+            cfg.sliding_layers = (0..n_layers).map(|l| (l + 1) % 6 != 0).collect();
+        }
+    }
+    Ok(cfg)
 }
 
 /// llama.cpp's converter interleaves each head's rows as (i, half) pairs for its
