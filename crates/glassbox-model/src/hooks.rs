@@ -81,6 +81,21 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
     for l in 0..c.n_layers {
         let b = format!("blocks.{l}");
         push(format!("{b}.hook_resid_pre"), stream(dm()));
+        // per-head copies of the attention input (TransformerLens' split inputs)
+        let inputs = |h: usize| {
+            vec![
+                "batch".to_string(),
+                "pos".to_string(),
+                dim("head", h),
+                dim("d_model", c.d_model),
+            ]
+        };
+        if c.n_kv_heads == c.n_heads {
+            push(format!("{b}.hook_attn_in"), inputs(c.n_heads));
+        }
+        push(format!("{b}.hook_q_input"), inputs(c.n_heads));
+        push(format!("{b}.hook_k_input"), inputs(c.n_kv_heads));
+        push(format!("{b}.hook_v_input"), inputs(c.n_kv_heads));
         if c.pre_norms {
             push(format!("{b}.ln1.hook_scale"), scale.clone());
             push(format!("{b}.ln1.hook_normalized"), stream(dm()));
@@ -109,6 +124,7 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
         push(format!("{b}.attn.hook_attn_scores"), pattern.clone());
         push(format!("{b}.attn.hook_pattern"), pattern.clone());
         push(format!("{b}.attn.hook_z"), heads(c.n_heads));
+        push(format!("{b}.attn.hook_result"), inputs(c.n_heads));
         if c.post_sublayer_norms {
             push(format!("{b}.ln1_post.hook_scale"), scale.clone());
             push(format!("{b}.ln1_post.hook_normalized"), stream(dm()));
@@ -117,6 +133,7 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
         if !c.parallel_residual {
             push(format!("{b}.hook_resid_mid"), stream(dm()));
         }
+        push(format!("{b}.hook_mlp_in"), stream(dm()));
         if c.pre_norms {
             push(format!("{b}.ln2.hook_scale"), scale.clone());
             push(format!("{b}.ln2.hook_normalized"), stream(dm()));

@@ -126,6 +126,40 @@ fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
+/// `centred / scale · w (+ b)`
+fn scale_norm(centred: &Tensor, scale: &Tensor, n: &Norm) -> Result<Tensor> {
+    let y = centred.broadcast_div(scale)?.broadcast_mul(&n.weight)?;
+    Ok(match &n.bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Each head's own input through its rows of `l`: `x [b, s, n, in]`, `l [n·out, in]`
+/// → `[b·s, n·out]`.
+fn per_head_linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+    let (b, s, n, d) = x.dims4()?;
+    let out = l.weight.dim(0)? / n;
+    let xh = x
+        .permute((2, 0, 1, 3))?
+        .contiguous()?
+        .reshape((n, b * s, d))?;
+    let w = l
+        .weight
+        .reshape((n, out, d))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let y = xh
+        .matmul(&w)?
+        .permute((1, 0, 2))?
+        .contiguous()?
+        .reshape((b * s, n * out))?;
+    Ok(match &l.bias {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y,
+    })
+}
+
 /// Rotary tables for the given positions: `cos`, `sin` as `[batch, seq, 1, rot_dim]`.
 /// Rotary tables as tensors (for the composed path) and as data (for the kernels).
 struct Rope {
@@ -270,19 +304,79 @@ impl Transformer {
                 _ => candle_nn::ops::rms_norm(&x.contiguous()?, &n.weight, eps as f32)?,
             }
         } else {
-            let centred = match self.config.norm {
-                NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
-                _ => x.clone(),
-            };
-            let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+            let (centred, scale) = self.norm_parts(x)?;
             let scale = ctx.hook(scale_name, scale)?;
-            let y = centred.broadcast_div(&scale)?.broadcast_mul(&n.weight)?;
-            match &n.bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }
+            scale_norm(&centred, &scale, n)?
         };
         ctx.hook(|| format!("{prefix}.hook_normalized"), out)
+    }
+
+    /// The centred input (LayerNorm) or the input (RMSNorm), and the per-row scale.
+    fn norm_parts(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let centred = match self.config.norm {
+            NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+            _ => x.clone(),
+        };
+        let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.config.norm_eps)?.sqrt()?;
+        Ok((centred, scale))
+    }
+
+    /// A norm with no hook points (the per-head copies of the attention input).
+    fn norm_quiet(&self, x: &Tensor, n: &Norm) -> Result<Tensor> {
+        let (centred, scale) = self.norm_parts(x)?;
+        scale_norm(&centred, &scale, n)
+    }
+
+    /// TransformerLens' per-head copies of the attention input, normalised by ln1:
+    /// `hook_attn_in` (when every query head has its own KV head) and
+    /// `hook_q_input`/`hook_k_input`/`hook_v_input`, so one head's input can be
+    /// patched. Built only when one of them is hooked.
+    fn split_inputs(&self, l: usize, resid: &Tensor, ctx: &mut Ctx) -> Result<Option<[Tensor; 3]>> {
+        let c = &self.config;
+        if !ctx.active() {
+            return Ok(None);
+        }
+        let name = |n: &str| format!("blocks.{l}.{n}");
+        let shared = c.n_kv_heads == c.n_heads;
+        let want_in = shared && ctx.wants(&name("hook_attn_in"));
+        let want_split = ["hook_q_input", "hook_k_input", "hook_v_input"]
+            .iter()
+            .any(|n| ctx.wants(&name(n)));
+        if !want_in && !want_split {
+            return Ok(None);
+        }
+        let (b, s, d) = resid.dims3()?;
+        let repeat = |n: usize| -> Result<Tensor> {
+            Ok(resid
+                .unsqueeze(2)?
+                .broadcast_as((b, s, n, d))?
+                .contiguous()?)
+        };
+        let attn_in = if shared {
+            Some(ctx.hook(|| name("hook_attn_in"), repeat(c.n_heads)?)?)
+        } else {
+            None
+        };
+        let mut inputs = Vec::with_capacity(3);
+        for (hook, heads) in [
+            ("hook_q_input", c.n_heads),
+            ("hook_k_input", c.n_kv_heads),
+            ("hook_v_input", c.n_kv_heads),
+        ] {
+            let x = match &attn_in {
+                Some(a) => a.clone(),
+                None => repeat(heads)?,
+            };
+            let x = ctx.hook(|| name(hook), x)?;
+            inputs.push(match &self.weights.blocks[l].ln1 {
+                Some(n) => self.norm_quiet(&x, n)?,
+                None => x,
+            });
+        }
+        let [q, k, v]: [Tensor; 3] = inputs.try_into().map_err(|_| {
+            ModelError::BadInput("internal: three attention inputs expected".into())
+        })?;
+        Ok(Some([q, k, v]))
     }
 
     fn activation(&self, x: &Tensor) -> Result<Tensor> {
@@ -448,6 +542,7 @@ impl Transformer {
         for l in first_layer..n_layers {
             let w = &self.weights.blocks[l];
             resid = ctx.hook(|| format!("blocks.{l}.hook_resid_pre"), resid)?;
+            let split = self.split_inputs(l, &resid, &mut ctx)?;
             let x = match &w.ln1 {
                 Some(n) => self.norm(&resid, n, &format!("blocks.{l}.ln1"), &mut ctx)?,
                 None => resid.clone(),
@@ -461,7 +556,7 @@ impl Transformer {
                 (&full_mask, rope.as_ref())
             };
             let layer_kv = kv.as_mut().map(|k| &mut k.layers[l]);
-            let mut attn = self.attention(l, &x, mask, layer_rope, layer_kv, &mut ctx)?;
+            let mut attn = self.attention(l, &x, split, mask, layer_rope, layer_kv, &mut ctx)?;
             if let Some(n) = &w.ln1_post {
                 attn = self.norm(&attn, n, &format!("blocks.{l}.ln1_post"), &mut ctx)?;
             }
@@ -472,6 +567,7 @@ impl Transformer {
                 resid = ctx.hook(|| format!("blocks.{l}.hook_resid_mid"), (resid + &attn)?)?;
                 resid.clone()
             };
+            let mlp_in = ctx.hook(|| format!("blocks.{l}.hook_mlp_in"), mlp_in)?;
             let x = match &w.ln2 {
                 Some(n) => self.norm(&mlp_in, n, &format!("blocks.{l}.ln2"), &mut ctx)?,
                 None => mlp_in,
@@ -551,6 +647,7 @@ impl Transformer {
         &self,
         l: usize,
         x: &Tensor,
+        split: Option<[Tensor; 3]>,
         mask: &MaskData,
         rope: Option<&Rope>,
         layer_kv: Option<&mut Option<(Tensor, Tensor)>>,
@@ -560,8 +657,18 @@ impl Transformer {
         let w = &self.weights.blocks[l];
         let (b, s, d) = x.dims3()?;
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
-        let x2 = x.reshape((b * s, d))?;
-        let qkv = linear(&x2, &w.qkv, ctx.differentiable)?;
+        let per_head = split.is_some();
+        let qkv = match &split {
+            None => linear(&x.reshape((b * s, d))?, &w.qkv, ctx.differentiable)?,
+            Some([qx, kx, vx]) => Tensor::cat(
+                &[
+                    per_head_linear(qx, &w.q()?)?,
+                    per_head_linear(kx, &w.k()?)?,
+                    per_head_linear(vx, &w.v()?)?,
+                ],
+                1,
+            )?,
+        };
         let hooked = |ctx: &Ctx, names: &[&str]| {
             ctx.active()
                 && names
@@ -569,6 +676,7 @@ impl Transformer {
                     .any(|n| ctx.wants(&format!("blocks.{l}.attn.{n}")))
         };
         let (q, mut k, mut v) = if !ctx.differentiable
+            && !per_head
             && c.qk_norm.is_none()
             && !hooked(
                 ctx,
@@ -668,6 +776,29 @@ impl Transformer {
                 .reshape((b, h, s, dh))?
         };
         let z = ctx.hook(|| format!("blocks.{l}.attn.hook_z"), z.transpose(1, 2)?)?;
+        if ctx.active() && ctx.wants(&format!("blocks.{l}.attn.hook_result")) {
+            // each head's output z_h · W_O,hᵀ before the sum, so one head can be edited
+            let wo =
+                w.o.weight
+                    .reshape((d, h, dh))?
+                    .permute((1, 2, 0))?
+                    .contiguous()?;
+            let zh = z
+                .permute((2, 0, 1, 3))?
+                .contiguous()?
+                .reshape((h, b * s, dh))?;
+            let result = zh
+                .matmul(&wo)?
+                .reshape((h, b, s, d))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?;
+            let result = ctx.hook(|| format!("blocks.{l}.attn.hook_result"), result)?;
+            let out = result.sum(2)?;
+            return Ok(match &w.o.bias {
+                Some(bias) => out.broadcast_add(bias)?,
+                None => out,
+            });
+        }
         linear(
             &z.contiguous()?.reshape((b * s, h * dh))?,
             &w.o,
