@@ -297,7 +297,9 @@ fn parse_rope_scaling(r: Option<&Value>) -> Result<RopeScaling> {
         }
     };
     match scaling {
-        RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. } if !(factor > 0.0) => {
+        RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. }
+            if factor.is_nan() || factor <= 0.0 =>
+        {
             Err(ModelError::BadInput(format!(
                 "rope scaling factor {factor} must be positive"
             )))
@@ -597,7 +599,7 @@ impl ModelConfig {
         }
         if matches!(arch, Architecture::Phi3 | Architecture::GptNeox) {
             let rot = (d_head as f64 * partial_rotary) as usize;
-            if rot == 0 || rot % 2 != 0 {
+            if rot == 0 || !rot.is_multiple_of(2) {
                 return Err(ModelError::BadInput(format!(
                     "partial_rotary_factor = {partial_rotary} gives a rotary width of {rot} of {d_head} dims; it must be even and positive"
                 )));

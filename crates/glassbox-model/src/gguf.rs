@@ -274,7 +274,7 @@ fn gguf_config(c: &Content, architecture: Architecture) -> Result<ModelConfig> {
             cfg.attn_scale = 1.0 / ((d_model / n_heads) as f64).sqrt();
         }
         cfg.final_softcap = meta_f64(c, "gemma3.final_logit_softcapping");
-        if let Some(w) = meta_usize(c, "gemma3.attention.sliding_window").ok() {
+        if let Ok(w) = meta_usize(c, "gemma3.attention.sliding_window") {
             cfg.sliding_window = Some(w);
             cfg.sliding_layers = (0..n_layers).map(|l| (l + 1) % 6 != 0).collect();
         }

@@ -126,6 +126,13 @@ fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
+/// What attention reads: the normalised residual, and per-head copies of it when the
+/// split-input hooks are in use.
+struct AttnInput {
+    shared: Tensor,
+    per_head: Option<[Tensor; 3]>,
+}
+
 /// `centred / scale · w (+ b)`
 fn scale_norm(centred: &Tensor, scale: &Tensor, n: &Norm) -> Result<Tensor> {
     let y = centred.broadcast_div(scale)?.broadcast_mul(&n.weight)?;
@@ -556,7 +563,11 @@ impl Transformer {
                 (&full_mask, rope.as_ref())
             };
             let layer_kv = kv.as_mut().map(|k| &mut k.layers[l]);
-            let mut attn = self.attention(l, &x, split, mask, layer_rope, layer_kv, &mut ctx)?;
+            let input = AttnInput {
+                shared: x,
+                per_head: split,
+            };
+            let mut attn = self.attention(l, input, mask, layer_rope, layer_kv, &mut ctx)?;
             if let Some(n) = &w.ln1_post {
                 attn = self.norm(&attn, n, &format!("blocks.{l}.ln1_post"), &mut ctx)?;
             }
@@ -646,8 +657,7 @@ impl Transformer {
     fn attention(
         &self,
         l: usize,
-        x: &Tensor,
-        split: Option<[Tensor; 3]>,
+        input: AttnInput,
         mask: &MaskData,
         rope: Option<&Rope>,
         layer_kv: Option<&mut Option<(Tensor, Tensor)>>,
@@ -655,6 +665,10 @@ impl Transformer {
     ) -> Result<Tensor> {
         let c = &self.config;
         let w = &self.weights.blocks[l];
+        let AttnInput {
+            shared: x,
+            per_head: split,
+        } = input;
         let (b, s, d) = x.dims3()?;
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
         let per_head = split.is_some();
