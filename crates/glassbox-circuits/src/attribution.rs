@@ -213,12 +213,13 @@ pub fn attribute(
             kind: NodeKind::Token { position: p, token },
         });
     }
-    let unembed_mean = w.unembed.mean(0)?;
+    let unembed = w.unembed_f32()?;
+    let unembed_mean = unembed.mean(0)?;
     let lnf_scale = state.scale("ln_final")?;
     let mut targets = Vec::new();
     for &t in &chosen {
         let node = nodes.len();
-        let dir = (w.unembed.get(t as usize)? - &unembed_mean)?;
+        let dir = (unembed.get(t as usize)? - &unembed_mean)?;
         let value = logits[t as usize]
             - logits.iter().map(|&x| x as f64).sum::<f64>() as f32 / logits.len() as f32;
         nodes.push(Node {
@@ -259,7 +260,7 @@ pub fn attribute(
         let scale = state.scale(&format!("blocks.{}.ln2", f.layer))?;
         let g = norm_backward(
             &col.reshape((1, 1, d))?,
-            &pre_norm(&w.blocks[f.layer].ln2)?.weight,
+            &pre_norm(&w.blocks[f.layer].get()?.ln2)?.weight,
             &scale.narrow(0, f.position, 1)?,
             cfg.norm,
         )?;
@@ -354,7 +355,7 @@ pub fn attribute(
                 let cols: Vec<usize> = (0..s).map(|p| err_base + l * s + p).collect();
                 record(&errs, &cols)?;
             }
-            let blk = &w.blocks[l];
+            let blk = w.blocks[l].get()?;
             // a transcoder's linear skip is a direct path through the MLP
             if let Some(ws) = set.by_layer[l]
                 .as_ref()
@@ -401,7 +402,7 @@ fn attention_backward(
     g: &Tensor,
 ) -> Result<Tensor> {
     let c = &model.config;
-    let blk = &model.weights.blocks[l];
+    let blk = model.weights.blocks[l].get()?;
     let (nb, s, d) = g.dims3()?;
     let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
     let g = match &blk.ln1_post {

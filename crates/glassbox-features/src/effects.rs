@@ -58,12 +58,7 @@ pub fn logit_effects(
     if dict.d_out != d_model || n == 0 {
         return Ok(None);
     }
-    let w_ut = model
-        .weights
-        .unembed
-        .to_dtype(DType::F32)?
-        .t()?
-        .contiguous()?;
+    let w_ut = model.weights.unembed_f32()?.t()?.contiguous()?;
     let vocab = w_ut.dim(1)?;
     let g = model.weights.ln_final.weight.to_dtype(DType::F32)?;
     let w_dec = dict.w_dec.to_dtype(DType::F32)?;

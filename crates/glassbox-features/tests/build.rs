@@ -421,7 +421,13 @@ fn logit_effects_and_neighbours_equal_direct_computation() {
         .weight
         .to_vec1::<f32>()
         .unwrap();
-    let wu = m.transformer.weights.unembed.to_vec2::<f32>().unwrap();
+    let wu = m
+        .transformer
+        .weights
+        .unembed_f32()
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     let effects = r
         .logit_effects
         .as_ref()

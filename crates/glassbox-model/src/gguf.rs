@@ -4,12 +4,17 @@
 
 use crate::config::{Activation, Architecture, ModelConfig, NormKind, RopeScaling};
 use crate::error::{ModelError, Result};
-use crate::weights::{check_shape, BlockParts, BlockWeights, Linear, ModelWeights, Norm};
+use crate::stored::StoredTensor;
+use crate::weights::{
+    BlockParts, LoadedWeights, ModelWeights, Norm, StoredLinear, DEFAULT_KEEP_EXPANDED_BYTES,
+};
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct GgufModel {
     pub config: ModelConfig,
@@ -60,6 +65,12 @@ pub fn meta_string(c: &Content, key: &str) -> Option<String> {
 pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
 pub fn load_gguf(path: &Path) -> Result<GgufModel> {
+    load_gguf_with(path, DEFAULT_KEEP_EXPANDED_BYTES)
+}
+
+/// As `load_gguf`, keeping the dequantized blocks after first use only if all of them
+/// fit `keep_expanded_bytes` in f32.
+pub fn load_gguf_with(path: &Path, keep_expanded_bytes: usize) -> Result<GgufModel> {
     let (content, mut reader) = read_gguf_header(path)?;
     let arch = meta_string(&content, "general.architecture").unwrap_or_default();
     let architecture = match arch.as_str() {
@@ -80,98 +91,126 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
         ModelError::BadInput(m) => ModelError::bad_file(path, m),
         other => other,
     })?;
-    let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let q = content
-            .tensor(&mut reader, name, &Device::Cpu)
-            .map_err(|e| {
-                if content.tensor_infos.contains_key(name) {
-                    ModelError::bad_file(
-                        path,
-                        format!("cannot read tensor `{name}` (truncated file?): {e}"),
-                    )
-                } else {
-                    ModelError::MissingTensor(name.to_string())
-                }
-            })?;
-        let t = q.dequantize(&Device::Cpu)?;
-        check_shape(name, &t, shape)?;
-        Ok(t)
+    load_gguf_weights(path, content, &mut reader, cfg, keep_expanded_bytes)
+}
+
+fn load_gguf_weights(
+    path: &Path,
+    content: Content,
+    reader: &mut BufReader<File>,
+    cfg: ModelConfig,
+    keep_expanded_bytes: usize,
+) -> Result<GgufModel> {
+    // Matrices stay in their quant blocks (expanded per layer); vectors and the
+    // embedding are dequantized once.
+    let mut get_q = |name: &str, shape: &[usize]| -> Result<QTensor> {
+        let q = content.tensor(reader, name, &Device::Cpu).map_err(|e| {
+            if content.tensor_infos.contains_key(name) {
+                ModelError::bad_file(
+                    path,
+                    format!("cannot read tensor `{name}` (truncated file?): {e}"),
+                )
+            } else {
+                ModelError::MissingTensor(name.to_string())
+            }
+        })?;
+        if q.shape().dims() != shape {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.to_string(),
+                expected: shape.to_vec(),
+                actual: q.shape().dims().to_vec(),
+            });
+        }
+        Ok(q)
     };
-    let gemma = architecture == Architecture::Gemma3;
+    let gemma = cfg.architecture == Architecture::Gemma3;
     let (d, m, dh) = (cfg.d_model, cfg.d_mlp, cfg.d_head);
     let (hq, hkv) = (cfg.n_heads * dh, cfg.n_kv_heads * dh);
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let p = format!("blk.{l}");
-        let lin = |w: Tensor| Linear {
-            weight: w,
-            bias: None,
-        };
-        // llama.cpp stores Gemma's norm weights with the `1 +` already added.
-        let nrm = |w: Tensor| Norm {
-            weight: w,
-            bias: None,
+        let mut mat = |name: &str, shape: &[usize], unpermute_heads: Option<usize>| {
+            Ok::<_, ModelError>(StoredLinear {
+                weight: StoredTensor::Quantized {
+                    tensor: Arc::new(get_q(&format!("{p}.{name}.weight"), shape)?),
+                    unpermute_heads,
+                },
+                bias: None,
+            })
         };
         // llama.cpp permutes llama's Q/K rows for its rotary kernel, not Gemma's.
-        let (q, k) = (
-            get(&format!("{p}.attn_q.weight"), &[hq, d])?,
-            get(&format!("{p}.attn_k.weight"), &[hkv, d])?,
-        );
-        let (q, k) = if gemma {
-            (q, k)
+        let (uq, uk) = if gemma {
+            (None, None)
         } else {
-            (
-                unpermute_rotary(q, cfg.n_heads)?,
-                unpermute_rotary(k, cfg.n_kv_heads)?,
-            )
+            (Some(cfg.n_heads), Some(cfg.n_kv_heads))
         };
-        let optional_norm = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-                             name: &str,
-                             width: usize|
-         -> Result<Option<Norm>> {
-            if gemma {
-                Ok(Some(nrm(get(&format!("{p}.{name}.weight"), &[width])?)))
-            } else {
-                Ok(None)
-            }
+        let q = mat("attn_q", &[hq, d], uq)?;
+        let k = mat("attn_k", &[hkv, d], uk)?;
+        let v = mat("attn_v", &[hkv, d], None)?;
+        let o = mat("attn_output", &[d, hq], None)?;
+        let mlp_in = mat("ffn_up", &[m, d], None)?;
+        let mlp_gate = mat("ffn_gate", &[m, d], None)?;
+        let mlp_out = mat("ffn_down", &[d, m], None)?;
+        // llama.cpp stores Gemma's norm weights with the `1 +` already added.
+        let mut nrm = |name: &str, width: usize| -> Result<Norm> {
+            Ok(Norm {
+                weight: get_q(&format!("{p}.{name}.weight"), &[width])?.dequantize(&Device::Cpu)?,
+                bias: None,
+            })
         };
-        blocks.push(BlockWeights::fuse(BlockParts {
-            ln1: Some(nrm(get(&format!("{p}.attn_norm.weight"), &[d])?)),
-            ln2: Some(nrm(get(&format!("{p}.ffn_norm.weight"), &[d])?)),
-            ln1_post: optional_norm(&mut get, "post_attention_norm", d)?,
-            ln2_post: optional_norm(&mut get, "post_ffw_norm", d)?,
-            q: lin(q),
-            k: lin(k),
-            v: lin(get(&format!("{p}.attn_v.weight"), &[hkv, d])?),
-            q_norm: optional_norm(&mut get, "attn_q_norm", dh)?,
-            k_norm: optional_norm(&mut get, "attn_k_norm", dh)?,
-            o: lin(get(&format!("{p}.attn_output.weight"), &[d, hq])?),
-            mlp_in: lin(get(&format!("{p}.ffn_up.weight"), &[m, d])?),
-            mlp_gate: Some(lin(get(&format!("{p}.ffn_gate.weight"), &[m, d])?)),
-            mlp_out: lin(get(&format!("{p}.ffn_down.weight"), &[d, m])?),
-        })?);
+        let gemma_norm =
+            |nrm: &mut dyn FnMut(&str, usize) -> Result<Norm>, name: &str, w: usize| {
+                if gemma {
+                    nrm(name, w).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+        blocks.push(BlockParts {
+            ln1: Some(nrm("attn_norm", d)?),
+            ln2: Some(nrm("ffn_norm", d)?),
+            ln1_post: gemma_norm(&mut nrm, "post_attention_norm", d)?,
+            ln2_post: gemma_norm(&mut nrm, "post_ffw_norm", d)?,
+            q,
+            k,
+            v,
+            q_norm: gemma_norm(&mut nrm, "attn_q_norm", dh)?,
+            k_norm: gemma_norm(&mut nrm, "attn_k_norm", dh)?,
+            o,
+            mlp_in,
+            mlp_gate: Some(mlp_gate),
+            mlp_out,
+        });
     }
-    let embed = get("token_embd.weight", &[cfg.d_vocab, d])?;
-    let unembed = if content.tensor_infos.contains_key("output.weight") {
-        get("output.weight", &[cfg.d_vocab, d])?
+    let embed = StoredTensor::Dense(
+        get_q("token_embd.weight", &[cfg.d_vocab, d])?.dequantize(&Device::Cpu)?,
+    );
+    let untied = content.tensor_infos.contains_key("output.weight");
+    let unembed = if untied {
+        StoredTensor::Quantized {
+            tensor: Arc::new(get_q("output.weight", &[cfg.d_vocab, d])?),
+            unpermute_heads: None,
+        }
     } else {
         embed.clone()
     };
     let ln_final = Norm {
-        weight: get("output_norm.weight", &[d])?,
+        weight: get_q("output_norm.weight", &[d])?.dequantize(&Device::Cpu)?,
         bias: None,
     };
     let mut config = cfg;
-    config.tied_embeddings = !content.tensor_infos.contains_key("output.weight");
+    config.tied_embeddings = !untied;
+    let weights = LoadedWeights {
+        embed,
+        pos_embed: None,
+        blocks,
+        ln_final,
+        unembed,
+    }
+    .into_model(keep_expanded_bytes)?;
     Ok(GgufModel {
         config,
-        weights: ModelWeights {
-            embed,
-            pos_embed: None,
-            blocks,
-            ln_final,
-            unembed,
-        },
+        weights,
         content,
     })
 }
@@ -285,7 +324,7 @@ fn gguf_config(c: &Content, architecture: Architecture) -> Result<ModelConfig> {
 /// llama.cpp's converter interleaves each head's rows as (i, half) pairs for its
 /// rotary kernel; HF (and our hooks) use the half-split layout. Undo it:
 /// `[heads, d/2, 2, in] -> [heads, 2, d/2, in]`.
-fn unpermute_rotary(w: Tensor, heads: usize) -> Result<Tensor> {
+pub(crate) fn unpermute_rotary(w: Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let d = rows / heads;
     Ok(w.reshape((heads, d / 2, 2, cols))?

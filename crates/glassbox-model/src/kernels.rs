@@ -190,6 +190,54 @@ impl CustomOp2 for LinearOp {
     }
 }
 
+/// `dst[:, col0..col0+out] = x · wᵀ` with `dst` row-major `[n, ldc]`, `x [n, k]`,
+/// `w [out, k]`: one slice of a wide product (the unembedding by vocabulary chunks).
+/// Panics if the slices do not have the sizes the dimensions say (no unchecked access).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_nt_into(
+    dst: &mut [f32],
+    ldc: usize,
+    col0: usize,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    out: usize,
+) {
+    assert_eq!(dst.len(), n * ldc, "gemm_nt_into: destination size");
+    assert!(col0 + out <= ldc, "gemm_nt_into: columns past the row");
+    assert_eq!(x.len(), n * k, "gemm_nt_into: input size");
+    assert_eq!(w.len(), out * k, "gemm_nt_into: weight size");
+    if n == 0 || out == 0 {
+        return;
+    }
+    // SAFETY: the asserts above bound every access: rows of dst are ldc apart and the
+    // written block [n, col0..col0+out] lies inside it; x is n×k and w is out×k row-major.
+    unsafe {
+        gemm::gemm(
+            n,
+            out,
+            k,
+            dst.as_mut_ptr().add(col0),
+            1,
+            ldc as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
 /// `silu(gate) · up` from the stacked `[rows, 2 m]` output of the fused gate/up GEMM.
 pub struct SiluMulPacked;
 

@@ -6,6 +6,7 @@ pub mod error;
 pub mod gguf;
 pub mod hooks;
 pub mod run;
+pub mod stored;
 pub mod transformer;
 pub mod weights;
 
@@ -16,7 +17,7 @@ pub use run::{ActivationCache, Batch, LogitsMode, PaddingSide, Run, RunOutput};
 pub use transformer::{KvCache, Transformer};
 pub mod loader;
 pub mod tokenizer;
-pub use loader::{load_model, Model};
+pub use loader::{load_model, load_model_with, LoadOptions, Model};
 pub use tokenizer::TextTokenizer;
 pub mod chat;
 pub mod generate;

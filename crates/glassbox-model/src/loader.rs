@@ -2,10 +2,10 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::gguf::load_gguf;
+use crate::gguf::load_gguf_with;
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::Transformer;
-use crate::weights::load_hf_weights;
+use crate::weights::load_hf_weights_with;
 use std::path::{Path, PathBuf};
 
 /// A runnable model and, when the checkpoint has one, its tokenizer.
@@ -30,14 +30,34 @@ impl Model {
     }
 }
 
+/// How a checkpoint is held in memory.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Keep blocks in f32 after their first use when all of them fit in this many bytes;
+    /// otherwise each layer is expanded from its stored precision just before it runs.
+    pub keep_expanded_bytes: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            keep_expanded_bytes: crate::weights::DEFAULT_KEEP_EXPANDED_BYTES,
+        }
+    }
+}
+
 pub fn load_model(path: &Path) -> Result<Model> {
+    load_model_with(path, &LoadOptions::default())
+}
+
+pub fn load_model_with(path: &Path, opts: &LoadOptions) -> Result<Model> {
     if !path.exists() {
         return Err(ModelError::bad_file(path, "no such file or directory"));
     }
     if path.is_dir() {
-        load_hf_dir(path)
+        load_hf_dir_with(path, opts)
     } else if path.extension().is_some_and(|e| e == "gguf") {
-        let g = load_gguf(path)?;
+        let g = load_gguf_with(path, opts.keep_expanded_bytes)?;
         // A GGUF without tokenizer metadata still runs on token ids.
         let tokenizer = if g.content.metadata.contains_key("tokenizer.ggml.model") {
             Some(TextTokenizer::from_gguf(&g.content)?)
@@ -58,6 +78,10 @@ pub fn load_model(path: &Path) -> Result<Model> {
 }
 
 pub fn load_hf_dir(dir: &Path) -> Result<Model> {
+    load_hf_dir_with(dir, &LoadOptions::default())
+}
+
+pub fn load_hf_dir_with(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let config_path = dir.join("config.json");
     if !config_path.exists() {
         return Err(ModelError::bad_file(
@@ -66,7 +90,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model> {
         ));
     }
     let config = ModelConfig::from_hf_config_file(&config_path)?;
-    let weights = load_hf_weights(dir, &config)?;
+    let weights = load_hf_weights_with(dir, &config, opts.keep_expanded_bytes)?;
     let tok_path = dir.join("tokenizer.json");
     let mut tokenizer = if tok_path.exists() {
         Some(TextTokenizer::from_file(&tok_path)?)

@@ -7,7 +7,8 @@ use crate::error::{ModelError, Result};
 use crate::hooks::HookFilter;
 use crate::kernels::{FusedAttention, LinearOp, MaskData, RopeData, RopeSplit, SiluMulPacked};
 use crate::run::{Batch, HookFn, LogitsMode, Run, RunOutput};
-use crate::weights::{Linear, ModelWeights, Norm};
+use crate::stored::{to_f32, StoredTensor};
+use crate::weights::{BlockWeights, Linear, ModelWeights, Norm};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::BTreeMap;
 
@@ -128,7 +129,8 @@ fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
 
 /// What attention reads: the normalised residual, and per-head copies of it when the
 /// split-input hooks are in use.
-struct AttnInput {
+struct AttnInput<'w> {
+    block: &'w BlockWeights,
     shared: Tensor,
     per_head: Option<[Tensor; 3]>,
 }
@@ -338,7 +340,13 @@ impl Transformer {
     /// `hook_attn_in` (when every query head has its own KV head) and
     /// `hook_q_input`/`hook_k_input`/`hook_v_input`, so one head's input can be
     /// patched. Built only when one of them is hooked.
-    fn split_inputs(&self, l: usize, resid: &Tensor, ctx: &mut Ctx) -> Result<Option<[Tensor; 3]>> {
+    fn split_inputs(
+        &self,
+        l: usize,
+        w: &BlockWeights,
+        resid: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Option<[Tensor; 3]>> {
         let c = &self.config;
         if !ctx.active() {
             return Ok(None);
@@ -375,7 +383,7 @@ impl Transformer {
                 None => repeat(heads)?,
             };
             let x = ctx.hook(|| name(hook), x)?;
-            inputs.push(match &self.weights.blocks[l].ln1 {
+            inputs.push(match &w.ln1 {
                 Some(n) => self.norm_quiet(&x, n)?,
                 None => x,
             });
@@ -547,9 +555,11 @@ impl Transformer {
         };
 
         for l in first_layer..n_layers {
-            let w = &self.weights.blocks[l];
+            // f32 weights of this layer only (expanded now if stored in another precision)
+            let block = self.weights.blocks[l].get()?;
+            let w: &BlockWeights = &block;
             resid = ctx.hook(|| format!("blocks.{l}.hook_resid_pre"), resid)?;
-            let split = self.split_inputs(l, &resid, &mut ctx)?;
+            let split = self.split_inputs(l, w, &resid, &mut ctx)?;
             let x = match &w.ln1 {
                 Some(n) => self.norm(&resid, n, &format!("blocks.{l}.ln1"), &mut ctx)?,
                 None => resid.clone(),
@@ -564,6 +574,7 @@ impl Transformer {
             };
             let layer_kv = kv.as_mut().map(|k| &mut k.layers[l]);
             let input = AttnInput {
+                block: w,
                 shared: x,
                 per_head: split,
             };
@@ -583,7 +594,7 @@ impl Transformer {
                 Some(n) => self.norm(&mlp_in, n, &format!("blocks.{l}.ln2"), &mut ctx)?,
                 None => mlp_in,
             };
-            let mut mlp = self.mlp(l, &x, &mut ctx)?;
+            let mut mlp = self.mlp(l, w, &x, &mut ctx)?;
             if let Some(n) = &w.ln2_post {
                 mlp = self.norm(&mlp, n, &format!("blocks.{l}.ln2_post"), &mut ctx)?;
             }
@@ -611,9 +622,8 @@ impl Transformer {
             };
             let x = self.norm(&x, &self.weights.ln_final, "ln_final", &mut ctx)?;
             let (bb, ss, d) = x.dims3()?;
-            let mut logits = x
-                .reshape((bb * ss, d))?
-                .matmul(&self.weights.unembed.t()?)?
+            let mut logits = self
+                .unembed(&x.reshape((bb * ss, d))?)?
                 .reshape((bb, ss, c.d_vocab))?;
             if let Some(cap) = c.final_softcap {
                 logits = ((logits / cap)?.tanh()? * cap)?;
@@ -628,16 +638,44 @@ impl Transformer {
         })
     }
 
+    /// `x [n, d_model] · W_Uᵀ`. A stored (bf16, quantized) unembedding is expanded a
+    /// slice of the vocabulary at a time, straight into the logits buffer.
+    fn unembed(&self, x: &Tensor) -> Result<Tensor> {
+        let u = &self.weights.unembed;
+        if let StoredTensor::Dense(w) = u {
+            if w.dtype() == DType::F32 {
+                return Ok(x.matmul(&w.t()?)?);
+            }
+        }
+        let (n, d) = x.dims2()?;
+        let vocab = u.dims()[0];
+        let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut logits = vec![0f32; n * vocab];
+        const CHUNK_ROWS: usize = 8192;
+        let mut start = 0;
+        while start < vocab {
+            let len = CHUNK_ROWS.min(vocab - start);
+            let w = u
+                .expand_rows(start, len)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            crate::kernels::gemm_nt_into(&mut logits, vocab, start, &x, n, d, &w, len);
+            start += len;
+        }
+        Ok(Tensor::from_vec(logits, (n, vocab), &Device::Cpu)?)
+    }
+
     fn embed(&self, batch: &Batch, positions: &[Vec<u32>], ctx: &mut Ctx) -> Result<Tensor> {
         let c = &self.config;
         let (b, s) = (batch.batch_size(), batch.seq_len());
         let ids: Vec<u32> = batch.tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, b * s, &Device::Cpu)?;
-        let mut embed = self
-            .weights
-            .embed
-            .index_select(&ids, 0)?
-            .reshape((b, s, c.d_model))?;
+        let rows = match &self.weights.embed {
+            StoredTensor::Dense(t) => t.index_select(&ids, 0)?,
+            q => q.expand()?.index_select(&ids, 0)?,
+        };
+        let mut embed = to_f32(&rows)?.reshape((b, s, c.d_model))?;
         if let Some(scale) = c.embed_scale {
             // HF casts the normaliser to the model dtype before multiplying.
             embed = (embed * (scale as f32) as f64)?;
@@ -657,15 +695,15 @@ impl Transformer {
     fn attention(
         &self,
         l: usize,
-        input: AttnInput,
+        input: AttnInput<'_>,
         mask: &MaskData,
         rope: Option<&Rope>,
         layer_kv: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let w = &self.weights.blocks[l];
         let AttnInput {
+            block: w,
             shared: x,
             per_head: split,
         } = input;
@@ -847,8 +885,7 @@ impl Transformer {
         })
     }
 
-    fn mlp(&self, l: usize, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let w = &self.weights.blocks[l];
+    fn mlp(&self, l: usize, w: &BlockWeights, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let m = self.config.d_mlp;
         let x2 = x.reshape((b * s, d))?;

@@ -4,6 +4,7 @@
 
 use crate::config::{Architecture, ModelConfig, QkNorm};
 use crate::error::{ModelError, Result};
+use crate::stored::{SafetensorsFile, StoredTensor};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,24 +22,175 @@ pub struct Norm {
     pub bias: Option<Tensor>,
 }
 
-/// One block's weights as a loader reads them, before fusion.
+/// A linear map as stored: the weight in its checkpoint precision, the bias in f32.
+#[derive(Debug, Clone)]
+pub struct StoredLinear {
+    /// `[out, in]`
+    pub weight: StoredTensor,
+    pub bias: Option<Tensor>,
+}
+
+impl StoredLinear {
+    pub fn expand(&self) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.weight.expand()?,
+            bias: self.bias.clone(),
+        })
+    }
+    /// Rows `start..start+len` (fused checkpoint matrices: Phi-3's qkv and gate_up).
+    fn rows(&self, start: usize, len: usize) -> Result<StoredLinear> {
+        let weight = match &self.weight {
+            StoredTensor::Dense(t) => StoredTensor::Dense(t.narrow(0, start, len)?),
+            q => StoredTensor::Dense(q.expand()?.narrow(0, start, len)?),
+        };
+        Ok(StoredLinear {
+            weight,
+            bias: match &self.bias {
+                Some(b) => Some(b.narrow(0, start, len)?),
+                None => None,
+            },
+        })
+    }
+}
+
+impl From<Linear> for StoredLinear {
+    fn from(l: Linear) -> Self {
+        StoredLinear {
+            weight: StoredTensor::Dense(l.weight),
+            bias: l.bias,
+        }
+    }
+}
+
+/// One block's weights as a loader reads them: matrices as stored, norms in f32.
+#[derive(Debug, Clone)]
 pub struct BlockParts {
     /// `None` where the architecture has no pre-norms (OLMo 2)
     pub ln1: Option<Norm>,
     pub ln2: Option<Norm>,
     pub ln1_post: Option<Norm>,
     pub ln2_post: Option<Norm>,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    pub q: StoredLinear,
+    pub k: StoredLinear,
+    pub v: StoredLinear,
     /// RMSNorm weights on queries and keys (`[d_head]` per head, or all heads' width)
     pub q_norm: Option<Norm>,
     pub k_norm: Option<Norm>,
-    pub o: Linear,
+    pub o: StoredLinear,
     /// up projection (gated) or the input projection (gpt2/neox)
-    pub mlp_in: Linear,
-    pub mlp_gate: Option<Linear>,
-    pub mlp_out: Linear,
+    pub mlp_in: StoredLinear,
+    pub mlp_gate: Option<StoredLinear>,
+    pub mlp_out: StoredLinear,
+}
+
+impl BlockParts {
+    fn matrices(&self) -> impl Iterator<Item = &StoredTensor> {
+        [
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.o,
+            &self.mlp_in,
+            &self.mlp_out,
+        ]
+        .into_iter()
+        .chain(self.mlp_gate.as_ref())
+        .map(|l| &l.weight)
+    }
+    pub fn expanded_bytes(&self) -> usize {
+        self.matrices().map(StoredTensor::expanded_bytes).sum()
+    }
+    fn all_f32(&self) -> bool {
+        self.matrices().all(StoredTensor::is_f32)
+    }
+}
+
+/// A block as the model holds it: ready in f32 (f32 checkpoints, or small enough to
+/// keep expanded after first use), or stored and expanded each time it runs.
+#[derive(Debug)]
+pub enum Block {
+    Ready(BlockWeights),
+    Stored {
+        parts: Box<BlockParts>,
+        /// `Some`: expand once, on first use, and keep it
+        keep: Option<std::sync::OnceLock<BlockWeights>>,
+        /// how many times this block has been expanded
+        expansions: std::sync::atomic::AtomicUsize,
+    },
+}
+
+impl Block {
+    /// `keep_expanded`: keep the f32 form after first use instead of expanding per pass.
+    pub fn new(parts: BlockParts, keep_expanded: bool) -> Result<Self> {
+        if parts.all_f32() {
+            return Ok(Block::Ready(BlockWeights::fuse(&parts)?));
+        }
+        Ok(Block::Stored {
+            parts: Box::new(parts),
+            keep: keep_expanded.then(std::sync::OnceLock::new),
+            expansions: Default::default(),
+        })
+    }
+
+    /// The block's f32 weights, expanding them now if they are stored in another precision.
+    pub fn get(&self) -> Result<std::borrow::Cow<'_, BlockWeights>> {
+        use std::borrow::Cow;
+        use std::sync::atomic::Ordering;
+        match self {
+            Block::Ready(w) => Ok(Cow::Borrowed(w)),
+            Block::Stored {
+                parts,
+                keep: None,
+                expansions,
+            } => {
+                expansions.fetch_add(1, Ordering::Relaxed);
+                Ok(Cow::Owned(BlockWeights::fuse(parts)?))
+            }
+            Block::Stored {
+                parts,
+                keep: Some(cell),
+                expansions,
+            } => {
+                if let Some(w) = cell.get() {
+                    return Ok(Cow::Borrowed(w));
+                }
+                expansions.fetch_add(1, Ordering::Relaxed);
+                let w = BlockWeights::fuse(parts)?;
+                Ok(Cow::Borrowed(cell.get_or_init(|| w)))
+            }
+        }
+    }
+
+    /// How many times this block has been expanded from its stored precision.
+    pub fn times_expanded(&self) -> usize {
+        match self {
+            Block::Ready(_) => 0,
+            Block::Stored { expansions, .. } => {
+                expansions.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Whether this block is expanded each time it runs.
+    pub fn expands_per_pass(&self) -> bool {
+        matches!(self, Block::Stored { keep: None, .. })
+    }
+}
+
+/// Blocks are kept expanded after first use when all of them together stay under this
+/// (so generation on small models does not re-expand every token); larger models
+/// expand one layer at a time. `LoadOptions::keep_expanded_bytes` overrides it.
+pub const DEFAULT_KEEP_EXPANDED_BYTES: usize = 2 << 30;
+
+/// Wraps every block, keeping them expanded if their f32 size fits `budget`.
+pub fn make_blocks(parts: Vec<BlockParts>, budget: usize) -> Result<Vec<Block>> {
+    let expanded: usize = parts
+        .iter()
+        .filter(|p| !p.all_f32())
+        .map(BlockParts::expanded_bytes)
+        .sum();
+    let keep = expanded <= budget;
+    parts.into_iter().map(|p| Block::new(p, keep)).collect()
 }
 
 /// One block's weights as the forward pass uses them: Q, K and V stacked into one
@@ -101,26 +253,29 @@ fn rows(l: &Linear, start: usize, len: usize) -> Result<Linear> {
 }
 
 impl BlockWeights {
-    pub fn fuse(p: BlockParts) -> Result<Self> {
-        let q_rows = p.q.weight.dim(0)?;
-        let kv_rows = p.k.weight.dim(0)?;
-        let qkv = stack(&[&p.q, &p.k, &p.v])?;
+    /// Expands the stored matrices to f32 and stacks Q/K/V and gate/up.
+    pub fn fuse(p: &BlockParts) -> Result<Self> {
+        let (q, k, v) = (p.q.expand()?, p.k.expand()?, p.v.expand()?);
+        let q_rows = q.weight.dim(0)?;
+        let kv_rows = k.weight.dim(0)?;
+        let qkv = stack(&[&q, &k, &v])?;
+        let up = p.mlp_in.expand()?;
         let (mlp_in, gated) = match &p.mlp_gate {
-            Some(gate) => (stack(&[gate, &p.mlp_in])?, true),
-            None => (p.mlp_in, false),
+            Some(gate) => (stack(&[&gate.expand()?, &up])?, true),
+            None => (up, false),
         };
         Ok(BlockWeights {
-            ln1: p.ln1,
-            ln2: p.ln2,
-            ln1_post: p.ln1_post,
-            ln2_post: p.ln2_post,
+            ln1: p.ln1.clone(),
+            ln2: p.ln2.clone(),
+            ln1_post: p.ln1_post.clone(),
+            ln2_post: p.ln2_post.clone(),
             qkv,
-            q_norm: p.q_norm,
-            k_norm: p.k_norm,
-            o: p.o,
+            q_norm: p.q_norm.clone(),
+            k_norm: p.k_norm.clone(),
+            o: p.o.expand()?,
             mlp_in,
             gated,
-            mlp_out: p.mlp_out,
+            mlp_out: p.mlp_out.expand()?,
             q_rows,
             kv_rows,
         })
@@ -153,16 +308,23 @@ impl BlockWeights {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ModelWeights {
-    /// `[vocab, d_model]`
-    pub embed: Tensor,
+    /// `[vocab, d_model]`, as stored (rows are expanded when looked up)
+    pub embed: StoredTensor,
     /// `[n_ctx, d_model]` learned positions (gpt2)
     pub pos_embed: Option<Tensor>,
-    pub blocks: Vec<BlockWeights>,
+    pub blocks: Vec<Block>,
     pub ln_final: Norm,
-    /// `[vocab, d_model]`; shares storage with `embed` when tied
-    pub unembed: Tensor,
+    /// `[vocab, d_model]`, as stored; shares storage with `embed` when tied
+    pub unembed: StoredTensor,
+}
+
+impl ModelWeights {
+    /// The unembedding in f32 (the whole matrix: for analyses, not the forward pass).
+    pub fn unembed_f32(&self) -> Result<Tensor> {
+        self.unembed.expand()
+    }
 }
 
 /// Named f32 tensors from any checkpoint, with shape checks that name the culprit.
@@ -194,11 +356,19 @@ impl TensorMap {
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let t = self.tensors.remove(&key).expect("resolved key exists");
         check_shape(&key, &t, shape)?;
-        Ok(if t.dtype() == DType::F32 {
-            t
-        } else {
-            t.to_dtype(DType::F32)?
-        })
+        check_float(&key, &t)?;
+        crate::stored::to_f32(&t)
+    }
+
+    /// Removes and returns a weight matrix in its stored precision, checking its shape.
+    pub fn take_stored(&mut self, name: &str, shape: &[usize]) -> Result<StoredTensor> {
+        let key = self
+            .resolve(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let t = self.tensors.remove(&key).expect("resolved key exists");
+        check_shape(&key, &t, shape)?;
+        check_float(&key, &t)?;
+        Ok(StoredTensor::Dense(t))
     }
 
     /// Every weight must have been read: a tensor left over means the config describes
@@ -245,6 +415,16 @@ impl TensorMap {
             Ok(None)
         }
     }
+}
+
+fn check_float(name: &str, t: &Tensor) -> Result<()> {
+    if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+        return Ok(());
+    }
+    Err(ModelError::BadInput(format!(
+        "tensor `{name}` is stored as {:?}; a weight must be f32, bf16 or f16",
+        t.dtype()
+    )))
 }
 
 pub fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
@@ -307,11 +487,35 @@ const HF_PREFIXES: &[&str] = &[
     "model.language_model.",
 ];
 
-pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
+/// Reads every tensor of the checkpoint one at a time, in its stored precision: the
+/// peak is the checkpoint's size plus its largest tensor, never twice the file.
+fn read_checkpoint(dir: &Path) -> Result<HashMap<String, Tensor>> {
     let mut tensors = HashMap::new();
-    for file in safetensor_files(dir)? {
-        tensors.extend(read_safetensors(&file)?);
+    for path in safetensor_files(dir)? {
+        let mut file = SafetensorsFile::open(&path)?;
+        let entries = std::mem::take(&mut file.entries);
+        for (name, entry) in entries {
+            let t = file.read(&entry).map_err(|e| {
+                ModelError::bad_file(&path, format!("cannot read tensor `{name}`: {e}"))
+            })?;
+            tensors.insert(name, t);
+        }
     }
+    Ok(tensors)
+}
+
+pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
+    load_hf_weights_with(dir, cfg, DEFAULT_KEEP_EXPANDED_BYTES)
+}
+
+/// As `load_hf_weights`, keeping blocks expanded after first use only if all of them
+/// fit `keep_expanded_bytes` in f32.
+pub fn load_hf_weights_with(
+    dir: &Path,
+    cfg: &ModelConfig,
+    keep_expanded_bytes: usize,
+) -> Result<ModelWeights> {
+    let tensors = read_checkpoint(dir)?;
     let mut map = TensorMap::new(tensors, HF_PREFIXES);
     let weights = match cfg.architecture {
         Architecture::Gpt2 => gpt2_weights(&mut map, cfg)?,
@@ -319,17 +523,44 @@ pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
         _ => llama_family_weights(&mut map, cfg)?,
     };
     map.finish()?;
-    Ok(weights)
+    weights.into_model(keep_expanded_bytes)
 }
 
-fn linear(map: &mut TensorMap, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-    let weight = map.take(&format!("{name}.weight"), &[out, inp])?;
+fn linear(
+    map: &mut TensorMap,
+    name: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<StoredLinear> {
+    let weight = map.take_stored(&format!("{name}.weight"), &[out, inp])?;
     let bias = if bias {
         Some(map.take(&format!("{name}.bias"), &[out])?)
     } else {
         None
     };
-    Ok(Linear { weight, bias })
+    Ok(StoredLinear { weight, bias })
+}
+
+/// A loader's result before the blocks are wrapped for expansion.
+pub struct LoadedWeights {
+    pub embed: StoredTensor,
+    pub pos_embed: Option<Tensor>,
+    pub blocks: Vec<BlockParts>,
+    pub ln_final: Norm,
+    pub unembed: StoredTensor,
+}
+
+impl LoadedWeights {
+    pub fn into_model(self, keep_expanded_bytes: usize) -> Result<ModelWeights> {
+        Ok(ModelWeights {
+            embed: self.embed,
+            pos_embed: self.pos_embed,
+            blocks: make_blocks(self.blocks, keep_expanded_bytes)?,
+            ln_final: self.ln_final,
+            unembed: self.unembed,
+        })
+    }
 }
 
 fn norm(map: &mut TensorMap, name: &str, d: usize, bias: bool) -> Result<Norm> {
@@ -350,7 +581,7 @@ fn norm_offset(map: &mut TensorMap, name: &str, d: usize, bias: bool, offset: f6
     Ok(Norm { weight, bias })
 }
 
-fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
+fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<LoadedWeights> {
     let (d, hq, hkv, m) = (
         c.d_model,
         c.n_heads * c.d_head,
@@ -391,9 +622,9 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
             // Phi-3 stores [q; k; v] as one matrix.
             let qkv = linear(map, &format!("{attn}.qkv_proj"), hq + 2 * hkv, d, false)?;
             (
-                rows(&qkv, 0, hq)?,
-                rows(&qkv, hq, hkv)?,
-                rows(&qkv, hq + hkv, hkv)?,
+                qkv.rows(0, hq)?,
+                qkv.rows(hq, hkv)?,
+                qkv.rows(hq + hkv, hkv)?,
             )
         } else {
             let b = c.qkv_bias;
@@ -417,14 +648,14 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
         let (mlp_in, mlp_gate) = if arch == Architecture::Phi3 {
             // Phi-3 stores [gate; up] as one matrix.
             let gate_up = linear(map, &format!("{p}.mlp.gate_up_proj"), 2 * m, d, false)?;
-            (rows(&gate_up, m, m)?, rows(&gate_up, 0, m)?)
+            (gate_up.rows(m, m)?, gate_up.rows(0, m)?)
         } else {
             (
                 linear(map, &format!("{p}.mlp.up_proj"), m, d, c.mlp_bias)?,
                 linear(map, &format!("{p}.mlp.gate_proj"), m, d, c.mlp_bias)?,
             )
         };
-        blocks.push(BlockWeights::fuse(BlockParts {
+        blocks.push(BlockParts {
             ln1,
             ln2,
             ln1_post,
@@ -438,15 +669,15 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
             mlp_in,
             mlp_gate: Some(mlp_gate),
             mlp_out: linear(map, &format!("{p}.mlp.down_proj"), d, m, c.mlp_bias)?,
-        })?);
+        });
     }
-    let embed = map.take("embed_tokens.weight", &[c.d_vocab, d])?;
+    let embed = map.take_stored("embed_tokens.weight", &[c.d_vocab, d])?;
     let unembed = if c.tied_embeddings {
         // A tied checkpoint may still carry a copy of the embedding as lm_head; a
         // different one is a contradiction HF versions resolve differently.
-        if let Some(head) = map.take_opt("lm_head.weight", &[c.d_vocab, d])? {
-            let diff = (&head - &embed)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            if diff > 0.0 {
+        if map.contains("lm_head.weight") {
+            let head = map.take_stored("lm_head.weight", &[c.d_vocab, d])?;
+            if !head.same_values(&embed)? {
                 return Err(ModelError::BadInput(
                     "config field `tie_word_embeddings` is true but the checkpoint's lm_head.weight differs from embed_tokens.weight; set it to false if the model is untied".into(),
                 ));
@@ -454,7 +685,7 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
         }
         embed.clone()
     } else {
-        map.take("lm_head.weight", &[c.d_vocab, d])
+        map.take_stored("lm_head.weight", &[c.d_vocab, d])
             .map_err(|e| match e {
                 ModelError::MissingTensor(_) => ModelError::MissingTensor(
                     "lm_head.weight (the config says tie_word_embeddings = false)".into(),
@@ -462,7 +693,7 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
                 other => other,
             })?
     };
-    Ok(ModelWeights {
+    Ok(LoadedWeights {
         embed,
         pos_embed: None,
         blocks,
@@ -472,37 +703,27 @@ fn llama_family_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWei
 }
 
 /// GPT-2 stores Conv1D weights as `[in, out]`; transpose once so all linears are `[out, in]`.
-fn conv1d(map: &mut TensorMap, name: &str, inp: usize, out: usize) -> Result<Linear> {
-    let w = map.take(&format!("{name}.weight"), &[inp, out])?;
-    Ok(Linear {
-        weight: w.t()?.contiguous()?,
+fn conv1d(map: &mut TensorMap, name: &str, inp: usize, out: usize) -> Result<StoredLinear> {
+    let w = map.take_stored(&format!("{name}.weight"), &[inp, out])?;
+    Ok(StoredLinear {
+        weight: StoredTensor::Dense(w.dense()?.t()?.contiguous()?),
         bias: Some(map.take(&format!("{name}.bias"), &[out])?),
     })
 }
 
-fn split_rows(l: &Linear, parts: usize) -> Result<Vec<Linear>> {
-    let n = l.weight.dim(0)? / parts;
-    (0..parts)
-        .map(|i| {
-            Ok(Linear {
-                weight: l.weight.narrow(0, i * n, n)?.contiguous()?,
-                bias: match &l.bias {
-                    Some(b) => Some(b.narrow(0, i * n, n)?.contiguous()?),
-                    None => None,
-                },
-            })
-        })
-        .collect()
+fn split_rows(l: &StoredLinear, parts: usize) -> Result<Vec<StoredLinear>> {
+    let n = l.weight.dims()[0] / parts;
+    (0..parts).map(|i| l.rows(i * n, n)).collect()
 }
 
-fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
+fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<LoadedWeights> {
     let (d, m) = (c.d_model, c.d_mlp);
     let mut blocks = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let p = format!("h.{l}");
         let qkv = split_rows(&conv1d(map, &format!("{p}.attn.c_attn"), d, 3 * d)?, 3)?;
-        let [q, k, v]: [Linear; 3] = qkv.try_into().expect("three parts");
-        blocks.push(BlockWeights::fuse(BlockParts {
+        let [q, k, v]: [StoredLinear; 3] = qkv.try_into().expect("three parts");
+        blocks.push(BlockParts {
             ln1: Some(norm(map, &format!("{p}.ln_1"), d, true)?),
             ln2: Some(norm(map, &format!("{p}.ln_2"), d, true)?),
             ln1_post: None,
@@ -516,10 +737,10 @@ fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
             mlp_in: conv1d(map, &format!("{p}.mlp.c_fc"), d, m)?,
             mlp_gate: None,
             mlp_out: conv1d(map, &format!("{p}.mlp.c_proj"), m, d)?,
-        })?);
+        });
     }
-    let embed = map.take("wte.weight", &[c.d_vocab, d])?;
-    Ok(ModelWeights {
+    let embed = map.take_stored("wte.weight", &[c.d_vocab, d])?;
+    Ok(LoadedWeights {
         unembed: embed.clone(),
         embed,
         pos_embed: Some(map.take("wpe.weight", &[c.n_ctx, d])?),
@@ -528,7 +749,7 @@ fn gpt2_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
     })
 }
 
-fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
+fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<LoadedWeights> {
     let (d, m, h, dh) = (c.d_model, c.d_mlp, c.n_heads, c.d_head);
     let mut blocks = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
@@ -541,21 +762,21 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
             d,
             c.qkv_bias,
         )?;
-        let w = qkv.weight.reshape((h, 3, dh, d))?;
+        let w = qkv.weight.dense()?.reshape((h, 3, dh, d))?;
         let b = match &qkv.bias {
             Some(b) => Some(b.reshape((h, 3, dh))?),
             None => None,
         };
-        let part = |i: usize| -> Result<Linear> {
-            Ok(Linear {
-                weight: w.narrow(1, i, 1)?.reshape((h * dh, d))?.contiguous()?,
+        let part = |i: usize| -> Result<StoredLinear> {
+            Ok(StoredLinear {
+                weight: StoredTensor::Dense(w.narrow(1, i, 1)?.reshape((h * dh, d))?.contiguous()?),
                 bias: match &b {
                     Some(b) => Some(b.narrow(1, i, 1)?.reshape(h * dh)?.contiguous()?),
                     None => None,
                 },
             })
         };
-        blocks.push(BlockWeights::fuse(BlockParts {
+        blocks.push(BlockParts {
             ln1: Some(norm(map, &format!("{p}.input_layernorm"), d, true)?),
             ln2: Some(norm(
                 map,
@@ -574,16 +795,18 @@ fn neox_weights(map: &mut TensorMap, c: &ModelConfig) -> Result<ModelWeights> {
             mlp_in: linear(map, &format!("{p}.mlp.dense_h_to_4h"), m, d, true)?,
             mlp_gate: None,
             mlp_out: linear(map, &format!("{p}.mlp.dense_4h_to_h"), d, m, true)?,
-        })?);
+        });
     }
-    let embed = map.take("embed_in.weight", &[c.d_vocab, d])?;
+    let embed = map.take_stored("embed_in.weight", &[c.d_vocab, d])?;
     let unembed = if c.tied_embeddings {
-        map.take_opt("embed_out.weight", &[c.d_vocab, d])?;
+        if map.contains("embed_out.weight") {
+            map.take_stored("embed_out.weight", &[c.d_vocab, d])?;
+        }
         embed.clone()
     } else {
-        map.take("embed_out.weight", &[c.d_vocab, d])?
+        map.take_stored("embed_out.weight", &[c.d_vocab, d])?
     };
-    Ok(ModelWeights {
+    Ok(LoadedWeights {
         embed,
         pos_embed: None,
         blocks,

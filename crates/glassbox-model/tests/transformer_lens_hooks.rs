@@ -84,7 +84,7 @@ fn head_results_sum_to_the_attention_output() {
         for l in 0..c.n_layers {
             let result = &with_results.cache[&format!("blocks.{l}.attn.hook_result")];
             assert_eq!(result.dims(), &[1, 6, c.n_heads, c.d_model]);
-            let blk = &model.transformer.weights.blocks[l];
+            let blk = model.transformer.weights.blocks[l].get().unwrap();
             let mut sum = result.sum(2).unwrap();
             if let Some(b) = &blk.o.bias {
                 sum = sum.broadcast_add(b).unwrap();
