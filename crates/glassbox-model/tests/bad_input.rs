@@ -281,3 +281,121 @@ fn gguf_of_the_tiny_llama_matches_hf_and_bad_gguf_is_reported() {
     let msg = err_text(load_model(&not_model));
     assert!(msg.contains("expected a HF model directory"), "{msg}");
 }
+
+fn write_gguf(path: &Path, metadata: &[(&str, gguf_file::Value)]) {
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let meta: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &meta, &[("token_embd.weight", &t)]).unwrap();
+}
+
+#[test]
+fn unsupported_gguf_architecture_is_named_with_the_supported_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mamba.gguf");
+    write_gguf(
+        &path,
+        &[(
+            "general.architecture",
+            gguf_file::Value::String("mamba".into()),
+        )],
+    );
+    let msg = err_text(load_model(&path));
+    assert!(
+        msg.contains("mamba") && msg.contains("gemma3") && msg.contains("llama"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn gguf_layer_count_beyond_the_file_is_refused_without_allocating() {
+    use gguf_file::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.gguf");
+    write_gguf(
+        &path,
+        &[
+            ("general.architecture", V::String("llama".into())),
+            ("llama.embedding_length", V::U32(32)),
+            ("llama.attention.head_count", V::U32(4)),
+            ("llama.block_count", V::U64(u64::MAX / 2)),
+            ("llama.feed_forward_length", V::U32(64)),
+            ("llama.vocab_size", V::U32(4)),
+        ],
+    );
+    let msg = err_text(load_model(&path));
+    assert!(msg.contains("block_count"), "{msg}");
+    // head_count = 0 is refused, not divided by
+    let path = dir.path().join("zero.gguf");
+    write_gguf(
+        &path,
+        &[
+            ("general.architecture", V::String("llama".into())),
+            ("llama.embedding_length", V::U32(32)),
+            ("llama.attention.head_count", V::U32(0)),
+            ("llama.block_count", V::U32(1)),
+            ("llama.feed_forward_length", V::U32(64)),
+        ],
+    );
+    let msg = err_text(load_model(&path));
+    assert!(msg.contains("head_count"), "{msg}");
+}
+
+/// Rewrites one tensor of a copied fixture's model.safetensors.
+fn with_tensor(family: &str, name: &str, edit: impl FnOnce(Tensor) -> Tensor) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&tiny_dir(family), dir.path());
+    let f = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&f, &Device::Cpu).unwrap();
+    let t = tensors.remove(name).unwrap();
+    tensors.insert(name.to_string(), edit(t));
+    candle_core::safetensors::save(&tensors, &f).unwrap();
+    dir
+}
+
+#[test]
+fn fused_tensor_of_the_wrong_width_is_named() {
+    let dir = with_tensor("phi3", "model.layers.0.self_attn.qkv_proj.weight", |t| {
+        t.narrow(0, 0, t.dim(0).unwrap() - 16).unwrap()
+    });
+    let msg = err_text(load_model(dir.path()));
+    assert!(msg.contains("qkv_proj") && msg.contains("shape"), "{msg}");
+    let dir = with_tensor("phi3", "model.layers.1.mlp.gate_up_proj.weight", |t| {
+        t.narrow(0, 0, t.dim(0).unwrap() / 2).unwrap()
+    });
+    let msg = err_text(load_model(dir.path()));
+    assert!(msg.contains("gate_up_proj"), "{msg}");
+}
+
+#[test]
+fn bf16_data_under_a_header_that_says_f32_is_refused() {
+    // A header claiming F32 for data written as bf16 (half the bytes): refused by
+    // name instead of read as garbage.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&tiny_dir("llama-bf16"), dir.path());
+    let f = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(header).unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    assert_eq!(json[name]["dtype"], "BF16");
+    json[name]["dtype"] = "F32".into();
+    let mut new_header = json.to_string().into_bytes();
+    // keep the header length (pad with spaces, as safetensors allows)
+    assert!(new_header.len() <= n);
+    new_header.resize(n, b' ');
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(&new_header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&f, out).unwrap();
+    let msg = err_text(load_model(dir.path()));
+    assert!(
+        msg.contains(name) && msg.contains("F32") && msg.contains("dtype"),
+        "{msg}"
+    );
+}
