@@ -622,9 +622,11 @@ impl Transformer {
             };
             let x = self.norm(&x, &self.weights.ln_final, "ln_final", &mut ctx)?;
             let (bb, ss, d) = x.dims3()?;
-            let mut logits = self
-                .unembed(&x.reshape((bb * ss, d))?)?
-                .reshape((bb, ss, c.d_vocab))?;
+            let mut logits = self.unembed(&x.reshape((bb * ss, d))?)?;
+            if let Some(bias) = &self.weights.unembed_bias {
+                logits = logits.broadcast_add(bias)?;
+            }
+            let mut logits = logits.reshape((bb, ss, c.d_vocab))?;
             if let Some(cap) = c.final_softcap {
                 logits = ((logits / cap)?.tanh()? * cap)?;
             }

@@ -318,6 +318,8 @@ pub struct ModelWeights {
     pub ln_final: Norm,
     /// `[vocab, d_model]`, as stored; shares storage with `embed` when tied
     pub unembed: StoredTensor,
+    /// `[vocab]`: only after TransformerLens processing folds a LayerNorm bias into it
+    pub unembed_bias: Option<Tensor>,
 }
 
 impl ModelWeights {
@@ -559,6 +561,7 @@ impl LoadedWeights {
             blocks: make_blocks(self.blocks, keep_expanded_bytes)?,
             ln_final: self.ln_final,
             unembed: self.unembed,
+            unembed_bias: None,
         })
     }
 }
