@@ -179,6 +179,7 @@ pub fn contrastive_direction(
         if ids.is_empty() {
             return Err(bad("a contrastive prompt is empty"));
         }
+        let ids = tok.with_bos(ids);
         let layer = glassbox_model::hooks::layer_of(hook);
         let mut run = Run::new().cache(filter.clone()).logits(LogitsMode::None);
         if let Some(l) = layer {
@@ -232,7 +233,7 @@ pub fn effect(
     }
     let mut kl = 0f32;
     for text in NEUTRAL_TEXTS {
-        let ids = tok.encode(text)?;
+        let ids = tok.encode_prompt(text)?;
         let plain = model.run(&Batch::single(&ids), &mut Run::new())?;
         // positions restrict to the steered prompt; on neutral text steer everywhere
         let mut everywhere = steering.clone();

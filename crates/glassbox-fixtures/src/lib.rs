@@ -48,9 +48,28 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     max_abs_diff(a, b) / scale.max(1e-12)
 }
 
-/// A fetched model file under `$GLASSBOX_HOME/models`, or a loud SKIPPED line — and a
-/// failure under `CI`, which fetches it first with `fetch_command`.
-fn fetched_model(file: &str, fetch_command: &str) -> Option<PathBuf> {
+/// The default model, if `glassbox fetch` has put it in the cache. Absent, tests print
+/// a loud SKIPPED line — and fail under `CI`, which fetches it first.
+pub fn default_gguf() -> Option<PathBuf> {
+    fetched_model(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "the default model",
+        "glassbox fetch",
+    )
+}
+
+/// Gemma-3-270M (Q4_K_M), if `glassbox fetch --model gemma3-270m` has put it in the
+/// cache; absent, a loud SKIPPED line, or a failure under `CI` (which fetches it).
+pub fn gemma3_gguf() -> Option<PathBuf> {
+    fetched_model(
+        "gemma-3-270m-q4_k_m.gguf",
+        "Gemma-3-270M",
+        "glassbox fetch --model gemma3-270m",
+    )
+}
+
+/// `$GLASSBOX_HOME/models/{file}` (default `~/.cache/glassbox`) when it exists.
+fn fetched_model(file: &str, what: &str, fetch: &str) -> Option<PathBuf> {
     let home = std::env::var_os("GLASSBOX_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/glassbox")))?;
@@ -60,26 +79,13 @@ fn fetched_model(file: &str, fetch_command: &str) -> Option<PathBuf> {
     }
     if std::env::var_os("CI").is_some() {
         panic!(
-            "CI must fetch the model first (`{fetch_command}`): {} is missing",
+            "CI must fetch {what} first (`{fetch}`): {} is missing",
             p.display()
         );
     }
     eprintln!(
-        "SKIPPED: model not fetched ({}); run `{fetch_command}`",
+        "SKIPPED: {what} not fetched ({}); run `{fetch}`",
         p.display()
     );
     None
-}
-
-/// The default model, if `glassbox fetch` has put it in the cache.
-pub fn default_gguf() -> Option<PathBuf> {
-    fetched_model("SmolLM2-135M-Instruct.Q4_1.gguf", "glassbox fetch")
-}
-
-/// Gemma-3-270M (Q4_K_M), if `glassbox fetch --model gemma3-270m` has put it in the cache.
-pub fn gemma3_gguf() -> Option<PathBuf> {
-    fetched_model(
-        "gemma-3-270m-q4_k_m.gguf",
-        "glassbox fetch --model gemma3-270m",
-    )
 }

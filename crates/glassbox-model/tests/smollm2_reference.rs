@@ -77,6 +77,9 @@ fn smollm2_tokenizer_round_trips_and_keeps_special_tokens_whole() {
     let text = "In 1776, 13 colonies declared independence.";
     let ids = tok.encode(text).unwrap();
     assert_eq!(tok.decode(&ids).unwrap(), text);
+    // the GGUF asks for no BOS: a whole prompt is the text alone, as HF encodes it
+    assert!(!tok.add_bos_token);
+    assert_eq!(tok.encode_prompt(text).unwrap(), ids);
     // digits are split one by one
     let digits: Vec<String> = tok
         .encode("1776")

@@ -99,6 +99,9 @@ pub fn collect(
         if ids.is_empty() {
             return Err(bad(format!("statement {i} is empty")));
         }
+        // BOS first where the model wants it (Gemma); the mean leaves it out
+        let body = ids.len();
+        let ids = tok.with_bos(ids);
         if ids.len() > cfg.n_ctx {
             return Err(bad(format!(
                 "statement {i} is {} tokens, longer than the model's context of {}: shorten it",
@@ -106,12 +109,13 @@ pub fn collect(
                 cfg.n_ctx
             )));
         }
-        encoded.push(ids);
+        encoded.push((ids.len() - body, ids));
     }
     let deepest = layers.iter().copied().max().unwrap_or(0);
     let mut out: Activations = vec![Vec::with_capacity(texts.len()); layers.len()];
     for chunk in encoded.chunks(16) {
-        let batch = Batch::padded(chunk, 0, PaddingSide::Right);
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
+        let batch = Batch::padded(&rows, 0, PaddingSide::Right);
         let mut run = Run::new().cache(filter.clone()).logits(LogitsMode::None);
         if deepest + 1 < cfg.n_layers {
             run = run.stop_at_layer(deepest + 1);
@@ -119,10 +123,10 @@ pub fn collect(
         let res = model.transformer.run(&batch, &mut run)?;
         for (li, name) in names.iter().enumerate() {
             let a = &res.cache[name];
-            for (r, ids) in chunk.iter().enumerate() {
-                let row = a.get(r)?.narrow(0, 0, ids.len())?;
+            for (r, (start, ids)) in chunk.iter().enumerate() {
+                let row = a.get(r)?.narrow(0, *start, ids.len() - start)?;
                 let v = match position {
-                    Position::Last => row.get(ids.len() - 1)?,
+                    Position::Last => row.get(ids.len() - start - 1)?,
                     Position::Mean => row.mean(0)?,
                 };
                 out[li].push(v.flatten_all()?.to_vec1::<f32>()?);

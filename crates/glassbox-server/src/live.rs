@@ -125,10 +125,12 @@ impl Live {
         let hook = self.read_hook()?;
         let model = self.model()?;
         let tok = model.tokenizer().map_err(model_err)?;
-        let mut ids = tok.encode(text).map_err(model_err)?;
+        let ids = tok.encode(text).map_err(model_err)?;
         if ids.is_empty() {
             return Err(ApiError::bad_request("the prompt has no tokens"));
         }
+        // BOS first where the model wants it (Gemma), as the CLI runs prompts
+        let mut ids = tok.with_bos(ids);
         let mut message = None;
         let full_len = ids.len();
         let limit = MAX_PROMPT_TOKENS.min(model.config().n_ctx);
@@ -256,6 +258,7 @@ impl Live {
         if ids.is_empty() {
             return Err(ApiError::bad_request("the prompt has no tokens"));
         }
+        let ids = tok.with_bos(ids);
         if ids.len() > MAX_PROMPT_TOKENS {
             return Err(ApiError::bad_request(format!(
                 "the prompt has {} tokens; the steering playground takes at most {MAX_PROMPT_TOKENS}",

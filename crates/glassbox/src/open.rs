@@ -10,10 +10,13 @@ pub fn open_model(spec: &str) -> Result<Model> {
     Ok(model)
 }
 
+/// A whole prompt's ids: BOS first when the model's tokenizer asks for it (Gemma), as
+/// HF's `tokenizer(text)` gives; the default model's text alone.
 pub fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {
-    let ids = model.tokenizer()?.encode(text)?;
+    let tok = model.tokenizer()?;
+    let ids = tok.encode(text)?;
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty: nothing to run");
-    Ok(ids)
+    Ok(tok.with_bos(ids))
 }
 
 /// Writes a file atomically: a temporary sibling, then a rename.

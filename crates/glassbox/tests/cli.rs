@@ -172,6 +172,34 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
 }
 
 #[test]
+fn fetch_names_the_models_it_knows_and_an_unfetched_gemma_says_how_to_get_it() {
+    assert_refused(
+        &["fetch", "--model", "gemma9"],
+        "known: default, gemma3-270m",
+    );
+    assert_refused(
+        &["fetch", "--model", "gemma3-270m", "--model-only"],
+        "cannot be used with",
+    );
+    // an empty cache: nothing is downloaded, the error names the fetch command
+    let home = tempfile::tempdir().unwrap();
+    for name in ["gemma3-270m", "Gemma-3-270M"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+            .args(["inspect", "--model", name])
+            .env("GLASSBOX_HOME", home.path())
+            .output()
+            .expect("run glassbox");
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(
+            err.contains("run `glassbox fetch --model gemma3-270m` first"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
 fn bench_forward_reports_tokens_per_second() {
     let o = glassbox(&[
         "bench",
