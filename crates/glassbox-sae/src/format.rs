@@ -232,25 +232,65 @@ fn fold_decoder_norms(d: &mut Dictionary) -> Result<()> {
     Ok(())
 }
 
-fn load_sparsify(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
+/// sparsify's `SparseCoder`: `encoder.weight [d_sae, d_in]`, `encoder.bias`, `W_dec`,
+/// `b_dec`, and `W_skip [d_in, d_in]` with `skip_connection`. A transcoder
+/// (`transcode: true`) does not subtract `b_dec` from its input.
+fn load_sparsify(dir: &Path, mut cfg: Map<String, Value>) -> Result<Dictionary> {
+    let cfg_path = dir.join("cfg.json");
     let wpath = dir.join("sae.safetensors");
+    if let Some(act) = cfg.get("activation").and_then(Value::as_str) {
+        if act != "topk" {
+            return Err(bad(
+                &cfg_path,
+                format!("sparsify activation `{act}` is not supported (topk only)"),
+            ));
+        }
+    }
+    let flag = |key: &str| cfg.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let transcode = flag("transcode");
+    let skip = flag("skip_connection");
+    if skip && !transcode {
+        return Err(bad(
+            &cfg_path,
+            "a sparsify autoencoder with `skip_connection` is not supported (only transcoders may have a skip)",
+        ));
+    }
     let mut t = read_tensors(&wpath)?;
     let enc = t
         .get("encoder.weight")
         .ok_or_else(|| bad(&wpath, "no tensor `encoder.weight`"))?;
     let (d_sae, d_in) = enc.dims2()?;
-    let k = usize_of(&cfg, "k")
-        .ok_or_else(|| bad(&dir.join("cfg.json"), "a sparsify config needs `k`"))?;
+    let k = usize_of(&cfg, "k").ok_or_else(|| bad(&cfg_path, "a sparsify config needs `k`"))?;
     let w_enc = take(&mut t, "encoder.weight", &[d_sae, d_in], &wpath)?
         .t()?
         .contiguous()?;
+    let w_skip = take_opt(&mut t, "W_skip", &[d_in, d_in], &wpath)?;
+    if skip != w_skip.is_some() {
+        return Err(bad(
+            &wpath,
+            if skip {
+                "cfg.json sets `skip_connection` but there is no tensor `W_skip`"
+            } else {
+                "a tensor `W_skip` but cfg.json does not set `skip_connection`"
+            },
+        ));
+    }
+    if transcode {
+        // what makes `Dictionary::is_transcoder` true, and how SAELens names it
+        let arch = if skip {
+            "topk_skip_transcoder"
+        } else {
+            "topk_transcoder"
+        };
+        cfg.insert("architecture".into(), Value::String(arch.into()));
+    }
     Ok(Dictionary {
         architecture: Architecture::TopK,
         d_in,
         d_sae,
         d_out: d_in,
         k: Some(k),
-        apply_b_dec_to_input: true,
+        apply_b_dec_to_input: !transcode,
         w_enc,
         b_enc: Some(take(&mut t, "encoder.bias", &[d_sae], &wpath)?),
         w_dec: take(&mut t, "W_dec", &[d_sae, d_in], &wpath)?,
@@ -259,7 +299,7 @@ fn load_sparsify(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
         b_gate: None,
         r_mag: None,
         b_mag: None,
-        w_skip: None,
+        w_skip,
         // sparsify names the hook by the folder (e.g. `layers.6`)
         hook_name: None,
         hook_name_out: None,

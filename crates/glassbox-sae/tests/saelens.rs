@@ -285,3 +285,91 @@ fn rescale_acts_by_decoder_norm_is_folded_on_load() {
         "the test needs non-unit decoder rows"
     );
 }
+
+/// sparsify transcoders (`transcode`, `skip_connection`): the input is not centred on
+/// `b_dec`, and `W_skip` adds `x·W_skipᵀ` to the output, as sparsify's forward does.
+#[test]
+fn sparsify_transcoders_keep_their_input_and_skip() {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let (d_in, d_sae) = (6, 10);
+    let enc = Tensor::randn(0f32, 1.0, (d_sae, d_in), &dev).unwrap();
+    let bias = Tensor::randn(0f32, 0.1, d_sae, &dev).unwrap();
+    let w_dec = Tensor::randn(0f32, 1.0, (d_sae, d_in), &dev).unwrap();
+    // a large b_dec: centring the input on it (the autoencoder rule) would show
+    let b_dec = Tensor::full(3f32, d_in, &dev).unwrap();
+    let w_skip = Tensor::randn(0f32, 1.0, (d_in, d_in), &dev).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (5, d_in), &dev).unwrap();
+    let write = |dir: &std::path::Path, cfg: &str, skip: bool| {
+        let mut t = std::collections::HashMap::from([
+            ("encoder.weight".to_string(), enc.clone()),
+            ("encoder.bias".to_string(), bias.clone()),
+            ("W_dec".to_string(), w_dec.clone()),
+            ("b_dec".to_string(), b_dec.clone()),
+        ]);
+        if skip {
+            t.insert("W_skip".to_string(), w_skip.clone());
+        }
+        candle_core::safetensors::save(&t, dir.join("sae.safetensors")).unwrap();
+        std::fs::write(dir.join("cfg.json"), cfg).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // k = d_sae: every positive pre-activation is kept, so the expectation is a ReLU
+    let cfg =
+        format!(r#"{{"k": {d_sae}, "transcode": true, "skip_connection": true, "d_in": {d_in}}}"#);
+    write(dir.path(), &cfg, true);
+    let d = load(dir.path()).unwrap();
+    assert!(d.is_transcoder());
+    let want_f = x
+        .matmul(&enc.t().unwrap())
+        .unwrap()
+        .broadcast_add(&bias)
+        .unwrap()
+        .relu()
+        .unwrap();
+    let f = d.encode(&x).unwrap();
+    assert!(max_abs_diff(&f, &want_f) < 1e-5);
+    let want_out = (want_f
+        .matmul(&w_dec)
+        .unwrap()
+        .broadcast_add(&b_dec)
+        .unwrap()
+        + x.matmul(&w_skip.t().unwrap()).unwrap())
+    .unwrap();
+    assert!(rel_err(&d.decode(&f, Some(&x)).unwrap(), &want_out) < 1e-5);
+    // without the skip: still a transcoder, still uncentred
+    let plain = tempfile::tempdir().unwrap();
+    write(
+        plain.path(),
+        &format!(r#"{{"k": {d_sae}, "transcode": true}}"#),
+        false,
+    );
+    let d = load(plain.path()).unwrap();
+    assert!(d.is_transcoder() && d.w_skip.is_none());
+    assert!(max_abs_diff(&d.encode(&x).unwrap(), &want_f) < 1e-5);
+
+    // what sparsify can write but these dictionaries cannot express is refused
+    for (cfg, skip, want) in [
+        (r#"{"k": 2, "activation": "groupmax"}"#, false, "groupmax"),
+        (
+            r#"{"k": 2, "skip_connection": true}"#,
+            true,
+            "skip_connection",
+        ),
+        (
+            r#"{"k": 2, "transcode": true, "skip_connection": true}"#,
+            false,
+            "no tensor `W_skip`",
+        ),
+        (
+            r#"{"k": 2, "transcode": true}"#,
+            true,
+            "does not set `skip_connection`",
+        ),
+    ] {
+        let bad = tempfile::tempdir().unwrap();
+        write(bad.path(), cfg, skip);
+        let e = load(bad.path()).unwrap_err().to_string();
+        assert!(e.contains(want), "{cfg}: {e}");
+    }
+}

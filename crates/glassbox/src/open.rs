@@ -10,6 +10,27 @@ pub fn open_model(spec: &str) -> Result<Model> {
     Ok(model)
 }
 
+/// `--sae` accepts a dictionary folder (SAELens or sparsify) or `hf:ORG/REPO[/SUB/FOLDER]`
+/// (fetched into the HF cache by `glassbox_hub::resolve_dictionary`). Returns the
+/// dictionary and the local folder it was read from.
+pub fn open_dictionary(
+    spec: &std::path::Path,
+) -> Result<(glassbox_sae::Dictionary, std::path::PathBuf)> {
+    let dir = glassbox_hub::resolve_dictionary(spec)?;
+    let dict = glassbox_sae::format::load(&dir).with_context(|| {
+        if dir == spec {
+            format!("cannot open dictionary {}", spec.display())
+        } else {
+            format!(
+                "cannot open dictionary {} (fetched to {})",
+                spec.display(),
+                dir.display()
+            )
+        }
+    })?;
+    Ok((dict, dir))
+}
+
 /// A whole prompt's ids: BOS first when the model's tokenizer asks for it (Gemma), as
 /// HF's `tokenizer(text)` gives; the default model's text alone.
 pub fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {

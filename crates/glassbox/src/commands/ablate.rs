@@ -1,4 +1,4 @@
-use crate::open::{encode, open_model};
+use crate::open::{encode, open_dictionary, open_model};
 use anyhow::{Context, Result};
 use glassbox_analysis::ablation::{ablate, Unit};
 use std::path::PathBuf;
@@ -24,7 +24,8 @@ pub struct Args {
     /// Dictionary features, comma-separated (with --sae)
     #[arg(long, value_delimiter = ',', requires = "sae")]
     features: Option<Vec<usize>>,
-    /// The dictionary the features belong to (ablated at its hook, reconstruction error kept)
+    /// The dictionary the features belong to (ablated at its hook, reconstruction error
+    /// kept): a SAELens or sparsify directory, or hf:ORG/REPO[/SUB/FOLDER]
     #[arg(long)]
     sae: Option<PathBuf>,
     /// Mean ablation over the prompt set instead of zero ablation
@@ -35,6 +36,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // the dictionary first: a bad path or a failed fetch should not wait for the model
+    let dictionary = match (&a.features, &a.sae) {
+        (Some(_), Some(spec)) => Some(std::sync::Arc::new(open_dictionary(spec)?.0)),
+        _ => None,
+    };
     let model = open_model(&a.model)?;
     let mut texts = a.prompt.clone();
     if let Some(p) = &a.prompts {
@@ -46,8 +52,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|t| encode(&model, t))
         .collect::<Result<_>>()?;
-    if let (Some(features), Some(dir)) = (&a.features, &a.sae) {
-        let d = std::sync::Arc::new(glassbox_sae::format::load(dir)?);
+    if let (Some(features), Some(d)) = (&a.features, dictionary) {
         let hook = d
             .hook_name
             .clone()

@@ -1,4 +1,4 @@
-use crate::open::{model_label, open_model, progress};
+use crate::open::{model_label, open_dictionary, open_model, progress};
 use anyhow::Result;
 use glassbox_analysis::sae_eval::{evaluate, resolve_hooks, EvalOptions, SaeEval};
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ const EVAL_FRACTION: f64 = 0.05;
 pub struct Args {
     #[arg(long)]
     model: String,
-    /// The dictionary (SAELens or sparsify directory)
+    /// The dictionary: a SAELens or sparsify directory, or hf:ORG/REPO[/SUB/FOLDER]
     #[arg(long)]
     sae: PathBuf,
     /// The hook the dictionary reads (default: its cfg.json's hook_name)
@@ -45,8 +45,9 @@ pub fn run(a: Args) -> Result<()> {
         a.context_size >= 3,
         "--context-size must be at least 3 (position 0 is excluded and the loss needs a next token)"
     );
+    // the dictionary first: a bad path or a failed fetch should not wait for the model
+    let (dict, _) = open_dictionary(&a.sae)?;
     let model = open_model(&a.model)?;
-    let dict = glassbox_sae::format::load(&a.sae)?;
     // refuse a wrong hook or width before reading the corpus
     let hooks = resolve_hooks(
         &model.transformer,

@@ -1,4 +1,4 @@
-use crate::open::{model_label, open_model, progress};
+use crate::open::{model_label, open_dictionary, open_model, progress};
 use anyhow::{Context, Result};
 use glassbox_features::run_dir::{read_run, RunConfig};
 use glassbox_features::store::{FeatureStore, Order};
@@ -51,7 +51,7 @@ pub struct BuildArgs {
     /// A train-sae run directory: its dictionary and config.toml (model, hook, corpus)
     #[arg(long, conflicts_with = "sae", required_unless_present = "sae")]
     run: Option<PathBuf>,
-    /// A dictionary directory (SAELens or sparsify); needs --model
+    /// A dictionary directory (SAELens or sparsify) or hf:ORG/REPO[/SUB/FOLDER]; needs --model
     #[arg(long)]
     sae: Option<PathBuf>,
     /// The model (default with --run: the one config.toml names)
@@ -75,7 +75,7 @@ pub struct BuildArgs {
     /// Evaluated tokens (default: every held-out window)
     #[arg(long)]
     tokens: Option<usize>,
-    /// Output file (default: DIR/features.sqlite)
+    /// Output file (default: DIR/features.sqlite; required for an hf: dictionary)
     #[arg(long)]
     out: Option<PathBuf>,
     /// Top activating examples per unit
@@ -128,13 +128,21 @@ fn resolve_spec(spec: &str) -> String {
 fn build(a: BuildArgs) -> Result<()> {
     anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(a.top_k > 0, "--top-k must be at least 1");
-    let (dict_dir, cfg) = match (&a.run, &a.sae) {
+    let (source, cfg) = match (&a.run, &a.sae) {
         (Some(run), _) => (run.clone(), Some(read_run(run)?)),
         (None, Some(sae)) => (sae.clone(), None),
         (None, None) => anyhow::bail!("give --run DIR (a train-sae run) or --sae DIR --model M"),
     };
     let from_run = |f: fn(&RunConfig) -> Option<String>| cfg.as_ref().and_then(f);
-    let dict = glassbox_sae::format::load(&dict_dir)?;
+    let (dict, dict_dir) = open_dictionary(&source)?;
+    // a fetched dictionary's folder is the HF cache's: the store goes where --out says
+    let fetched = dict_dir != source;
+    anyhow::ensure!(
+        !fetched || a.out.is_some(),
+        "--sae {} was fetched into the HF cache ({}); give --out FILE.sqlite for its feature store",
+        source.display(),
+        dict_dir.display()
+    );
     let spec = a
         .model
         .clone()
@@ -201,7 +209,7 @@ fn build(a: BuildArgs) -> Result<()> {
         neurons: !a.no_neurons,
         ..BuildOptions::default()
     };
-    let meta = vec![
+    let mut meta = vec![
         ("model".to_string(), model_label(&model)),
         ("model_spec".into(), spec.clone()),
         ("sae_dir".into(), dict_dir.display().to_string()),
@@ -212,6 +220,10 @@ fn build(a: BuildArgs) -> Result<()> {
         ("eval_fraction".into(), EVAL_FRACTION.to_string()),
         ("held_out".into(), "true".into()),
     ];
+    if fetched {
+        // where it came from, for a reader on another machine
+        meta.push(("sae_spec".into(), source.display().to_string()));
+    }
     eprintln!(
         "{} features of {} and {} neurons of {} over {} held-out windows of {context_size} tokens \
          (position 0 and special tokens excluded)",

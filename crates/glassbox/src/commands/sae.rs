@@ -1,4 +1,4 @@
-use crate::open::atomic_write;
+use crate::open::{atomic_write, open_dictionary};
 use anyhow::{Context, Result};
 use glassbox_analysis::sae_eval::apply_dictionary;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ pub enum What {
 
 #[derive(clap::Args)]
 pub struct ApplyArgs {
-    /// The dictionary (SAELens or sparsify directory)
+    /// The dictionary: a SAELens or sparsify directory, or hf:ORG/REPO[/SUB/FOLDER]
     #[arg(long)]
     sae: PathBuf,
     /// safetensors file holding `x` [n, d_in]
@@ -29,7 +29,7 @@ pub fn run(what: What) -> Result<()> {
 }
 
 fn apply(a: ApplyArgs) -> Result<()> {
-    let dict = glassbox_sae::format::load(&a.sae)?;
+    let (dict, _) = open_dictionary(&a.sae)?;
     let tensors = candle_core::safetensors::load(&a.input, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot read {} as safetensors", a.input.display()))?;
     let x = match tensors.get("x") {

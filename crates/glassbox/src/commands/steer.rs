@@ -1,4 +1,4 @@
-use crate::open::{atomic_write, encode, open_model};
+use crate::open::{atomic_write, encode, open_dictionary, open_model};
 use anyhow::{Context, Result};
 use glassbox_analysis::metric::single_token;
 use glassbox_analysis::steering::{
@@ -18,7 +18,8 @@ pub struct Args {
     /// contrastive pairs: `positive<TAB>negative` per line, or JSONL {positive, negative}
     #[arg(long)]
     pairs: Option<PathBuf>,
-    /// A dictionary (SAELens or sparsify directory): steer along a feature's decoder row
+    /// A dictionary (SAELens or sparsify directory, or hf:ORG/REPO[/SUB/FOLDER]): steer
+    /// along a feature's decoder row
     #[arg(long, requires = "feature")]
     sae: Option<PathBuf>,
     /// The dictionary feature to steer with (with --sae)
@@ -54,13 +55,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // the dictionary first: a bad path or a failed fetch should not wait for the model
+    let dictionary = match &a.sae {
+        Some(spec) => Some(std::sync::Arc::new(open_dictionary(spec)?.0)),
+        None => None,
+    };
     let model = open_model(&a.model)?;
     let tok = model.tokenizer()?;
     let m = &model.transformer;
-    let dictionary = match &a.sae {
-        Some(dir) => Some(std::sync::Arc::new(glassbox_sae::format::load(dir)?)),
-        None => None,
-    };
     let hook = match (&a.hook, &dictionary) {
         (Some(h), Some(d)) if d.hook_name.as_deref().is_some_and(|dh| dh != h) => anyhow::bail!(
             "--hook {h} differs from the dictionary's hook {}; a feature only means something where it was trained",
