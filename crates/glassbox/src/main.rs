@@ -15,6 +15,11 @@ struct Cli {
     /// Worker threads for tensor math (default: all cores)
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Weight processing applied when the model is opened: `none` (default, as stored)
+    /// or `tl` (TransformerLens' defaults: fold_ln, center_writing_weights,
+    /// center_unembed, fold_value_biases)
+    #[arg(long, global = true, value_enum, default_value = "none")]
+    process: open::Processing,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +100,7 @@ fn main() {
             .num_threads(t)
             .build_global();
     }
+    open::set_processing(cli.process);
     let result = match cli.command {
         Command::Fetch(a) => commands::fetch::run(a),
         Command::Quickstart(a) => commands::quickstart::run(a),

@@ -1,13 +1,74 @@
 //! Shared argument handling: resolving `--model` and turning prompts into tokens.
 
 use anyhow::{Context, Result};
-use glassbox_model::{load_model, Model};
+use glassbox_model::{apply_tl_processing, load_model, Model, TlProcessing};
+
+/// `--process`: how weights are rewritten when a model is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Processing {
+    /// as stored (TransformerLens' `from_pretrained_no_processing`)
+    None,
+    /// TransformerLens' default processing
+    Tl,
+}
+
+static PROCESSING: std::sync::OnceLock<Processing> = std::sync::OnceLock::new();
+
+pub fn set_processing(p: Processing) {
+    let _ = PROCESSING.set(p);
+}
+
+/// The processing every opened model gets, as TransformerLens names its steps.
+pub fn processing() -> TlProcessing {
+    match PROCESSING.get().copied().unwrap_or(Processing::None) {
+        Processing::None => TlProcessing::none(),
+        Processing::Tl => TlProcessing::default(),
+    }
+}
 
 /// `--model` accepts a HF directory, a `.gguf` file, a HF repo id, or the default's name.
 pub fn open_model(spec: &str) -> Result<Model> {
     let path = glassbox_hub::resolve_model(spec)?;
-    let model = load_model(&path).with_context(|| format!("cannot open model `{spec}`"))?;
+    let mut model = load_model(&path).with_context(|| format!("cannot open model `{spec}`"))?;
+    let p = processing();
+    if p != TlProcessing::none() {
+        apply_tl_processing(&mut model.transformer, &p)
+            .with_context(|| format!("cannot process model `{spec}`"))?;
+    }
     Ok(model)
+}
+
+/// Warns when a dictionary was trained on a model processed differently from how this
+/// one was opened (SAELens records it in `cfg.json`'s `model_from_pretrained_kwargs`).
+pub fn warn_on_processing_mismatch(dict_dir: &std::path::Path, model: &Model) {
+    let Ok(text) = std::fs::read_to_string(dict_dir.join("cfg.json")) else {
+        return;
+    };
+    let Ok(cfg) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let Some(kwargs) = cfg
+        .get("model_from_pretrained_kwargs")
+        .filter(|k| k.is_object())
+    else {
+        return;
+    };
+    // SAELens' default is HookedTransformer.from_pretrained's: all four steps on.
+    let trained = TlProcessing::from_kwargs(kwargs);
+    let opened = processing();
+    if !trained.same_effect(&opened, model.config()) {
+        eprintln!(
+            "warning: {} was trained on a model opened with {} but this model is opened with {} ({}); its features may not read what they were trained on",
+            dict_dir.display(),
+            trained.describe(),
+            opened.describe(),
+            if opened == TlProcessing::none() {
+                "add --process tl"
+            } else {
+                "drop --process tl"
+            }
+        );
+    }
 }
 
 /// `--sae` accepts a dictionary folder (SAELens or sparsify) or `hf:ORG/REPO[/SUB/FOLDER]`

@@ -742,3 +742,93 @@ fn train_sae_writes_a_saelens_dictionary_and_metrics() {
         "needs",
     );
 }
+
+#[test]
+fn process_tl_opens_the_model_as_transformer_lens_processes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("acts.safetensors");
+    let tl = fixtures().join("tl/tiny-gpt2/reference.safetensors");
+    let o = glassbox(&[
+        "--process",
+        "tl",
+        "cache",
+        "--model",
+        fixtures().join("tiny-gpt2").to_str().unwrap(),
+        "--tokens-file",
+        tl.to_str().unwrap(),
+        "--hooks",
+        "blocks.1.hook_resid_pre",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(&tl, &candle_core::Device::Cpu).unwrap();
+    for (g, w) in [
+        ("logits", "processed.logits"),
+        (
+            "blocks.1.hook_resid_pre",
+            "processed.blocks.1.hook_resid_pre",
+        ),
+    ] {
+        let err = rel_err(&got[g], &want[w]);
+        assert!(
+            err < 1e-4,
+            "{g} differs from TL's processed model by {err:.2e}"
+        );
+    }
+    // a model the processing cannot apply to: refused with the reason
+    assert_refused(
+        &[
+            "--process",
+            "tl",
+            "predict",
+            "--model",
+            fixtures().join("tiny-gemma2").to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        "final_logit_softcapping",
+    );
+}
+
+#[test]
+fn a_dictionary_trained_on_a_processed_model_warns_when_the_model_is_not() {
+    // SAELens records how the model was opened; {} means from_pretrained's defaults (all on)
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("saelens/sae-topk");
+    for f in ["sae_weights.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("cfg.json")).unwrap()).unwrap();
+    cfg["model_from_pretrained_kwargs"] = serde_json::json!({});
+    cfg["hook_name"] = "blocks.0.hook_resid_pre".into();
+    std::fs::write(dir.path().join("cfg.json"), cfg.to_string()).unwrap();
+    let run = |process: &str| {
+        glassbox(&[
+            "--process",
+            process,
+            "eval-sae",
+            "--model",
+            fixtures().join("tiny-gpt2").to_str().unwrap(),
+            "--sae",
+            dir.path().to_str().unwrap(),
+            "--tokens",
+            "64",
+        ])
+    };
+    let plain = stderr(&run("none"));
+    assert!(
+        plain.contains("warning")
+            && plain.contains("fold_ln=true")
+            && plain.contains("fold_ln=false"),
+        "{plain}"
+    );
+    let processed = stderr(&run("tl"));
+    assert!(!processed.contains("fold_ln=true but"), "{processed}");
+    assert!(
+        !processed.contains("was trained on a model opened with"),
+        "{processed}"
+    );
+}

@@ -1,4 +1,6 @@
-use crate::open::{model_label, open_dictionary, open_model, progress};
+use crate::open::{
+    model_label, open_dictionary, open_model, progress, warn_on_processing_mismatch,
+};
 use anyhow::Result;
 use glassbox_analysis::sae_eval::{evaluate, resolve_hooks, EvalOptions, SaeEval};
 use std::path::PathBuf;
@@ -46,8 +48,9 @@ pub fn run(a: Args) -> Result<()> {
         "--context-size must be at least 3 (position 0 is excluded and the loss needs a next token)"
     );
     // the dictionary first: a bad path or a failed fetch should not wait for the model
-    let (dict, _) = open_dictionary(&a.sae)?;
+    let (dict, dict_dir) = open_dictionary(&a.sae)?;
     let model = open_model(&a.model)?;
+    warn_on_processing_mismatch(&dict_dir, &model);
     // refuse a wrong hook or width before reading the corpus
     let hooks = resolve_hooks(
         &model.transformer,

@@ -1,4 +1,6 @@
-use crate::open::{model_label, open_dictionary, open_model, progress};
+use crate::open::{
+    model_label, open_dictionary, open_model, progress, warn_on_processing_mismatch,
+};
 use anyhow::{Context, Result};
 use glassbox_features::run_dir::{read_run, RunConfig};
 use glassbox_features::store::{FeatureStore, Order};
@@ -149,6 +151,7 @@ fn build(a: BuildArgs) -> Result<()> {
         .or_else(|| from_run(|c| c.model.clone()))
         .context("--model is required (the run's config.toml names none)")?;
     let model = open_model(&resolve_spec(&spec))?;
+    warn_on_processing_mismatch(&dict_dir, &model);
     let hook = a
         .hook
         .clone()

@@ -56,11 +56,19 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     // the dictionary first: a bad path or a failed fetch should not wait for the model
+    let mut dict_dir = None;
     let dictionary = match &a.sae {
-        Some(spec) => Some(std::sync::Arc::new(open_dictionary(spec)?.0)),
+        Some(spec) => {
+            let (d, dir) = open_dictionary(spec)?;
+            dict_dir = Some(dir);
+            Some(std::sync::Arc::new(d))
+        }
         None => None,
     };
     let model = open_model(&a.model)?;
+    if let Some(dir) = &dict_dir {
+        crate::open::warn_on_processing_mismatch(dir, &model);
+    }
     let tok = model.tokenizer()?;
     let m = &model.transformer;
     let hook = match (&a.hook, &dictionary) {
