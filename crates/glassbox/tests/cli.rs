@@ -797,9 +797,8 @@ fn a_dictionary_trained_on_a_processed_model_warns_when_the_model_is_not() {
     // SAELens records how the model was opened; {} means from_pretrained's defaults (all on)
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("saelens/sae-topk");
-    for f in ["sae_weights.safetensors"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
+    let weights = "sae_weights.safetensors";
+    std::fs::copy(src.join(weights), dir.path().join(weights)).unwrap();
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("cfg.json")).unwrap()).unwrap();
     cfg["model_from_pretrained_kwargs"] = serde_json::json!({});
