@@ -186,11 +186,10 @@ fn load_gguf_weights(
         get_q("token_embd.weight", &[cfg.d_vocab, d])?.dequantize(&Device::Cpu)?,
     );
     let untied = content.tensor_infos.contains_key("output.weight");
+    // Dequantized once like the embedding: a quant block cannot be sliced by rows, so
+    // expanding it per pass would mean the whole vocabulary every time.
     let unembed = if untied {
-        StoredTensor::Quantized {
-            tensor: Arc::new(get_q("output.weight", &[cfg.d_vocab, d])?),
-            unpermute_heads: None,
-        }
+        StoredTensor::Dense(get_q("output.weight", &[cfg.d_vocab, d])?.dequantize(&Device::Cpu)?)
     } else {
         embed.clone()
     };

@@ -96,7 +96,7 @@ impl CustomOp2 for SiluMul {
 /// Asks Linux to back a large fresh buffer with 2 MiB pages: the logits of a batch
 /// (hundreds of MB) otherwise cost ~100k page faults on first touch, a fifth of the
 /// unembedding's time.
-fn advise_huge_pages(buf: &mut Vec<f32>) {
+pub(crate) fn advise_huge_pages(buf: &mut Vec<f32>) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;

@@ -39,9 +39,15 @@ pub struct LoadOptions {
 }
 
 impl Default for LoadOptions {
+    /// 2 GiB, or `$GLASSBOX_KEEP_EXPANDED_MIB` when set (trade memory for speed: a 1B
+    /// bf16 model kept expanded needs its f32 size on top of its own).
     fn default() -> Self {
+        let from_env = std::env::var("GLASSBOX_KEEP_EXPANDED_MIB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map(|mib| mib.saturating_mul(1 << 20));
         LoadOptions {
-            keep_expanded_bytes: crate::weights::DEFAULT_KEEP_EXPANDED_BYTES,
+            keep_expanded_bytes: from_env.unwrap_or(crate::weights::DEFAULT_KEEP_EXPANDED_BYTES),
         }
     }
 }

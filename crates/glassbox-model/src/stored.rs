@@ -6,7 +6,7 @@
 
 use crate::error::{ModelError, Result};
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -81,7 +81,8 @@ impl StoredTensor {
     /// The f32 values (a cheap clone when already f32).
     pub fn expand(&self) -> Result<Tensor> {
         match self {
-            StoredTensor::Dense(t) => to_f32(t),
+            StoredTensor::Dense(t) if t.dtype() == DType::F32 => Ok(t.clone()),
+            StoredTensor::Dense(_) => expand_stacked(&[self]),
             StoredTensor::Quantized {
                 tensor,
                 unpermute_heads,
@@ -98,7 +99,9 @@ impl StoredTensor {
     /// Rows `start..start+len` in f32 (the unembedding, a slice of the vocabulary at a time).
     pub fn expand_rows(&self, start: usize, len: usize) -> Result<Tensor> {
         match self {
-            StoredTensor::Dense(t) => to_f32(&t.narrow(0, start, len)?),
+            StoredTensor::Dense(t) => {
+                expand_stacked(&[&StoredTensor::Dense(t.narrow(0, start, len)?)])
+            }
             StoredTensor::Quantized { .. } => Ok(self.expand()?.narrow(0, start, len)?),
         }
     }
@@ -108,22 +111,84 @@ impl StoredTensor {
 pub fn to_f32(t: &Tensor) -> Result<Tensor> {
     match t.dtype() {
         DType::F32 => Ok(t.clone()),
-        DType::BF16 => {
-            let t = t.contiguous()?;
-            let src = t.flatten_all()?.to_vec1::<half::bf16>()?;
-            let mut out = vec![0f32; src.len()];
-            out.par_chunks_mut(1 << 16)
-                .zip(src.par_chunks(1 << 16))
-                .for_each(|(o, s)| {
-                    for (o, s) in o.iter_mut().zip(s) {
-                        // bf16 is the top half of an f32: the widening is a shift
-                        *o = f32::from_bits((s.to_bits() as u32) << 16);
-                    }
-                });
-            Ok(Tensor::from_vec(out, t.shape(), &Device::Cpu)?)
-        }
+        DType::BF16 | DType::F16 => expand_stacked(&[&StoredTensor::Dense(t.clone())]),
         _ => Ok(t.to_dtype(DType::F32)?),
     }
+}
+
+const CHUNK: usize = 1 << 15;
+
+/// Widens `src` into `dst` on every core.
+fn widen<T: Copy + Sync>(src: &[T], dst: &mut [f32], f: impl Fn(T) -> f32 + Sync) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = f(s);
+            }
+        });
+}
+
+/// Expands `parts` (`[rows_i, ...]`, equal trailing dims) into one f32 tensor stacked
+/// along rows, in a single pass straight from their storage: no intermediate copies,
+/// and the fresh buffer is backed by huge pages (a 1B model expands ~4 GB per pass,
+/// where 4 KiB page faults alone cost seconds).
+pub fn expand_stacked(parts: &[&StoredTensor]) -> Result<Tensor> {
+    let first = parts
+        .first()
+        .ok_or_else(|| ModelError::BadInput("internal: nothing to expand".into()))?
+        .dims();
+    let tail = &first[1..];
+    let mut rows = 0;
+    for p in parts {
+        let d = p.dims();
+        if &d[1..] != tail {
+            return Err(ModelError::BadInput(format!(
+                "internal: cannot stack {d:?} under {first:?}"
+            )));
+        }
+        rows += d[0];
+    }
+    let width: usize = tail.iter().product();
+    let mut out = vec![0f32; rows * width];
+    crate::kernels::advise_huge_pages(&mut out);
+    let mut offset = 0;
+    for p in parts {
+        let n = p.dims().iter().product::<usize>();
+        let dst = &mut out[offset..offset + n];
+        match p {
+            StoredTensor::Dense(t) => {
+                let t = t.contiguous()?;
+                let (storage, layout) = t.storage_and_layout();
+                let start = layout.start_offset();
+                match &*storage {
+                    Storage::Cpu(CpuStorage::BF16(v)) => {
+                        // bf16 is the top half of an f32: the widening is a shift
+                        widen(&v[start..start + n], dst, |x: half::bf16| {
+                            f32::from_bits((x.to_bits() as u32) << 16)
+                        })
+                    }
+                    Storage::Cpu(CpuStorage::F16(v)) => {
+                        widen(&v[start..start + n], dst, |x: half::f16| x.to_f32())
+                    }
+                    Storage::Cpu(CpuStorage::F32(v)) => widen(&v[start..start + n], dst, |x| x),
+                    _ => {
+                        drop(storage);
+                        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                        dst.copy_from_slice(&v);
+                    }
+                }
+            }
+            StoredTensor::Quantized { .. } => {
+                let v = p.expand()?.flatten_all()?.to_vec1::<f32>()?;
+                dst.copy_from_slice(&v);
+            }
+        }
+        offset += n;
+    }
+    let mut shape = vec![rows];
+    shape.extend_from_slice(tail);
+    Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
 }
 
 /// One tensor of a safetensors file, read on its own (never the whole file at once).

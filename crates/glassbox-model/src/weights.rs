@@ -216,31 +216,28 @@ pub struct BlockWeights {
     kv_rows: usize,
 }
 
-fn stack(parts: &[&Linear]) -> Result<Linear> {
-    let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
-    let bias = if parts.iter().all(|l| l.bias.is_some()) {
-        Some(Tensor::cat(
-            &parts
-                .iter()
-                .map(|l| l.bias.as_ref().expect("checked"))
-                .collect::<Vec<_>>(),
-            0,
-        )?)
-    } else if parts.iter().any(|l| l.bias.is_some()) {
+/// Stored linears expanded into one stacked f32 linear in a single pass.
+fn expand_stack(parts: &[&StoredLinear]) -> Result<Linear> {
+    let weights: Vec<&StoredTensor> = parts.iter().map(|l| &l.weight).collect();
+    let weight = crate::stored::expand_stacked(&weights)?;
+    let biases: Vec<Option<Tensor>> = parts.iter().map(|l| l.bias.clone()).collect();
+    let bias = if biases.iter().all(Option::is_none) {
+        None
+    } else {
         // Mixed: give the bias-free parts zero biases so the stack stays exact.
-        let biases: Vec<Tensor> = parts
+        let filled: Vec<Tensor> = parts
             .iter()
-            .map(|l| match &l.bias {
+            .zip(&biases)
+            .map(|(l, b)| match b {
                 Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device()),
+                None => Tensor::zeros(l.weight.dims()[0], DType::F32, &Device::Cpu),
             })
             .collect::<candle_core::Result<_>>()?;
-        Some(Tensor::cat(&biases, 0)?)
-    } else {
-        None
+        Some(Tensor::cat(&filled, 0)?)
     };
     Ok(Linear { weight, bias })
 }
+
 
 fn rows(l: &Linear, start: usize, len: usize) -> Result<Linear> {
     Ok(Linear {
@@ -253,16 +250,14 @@ fn rows(l: &Linear, start: usize, len: usize) -> Result<Linear> {
 }
 
 impl BlockWeights {
-    /// Expands the stored matrices to f32 and stacks Q/K/V and gate/up.
+    /// Expands the stored matrices to f32, stacking Q/K/V and gate/up as it goes.
     pub fn fuse(p: &BlockParts) -> Result<Self> {
-        let (q, k, v) = (p.q.expand()?, p.k.expand()?, p.v.expand()?);
-        let q_rows = q.weight.dim(0)?;
-        let kv_rows = k.weight.dim(0)?;
-        let qkv = stack(&[&q, &k, &v])?;
-        let up = p.mlp_in.expand()?;
+        let q_rows = p.q.weight.dims()[0];
+        let kv_rows = p.k.weight.dims()[0];
+        let qkv = expand_stack(&[&p.q, &p.k, &p.v])?;
         let (mlp_in, gated) = match &p.mlp_gate {
-            Some(gate) => (stack(&[&gate.expand()?, &up])?, true),
-            None => (up, false),
+            Some(gate) => (expand_stack(&[gate, &p.mlp_in])?, true),
+            None => (p.mlp_in.expand()?, false),
         };
         Ok(BlockWeights {
             ln1: p.ln1.clone(),
