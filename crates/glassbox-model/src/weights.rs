@@ -238,7 +238,6 @@ fn expand_stack(parts: &[&StoredLinear]) -> Result<Linear> {
     Ok(Linear { weight, bias })
 }
 
-
 fn rows(l: &Linear, start: usize, len: usize) -> Result<Linear> {
     Ok(Linear {
         weight: l.weight.narrow(0, start, len)?,
