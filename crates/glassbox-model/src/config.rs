@@ -112,14 +112,15 @@ pub enum RopeScaling {
 }
 
 impl RopeScaling {
-    /// HF's inverse frequencies for a rotary width `rot` and base `theta`, rescaled.
-    pub fn inv_freq(&self, theta: f64, rot: usize) -> Vec<f64> {
-        let base: Vec<f64> = (0..rot / 2)
-            .map(|i| 1.0 / theta.powf((2 * i) as f64 / rot as f64))
+    /// HF's inverse frequencies for a rotary width `rot` and base `theta`, rescaled:
+    /// `1 / theta^(2i/rot)` in f32, as HF computes them.
+    pub fn inv_freq(&self, theta: f64, rot: usize) -> Vec<f32> {
+        let base: Vec<f32> = (0..rot / 2)
+            .map(|i| 1.0 / (theta.powf((2 * i) as f64 / rot as f64) as f32))
             .collect();
         match *self {
             RopeScaling::Default => base,
-            RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+            RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor as f32).collect(),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -130,8 +131,9 @@ impl RopeScaling {
                 let high_wavelen = old / high_freq_factor;
                 base.into_iter()
                     .map(|f| {
+                        let f = f as f64;
                         let wavelen = 2.0 * std::f64::consts::PI / f;
-                        if wavelen < high_wavelen {
+                        let scaled = if wavelen < high_wavelen {
                             f
                         } else if wavelen > low_wavelen {
                             f / factor
@@ -139,7 +141,8 @@ impl RopeScaling {
                             let smooth = (old / wavelen - low_freq_factor)
                                 / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
-                        }
+                        };
+                        scaled as f32
                     })
                     .collect()
             }

@@ -178,11 +178,7 @@ struct Rope {
 }
 
 fn rotary_tables(theta: f64, scaling: &RopeScaling, rot: usize, pos: &[Vec<u32>]) -> Result<Rope> {
-    let inv_freq: Vec<f32> = scaling
-        .inv_freq(theta, rot)
-        .into_iter()
-        .map(|f| f as f32)
-        .collect();
+    let inv_freq = scaling.inv_freq(theta, rot);
     let (b, s) = (pos.len(), pos[0].len());
     let mut cos = Vec::with_capacity(b * s * rot);
     let mut sin = Vec::with_capacity(b * s * rot);
