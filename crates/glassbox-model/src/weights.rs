@@ -463,16 +463,6 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
-pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::bad_file(path, e))?;
-    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
-        ModelError::bad_file(
-            path,
-            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
-        )
-    })
-}
-
 const HF_PREFIXES: &[&str] = &[
     "model.",
     "transformer.",
