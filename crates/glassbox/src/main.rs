@@ -88,6 +88,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    glassbox_model::kernels::keep_freed_buffers_for_reuse();
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
         if t == 0 {
