@@ -13,14 +13,17 @@
 //!   1 − KL(clean‖spliced) / KL(clean‖zero), token-averaged. "Spliced" replaces the
 //!   (output) hook's activation by the reconstruction; "zero" sets it to zero.
 //!
-//! Position 0 of every window (BOS, the attention sink) is excluded from every statistic
-//! and is never spliced or ablated: it keeps its true activation in every pass.
+//! Which tokens count is the model's [`RowRule`] — the one training and the feature store
+//! use: position 0 of every window (the attention sink) and special tokens (BOS/EOS,
+//! also between packed documents) are left out of every statistic (reconstruction,
+//! sparsity, CE, KL) and are never spliced or ablated: they keep their true activation in
+//! every pass. The CE is scored at the kept positions that have a next token.
 
 use crate::metric::log_softmax;
 use crate::{bad, Result};
 use candle_core::{DType, Tensor, D};
 use glassbox_model::hooks::{hook_points, HookLayout};
-use glassbox_model::{Batch, Edit, HookFilter, Intervention, Run, Transformer};
+use glassbox_model::{Batch, Edit, HookFilter, Intervention, RowRule, Run, Transformer};
 use glassbox_sae::Dictionary;
 use serde::Serialize;
 
@@ -163,6 +166,9 @@ pub struct EvalOptions {
     pub batch_windows: usize,
     /// bins of the density histogram over log10(freq + 1e-10) in [−10, 0]
     pub histogram_bins: usize,
+    /// which positions count: pass [`RowRule::for_model`], as training does (the default
+    /// leaves out position 0 only)
+    pub rows: RowRule,
 }
 
 impl Default for EvalOptions {
@@ -172,6 +178,7 @@ impl Default for EvalOptions {
             hook_out: None,
             batch_windows: 4,
             histogram_bins: 20,
+            rows: RowRule::default(),
         }
     }
 }
@@ -220,13 +227,18 @@ pub struct SaeEval {
     pub windows: usize,
     /// tokens per window (including position 0)
     pub context_size: usize,
-    /// tokens evaluated: windows × (context_size − 1)
+    /// tokens evaluated: the positions the row rule keeps
     pub tokens: u64,
+    /// positions left out by the row rule (position 0 of every window, special tokens)
+    pub tokens_excluded: u64,
+    /// the special token ids left out
+    pub excluded_token_ids: Vec<u32>,
     /// the window over which dead / dense / density are counted, in tokens (= `tokens`)
     pub window_tokens: u64,
     /// position 0 of every window is left out of every statistic
     pub first_position_excluded: bool,
-    /// position 0 keeps its true activation in the spliced and zero-ablated passes
+    /// left-out positions (position 0, special tokens) keep their true activation in the
+    /// spliced and zero-ablated passes
     pub first_position_spliced: bool,
     /// mean number of active features per token
     pub l0: f64,
@@ -244,7 +256,7 @@ pub struct SaeEval {
     pub dense_fraction: f64,
     pub dense_threshold: f64,
     pub density_histogram: DensityHistogram,
-    /// predictions scored for CE: positions 1..context_size−1 (each has a next token)
+    /// predictions scored for CE: the evaluated positions that have a next token
     pub ce_tokens: u64,
     pub ce_clean: f64,
     pub ce_spliced: f64,
@@ -322,18 +334,86 @@ impl Acc {
     }
 }
 
-/// Sum over rows and positions 0..s−1 of −log p(next token), for log-probs of positions
-/// 1..s (`lp` `[b, s−1, V]`) of windows whose tokens are `rows`.
-pub(crate) fn ce_sum(lp: &Tensor, rows: &[Vec<u32>]) -> Result<f64> {
-    let (b, n, _) = lp.dims3()?;
-    // position p (1-based in the window) predicts token p+1; the last has no target
-    let targets: Vec<u32> = rows.iter().flat_map(|r| r[2..].iter().copied()).collect();
-    let idx = Tensor::from_vec(targets, (b, n - 1, 1), lp.device())?;
-    let picked = lp
-        .narrow(1, 0, n - 1)?
-        .contiguous()?
-        .gather(&idx, D::Minus1)?;
-    Ok(-(picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?))
+/// The positions one batch of equal-length windows is scored on, by the row rule.
+pub(crate) struct Scored {
+    /// flat `w × s + p` of the kept positions
+    rows: Tensor,
+    pub n: usize,
+    /// indices into `rows` of the kept positions that have a next token, and that token
+    ce_at: Tensor,
+    ce_targets: Tensor,
+    pub m: usize,
+    /// `[b s, 1]`: 1 where kept
+    mask: Tensor,
+    flat: usize,
+}
+
+impl Scored {
+    pub(crate) fn new(windows: &[Vec<u32>], s: usize, rule: &RowRule) -> Result<Self> {
+        let dev = &candle_core::Device::Cpu;
+        let rows = rule.flat_positions(windows, s);
+        let (mut ce_at, mut targets) = (Vec::new(), Vec::new());
+        for (i, &f) in rows.iter().enumerate() {
+            let (w, p) = (f as usize / s, f as usize % s);
+            if p + 1 < s {
+                ce_at.push(i as u32);
+                targets.push(windows[w][p + 1]);
+            }
+        }
+        let flat = windows.len() * s;
+        let mut mask = vec![0u8; flat];
+        for &f in &rows {
+            mask[f as usize] = 1;
+        }
+        let (n, m) = (rows.len(), ce_at.len());
+        Ok(Scored {
+            rows: Tensor::from_vec(rows, n, dev)?,
+            n,
+            ce_at: Tensor::from_vec(ce_at, m, dev)?,
+            ce_targets: Tensor::from_vec(targets, (m, 1), dev)?,
+            m,
+            mask: Tensor::from_vec(mask, (flat, 1), dev)?,
+            flat,
+        })
+    }
+
+    /// The kept rows of an activation `[b, s, ...]` as `[n, width]`.
+    pub(crate) fn rows_of(&self, act: &Tensor) -> Result<Tensor> {
+        let width = act.elem_count() / self.flat.max(1);
+        Ok(act
+            .reshape((self.flat, width))?
+            .index_select(&self.rows, 0)?)
+    }
+
+    /// Log-probabilities at the kept positions, `[n, vocab]`, from logits `[b, s, vocab]`.
+    pub(crate) fn log_probs(&self, logits: &Tensor) -> Result<Tensor> {
+        log_softmax(&self.rows_of(logits)?)
+    }
+
+    /// Σ −log p(next token) over the kept positions that have one; `lp` from `log_probs`.
+    pub(crate) fn ce(&self, lp: &Tensor) -> Result<f64> {
+        if self.m == 0 {
+            return Ok(0.0);
+        }
+        let picked = lp
+            .index_select(&self.ce_at, 0)?
+            .gather(&self.ce_targets, 1)?;
+        Ok(-(picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?))
+    }
+
+    /// `act` (`[b, s, ...]`) with the kept positions set to `rows` (`[n, width]`; zeros
+    /// when `None`); left-out positions keep their true values.
+    pub(crate) fn splice(&self, act: &Tensor, rows: Option<&Tensor>) -> Result<Tensor> {
+        let width = act.elem_count() / self.flat.max(1);
+        let flat = act.reshape((self.flat, width))?;
+        let full = Tensor::zeros((self.flat, width), act.dtype(), act.device())?;
+        let full = match rows {
+            Some(r) => full.index_add(&self.rows, &r.to_dtype(act.dtype())?, 0)?,
+            None => full,
+        };
+        let mask = self.mask.broadcast_as((self.flat, width))?;
+        Ok(mask.where_cond(&full, &flat)?.reshape(act.dims())?)
+    }
 }
 
 /// Σ over positions of KL(p ‖ q), given log p, p and log q `[b, n, V]`.
@@ -402,9 +482,15 @@ pub fn evaluate(
         ce_tokens: 0,
         kl: [0.0; 2],
     };
-    let later: Vec<usize> = (1..s).collect();
+    let mut excluded = 0u64;
     for chunk in windows.chunks(opts.batch_windows.max(1)) {
         let b = chunk.len();
+        let scored = Scored::new(chunk, s, &opts.rows)?;
+        excluded += (b * s - scored.n) as u64;
+        if scored.n == 0 {
+            on_batch(b);
+            continue;
+        }
         let batch = Batch::new(chunk.to_vec());
         // clean pass: logits and the true activations
         let clean = model.run(&batch, &mut Run::new().cache(filter_cache.clone()))?;
@@ -423,12 +509,8 @@ pub fn evaluate(
         };
         let act_in = get(&hooks.hook_in)?;
         let act_out = get(&hooks.hook_out)?;
-        let rows_in = act_in
-            .narrow(1, 1, s - 1)?
-            .reshape((b * (s - 1), dict.d_in))?;
-        let rows_out = act_out
-            .narrow(1, 1, s - 1)?
-            .reshape((b * (s - 1), dict.d_out))?;
+        let rows_in = scored.rows_of(&act_in)?;
+        let rows_out = scored.rows_of(&act_out)?;
         let f = dict.encode(&rows_in)?;
         let recon = dict.decode(&f, Some(&rows_in))?;
         // sparsity
@@ -442,40 +524,38 @@ pub fn evaluate(
         let x: Vec<f32> = rows_out.flatten_all()?.to_vec1()?;
         let xh: Vec<f32> = recon.flatten_all()?.to_vec1()?;
         acc.add_reconstruction(&x, &xh, dict.d_out);
-        // splice: position 0 keeps its true activation
-        let replacement = Tensor::cat(
-            &[
-                &act_out.narrow(1, 0, 1)?.reshape((b, 1, dict.d_out))?,
-                &recon.reshape((b, s - 1, dict.d_out))?,
-            ],
-            1,
-        )?
-        .reshape(act_out.dims())?;
-        let lp = log_softmax(&clean.logits()?.narrow(1, 1, s - 1)?)?;
+        // splice and zero-ablate the kept positions; the left-out ones keep their values
+        let replacement = scored.splice(&act_out, Some(&recon))?;
+        let zeroed = scored.splice(&act_out, None)?;
+        let lp = scored.log_probs(clean.logits()?)?;
         let mut splice_run = resume(Run::new().intervene(
             filter_out.clone(),
             Intervention::new(Edit::Replace(replacement)),
         ))?;
-        let mut zero_run = resume(Run::new().intervene(
-            filter_out.clone(),
-            Intervention::new(Edit::ZeroAblate).at_positions(later.clone()),
-        ))?;
+        let mut zero_run = resume(
+            Run::new().intervene(filter_out.clone(), Intervention::new(Edit::Replace(zeroed))),
+        )?;
         drop(clean);
         let p = lp.exp()?;
-        acc.ce[0] += ce_sum(&lp, chunk)?;
+        acc.ce[0] += scored.ce(&lp)?;
         let spliced = model.run(&batch, &mut splice_run)?;
-        let lq = log_softmax(&spliced.logits()?.narrow(1, 1, s - 1)?)?;
+        let lq = scored.log_probs(spliced.logits()?)?;
         drop(spliced);
-        acc.ce[1] += ce_sum(&lq, chunk)?;
+        acc.ce[1] += scored.ce(&lq)?;
         acc.kl[0] += kl_sum(&lp, &p, &lq)?;
         drop(lq);
         let zeroed = model.run(&batch, &mut zero_run)?;
-        let lq = log_softmax(&zeroed.logits()?.narrow(1, 1, s - 1)?)?;
+        let lq = scored.log_probs(zeroed.logits()?)?;
         drop(zeroed);
-        acc.ce[2] += ce_sum(&lq, chunk)?;
+        acc.ce[2] += scored.ce(&lq)?;
         acc.kl[1] += kl_sum(&lp, &p, &lq)?;
-        acc.ce_tokens += (b * (s - 2)) as u64;
+        acc.ce_tokens += scored.m as u64;
         on_batch(b);
+    }
+    if acc.tokens == 0 {
+        return Err(bad(
+            "no position to evaluate: every position is position 0 or a special token",
+        ));
     }
     let n = acc.tokens;
     let nf = n as f64;
@@ -502,6 +582,8 @@ pub fn evaluate(
         windows: windows.len(),
         context_size: s,
         tokens: n,
+        tokens_excluded: excluded,
+        excluded_token_ids: opts.rows.excluded_tokens().to_vec(),
         window_tokens: n,
         first_position_excluded: true,
         first_position_spliced: false,

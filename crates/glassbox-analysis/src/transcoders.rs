@@ -3,17 +3,17 @@
 //! input, so errors compound through the layers as they would in a replacement model,
 //! and reports how much of the next-token loss survives.
 
-use crate::metric::log_softmax;
-use crate::sae_eval::{ce_sum, kl_sum};
+use crate::sae_eval::{kl_sum, Scored};
 use crate::{bad, Result};
 use candle_core::Tensor;
-use glassbox_model::{Batch, Edit, HookFilter, Intervention, ModelError, Run, Transformer};
+use glassbox_model::{Batch, HookFilter, ModelError, RowRule, Run, Transformer};
 use glassbox_sae::Dictionary;
 use serde::Serialize;
 use std::collections::HashMap;
 
 /// CE and KL with every transcoder spliced at once, against the clean model and against
-/// zero-ablating the same MLP outputs (position 0 keeps its true activations).
+/// zero-ablating the same MLP outputs, at the positions `rule` keeps (the others —
+/// position 0, special tokens — keep their true activations and are not scored).
 #[derive(Debug, Clone, Serialize)]
 pub struct SpliceEval {
     pub transcoders: usize,
@@ -39,11 +39,12 @@ fn hooks_of(d: &Dictionary) -> Result<(String, String)> {
 }
 
 /// Evaluates the transcoders together on `windows` (equal length, each starting with
-/// BOS), in batches of `batch_windows`.
+/// BOS), in batches of `batch_windows`; `rule` is the model's [`RowRule`], as in training.
 pub fn splice_all(
     model: &Transformer,
     set: &[Dictionary],
     windows: &[Vec<u32>],
+    rule: &RowRule,
     batch_windows: usize,
     mut on_batch: impl FnMut(usize),
 ) -> Result<SpliceEval> {
@@ -63,16 +64,21 @@ pub fn splice_all(
     names.sort();
     let filter = HookFilter::new(names, cfg)?;
     let out_filter = HookFilter::new(outs.keys().cloned().collect(), cfg)?;
-    let later: Vec<usize> = (1..s).collect();
-    let (mut ce, mut kl, mut ce_tokens) = ([0f64; 3], [0f64; 2], 0u64);
+    let (mut ce, mut kl, mut ce_tokens, mut kl_tokens) = ([0f64; 3], [0f64; 2], 0u64, 0u64);
     for chunk in windows.chunks(batch_windows.max(1)) {
+        let scored = Scored::new(chunk, s, rule)?;
+        if scored.n == 0 {
+            on_batch(chunk.len());
+            continue;
+        }
         let batch = Batch::new(chunk.to_vec());
         let clean = model.run(&batch, &mut Run::new())?;
-        let lp = log_softmax(&clean.logits()?.narrow(1, 1, s - 1)?)?;
+        let lp = scored.log_probs(clean.logits()?)?;
         drop(clean);
         let p = lp.exp()?;
         // the spliced pass: remember each MLP input, replace the matching output
         let mut inputs: HashMap<usize, Tensor> = HashMap::new();
+        let to_model = |e: crate::AnalysisError| ModelError::BadInput(e.to_string());
         let splice = |name: &str, x: Tensor| -> glassbox_model::Result<Tensor> {
             if let Some(&i) = ins.get(name) {
                 inputs.insert(i, x.clone());
@@ -85,40 +91,37 @@ pub fn splice_all(
             let x_in = inputs.remove(&i).ok_or_else(|| {
                 ModelError::BadInput(format!("{name} came before its transcoder's input hook"))
             })?;
-            let (b, s, _) = x_in.dims3()?;
-            let rows = x_in.narrow(1, 1, s - 1)?.reshape((b * (s - 1), d.d_in))?;
+            let rows = scored.rows_of(&x_in).map_err(to_model)?;
             let err = |e: glassbox_sae::SaeError| ModelError::BadInput(e.to_string());
             let recon = d
                 .decode(&d.encode(&rows).map_err(err)?, Some(&rows))
                 .map_err(err)?;
-            let first = x.narrow(1, 0, 1)?;
-            Ok(Tensor::cat(
-                &[&first, &recon.reshape((b, s - 1, d.d_out))?],
-                1,
-            )?)
+            scored.splice(&x, Some(&recon)).map_err(to_model)
         };
         let spliced = model.run(&batch, &mut Run::new().hook(filter.clone(), splice))?;
-        let lq = log_softmax(&spliced.logits()?.narrow(1, 1, s - 1)?)?;
+        let lq = scored.log_probs(spliced.logits()?)?;
         drop(spliced);
-        let zero = model.run(
-            &batch,
-            &mut Run::new().intervene(
-                out_filter.clone(),
-                Intervention::new(Edit::ZeroAblate).at_positions(later.clone()),
-            ),
-        )?;
-        let lz = log_softmax(&zero.logits()?.narrow(1, 1, s - 1)?)?;
-        drop(zero);
-        ce[0] += ce_sum(&lp, chunk)?;
-        ce[1] += ce_sum(&lq, chunk)?;
-        ce[2] += ce_sum(&lz, chunk)?;
+        let zero = |name: &str, x: Tensor| -> glassbox_model::Result<Tensor> {
+            if outs.contains_key(name) {
+                scored.splice(&x, None).map_err(to_model)
+            } else {
+                Ok(x)
+            }
+        };
+        let zeroed = model.run(&batch, &mut Run::new().hook(out_filter.clone(), zero))?;
+        let lz = scored.log_probs(zeroed.logits()?)?;
+        drop(zeroed);
+        ce[0] += scored.ce(&lp)?;
+        ce[1] += scored.ce(&lq)?;
+        ce[2] += scored.ce(&lz)?;
         kl[0] += kl_sum(&lp, &p, &lq)?;
         kl[1] += kl_sum(&lp, &p, &lz)?;
-        ce_tokens += (chunk.len() * (s - 2)) as u64;
+        ce_tokens += scored.m as u64;
+        kl_tokens += scored.n as u64;
         on_batch(chunk.len());
     }
     let n = ce_tokens.max(1) as f64;
-    let kl_n = (windows.len() * (s - 1)) as f64;
+    let kl_n = kl_tokens.max(1) as f64;
     let (c0, c1, c2) = (ce[0] / n, ce[1] / n, ce[2] / n);
     let (k1, k2) = (kl[0] / kl_n, kl[1] / kl_n);
     Ok(SpliceEval {

@@ -432,3 +432,67 @@ fn applying_a_dictionary_checks_its_input() {
     let e = apply_dictionary(&d, &t2(v, 2, D)).unwrap_err().to_string();
     assert!(e.contains("NaN") && e.contains("row 1, column 5"), "{e}");
 }
+
+/// Evaluation counts the tokens training does (issue: eval-sae's FVU 0.082 against
+/// train-sae's 0.039 for one dictionary): with a BOS inside packed windows, the rows
+/// evaluated are exactly the rows the training harvest keeps, so the FVU computed on
+/// the harvested rows equals the evaluation's, and the BOS is neither scored nor spliced.
+#[test]
+fn evaluation_uses_the_training_row_rule() {
+    let m = tiny();
+    let hook = "blocks.1.hook_resid_post";
+    let rule = glassbox_model::RowRule::for_model(&m);
+    assert!(
+        rule.excluded_tokens().contains(&1),
+        "the fixture's BOS is 1"
+    );
+    let mut w = windows(6, 16);
+    for win in &mut w {
+        win[7] = 1; // a document boundary, as `pack` joins documents
+    }
+    let d_sae = 32;
+    let mut rng = Lcg(5);
+    let w_enc: Vec<f32> = (0..D * d_sae).map(|_| rng.next() - 0.5).collect();
+    let w_dec: Vec<f32> = (0..d_sae * D).map(|_| (rng.next() - 0.5) * 0.2).collect();
+    let d = dictionary(
+        t2(w_enc, D, d_sae),
+        t1(vec![0.1; d_sae]),
+        t2(w_dec, d_sae, D),
+        Some(hook),
+        None,
+    );
+    let opts = EvalOptions {
+        batch_windows: 4,
+        rows: rule.clone(),
+        ..EvalOptions::default()
+    };
+    let r = evaluate(&m.transformer, &d, &w, &opts, |_| {}).unwrap();
+    // positions 1..15 of each window but the BOS at 7; CE: those with a next token
+    assert_eq!((r.tokens, r.tokens_excluded), (6 * 14, 6 * 2));
+    assert_eq!(r.ce_tokens, 6 * 13);
+    assert_eq!(r.excluded_token_ids, rule.excluded_tokens());
+    let harvest = glassbox_data::HarvestOptions {
+        batch_windows: 8,
+        rows: rule,
+    };
+    let (rows, width) = glassbox_data::harvest_with(&m, &w, hook, &harvest, |_| {}).unwrap();
+    assert_eq!(rows.len() / width, r.tokens as usize, "the training rows");
+    let x: Vec<Vec<f32>> = rows.chunks(width).map(<[f32]>::to_vec).collect();
+    let xt = t2(rows.clone(), x.len(), width);
+    let (_, xh) = apply_dictionary(&d, &xt).unwrap();
+    let xh: Vec<f32> = xh.flatten_all().unwrap().to_vec1().unwrap();
+    let sq: f64 = rows
+        .iter()
+        .zip(&xh)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    let fvu = sq / x.len() as f64 / total_variance(&x);
+    assert!(
+        close(r.fvu, fvu, 1e-4),
+        "eval FVU {} vs training rows {fvu}",
+        r.fvu
+    );
+    // an exact dictionary changes nothing, whatever is (not) spliced at the BOS
+    let e = evaluate(&m.transformer, &identity(hook, None), &w, &opts, |_| {}).unwrap();
+    assert!(e.kl_spliced.abs() < 1e-9 && (e.ce_spliced - e.ce_clean).abs() < 1e-9);
+}

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use glassbox_analysis::sae_eval::{evaluate, EvalOptions};
 use glassbox_analysis::transcoders::splice_all;
 use glassbox_fixtures::tiny_dir;
-use glassbox_model::load_model;
+use glassbox_model::{load_model, RowRule};
 use glassbox_sae::{Architecture, Dictionary};
 
 fn windows(n: usize, len: usize) -> Vec<Vec<u32>> {
@@ -65,7 +65,15 @@ fn transcoder(layer: usize, d: usize, m: usize, scale: f32, seed: u64) -> Dictio
 fn transcoders_that_predict_nothing_equal_zero_ablation() {
     let m = load_model(&tiny_dir("llama")).unwrap();
     let set = vec![transcoder(0, 64, 32, 0.0, 1), transcoder(1, 64, 32, 0.0, 2)];
-    let r = splice_all(&m.transformer, &set, &windows(3, 12), 2, |_| {}).unwrap();
+    let r = splice_all(
+        &m.transformer,
+        &set,
+        &windows(3, 12),
+        &RowRule::default(),
+        2,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(r.transcoders, 2);
     assert!((r.ce_spliced - r.ce_zero_ablated).abs() < 1e-6, "{r:?}");
     assert!(r.ce_recovered.abs() < 1e-6 && r.kl_recovered.abs() < 1e-6);
@@ -76,9 +84,28 @@ fn transcoders_that_predict_nothing_equal_zero_ablation() {
 fn one_transcoder_spliced_agrees_with_the_single_dictionary_evaluation() {
     let m = load_model(&tiny_dir("llama")).unwrap();
     let d = transcoder(1, 64, 32, 0.2, 3);
-    let w = windows(3, 12);
-    let all = splice_all(&m.transformer, std::slice::from_ref(&d), &w, 2, |_| {}).unwrap();
-    let one = evaluate(&m.transformer, &d, &w, &EvalOptions::default(), |_| {}).unwrap();
+    // a BOS inside each window (packed documents): both leave it out, by the same rule
+    let mut w = windows(3, 12);
+    for win in &mut w {
+        win[5] = 1;
+    }
+    let rule = RowRule::for_model(&m);
+    let all = splice_all(
+        &m.transformer,
+        std::slice::from_ref(&d),
+        &w,
+        &rule,
+        2,
+        |_| {},
+    )
+    .unwrap();
+    let opts = EvalOptions {
+        rows: rule,
+        ..EvalOptions::default()
+    };
+    let one = evaluate(&m.transformer, &d, &w, &opts, |_| {}).unwrap();
+    assert_eq!(all.ce_tokens, one.ce_tokens);
+    assert_eq!(one.tokens, 3 * 10);
     assert!(
         (all.ce_spliced - one.ce_spliced).abs() < 1e-5,
         "{} vs {}",
@@ -94,6 +121,14 @@ fn a_set_without_output_hooks_is_refused() {
     let m = load_model(&tiny_dir("llama")).unwrap();
     let mut d = transcoder(0, 64, 32, 0.1, 4);
     d.hook_name_out = None;
-    let e = splice_all(&m.transformer, &[d], &windows(2, 8), 2, |_| {}).unwrap_err();
+    let e = splice_all(
+        &m.transformer,
+        &[d],
+        &windows(2, 8),
+        &RowRule::default(),
+        2,
+        |_| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("hook_name_out"), "{e}");
 }

@@ -3,43 +3,25 @@
 use crate::{bad, DataError, Result};
 use candle_core::DType;
 use glassbox_model::hooks::{hook_points, layer_of, HookLayout};
-use glassbox_model::{Batch, HookFilter, LogitsMode, Model, Run};
+use glassbox_model::{Batch, HookFilter, LogitsMode, Model, RowRule, Run};
 
 /// What to harvest besides the hook names.
 #[derive(Debug, Clone)]
 pub struct HarvestOptions {
     /// Windows per forward pass: larger is faster until memory runs out.
     pub batch_windows: usize,
-    /// Token ids whose positions are left out (BOS/EOS/pad). Position 0 of every window
-    /// is always left out: it is the attention sink, whose norm dwarfs everything else.
-    pub exclude_tokens: Vec<u32>,
+    /// Which positions become rows ([`RowRule::for_model`]: position 0 and BOS/EOS).
+    pub rows: RowRule,
 }
 
 impl HarvestOptions {
-    /// 8 windows a batch, excluding the model's special tokens.
+    /// 8 windows a batch, the model's row rule.
     pub fn for_model(model: &Model) -> Self {
         HarvestOptions {
             batch_windows: 8,
-            exclude_tokens: special_tokens(model),
+            rows: RowRule::for_model(model),
         }
     }
-}
-
-/// The special token ids the model declares (BOS and EOS from its config and
-/// tokenizer), sorted and without repeats: the ids to leave out of training rows by
-/// default, since `pack` puts BOS between documents.
-pub fn special_tokens(model: &Model) -> Vec<u32> {
-    let c = model.config();
-    let mut ids: Vec<u32> = [c.bos_token_id, c.eos_token_id]
-        .into_iter()
-        .flatten()
-        .collect();
-    if let Some(t) = &model.tokenizer {
-        ids.extend([t.bos_token_id, t.eos_token_id].into_iter().flatten());
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// Rows harvested at several hooks in one pass; row `i` of every hook comes from the
@@ -66,7 +48,7 @@ pub fn harvest_with(
 
 /// Activations at every hook in `hooks` over `windows`, all from one forward pass per
 /// batch (a transcoder needs its input and output rows to be the same tokens), leaving
-/// out position 0 and the positions of `opts.exclude_tokens`. The pass stops after the
+/// out the positions `opts.rows` excludes. The pass stops after the
 /// deepest hook's block. `on_batch` gets the number of windows of each finished batch.
 pub fn harvest_hooks(
     model: &Model,
@@ -81,7 +63,7 @@ pub fn harvest_hooks(
     let step = opts.batch_windows.max(1);
     for (i, batch) in windows.chunks(step).enumerate() {
         let first = i * step;
-        n_rows += plan.forward_rows(model, batch, &opts.exclude_tokens, &mut rows, || {
+        n_rows += plan.forward_rows(model, batch, &opts.rows, &mut rows, || {
             format!("windows {first}..{}", first + batch.len())
         })?;
         on_batch(batch.len());
@@ -91,19 +73,6 @@ pub fn harvest_hooks(
         widths: plan.widths,
         n_rows,
     })
-}
-
-/// Whether position `p` of `window` becomes a training row.
-pub(crate) fn keep(window: &[u32], p: usize, exclude: &[u32]) -> bool {
-    p >= 1 && !exclude.contains(&window[p])
-}
-
-/// Rows `windows` will give (known from the tokens alone, before any forward pass).
-pub(crate) fn count_rows(windows: &[Vec<u32>], exclude: &[u32]) -> usize {
-    windows
-        .iter()
-        .map(|w| (1..w.len()).filter(|&p| keep(w, p, exclude)).count())
-        .sum()
 }
 
 /// The hooks to read, checked against the model, with their row widths and where the
@@ -176,7 +145,7 @@ impl HookPlan {
         &self,
         model: &Model,
         windows: &[Vec<u32>],
-        exclude: &[u32],
+        rule: &RowRule,
         out: &mut [Vec<f32>],
         place: impl Fn() -> String,
     ) -> Result<usize> {
@@ -210,7 +179,7 @@ impl HookPlan {
             let dst = &mut out[h];
             kept = 0;
             for (w, win) in windows.iter().enumerate() {
-                for p in (0..s).filter(|&p| keep(win, p, exclude)) {
+                for p in rule.positions(win) {
                     let row = &data[(w * s + p) * width..][..width];
                     if row.iter().any(|x| !x.is_finite()) {
                         return Err(DataError::NonFinite {

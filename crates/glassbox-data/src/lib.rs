@@ -16,7 +16,7 @@ mod harvest;
 pub mod store;
 
 pub use corpus::{read_corpus, Corpus, CorpusReport};
-pub use harvest::{harvest_hooks, harvest_with, special_tokens, Harvest, HarvestOptions};
+pub use harvest::{harvest_hooks, harvest_with, Harvest, HarvestOptions};
 pub use store::{ActivationStore, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
 /// set, so training and evaluation never share a window.
 ///
 /// Because documents are joined by `bos`, BOS also appears inside windows: harvest
-/// with `exclude_tokens` holding it (the default, see [`special_tokens`]).
+/// with the model's [`glassbox_model::RowRule`] (the default), which leaves it out.
 pub fn pack(
     model: &Model,
     texts: &[String],
@@ -132,7 +132,7 @@ pub fn pack(
 
 /// Activations of `hook` over `windows` as rows `[n, width]`, leaving out the first
 /// position of every window (the attention sink, whose norm dwarfs the rest) and every
-/// position holding one of the model's special tokens ([`special_tokens`]: BOS/EOS,
+/// position holding one of the model's special tokens ([`glassbox_model::RowRule`]: BOS/EOS,
 /// which `pack` puts between documents), and stopping after the hook's block.
 /// `on_batch` is called after each forward batch with the number of windows it held.
 ///
@@ -147,7 +147,7 @@ pub fn harvest(
 ) -> Result<(Vec<f32>, usize)> {
     let opts = HarvestOptions {
         batch_windows,
-        exclude_tokens: special_tokens(model),
+        rows: glassbox_model::RowRule::for_model(model),
     };
     harvest_with(model, windows, hook, &opts, on_batch)
 }

@@ -19,9 +19,9 @@
 //!   leaves half a shard; an unreadable shard is regenerated with a warning. Shuffling
 //!   happens after loading, so cached and uncached runs serve bitwise-identical rows.
 
-use crate::harvest::{count_rows, HookPlan};
+use crate::harvest::HookPlan;
 use crate::{bad, io_err, DataError, Result, Windows};
-use glassbox_model::Model;
+use glassbox_model::{Model, RowRule};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -50,14 +50,13 @@ pub struct StoreOptions {
     pub seed: u64,
     /// Folder for activation shards, shared between runs; `None` harvests every time.
     pub cache_dir: Option<PathBuf>,
-    /// Token ids whose positions are never rows (BOS/EOS/pad); see
-    /// [`crate::special_tokens`]. Position 0 of each window is always left out.
-    pub exclude_tokens: Vec<u32>,
+    /// Which positions become rows (use [`RowRule::for_model`]).
+    pub rows: RowRule,
 }
 
 impl StoreOptions {
     /// 8 windows a batch, a 65,536-token buffer, seed 0, no cache, nothing excluded
-    /// besides position 0 (set `exclude_tokens` to [`crate::special_tokens`]).
+    /// besides position 0 (set `rows` to [`RowRule::for_model`]).
     pub fn new(hooks: Vec<String>) -> Self {
         StoreOptions {
             hooks,
@@ -65,7 +64,7 @@ impl StoreOptions {
             buffer_tokens: 65_536,
             seed: 0,
             cache_dir: None,
-            exclude_tokens: Vec::new(),
+            rows: RowRule::default(),
         }
     }
 }
@@ -77,7 +76,7 @@ pub struct ActivationStore<'m> {
     plan: HookPlan,
     batch_windows: usize,
     seed: u64,
-    exclude: Vec<u32>,
+    rule: RowRule,
     context_size: usize,
     chunk_windows: usize,
     /// first row of each chunk, then the total: chunk `c` has rows
@@ -135,14 +134,11 @@ impl<'m> ActivationStore<'m> {
         if opts.buffer_tokens == 0 {
             return Err(bad("buffer_tokens must be at least 1"));
         }
-        let mut exclude = opts.exclude_tokens.clone();
-        exclude.sort_unstable();
-        exclude.dedup();
         let chunk_windows = opts.buffer_tokens.div_ceil(context_size - 1).max(1);
         let mut chunk_start = vec![0u64];
         for chunk in windows.chunks(chunk_windows) {
             let last = chunk_start[chunk_start.len() - 1];
-            chunk_start.push(last + count_rows(chunk, &exclude) as u64);
+            chunk_start.push(last + opts.rows.count(chunk) as u64);
         }
         let mut store = ActivationStore {
             model,
@@ -151,7 +147,7 @@ impl<'m> ActivationStore<'m> {
             plan,
             batch_windows: opts.batch_windows.max(1),
             seed: opts.seed,
-            exclude,
+            rule: opts.rows.clone(),
             context_size,
             chunk_windows,
             chunk_start,
@@ -382,11 +378,11 @@ impl<'m> ActivationStore<'m> {
         let first = range.start;
         for (b, batch) in self.windows[range].chunks(self.batch_windows).enumerate() {
             let lo = first + b * self.batch_windows;
-            n +=
-                self.plan
-                    .forward_rows(self.model, batch, &self.exclude, &mut self.rows, || {
-                        format!("chunk {c}, windows {lo}..{}", lo + batch.len())
-                    })?;
+            n += self
+                .plan
+                .forward_rows(self.model, batch, &self.rule, &mut self.rows, || {
+                    format!("chunk {c}, windows {lo}..{}", lo + batch.len())
+                })?;
             if let Some(f) = self.on_harvest.as_mut() {
                 f(batch.len());
             }
@@ -423,7 +419,7 @@ impl<'m> ActivationStore<'m> {
             .collect();
         let mut acts = vec![Vec::new(); self.plan.hooks.len()];
         self.plan
-            .forward_rows(self.model, &[probe], &[], &mut acts, || {
+            .forward_rows(self.model, &[probe], &RowRule::default(), &mut acts, || {
                 "the cache probe".into()
             })?;
         for a in &acts {
@@ -438,7 +434,7 @@ impl<'m> ActivationStore<'m> {
         for s in sizes {
             put(&(s as u64).to_le_bytes());
         }
-        put(&u32_bytes(&self.exclude));
+        put(&u32_bytes(self.rule.excluded_tokens()));
         for w in &self.windows {
             put(&u32_bytes(w));
         }
@@ -461,7 +457,7 @@ impl<'m> ActivationStore<'m> {
             "chunk_windows": self.chunk_windows,
             "chunks": self.n_chunks(),
             "rows": self.total_rows(),
-            "exclude_tokens": self.exclude,
+            "exclude_tokens": self.rule.excluded_tokens(),
         });
         let text = serde_json::to_string_pretty(&desc).unwrap_or_default();
         let _ = write_atomic(&path, |tmp| {

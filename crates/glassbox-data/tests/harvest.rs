@@ -1,9 +1,7 @@
 //! Harvesting on the tiny fixtures: special tokens and position 0 left out, several
 //! hooks from one pass, hooks past the last block, NaN detection.
 
-use glassbox_data::{
-    harvest, harvest_hooks, harvest_with, special_tokens, DataError, HarvestOptions,
-};
+use glassbox_data::{harvest, harvest_hooks, harvest_with, DataError, HarvestOptions};
 use glassbox_fixtures::tiny_dir;
 use glassbox_model::{load_model, Batch, HookFilter, LogitsMode, Model, Run};
 
@@ -70,7 +68,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn special_tokens_and_position_zero_are_left_out() {
     let m = tiny("llama");
-    assert_eq!(special_tokens(&m), [1, 2]);
+    assert_eq!(
+        glassbox_model::RowRule::for_model(&m).excluded_tokens(),
+        [1, 2]
+    );
     let ws = windows(4, 12, 1);
     let planted = ws.iter().flat_map(|w| &w[1..]).filter(|&&t| t == 1).count();
     assert!(planted > 0);
@@ -85,7 +86,7 @@ fn special_tokens_and_position_zero_are_left_out() {
     // with nothing excluded only position 0 goes
     let opts = HarvestOptions {
         batch_windows: 3,
-        exclude_tokens: vec![],
+        rows: glassbox_model::RowRule::default(),
     };
     let mut seen = 0;
     let (rows, _) = harvest_with(&m, &ws, hook, &opts, |n| seen += n).unwrap();
@@ -105,7 +106,7 @@ fn several_hooks_come_from_one_pass_and_stay_aligned() {
     ];
     let opts = HarvestOptions {
         batch_windows: 2,
-        exclude_tokens: vec![7],
+        rows: glassbox_model::RowRule::new([7]),
     };
     let h = harvest_hooks(&m, &ws, &hooks, &opts, |_| {}).unwrap();
     assert_eq!(h.widths, [64, 256, 64, 64]);
@@ -122,7 +123,7 @@ fn patterns_unknown_hooks_and_attention_patterns_are_refused() {
     let ws = windows(1, 4, 7);
     let opts = HarvestOptions {
         batch_windows: 1,
-        exclude_tokens: vec![],
+        rows: glassbox_model::RowRule::default(),
     };
     let err = |hooks: &[&str]| {
         let hooks: Vec<String> = hooks.iter().map(|s| s.to_string()).collect();
@@ -166,7 +167,7 @@ fn non_finite_activations_are_an_error_naming_the_hook() {
     ws[2][4] = 5;
     let opts = HarvestOptions {
         batch_windows: 2,
-        exclude_tokens: vec![],
+        rows: glassbox_model::RowRule::default(),
     };
     let e = harvest_hooks(&m, &ws, &["hook_embed".to_string()], &opts, |_| {}).unwrap_err();
     assert!(matches!(e, DataError::NonFinite { .. }), "{e}");
@@ -178,7 +179,7 @@ fn non_finite_activations_are_an_error_naming_the_hook() {
     // the token is excluded: no row, no error
     let opts = HarvestOptions {
         batch_windows: 2,
-        exclude_tokens: vec![5],
+        rows: glassbox_model::RowRule::new([5]),
     };
     assert!(harvest_hooks(&m, &ws, &["hook_embed".to_string()], &opts, |_| {}).is_ok());
 }

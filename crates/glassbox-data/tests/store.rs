@@ -43,7 +43,7 @@ fn opts(hooks: &[&str], cache: Option<&Path>) -> StoreOptions {
         buffer_tokens: 32,
         seed: 7,
         cache_dir: cache.map(Path::to_path_buf),
-        exclude_tokens: vec![SPECIAL],
+        rows: glassbox_model::RowRule::new([SPECIAL]),
     }
 }
 
@@ -161,7 +161,7 @@ fn one_pass_serves_every_harvested_row_once() {
         &[HOOK.to_string()],
         &HarvestOptions {
             batch_windows: 2,
-            exclude_tokens: vec![SPECIAL],
+            rows: glassbox_model::RowRule::new([SPECIAL]),
         },
         |_| {},
     )

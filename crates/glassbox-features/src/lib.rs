@@ -80,8 +80,8 @@ pub struct BuildOptions {
     pub per_band: usize,
     /// seed of the band samples
     pub seed: u64,
-    /// token ids left out of every statistic (BOS/EOS); position 0 always is
-    pub exclude_tokens: Vec<u32>,
+    /// which positions count ([`glassbox_model::RowRule::for_model`]: position 0, BOS/EOS)
+    pub rows: glassbox_model::RowRule,
     /// also analyse the MLP neurons (`mlp.hook_post`) at the dictionary's layer
     pub neurons: bool,
     /// promoted and suppressed tokens stored per feature
@@ -99,7 +99,7 @@ impl Default for BuildOptions {
             bands: 5,
             per_band: 4,
             seed: 0,
-            exclude_tokens: Vec::new(),
+            rows: glassbox_model::RowRule::default(),
             neurons: true,
             logit_effects: 10,
             neighbours: 10,

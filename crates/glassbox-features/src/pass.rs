@@ -205,15 +205,13 @@ pub fn analyse(
         };
         lap(3, &mut seconds);
         let out = model.run(&Batch::new(batch.to_vec()), &mut run)?;
-        // statistics rows: positions ≥ 1 that are not excluded tokens
+        // statistics rows: the positions the row rule keeps
         let mut rows: Vec<(u32, u32, u32)> = Vec::new();
         let mut slots = vec![NO_ROW; batch.len() * seq];
         for (w, win) in batch.iter().enumerate() {
-            for (p, &t) in win.iter().enumerate().skip(1) {
-                if !opts.exclude_tokens.contains(&t) {
-                    slots[w * seq + p] = rows.len() as u32;
-                    rows.push(((first + w) as u32, p as u32, t));
-                }
+            for p in opts.rows.positions(win) {
+                slots[w * seq + p] = rows.len() as u32;
+                rows.push(((first + w) as u32, p as u32, win[p]));
             }
         }
         tokens += rows.len() as u64;

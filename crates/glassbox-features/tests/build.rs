@@ -100,7 +100,7 @@ fn opts() -> BuildOptions {
         bands: 4,
         per_band: 2,
         seed: 3,
-        exclude_tokens: EXCLUDE.to_vec(),
+        rows: glassbox_model::RowRule::new(EXCLUDE.iter().copied()),
         neurons: true,
         logit_effects: 10,
         neighbours: 10,

@@ -125,7 +125,7 @@ pub fn graph_set() -> GraphSet {
         &glassbox_features::BuildOptions {
             top_k: 4,
             context_radius: 3,
-            exclude_tokens: vec![1],
+            rows: glassbox_model::RowRule::new([1]),
             ..Default::default()
         },
         &dir.path().join("layer_01").join("features.sqlite"),

@@ -90,6 +90,7 @@ pub fn run(a: Args) -> Result<()> {
         hook: Some(hooks.hook_in.clone()),
         hook_out: Some(hooks.hook_out.clone()),
         batch_windows: a.batch,
+        rows: glassbox_model::RowRule::for_model(&model),
         ..EvalOptions::default()
     };
     let r = evaluate(&model.transformer, &dict, windows, &opts, |n| {

@@ -208,7 +208,7 @@ fn build(a: BuildArgs) -> Result<()> {
         top_k: a.top_k,
         context_radius: a.context_radius,
         batch_windows: a.batch,
-        exclude_tokens: glassbox_data::special_tokens(&model),
+        rows: glassbox_model::RowRule::for_model(&model),
         neurons: !a.no_neurons,
         ..BuildOptions::default()
     };

@@ -303,14 +303,14 @@ pub fn run(mut a: Args) -> Result<()> {
         cfg_base.seed,
         0.05,
     )?;
-    let special = glassbox_data::special_tokens(&model);
+    let rule = glassbox_model::RowRule::for_model(&model);
     // the store harvests a whole buffer before serving from it: never more than the run needs
     let buffer_tokens = a.buffer_tokens.unwrap_or(262_144).min(tokens.max(1));
     let mut opts = StoreOptions::new(hooks.clone());
     opts.buffer_tokens = buffer_tokens;
     opts.seed = cfg_base.seed;
     opts.cache_dir = a.cache_dir.clone();
-    opts.exclude_tokens = special.clone();
+    opts.rows = rule.clone();
     let mut store = ActivationStore::new(&model, train_w, opts)?;
     anyhow::ensure!(
         store.total_rows() >= tokens as u64,
@@ -494,7 +494,10 @@ pub fn run(mut a: Args) -> Result<()> {
         &model.transformer,
         &dict,
         &eval_w[..eval_windows],
-        &Default::default(),
+        &glassbox_analysis::sae_eval::EvalOptions {
+            rows: rule.clone(),
+            ..Default::default()
+        },
         |n| bar.inc(n as u64),
     )?;
     bar.finish_and_clear();

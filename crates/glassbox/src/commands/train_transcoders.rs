@@ -111,7 +111,8 @@ pub fn run(a: Args) -> Result<()> {
     opts.buffer_tokens = a.buffer_tokens.min(a.tokens.max(1));
     opts.seed = a.seed;
     opts.cache_dir = a.cache_dir.clone();
-    opts.exclude_tokens = glassbox_data::special_tokens(&model);
+    let rule = glassbox_model::RowRule::for_model(&model);
+    opts.rows = rule.clone();
     let mut store = ActivationStore::new(&model, train_w, opts)?;
     anyhow::ensure!(
         store.total_rows() >= a.tokens as u64,
@@ -213,10 +214,14 @@ pub fn run(a: Args) -> Result<()> {
         dicts.push(d);
     }
     let bar = progress(eval_w.len(), "splicing every transcoder at once");
-    let spliced =
-        glassbox_analysis::transcoders::splice_all(&model.transformer, &dicts, eval_w, 4, |n| {
-            bar.inc(n as u64)
-        })?;
+    let spliced = glassbox_analysis::transcoders::splice_all(
+        &model.transformer,
+        &dicts,
+        eval_w,
+        &rule,
+        4,
+        |n| bar.inc(n as u64),
+    )?;
     bar.finish_and_clear();
     let idx = serde_json::json!({
         "format": "glassbox transcoder set 1", "model": model_label(&model), "arch": a.arch,
