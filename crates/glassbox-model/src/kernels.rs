@@ -143,9 +143,16 @@ pub fn keep_freed_buffers_for_reuse() -> bool {
 }
 
 /// `x · Wᵀ (+ b)` straight into an uninitialised buffer (candle zero-fills its matmul
-/// outputs first, a wasted pass over every activation). `x [n, in]`, `W [out, in]`.
+/// outputs first, a wasted pass over every activation). `x [n, in]`, `W [out, in]`,
+/// `b [out]` (checked when it runs: a bias of another length is an error).
 pub struct LinearOp {
-    pub bias: Option<Arc<Vec<f32>>>,
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl LinearOp {
+    pub fn new(bias: Option<Arc<Vec<f32>>>) -> Self {
+        LinearOp { bias }
+    }
 }
 
 impl CustomOp2 for LinearOp {
@@ -165,6 +172,11 @@ impl CustomOp2 for LinearOp {
         let (out, k2) = lw.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("linear: input width {k} but weight is [{out}, {k2}]");
+        }
+        if let Some(b) = &self.bias {
+            if b.len() != out {
+                candle_core::bail!("linear: bias of length {} for {out} outputs", b.len());
+            }
         }
         let mut dst: Vec<f32> = Vec::with_capacity(n * out);
         advise_huge_pages(&mut dst);

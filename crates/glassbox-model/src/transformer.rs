@@ -108,7 +108,7 @@ fn linear(x: &Tensor, l: &Linear, differentiable: bool) -> Result<Tensor> {
         };
         return Ok(x
             .contiguous()?
-            .apply_op2_no_bwd(&l.weight, &LinearOp { bias })?);
+            .apply_op2_no_bwd(&l.weight, &LinearOp::new(bias))?);
     }
     let y = x.matmul(&l.weight.t()?)?;
     Ok(match &l.bias {

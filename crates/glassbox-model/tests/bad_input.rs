@@ -399,3 +399,27 @@ fn bf16_data_under_a_header_that_says_f32_is_refused() {
         "{msg}"
     );
 }
+
+/// `LinearOp` is public: a bias of the wrong length is an error, never a GEMM that reads
+/// past the bias into uninitialised memory.
+#[test]
+fn a_linear_bias_of_the_wrong_length_is_refused() {
+    use candle_core::{Device, Tensor};
+    use glassbox_model::kernels::LinearOp;
+    use std::sync::Arc;
+    let x = Tensor::ones((5, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::ones((4, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+    for len in [0, 3, 5, 1000] {
+        let op = LinearOp::new(Some(Arc::new(vec![1.0; len])));
+        let e = x.apply_op2_no_bwd(&w, &op).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("bias of length {len} for 4 outputs")),
+            "{e}"
+        );
+    }
+    let ok = x
+        .apply_op2_no_bwd(&w, &LinearOp::new(Some(Arc::new(vec![1.0; 4]))))
+        .unwrap();
+    assert_eq!(ok.to_vec2::<f32>().unwrap(), vec![vec![3.0f32; 4]; 5]);
+}
