@@ -107,7 +107,7 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
         (Some("jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder"), _) => {
             Architecture::JumpReLU
         }
-        (Some("gated"), _) => Architecture::Gated,
+        (Some("gated" | "gated_transcoder" | "gated_skip_transcoder"), _) => Architecture::Gated,
         (Some("standard" | "transcoder" | "skip_transcoder") | None, _) => Architecture::Standard,
         (Some(other), _) => {
             return Err(bad(
@@ -165,6 +165,15 @@ fn load_saelens(dir: &Path, cfg: Map<String, Value>) -> Result<Dictionary> {
         .map(String::from);
     let wpath = dir.join("sae_weights.safetensors");
     let mut t = read_tensors(&wpath)?;
+    if arch_name.is_some_and(|n| n.contains("skip_transcoder")) && !t.contains_key("W_skip") {
+        return Err(bad(
+            &wpath,
+            format!(
+                "cfg.json says `{}` but there is no tensor `W_skip`",
+                arch_name.unwrap_or_default()
+            ),
+        ));
+    }
     let gated = architecture == Architecture::Gated;
     let mut d = Dictionary {
         architecture,

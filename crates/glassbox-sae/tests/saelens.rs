@@ -373,3 +373,62 @@ fn sparsify_transcoders_keep_their_input_and_skip() {
         assert!(e.contains(want), "{cfg}: {e}");
     }
 }
+
+/// Every architecture as an SAE, a transcoder and a transcoder with a skip connection
+/// saves and loads back with identical outputs (`gated_transcoder` was written but not
+/// read, so a gated transcoder set that trained fine could not be opened).
+#[test]
+fn every_architecture_and_form_round_trips() {
+    use candle_core::{Device, Tensor};
+    for kind in KINDS {
+        let base = load(&fixtures().join(format!("saelens/sae-{kind}"))).unwrap();
+        let r =
+            load_reference(&fixtures().join(format!("saelens/sae-{kind}/reference.safetensors")));
+        let x = &r["x"];
+        for form in ["sae", "transcoder", "skip transcoder"] {
+            let mut d = base.clone();
+            if form != "sae" {
+                d.hook_name_out = Some("blocks.0.hook_mlp_out".into());
+            }
+            if form == "skip transcoder" {
+                let n = d.d_out * d.d_in;
+                let w: Vec<f32> = (0..n)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3)
+                    .collect();
+                d.w_skip = Some(Tensor::from_vec(w, (d.d_out, d.d_in), &Device::Cpu).unwrap());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            save_saelens(&d, dir.path()).unwrap();
+            let back = load(dir.path())
+                .unwrap_or_else(|e| panic!("{kind} {form}: saved, but cannot load back: {e}"));
+            assert_eq!(back.architecture, d.architecture, "{kind} {form}");
+            assert_eq!(back.is_transcoder(), form != "sae", "{kind} {form}");
+            assert_eq!(back.w_skip.is_some(), form == "skip transcoder");
+            let (f, fb) = (d.encode(x).unwrap(), back.encode(x).unwrap());
+            assert_eq!(max_abs_diff(&f, &fb), 0.0, "{kind} {form}: features");
+            let (y, yb) = (
+                d.decode(&f, Some(x)).unwrap(),
+                back.decode(&fb, Some(x)).unwrap(),
+            );
+            assert_eq!(max_abs_diff(&y, &yb), 0.0, "{kind} {form}: outputs");
+        }
+    }
+}
+
+#[test]
+fn a_skip_transcoder_without_its_skip_weights_is_refused() {
+    let mut d = load(&fixtures().join("saelens/sae-standard")).unwrap();
+    d.hook_name_out = Some("blocks.0.hook_mlp_out".into());
+    let dir = tempfile::tempdir().unwrap();
+    save_saelens(&d, dir.path()).unwrap();
+    let cfg_path = dir.path().join("cfg.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(cfg.contains("\"transcoder\""), "{cfg}");
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"transcoder\"", "\"skip_transcoder\""),
+    )
+    .unwrap();
+    let e = load(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("skip_transcoder") && e.contains("W_skip"), "{e}");
+}
