@@ -153,14 +153,20 @@ pub fn progress(len: usize, message: &str) -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        // no terminal to draw on (CI, `2> log`): a plain line every 30 s instead
+        // no terminal to draw on (CI, `2> log`): a plain line every 30 s instead, when
+        // the bar moved (a bar waiting on another stage repeats nothing stale)
         // (a weak handle: the thread ends when the bar is finished or dropped)
         let weak = bar.downgrade();
+        let mut last = None;
         std::thread::spawn(move || loop {
             std::thread::sleep(std::time::Duration::from_secs(30));
             let Some(watched) = weak.upgrade().filter(|b| !b.is_finished()) else {
                 break;
             };
+            if last == Some(watched.position()) {
+                continue;
+            }
+            last = Some(watched.position());
             eprintln!(
                 "{} {}/{} ({:.0} s)",
                 watched.message(),

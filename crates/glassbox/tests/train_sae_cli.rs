@@ -245,3 +245,36 @@ fn a_transcoder_set_trains_from_one_pass_and_is_spliced_at_once() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("0..30"), "{err}");
 }
+
+/// The store harvests the windows the token budget needs, not whole buffers (a
+/// 300,000-token quickstart harvested 524,288 rows).
+#[test]
+fn the_harvest_takes_what_the_token_budget_needs() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("run");
+    let cache_arg = cache.display().to_string();
+    let o = train(
+        &model,
+        &corpus,
+        &out,
+        &["--cache-dir", &cache_arg, "--buffer-tokens", "2048"],
+    );
+    ok(&o);
+    let folder = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let desc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("store.json")).unwrap()).unwrap();
+    let rows = desc["rows"].as_u64().unwrap();
+    // 2,560 tokens; windows of 32 give at most 31 rows each
+    assert!(
+        (2560..2560 + 31).contains(&rows),
+        "harvested {rows} rows for 2,560 tokens"
+    );
+}

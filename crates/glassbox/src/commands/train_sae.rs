@@ -304,6 +304,9 @@ pub fn run(mut a: Args) -> Result<()> {
         0.05,
     )?;
     let rule = glassbox_model::RowRule::for_model(&model);
+    // harvest only the windows the token budget needs (whole chunks would harvest up to
+    // a chunk more: 524,288 rows for a 300,000-token run)
+    let train_w = windows_for_budget(train_w, &rule, tokens);
     // the store harvests a whole buffer before serving from it: never more than the run needs
     let buffer_tokens = a.buffer_tokens.unwrap_or(262_144).min(tokens.max(1));
     let mut opts = StoreOptions::new(hooks.clone());
@@ -311,7 +314,24 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.seed = cfg_base.seed;
     opts.cache_dir = a.cache_dir.clone();
     opts.rows = rule.clone();
+    let harvest_windows = train_w.len();
     let mut store = ActivationStore::new(&model, train_w, opts)?;
+    // Bars: the harvest's own (the store harvests a chunk at a time, also mid-training)
+    // and the trainer's, stacked.
+    let bars = indicatif::MultiProgress::new();
+    let harvest_bar = bars.add(progress(
+        harvest_windows,
+        &format!("harvesting {} (windows)", hooks.join(" → ")),
+    ));
+    {
+        let hb = harvest_bar.clone();
+        store.set_on_harvest(Box::new(move |n| {
+            hb.inc(n as u64);
+            if hb.position() >= hb.length().unwrap_or(0) {
+                hb.finish_and_clear();
+            }
+        }));
+    }
     anyhow::ensure!(
         store.total_rows() >= tokens as u64,
         "the corpus gives {} training tokens (positions ≥ 1, special tokens left out); --tokens {tokens} needs more text or a smaller --tokens",
@@ -416,7 +436,7 @@ pub fn run(mut a: Args) -> Result<()> {
         .append(true)
         .open(&log_path)
         .context("cannot open metrics.jsonl")?;
-    let bar = progress(steps, &format!("training {arch_name} (steps)"));
+    let bar = bars.add(progress(steps, &format!("training {arch_name} (steps)")));
     bar.set_position(trainer.step as u64);
     let started = std::time::Instant::now();
     let first_step = trainer.step;
@@ -465,6 +485,7 @@ pub fn run(mut a: Args) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    harvest_bar.finish_and_clear();
     let train_secs = started.elapsed().as_secs_f64();
     let trained_tokens = (trainer.step - first_step) * batch;
     checkpoint::save(
@@ -600,4 +621,22 @@ fn export_activations(
         path.display()
     );
     Ok(())
+}
+
+/// The shortest prefix of `windows` whose rows (by `rule`) cover `tokens`, or all of them.
+fn windows_for_budget(
+    mut windows: Vec<Vec<u32>>,
+    rule: &glassbox_model::RowRule,
+    tokens: usize,
+) -> Vec<Vec<u32>> {
+    let mut rows = 0;
+    let needed = windows
+        .iter()
+        .position(|w| {
+            rows += rule.positions(w).count();
+            rows >= tokens
+        })
+        .map_or(windows.len(), |i| i + 1);
+    windows.truncate(needed);
+    windows
 }
