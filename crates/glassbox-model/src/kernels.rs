@@ -446,7 +446,8 @@ impl<'a> HeadsView<'a> {
 fn heads_view<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<HeadsView<'a>> {
     let st = l.stride();
     let dims = l.dims();
-    if dims.len() != 4 || st[3] != 1 || st[2] != dims[3] {
+    // a one-row axis (one new token, with a KV cache) may have any stride
+    if dims.len() != 4 || st[3] != 1 || (dims[2] > 1 && st[2] != dims[3]) {
         candle_core::bail!(
             "fused attention: inputs need contiguous [seq, d_head] per head, got strides {st:?}"
         );

@@ -618,7 +618,7 @@ impl Transformer {
             };
             let x = self.norm(&x, &self.weights.ln_final, "ln_final", &mut ctx)?;
             let (bb, ss, d) = x.dims3()?;
-            let mut logits = self.unembed(&x.reshape((bb * ss, d))?)?;
+            let mut logits = self.unembed(&x.reshape((bb * ss, d))?, ctx.differentiable)?;
             if let Some(bias) = &self.weights.unembed_bias {
                 logits = logits.broadcast_add(bias)?;
             }
@@ -638,12 +638,16 @@ impl Transformer {
 
     /// `x [n, d_model] · W_Uᵀ`. A stored (bf16, quantized) unembedding is expanded a
     /// slice of the vocabulary at a time, straight into the logits buffer.
-    fn unembed(&self, x: &Tensor) -> Result<Tensor> {
+    fn unembed(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         let u = &self.weights.unembed;
         if let StoredTensor::Dense(w) = u {
             if w.dtype() == DType::F32 {
                 return Ok(x.matmul(&w.t()?)?);
             }
+        }
+        if differentiable {
+            // gradients must flow through the logits: candle's matmul, on the whole matrix
+            return Ok(x.matmul(&u.expand()?.t()?)?);
         }
         let (n, d) = x.dims2()?;
         let vocab = u.dims()[0];

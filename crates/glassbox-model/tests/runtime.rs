@@ -7,10 +7,33 @@ use glassbox_model::{
     load_model, Batch, Edit, HookFilter, Intervention, KvCache, LogitsMode, Model, PaddingSide, Run,
 };
 
-const FAMILIES: [&str; 5] = ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"];
+const FAMILIES: [&str; 12] = [
+    "llama",
+    "qwen2",
+    "gemma2",
+    "gpt2",
+    "gpt_neox",
+    "llama3",
+    "mistral",
+    "qwen3",
+    "gemma3",
+    "phi3",
+    "olmo2",
+    "llama-bf16",
+];
 
 fn tiny(name: &str) -> Model {
     load_model(&fixtures().join(format!("tiny-{name}"))).unwrap()
+}
+
+/// A norm's scale hook in `layer`: the pre-norm's, or OLMo 2's post-attention norm's.
+fn norm_scale(m: &Model, layer: usize) -> String {
+    let pre = format!("blocks.{layer}.ln1.hook_scale");
+    if glassbox_model::HookFilter::parse(&pre, m.config()).is_ok() {
+        pre
+    } else {
+        format!("blocks.{layer}.ln1_post.hook_scale")
+    }
 }
 
 fn reference_tokens(name: &str) -> Vec<Vec<u32>> {
@@ -309,7 +332,7 @@ fn gradients_match_finite_differences() {
             "blocks.0.hook_resid_post",
             "blocks.1.attn.hook_pattern",
             "blocks.0.mlp.hook_post",
-            "blocks.1.ln1.hook_scale",
+            &norm_scale(&m, 1),
         ] {
             let out = m
                 .transformer
@@ -472,8 +495,9 @@ fn fused_and_composed_paths_agree_whatever_is_hooked() {
             "blocks.0.attn.hook_z",
             "blocks.1.mlp.hook_pre",
             "blocks.0.mlp.hook_post",
-            "blocks.0.ln1.hook_scale",
         ];
+        let scale = norm_scale(&m, 0);
+        specs.push(&scale);
         if m.config().rotary_dim.is_some() {
             specs.push("blocks.1.attn.hook_rot_k");
         }
