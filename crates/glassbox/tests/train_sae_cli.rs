@@ -21,7 +21,22 @@ fn corpus(dir: &Path) -> PathBuf {
 }
 
 fn train(model: &Path, corpus: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    train_killed_at(None, model, corpus, out, extra)
+}
+
+/// `train`, SIGKILLed by the process itself at the named point (`GLASSBOX_KILL_AT`).
+fn train_killed_at(
+    point: Option<&str>,
+    model: &Path,
+    corpus: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    match point {
+        Some(p) => cmd.env("GLASSBOX_KILL_AT", p),
+        None => cmd.env_remove("GLASSBOX_KILL_AT"),
+    };
     cmd.args(["train-sae", "--model"]).arg(model);
     if !extra.contains(&"--hook") {
         cmd.args(["--hook", "blocks.1.hook_resid_pre"]);
@@ -75,8 +90,8 @@ fn a_killed_run_resumes_to_the_same_dictionary() {
     assert_eq!(log.lines().count(), 1, "one log line per 10 steps: {log}");
 
     let killed = dir.path().join("killed");
-    let o = train(&model, &corpus, &killed, &["--abort-after-steps", "7"]);
-    assert!(!o.status.success(), "the run should have stopped");
+    let o = train_killed_at(Some("step:7"), &model, &corpus, &killed, &[]);
+    assert_sigkilled(&o);
     // the checkpoint after 4 steps (1024 tokens) survives; resume from it
     let o = train(&model, &corpus, &killed, &["--resume"]);
     ok(&o);
@@ -277,4 +292,50 @@ fn the_harvest_takes_what_the_token_budget_needs() {
         (2560..2560 + 31).contains(&rows),
         "harvested {rows} rows for 2,560 tokens"
     );
+}
+
+fn assert_sigkilled(o: &std::process::Output) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        o.status.signal(),
+        Some(9),
+        "the run should have been SIGKILLed: {:?}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// kill -9 during the harvest (before any checkpoint, and of a later chunk mid-training),
+/// during training, and in the middle of either file of a checkpoint write: `--resume`
+/// reaches the dictionary of an uninterrupted run, bit for bit.
+#[test]
+fn a_run_killed_anywhere_resumes_to_the_same_dictionary() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    // chunks of 1,024 rows: the store harvests again mid-training
+    let opts = ["--buffer-tokens", "1024"];
+    let straight = dir.path().join("straight");
+    ok(&train(&model, &corpus, &straight, &opts));
+    let want = std::fs::read(straight.join("sae_weights.safetensors")).unwrap();
+    for point in [
+        "harvest:2",
+        "harvest:9",
+        "step:6",
+        "checkpoint-weights:1",
+        "checkpoint-state:2",
+    ] {
+        let out = dir.path().join(point.replace(':', "-"));
+        assert_sigkilled(&train_killed_at(Some(point), &model, &corpus, &out, &opts));
+        let mut resume = opts.to_vec();
+        resume.push("--resume");
+        let o = train(&model, &corpus, &out, &resume);
+        ok(&o);
+        let got = std::fs::read(out.join("sae_weights.safetensors")).unwrap();
+        assert!(
+            got == want,
+            "killed at {point}: the resumed dictionary differs from the uninterrupted one\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }

@@ -77,6 +77,7 @@ pub fn save(t: &Trainer, dir: &Path, extra: serde_json::Value) -> Result<()> {
     let tmp = dir.join(format!(".{weights}.tmp"));
     safetensors::serialize_to_file(views, None, &tmp)
         .map_err(|e| bad(&tmp, format!("cannot write the checkpoint: {e}")))?;
+    super::kill_point::kill_point("checkpoint-weights");
     std::fs::rename(&tmp, dir.join(&weights)).map_err(|e| bad(dir, e.to_string()))?;
     let state = State {
         format: 1,
@@ -94,6 +95,7 @@ pub fn save(t: &Trainer, dir: &Path, extra: serde_json::Value) -> Result<()> {
     let tmp = dir.join(".checkpoint.json.tmp");
     let text = serde_json::to_string_pretty(&state).map_err(|e| bad(&json, e.to_string()))?;
     std::fs::write(&tmp, text).map_err(|e| bad(&tmp, format!("cannot write: {e}")))?;
+    super::kill_point::kill_point("checkpoint-state");
     std::fs::rename(&tmp, &json).map_err(|e| bad(dir, e.to_string()))?;
     // older weights are now unreferenced
     if let Ok(entries) = std::fs::read_dir(dir) {

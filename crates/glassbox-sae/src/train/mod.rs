@@ -8,6 +8,7 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
+pub mod kill_point;
 mod matmul;
 pub mod params;
 pub mod step;

@@ -122,10 +122,6 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     export_acts: Option<PathBuf>,
-    /// Tests: exit abruptly (like a kill) after this many steps of this session
-    #[arg(long, hide = true)]
-    #[serde(skip)]
-    abort_after_steps: Option<usize>,
 }
 
 macro_rules! merge {
@@ -326,6 +322,7 @@ pub fn run(mut a: Args) -> Result<()> {
     {
         let hb = harvest_bar.clone();
         store.set_on_harvest(Box::new(move |n| {
+            glassbox_sae::train::kill_point::kill_point("harvest");
             hb.inc(n as u64);
             if hb.position() >= hb.length().unwrap_or(0) {
                 hb.finish_and_clear();
@@ -470,10 +467,7 @@ pub fn run(mut a: Args) -> Result<()> {
             });
             writeln!(log, "{line}").context("cannot append to metrics.jsonl")?;
         }
-        if a.abort_after_steps == Some(done - first_step) {
-            eprintln!("aborting after step {done} (--abort-after-steps)");
-            std::process::exit(137);
-        }
+        glassbox_sae::train::kill_point::kill_point("step");
         let rows = store.rows_served();
         if checkpoint_every > 0 && rows - last_ckpt >= checkpoint_every as u64 && done < steps {
             checkpoint::save(
