@@ -339,3 +339,81 @@ fn a_run_killed_anywhere_resumes_to_the_same_dictionary() {
         );
     }
 }
+
+fn train_set(
+    point: Option<&str>,
+    model: &Path,
+    corpus: &Path,
+    out: &Path,
+    resume: bool,
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    match point {
+        Some(p) => cmd.env("GLASSBOX_KILL_AT", p),
+        None => cmd.env_remove("GLASSBOX_KILL_AT"),
+    };
+    cmd.args(["train-transcoders", "--model"])
+        .arg(model)
+        .args([
+            "--layers", "0,1", "--d-sae", "128", "--k", "8", "--tokens", "2048",
+        ])
+        .args([
+            "--batch",
+            "256",
+            "--context-size",
+            "32",
+            "--eval-windows",
+            "2",
+        ])
+        .args([
+            "--buffer-tokens",
+            "1024",
+            "--checkpoint-every-tokens",
+            "512",
+        ])
+        .arg("--corpus")
+        .arg(corpus)
+        .arg("--out")
+        .arg(out);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.output().unwrap()
+}
+
+/// train-transcoders checkpoints every layer's trainer as one set; killed with SIGKILL
+/// mid-harvest, mid-training, or inside a layer's checkpoint files, `--resume` reaches the
+/// uninterrupted run's transcoders bit for bit.
+#[test]
+fn a_killed_transcoder_run_resumes_to_the_same_set() {
+    let Some(model) = default_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let straight = dir.path().join("straight");
+    ok(&train_set(None, &model, &corpus, &straight, false));
+    let weights = |d: &Path| {
+        ["layer_00", "layer_01"]
+            .map(|l| std::fs::read(d.join(l).join("sae_weights.safetensors")).unwrap())
+    };
+    let want = weights(&straight);
+    // 2 layers a set: the 3rd weights file and the 4th state file are the second set's
+    for point in [
+        "harvest:3",
+        "step:5",
+        "checkpoint-weights:3",
+        "checkpoint-state:4",
+    ] {
+        let out = dir.path().join(point.replace(':', "-"));
+        assert_sigkilled(&train_set(Some(point), &model, &corpus, &out, false));
+        let o = train_set(None, &model, &corpus, &out, true);
+        ok(&o);
+        assert!(
+            weights(&out) == want,
+            "killed at {point}: the resumed set differs\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // a finished run is not overwritten by accident
+    let o = train_set(None, &model, &corpus, &straight, false);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"));
+}

@@ -52,8 +52,92 @@ pub struct Args {
     eval_windows: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Save every layer's trainer (weights, optimiser, data position) this often, in
+    /// OUT/checkpoint (0: never)
+    #[arg(long, default_value_t = 500_000)]
+    checkpoint_every_tokens: usize,
+    /// Continue the run in OUT from its last checkpoint (same options)
+    #[arg(long)]
+    resume: bool,
     #[arg(long)]
     out: PathBuf,
+}
+
+/// The set's checkpoint: OUT/checkpoint/set.json names a folder holding one trainer
+/// checkpoint per layer, all at the same step; the pointer is replaced atomically after
+/// the folder is complete, so a kill at any moment leaves the previous set intact.
+mod set_checkpoint {
+    use anyhow::{Context, Result};
+    use glassbox_sae::train::{checkpoint, Trainer};
+    use std::path::Path;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Pointer {
+        step: usize,
+        rows_served: u64,
+        folder: String,
+    }
+
+    pub fn exists(root: &Path) -> bool {
+        root.join("set.json").is_file()
+    }
+
+    pub fn save(root: &Path, layers: &[usize], trainers: &[Trainer], rows: u64) -> Result<()> {
+        let step = trainers.first().map_or(0, |t| t.step);
+        let folder = format!("step-{step:09}");
+        for (l, t) in layers.iter().zip(trainers) {
+            checkpoint::save(
+                t,
+                &root.join(&folder).join(format!("layer_{l:02}")),
+                serde_json::json!({}),
+            )?;
+        }
+        let pointer = Pointer {
+            step,
+            rows_served: rows,
+            folder: folder.clone(),
+        };
+        crate::open::atomic_write(&root.join("set.json"), |tmp| {
+            Ok(std::fs::write(
+                tmp,
+                serde_json::to_string_pretty(&pointer)?,
+            )?)
+        })?;
+        // older sets are now unreferenced
+        for e in std::fs::read_dir(root)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("step-") && name != folder {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every layer's trainer and the rows served at the last checkpoint.
+    pub fn load(root: &Path, layers: &[usize]) -> Result<(Vec<Trainer>, u64)> {
+        let path = root.join("set.json");
+        let p: Pointer = serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        )
+        .with_context(|| format!("{} is not a transcoder-set checkpoint", path.display()))?;
+        let mut trainers = Vec::with_capacity(layers.len());
+        for l in layers {
+            let dir = root.join(&p.folder).join(format!("layer_{l:02}"));
+            let (t, _) = checkpoint::load(&dir).with_context(|| {
+                format!("the checkpoint has no layer {l}: resume with the same --layers")
+            })?;
+            anyhow::ensure!(
+                t.step == p.step,
+                "{}: at step {}, the set at {}",
+                dir.display(),
+                t.step,
+                p.step
+            );
+            trainers.push(t);
+        }
+        Ok((trainers, p.rows_served))
+    }
 }
 
 fn parse_layers(spec: Option<&str>, n: usize) -> Result<Vec<usize>> {
@@ -114,6 +198,9 @@ pub fn run(a: Args) -> Result<()> {
     let rule = glassbox_model::RowRule::for_model(&model);
     opts.rows = rule.clone();
     let mut store = ActivationStore::new(&model, train_w, opts)?;
+    store.set_on_harvest(Box::new(|_| {
+        glassbox_sae::train::kill_point::kill_point("harvest")
+    }));
     anyhow::ensure!(
         store.total_rows() >= a.tokens as u64,
         "the corpus gives {} training tokens; --tokens {} needs more",
@@ -149,16 +236,40 @@ pub fn run(a: Args) -> Result<()> {
         trainers.push(Trainer::new(cfg, steps)?);
     }
     let mut buf = vec![Vec::new(); hooks.len()];
-    let sample = a.batch.max(8192).min(a.tokens);
-    store.next_batch(sample, &mut buf)?;
-    for (i, t) in trainers.iter_mut().enumerate() {
-        t.prepare(&buf[2 * i], Some(&buf[2 * i + 1]));
+    let ckpt = a.out.join("checkpoint");
+    let mut start_rows = 0;
+    if a.resume && set_checkpoint::exists(&ckpt) {
+        let (loaded, rows) = set_checkpoint::load(&ckpt, &layers)?;
+        for (t, fresh) in loaded.iter().zip(&trainers) {
+            anyhow::ensure!(
+                serde_json::to_value(&t.cfg)? == serde_json::to_value(&fresh.cfg)?,
+                "the checkpoint in {} was trained with other options; resume with the same options or use a new --out",
+                ckpt.display()
+            );
+        }
+        eprintln!("resuming at step {} ({rows} tokens)", loaded[0].step);
+        trainers = loaded;
+        start_rows = rows;
+    } else {
+        anyhow::ensure!(
+            !set_checkpoint::exists(&ckpt),
+            "{} already holds a training run; pass --resume to continue it or choose another --out",
+            a.out.display()
+        );
+        let sample = a.batch.max(8192).min(a.tokens);
+        store.next_batch(sample, &mut buf)?;
+        for (i, t) in trainers.iter_mut().enumerate() {
+            t.prepare(&buf[2 * i], Some(&buf[2 * i + 1]));
+        }
     }
-    store.skip_to(0)?;
+    store.skip_to(start_rows)?;
+    let first = trainers[0].step;
     let bar = progress(steps, "training transcoders (steps)");
+    bar.set_position(first as u64);
     let started = std::time::Instant::now();
     let mut fvu = vec![0f32; layers.len()];
-    for s in 0..steps {
+    let mut last_ckpt = start_rows;
+    for s in first..steps {
         if store.next_batch(a.batch, &mut buf)? < a.batch {
             break;
         }
@@ -169,9 +280,16 @@ pub fn run(a: Args) -> Result<()> {
             fvu[i] = r.fvu;
         }
         bar.inc(1);
+        glassbox_sae::train::kill_point::kill_point("step");
+        let rows = store.rows_served();
+        let every = a.checkpoint_every_tokens as u64;
+        if every > 0 && rows - last_ckpt >= every && s + 1 < steps {
+            set_checkpoint::save(&ckpt, &layers, &trainers, rows)?;
+            last_ckpt = rows;
+        }
         if s % 10 == 0 {
             let mean = fvu.iter().sum::<f32>() / fvu.len() as f32;
-            let tps = ((s + 1) * a.batch) as f64 / started.elapsed().as_secs_f64();
+            let tps = ((s + 1 - first) * a.batch) as f64 / started.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "transcoders: mean batch FVU {mean:.3}, {tps:.0} tok/s"
             ));
