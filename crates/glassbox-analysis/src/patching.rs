@@ -35,6 +35,14 @@ impl PatchSite {
             ))),
         }
     }
+    /// The name `parse` reads (`--site`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PatchSite::ResidPre => "resid_pre",
+            PatchSite::AttnHead => "attn_head",
+            PatchSite::MlpOut => "mlp_out",
+        }
+    }
     pub fn hook(self, layer: usize) -> String {
         match self {
             PatchSite::ResidPre => format!("blocks.{layer}.hook_resid_pre"),

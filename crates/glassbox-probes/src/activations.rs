@@ -24,6 +24,14 @@ impl Position {
             other => Err(bad(format!("unknown position `{other}`; use last or mean"))),
         }
     }
+
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Position::Last => "last",
+            Position::Mean => "mean",
+        }
+    }
 }
 
 /// `hook` is a hook name with `{L}` for the layer, e.g. `blocks.{L}.hook_resid_post`.

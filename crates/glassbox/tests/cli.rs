@@ -831,3 +831,17 @@ fn a_dictionary_trained_on_a_processed_model_warns_when_the_model_is_not() {
         "{processed}"
     );
 }
+
+/// The help says what quickstart does: every stage it runs.
+#[test]
+fn quickstart_help_lists_its_stages() {
+    let o = glassbox(&["--help"]);
+    let help = stdout(&o);
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("quickstart"))
+        .unwrap_or_else(|| panic!("no quickstart in {help}"));
+    for stage in ["fetch", "train", "evaluate", "feature store", "serve"] {
+        assert!(line.contains(stage), "`{stage}` missing from: {line}");
+    }
+}

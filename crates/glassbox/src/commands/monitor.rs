@@ -140,8 +140,11 @@ pub fn run(a: Args) -> Result<()> {
         let m = monitor_one(&model, &probe, &meta.hook, prompt, &a)?;
         let tty = std::io::stdout().is_terminal();
         println!(
-            "probe {:?} at {} (held-out AUROC {:.3} on {}); green p(true) > 0.7, red < 0.3",
-            meta.method, meta.hook, meta.test_auroc, meta.data
+            "{} probe at {} (held-out AUROC {:.3} on {}); green p(true) > 0.7, red < 0.3",
+            meta.method.name(),
+            meta.hook,
+            meta.test_auroc,
+            meta.data
         );
         let mut line = String::new();
         for r in &m.readings {

@@ -110,8 +110,11 @@ pub fn run(a: Args) -> Result<()> {
 pub fn write_heatmap(path: &Path, r: &PatchResult, columns: &[String]) -> Result<()> {
     let rows: Vec<String> = (0..r.grid.len()).map(|l| format!("L{l}")).collect();
     let title = format!(
-        "{} patching of {:?} (clean {:.2}, corrupt {:.2}): normalised logit diff",
-        r.method, r.site, r.logit_diff_clean, r.logit_diff_corrupt
+        "{} patching of {} (clean {:.2}, corrupt {:.2}): normalised logit diff",
+        r.method,
+        r.site.name(),
+        r.logit_diff_clean,
+        r.logit_diff_corrupt
     );
     let svg = Heatmap {
         title: &title,
@@ -127,8 +130,11 @@ pub fn write_heatmap(path: &Path, r: &PatchResult, columns: &[String]) -> Result
 
 fn print_summary(r: &PatchResult, columns: &[String], correlation: Option<f32>) {
     println!(
-        "logit diff: clean {:.3}, corrupt {:.3} ({} patching, site {:?})",
-        r.logit_diff_clean, r.logit_diff_corrupt, r.method, r.site
+        "logit diff: clean {:.3}, corrupt {:.3} ({} patching, site {})",
+        r.logit_diff_clean,
+        r.logit_diff_corrupt,
+        r.method,
+        r.site.name()
     );
     let mut cells: Vec<(usize, usize, f32)> = r
         .grid

@@ -159,8 +159,8 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "{} ({} statements), {:?} probe on {} at the {:?} token; held-out 25 % (stratified, seed {})",
-            data.name, data.statements.len(), spec.method, spec.hook, spec.position, spec.seed
+            "{} ({} statements), {} probe on {} at position `{}`; held-out 25 % (stratified, seed {})",
+            data.name, data.statements.len(), spec.method.name(), spec.hook, spec.position.name(), spec.seed
         );
         println!(
             "{:>5} {:>10} {:>9} {:>10}",
@@ -172,13 +172,24 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
                 r.layer, r.test.accuracy, r.test.auroc, r.train.accuracy
             );
         }
-        if let Some(best) = results
+        // highest AUROC; among ties the shallowest layer, and the others named
+        let top = results
             .iter()
-            .max_by(|x, y| x.test.auroc.total_cmp(&y.test.auroc))
-        {
+            .map(|r| r.test.auroc)
+            .fold(f64::NAN, f64::max);
+        let tied: Vec<_> = results.iter().filter(|r| r.test.auroc == top).collect();
+        if let Some(best) = tied.first() {
+            let others: Vec<String> = tied[1..].iter().map(|r| r.layer.to_string()).collect();
             println!(
-                "best: layer {} (accuracy {:.3}, AUROC {:.3})",
-                best.layer, best.test.accuracy, best.test.auroc
+                "best: layer {} (accuracy {:.3}, AUROC {:.3}){}",
+                best.layer,
+                best.test.accuracy,
+                best.test.auroc,
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; tied with layer {}", others.join(", "))
+                }
             );
         }
     }
@@ -194,7 +205,12 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
                 results.iter().map(|r| r.test.auroc).collect(),
             ),
         ];
-        let title = format!("{:?} probe on {}: {}", spec.method, data.name, spec.hook);
+        let title = format!(
+            "{} probe on {}: {}",
+            spec.method.name(),
+            data.name,
+            spec.hook
+        );
         let svg = LinePlot {
             title: &title,
             x_label: "layer",
@@ -241,8 +257,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
     };
     store::save(&a.out, &fitted.linear(), &meta)?;
     println!(
-        "{:?} probe at {}: held-out accuracy {acc:.3}, AUROC {auroc:.3}; saved to {}",
-        spec.method,
+        "{} probe at {}: held-out accuracy {acc:.3}, AUROC {auroc:.3}; saved to {}",
+        spec.method.name(),
         meta.hook,
         a.out.display()
     );
@@ -273,8 +289,9 @@ fn run_matrix(a: MatrixArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "held-out accuracy / AUROC, layer {} ({:?}); rows: trained on, columns: tested on",
-        a.layer, spec.method
+        "held-out accuracy / AUROC, layer {} ({}); rows: trained on, columns: tested on",
+        a.layer,
+        spec.method.name()
     );
     print!("{:>14}", "");
     for n in &names {
