@@ -1,6 +1,8 @@
 //! Routes: the JSON API under `/api`, the single-page UI and its embedded assets.
 //! Pages and assets come from the binary, data from the store; the only files read are
-//! the graphs in `graphs/`, by names checked against that folder's listing.
+//! the graphs in `graphs/`, by names checked against that folder's listing. Every error,
+//! the framework's own (405, a path that does not decode) included, is the API's JSON
+//! error object.
 
 use crate::assets;
 use crate::error::{ApiError, ApiResult};
@@ -8,8 +10,9 @@ use crate::live::DEFAULT_NEW_TOKENS;
 use crate::store::{Kind, ListQuery, Sort};
 use crate::{App, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TOP_FEATURES_PER_TOKEN};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,7 +26,7 @@ type AppState = State<Arc<App>>;
 
 /// The server's routes over an opened run.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/meta", get(meta))
         .route("/api/units", get(units))
         .route("/api/units/{kind}/{id}", get(unit))
@@ -46,8 +49,56 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/unit/{kind}/{id}", get(unit_page))
         .route("/static/{file}", get(asset))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(security_headers))
-        .with_state(app)
+        .with_state(app);
+    // around the whole router, so that it sees the `Allow` header axum adds to a 405
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::map_response(security_headers))
+}
+
+/// Turns every error response that is not already JSON (axum's 405, a path parameter
+/// that does not decode) into the API's error object, keeping `Allow` and `Retry-After`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let detail = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let allow = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let message = match (status, &allow) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(a)) => {
+            format!("{method} is not allowed on {path}: it takes {a}")
+        }
+        _ if !detail.is_empty() => format!("{detail} ({method} {path})"),
+        _ => format!(
+            "{} ({method} {path})",
+            status.canonical_reason().unwrap_or("error")
+        ),
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for h in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&h) {
+            out.headers_mut().insert(h, v.clone());
+        }
+    }
+    out
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -79,12 +130,7 @@ async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/api/") || uri.path() == "/api" {
         ApiError::not_found(format!("no API endpoint {}", uri.path())).into_response()
     } else {
-        (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "not found\n",
-        )
-            .into_response()
+        ApiError::not_found(format!("no page {}", uri.path())).into_response()
     }
 }
 
