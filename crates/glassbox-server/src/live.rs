@@ -1,7 +1,10 @@
 //! The live views: run the model on a prompt and encode it with the dictionary, or
-//! generate with and without steering. The model is loaded on first use.
+//! generate with and without steering. The model is loaded on first use. Every view
+//! takes a [`Cancel`] and stops at its next check once the request's deadline has
+//! passed or its client has gone.
 
 use crate::error::{ApiError, ApiResult};
+use crate::limits::Cancel;
 use candle_core::Tensor;
 use glassbox_analysis::steering::Steering;
 use glassbox_model::hooks::HookLayout;
@@ -112,6 +115,7 @@ impl Live {
         text: &str,
         feature: Option<usize>,
         labels: impl Fn(&[i64]) -> std::collections::HashMap<i64, String>,
+        cancel: &Cancel,
     ) -> ApiResult<Value> {
         let d = &self.dictionary;
         if let Some(f) = feature {
@@ -133,6 +137,7 @@ impl Live {
             )));
         }
         let model = self.model()?;
+        cancel.check()?;
         let tok = model.tokenizer().map_err(model_err)?;
         let ids = tok.encode(text).map_err(model_err)?;
         if ids.is_empty() {
@@ -233,6 +238,7 @@ impl Live {
         prompt: &str,
         features: &[(usize, f64)],
         max_new_tokens: usize,
+        cancel: &Cancel,
     ) -> ApiResult<Value> {
         let d = &self.dictionary;
         if prompt.trim().is_empty() {
@@ -274,6 +280,7 @@ impl Live {
             None => self.read_hook()?,
         };
         let model = self.model()?;
+        cancel.check()?;
         let tok = model.tokenizer().map_err(model_err)?;
         let ids = tok.encode(prompt).map_err(model_err)?;
         if ids.is_empty() {
@@ -318,12 +325,15 @@ impl Live {
             stop_tokens: tok.eos_token_id.into_iter().collect(),
             ..Default::default()
         };
+        // each generation stops after the token at which the request is cancelled
         let baseline = m
-            .generate(&ids, &opts, &mut Run::new(), |_| {})
+            .generate_while(&ids, &opts, &mut Run::new(), |_| !cancel.stopped())
             .map_err(model_err)?;
+        cancel.check()?;
         let steered = m
-            .generate(&ids, &opts, &mut run, |_| {})
+            .generate_while(&ids, &opts, &mut run, |_| !cancel.stopped())
             .map_err(model_err)?;
+        cancel.check()?;
         Ok(json!({
             "prompt": prompt,
             "hook": hook,

@@ -286,7 +286,16 @@ pub fn run_dir_on(model: &Path, d_in: usize, hook: &str) -> tempfile::TempDir {
 /// Starts the server for `dir` on a free port of 127.0.0.1 (real TCP) in a background
 /// thread; returns its base URL.
 pub fn start_server(dir: &Path) -> String {
-    let app = std::sync::Arc::new(glassbox_server::App::open(dir).unwrap());
+    start_server_with(dir, glassbox_server::Limits::default())
+}
+
+/// [`start_server`] with other limits.
+pub fn start_server_with(dir: &Path, limits: glassbox_server::Limits) -> String {
+    let app = glassbox_server::App::open(dir)
+        .unwrap()
+        .with_limits(limits)
+        .unwrap();
+    let app = std::sync::Arc::new(app);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || glassbox_server::serve_listener(app, listener).unwrap());
