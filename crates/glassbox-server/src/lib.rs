@@ -220,6 +220,33 @@ fn refusal(max_connections: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Answers a connection beyond the limit with a 503 and closes it gracefully: no more
+/// writes, then what the client sends is read and dropped for up to a second, so that
+/// the kernel ends the connection with FIN, not with a reset that can lose the answer.
+async fn refuse(stream: tokio::net::TcpStream, max_connections: usize) {
+    // the answer is a few hundred bytes: a fresh socket's buffer takes it whole
+    let _ = stream.try_write(&refusal(max_connections));
+    let Ok(std) = stream.into_std() else {
+        return;
+    };
+    let _ = std.shutdown(std::net::Shutdown::Write);
+    let Ok(stream) = tokio::net::TcpStream::from_std(std) else {
+        return;
+    };
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        while stream.readable().await.is_ok() {
+            match stream.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 async fn accept_loop(app: Arc<App>, listener: tokio::net::TcpListener) -> Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let limits = app.limits.clone();
@@ -236,8 +263,7 @@ async fn accept_loop(app: Arc<App>, listener: tokio::net::TcpListener) -> Result
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // the answer is a few hundred bytes: a fresh socket's buffer takes it whole
-            let _ = stream.try_write(&refusal(limits.max_connections));
+            tokio::spawn(refuse(stream, limits.max_connections));
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(routes.clone());

@@ -134,6 +134,41 @@ fn bodies_over_the_limit_are_413() {
     let (s, text) = raw_request(&base, "POST", "/api/prompt", Some(r#"{"txt": 1}"#));
     assert_eq!(s, 400, "{text}");
     assert!(text.contains("bad request body"), "{text}");
+
+    // over TCP at the default limit: a body of exactly the limit is read whole (far more
+    // than the 64 KiB head buffer) and reaches the handler
+    let base = start_server(dir.path());
+    let body = format!(r#"{{"txt": "{}"}}"#, "a".repeat(limit - 11));
+    assert_eq!(body.len(), limit);
+    let (s, text) = raw_request(&base, "POST", "/api/prompt", Some(&body));
+    assert_eq!(s, 400, "{text:.300}");
+    assert!(text.contains("unknown field `txt`"), "{text:.300}");
+}
+
+#[test]
+fn connections_beyond_the_limit_get_a_json_503() {
+    let dir = run_dir();
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let base = start_server_with(dir.path(), limits);
+    let addr = base.trim_start_matches("http://");
+    // two idle connections hold both places (until the read timeout)
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (s, head, body) = raw_request_with_headers(&base, "GET", "/api/meta", "");
+    assert_eq!(s, 503, "{body}");
+    assert!(head.contains("retry-after: 2"), "{head}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("--max-connections"),
+        "{v}"
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    let (s, _, body) = raw_request_with_headers(&base, "GET", "/api/meta", "");
+    assert_eq!(s, 200, "{body}");
 }
 
 /// A POST with a chunked body (no Content-Length): (status, body).
