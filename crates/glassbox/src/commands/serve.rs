@@ -8,15 +8,8 @@ use std::time::Duration;
 
 /// `glassbox serve DIR`: the feature dashboards of a run directory, or the attribution
 /// graphs of a transcoder set, in the browser.
-///
-/// Limits (each answered with a JSON error, never a hang): request bodies over
-/// --max-body-bytes get 413; a request whose headers take longer than --read-timeout
-/// has its connection closed, one whose body does gets 408; connections beyond
-/// --max-connections get 503. The views that run the model (/api/prompt, /api/steer,
-/// graph interventions) run --live-concurrency at once with --live-queue waiting (more
-/// get 429 with Retry-After) and stop after --live-timeout (504), waiting included.
-/// The server never downloads a model: a HF repo id must already be in the HF cache.
 #[derive(clap::Args)]
+#[command(after_help = LIMITS)]
 pub struct Args {
     /// Run directory: features.sqlite (from `glassbox features build --run DIR`), the
     /// dictionary (cfg.json + sae_weights.safetensors) and config.toml (names the model
@@ -54,6 +47,14 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
 }
+
+const LIMITS: &str = "Limits (each answered with a JSON error, never a hang): request bodies over \
+--max-body-bytes get 413; a request whose headers take longer than --read-timeout has its \
+connection closed, one whose body does gets 408; connections beyond --max-connections get 503. \
+The views that run the model (/api/prompt, /api/steer, graph interventions) run \
+--live-concurrency at once with --live-queue waiting (more get 429 with Retry-After) and stop \
+after --live-timeout, waiting included (504). The server never downloads a model: a HF repo id \
+must already be in the HF cache.";
 
 pub fn run(a: Args) -> Result<()> {
     if let Some(out) = &a.export {
