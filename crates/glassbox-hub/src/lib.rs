@@ -39,6 +39,8 @@ pub enum HubError {
         path: PathBuf,
         fetch: String,
     },
+    #[error("the HF repo `{repo}` is not in the local HF cache ({}) and this caller never downloads; fetch it first where downloading is wanted (e.g. `glassbox inspect --model {repo}` online), or give a local path", cache.display())]
+    NotCached { repo: String, cache: PathBuf },
     #[error("cannot assemble {}: chunk {} is missing ({source}); nothing was written. Fetch the model again", target.display(), chunk.display())]
     ChunkMissing {
         target: PathBuf,
@@ -586,6 +588,30 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// [`resolve_model`] without the network: an existing path, a fetched packaged model,
+/// or a HF repo id whose snapshot is already in the HF cache (`HF_HUB_CACHE`, `HF_HOME`).
+/// For specs read from files a caller does not control (the dashboard server reads a
+/// graph's `metadata.model`): such a file must never start a download.
+pub fn resolve_model_offline(spec: &str) -> Result<PathBuf> {
+    resolve_model_in_cache(spec, &dictionaries::HubSettings::from_env().cache)
+}
+
+/// [`resolve_model_offline`] with the HF cache folder given.
+pub fn resolve_model_in_cache(spec: &str, cache: &Path) -> Result<PathBuf> {
+    if Path::new(spec).exists() || !looks_like_repo_id(spec) || packaged_model(spec).is_some() {
+        return resolve_model(spec);
+    }
+    let cache = cache.to_path_buf();
+    hf_hub::Cache::new(cache.clone())
+        .model(spec.to_string())
+        .get("config.json")
+        .and_then(|config| config.parent().map(Path::to_path_buf))
+        .ok_or_else(|| HubError::NotCached {
+            repo: spec.to_string(),
+            cache,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,6 +640,31 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn offline_resolution_reads_the_cache_and_never_downloads() {
+        let cache = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let err = resolve_model_in_cache("glassbox-test/not-cached", cache.path()).unwrap_err();
+        assert!(matches!(err, HubError::NotCached { .. }), "{err}");
+        assert!(err.to_string().contains("never downloads"), "{err}");
+        // the online path checks huggingface.co for up to 6 s first; this one asks no one
+        assert!(started.elapsed().as_secs_f64() < 1.0);
+
+        // hf-hub's layout: refs/main names the snapshot holding the files
+        let repo = cache.path().join("models--glassbox-test--cached");
+        let snap = repo.join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        let p = resolve_model_in_cache("glassbox-test/cached", cache.path()).unwrap();
+        assert_eq!(p, snap);
+
+        // local paths are what they were
+        let p = resolve_model_in_cache(cache.path().to_str().unwrap(), cache.path()).unwrap();
+        assert_eq!(p, cache.path());
     }
 
     #[test]

@@ -111,6 +111,22 @@ impl Transformer {
         run: &mut Run<'_>,
         mut on_token: impl FnMut(u32),
     ) -> Result<Vec<u32>> {
+        self.generate_while(prompt, opts, run, |t| {
+            on_token(t);
+            true
+        })
+    }
+
+    /// [`generate`](Self::generate) that also stops, keeping what it has, as soon as
+    /// `keep_going` (called with each new token) returns false: a caller with a deadline
+    /// or a cancelled request stops after the current token instead of finishing.
+    pub fn generate_while(
+        &self,
+        prompt: &[u32],
+        opts: &SamplingOptions,
+        run: &mut Run<'_>,
+        mut keep_going: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
         if run.stop_at_layer.is_some() {
             return Err(ModelError::BadInput(
                 "generation needs logits: do not set stop_at_layer".into(),
@@ -131,8 +147,7 @@ impl Transformer {
                 let row: Vec<f32> = o.logits()?.flatten_all()?.to_vec1()?;
                 let t = sampler.sample(&row);
                 out.push(t);
-                on_token(t);
-                if opts.stop_tokens.contains(&t) {
+                if !keep_going(t) || opts.stop_tokens.contains(&t) {
                     break;
                 }
                 next_input = vec![t];

@@ -1,15 +1,19 @@
 //! Routes: the JSON API under `/api`, the single-page UI and its embedded assets.
 //! Pages and assets come from the binary, data from the store; the only files read are
-//! the graphs in `graphs/`, by names checked against that folder's listing.
+//! the graphs in `graphs/`, by names checked against that folder's listing. Every error,
+//! the framework's own (405, a path that does not decode) included, is the API's JSON
+//! error object; request bodies are read whole, within the limits, before any handler.
 
 use crate::assets;
 use crate::error::{ApiError, ApiResult};
 use crate::live::DEFAULT_NEW_TOKENS;
 use crate::store::{Kind, ListQuery, Sort};
 use crate::{App, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TOP_FEATURES_PER_TOKEN};
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,9 +25,10 @@ use std::sync::Arc;
 
 type AppState = State<Arc<App>>;
 
-/// The server's routes over an opened run.
+/// The server's routes over an opened run. Needs a Tokio runtime with timers
+/// (`enable_time`): request bodies are read under the read timeout.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/meta", get(meta))
         .route("/api/units", get(units))
         .route("/api/units/{kind}/{id}", get(unit))
@@ -46,8 +51,114 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/unit/{kind}/{id}", get(unit_page))
         .route("/static/{file}", get(asset))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(security_headers))
-        .with_state(app)
+        // the body is read (and limited) by `read_body`, before any extractor
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(app.clone(), read_body))
+        .with_state(app);
+    // around the whole router, so that it sees the `Allow` header axum adds to a 405
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::map_response(security_headers))
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than the server's limit of {limit} bytes (glassbox serve --max-body-bytes)"),
+    )
+}
+
+/// Reads the whole request body before the handler runs: at most `max_body_bytes`
+/// (413 beyond, refused from `Content-Length` before reading when it says so), within
+/// `read_timeout` (408 when it does not arrive in time).
+async fn read_body(State(app): AppState, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let limits = &app.limits;
+    let limit = limits.max_body_bytes;
+    let (parts, mut body) = req.into_parts();
+    if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+        return too_large(limit).into_response();
+    }
+    let read = async {
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large(limit));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf)
+    };
+    match tokio::time::timeout(limits.read_timeout, read).await {
+        Ok(Ok(buf)) => next.run(Request::from_parts(parts, Body::from(buf))).await,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (glassbox serve --read-timeout)",
+                limits.read_timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Turns every error response that is not already JSON (axum's 405, a path parameter
+/// that does not decode) into the API's error object, keeping `Allow` and `Retry-After`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let detail = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let allow = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let message = match (status, &allow) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(a)) => {
+            format!("{method} is not allowed on {path}: it takes {a}")
+        }
+        _ if !detail.is_empty() => format!("{detail} ({method} {path})"),
+        _ => format!(
+            "{} ({method} {path})",
+            status.canonical_reason().unwrap_or("error")
+        ),
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for h in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&h) {
+            out.headers_mut().insert(h, v.clone());
+        }
+    }
+    out
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -66,7 +177,8 @@ async fn security_headers(mut r: Response) -> Response {
     r
 }
 
-/// Runs blocking work (SQLite, the model) off the async workers.
+/// Runs blocking work (SQLite, graph files) off the async workers; the model runs
+/// behind the live views' gate ([`crate::limits::LiveGate`]).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
@@ -79,12 +191,7 @@ async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/api/") || uri.path() == "/api" {
         ApiError::not_found(format!("no API endpoint {}", uri.path())).into_response()
     } else {
-        (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "not found\n",
-        )
-            .into_response()
+        ApiError::not_found(format!("no page {}", uri.path())).into_response()
     }
 }
 
@@ -295,12 +402,20 @@ async fn prompt(
     body: Result<Json<PromptRequest>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(req) = body.map_err(body_error)?;
-    blocking(move || {
-        let store = app.store()?;
-        let labels = |ids: &[i64]| store.labels(Kind::Feature, ids).unwrap_or_default();
-        Ok(Json(app.live()?.prompt(&req.text, req.feature, labels)?))
-    })
-    .await
+    app.live()?;
+    let a = app.clone();
+    app.gate
+        .run(move |cancel| {
+            let store = a.store()?;
+            let labels = |ids: &[i64]| store.labels(Kind::Feature, ids).unwrap_or_default();
+            Ok(Json(a.live()?.prompt(
+                &req.text,
+                req.feature,
+                labels,
+                cancel,
+            )?))
+        })
+        .await
 }
 
 async fn steer(
@@ -308,24 +423,29 @@ async fn steer(
     body: Result<Json<SteerRequest>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(req) = body.map_err(body_error)?;
-    blocking(move || {
-        let features: Vec<(usize, f64)> = req.features.iter().map(|f| (f.id, f.strength)).collect();
-        let mut out = app.live()?.steer(
-            &req.prompt,
-            &features,
-            req.max_new_tokens.unwrap_or(DEFAULT_NEW_TOKENS),
-        )?;
-        let ids: Vec<i64> = features.iter().map(|f| f.0 as i64).collect();
-        let labels = app.store()?.labels(Kind::Feature, &ids).unwrap_or_default();
-        if let Some(fs) = out["features"].as_array_mut() {
-            for f in fs {
-                let id = f["id"].as_i64().unwrap_or(-1);
-                f["label"] = json!(labels.get(&id));
+    app.live()?;
+    let a = app.clone();
+    app.gate
+        .run(move |cancel| {
+            let features: Vec<(usize, f64)> =
+                req.features.iter().map(|f| (f.id, f.strength)).collect();
+            let mut out = a.live()?.steer(
+                &req.prompt,
+                &features,
+                req.max_new_tokens.unwrap_or(DEFAULT_NEW_TOKENS),
+                cancel,
+            )?;
+            let ids: Vec<i64> = features.iter().map(|f| f.0 as i64).collect();
+            let labels = a.store()?.labels(Kind::Feature, &ids).unwrap_or_default();
+            if let Some(fs) = out["features"].as_array_mut() {
+                for f in fs {
+                    let id = f["id"].as_i64().unwrap_or(-1);
+                    f["label"] = json!(labels.get(&id));
+                }
             }
-        }
-        Ok(Json(out))
-    })
-    .await
+            Ok(Json(out))
+        })
+        .await
 }
 
 async fn graph_list(State(app): AppState) -> ApiResult<Json<Value>> {
@@ -363,12 +483,15 @@ async fn graph_intervene(
     // the name first: a bad or unknown graph is refused before the body is looked at
     let name = crate::check_graph_name(&name)?.to_string();
     let Json(req) = body.map_err(body_error)?;
-    blocking(move || {
-        Ok(Json(
-            app.graphs.intervene(&name, req.mode, &req.edits, req.top)?,
-        ))
-    })
-    .await
+    let a = app.clone();
+    app.gate
+        .run(move |cancel| {
+            Ok(Json(
+                a.graphs
+                    .intervene(&name, req.mode, &req.edits, req.top, cancel)?,
+            ))
+        })
+        .await
 }
 
 async fn layers(State(app): AppState) -> ApiResult<Json<Value>> {

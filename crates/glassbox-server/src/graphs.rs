@@ -7,6 +7,7 @@
 //! (regular files only, no links), so no request can reach a file outside it.
 
 use crate::error::{ApiError, ApiResult};
+use crate::limits::Cancel;
 use crate::live::open_model;
 use crate::store::{Kind, Store, STORE_FILE};
 use glassbox_circuits::{
@@ -376,6 +377,7 @@ impl Graphs {
         mode: InterventionMode,
         edits: &[FeatureEdit],
         top: usize,
+        cancel: &Cancel,
     ) -> ApiResult<Value> {
         if top == 0 || top > MAX_TOP {
             return Err(ApiError::bad_request(format!(
@@ -416,6 +418,7 @@ impl Graphs {
             })?;
         let index = self.set_index_for(Some(meta))?;
         let model = self.model(spec)?;
+        cancel.check()?;
         let vocab = model.config().d_vocab;
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(ApiError::bad_request(format!(
@@ -423,7 +426,9 @@ impl Graphs {
             )));
         }
         let set = self.set(&index, &model)?;
+        cancel.check()?;
         let state = self.state((spec.to_string(), index.dir.clone(), tokens), &model, &set)?;
+        cancel.check()?;
         let out =
             intervene(&model.transformer, &set, &state, edits, mode, top).map_err(circuit_err)?;
         let mut v = serde_json::to_value(&out)

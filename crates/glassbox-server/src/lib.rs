@@ -10,6 +10,7 @@ mod api;
 mod error;
 mod export;
 mod graphs;
+pub mod limits;
 mod live;
 mod store;
 mod svg;
@@ -18,6 +19,7 @@ pub use api::router;
 pub use error::ApiError;
 pub use export::{export_static, ExportSummary};
 pub use graphs::{check_graph_name, Graphs, SetIndex, GRAPHS_DIR, MAX_EDITS, MAX_TOP};
+pub use limits::{Cancel, Limits};
 pub use live::{Live, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TOP_FEATURES_PER_TOKEN};
 pub use store::{Kind, ListQuery, Sort, Store, STORE_FILE};
 pub use svg::histogram_svg;
@@ -73,6 +75,10 @@ pub struct App {
     /// the run's live views; `None` for a transcoder set
     pub live: Option<Live>,
     pub graphs: Graphs,
+    /// what the server takes on at once and for how long ([`App::with_limits`])
+    pub limits: Limits,
+    /// the gate in front of the model-running views, sized by `limits`
+    pub gate: limits::LiveGate,
 }
 
 /// Where the run's dictionary lives: the run directory itself (what `train-sae --out`
@@ -132,6 +138,8 @@ impl App {
                 store: None,
                 live: None,
                 graphs: Graphs::new(run_dir, Some(index)),
+                gate: limits::LiveGate::new(&Limits::default()),
+                limits: Limits::default(),
             });
         }
         let store = Store::open_run(run_dir)?;
@@ -145,7 +153,17 @@ impl App {
             store: Some(store),
             live: Some(Live::new(dictionary, dict_dir, spec)),
             graphs: Graphs::new(run_dir, None),
+            gate: limits::LiveGate::new(&Limits::default()),
+            limits: Limits::default(),
         })
+    }
+
+    /// The app with other limits (the gate resized to them).
+    pub fn with_limits(mut self, limits: Limits) -> Result<App> {
+        limits.check()?;
+        self.gate = limits::LiveGate::new(&limits);
+        self.limits = limits;
+        Ok(self)
     }
 
     /// The run's feature store, or a 404 saying this is a transcoder set.
@@ -167,24 +185,109 @@ impl App {
     }
 }
 
-/// Serves `app` on an already bound listener until the process ends.
+/// Serves `app` on an already bound listener until the process ends, with its limits:
+/// a connection's request headers must arrive within `read_timeout` (else it is closed),
+/// connections beyond `max_connections` get a 503 and are closed.
 pub fn serve_listener(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_io()
+        .enable_time()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::from_std(listener)?;
-        axum::serve(l, router(app)).await?;
-        Ok(())
+        accept_loop(app, l).await
     })
 }
 
-/// `glassbox serve DIR`: opens the run, binds `host:port`, prints the URL and serves.
-pub fn serve(run_dir: &Path, host: &str, port: u16) -> Result<()> {
-    let app = Arc::new(App::open(run_dir)?);
+/// What a connection beyond the limit gets before it is closed.
+fn refusal(max_connections: usize) -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": format!(
+            "the server has {max_connections} connections open, its limit (glassbox serve --max-connections); retry in {} s",
+            limits::RETRY_AFTER_S
+        ),
+        "status": 503,
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        limits::RETRY_AFTER_S,
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers a connection beyond the limit with a 503 and closes it gracefully: no more
+/// writes, then what the client sends is read and dropped for up to a second, so that
+/// the kernel ends the connection with FIN, not with a reset that can lose the answer.
+async fn refuse(stream: tokio::net::TcpStream, max_connections: usize) {
+    // the answer is a few hundred bytes: a fresh socket's buffer takes it whole
+    let _ = stream.try_write(&refusal(max_connections));
+    let Ok(std) = stream.into_std() else {
+        return;
+    };
+    let _ = std.shutdown(std::net::Shutdown::Write);
+    let Ok(stream) = tokio::net::TcpStream::from_std(std) else {
+        return;
+    };
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        while stream.readable().await.is_ok() {
+            match stream.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
+async fn accept_loop(app: Arc<App>, listener: tokio::net::TcpListener) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let limits = app.limits.clone();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let routes = router(app);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // out of file descriptors and the like: wait for connections to close
+                eprintln!("cannot accept a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(routes.clone());
+        let read_timeout = limits.read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .max_buf_size(MAX_HEAD_BYTES);
+            // errors here are the client's (closed early, timed out, malformed)
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Largest request head (request line and headers) a connection buffers; hyper answers
+/// a longer one with 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// `glassbox serve DIR`: opens the run, binds `host:port`, prints the URL and serves
+/// with `limits`.
+pub fn serve(run_dir: &Path, host: &str, port: u16, limits: Limits) -> Result<()> {
+    let app = Arc::new(App::open(run_dir)?.with_limits(limits)?);
     let listener = std::net::TcpListener::bind((host, port))
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr = listener.local_addr()?;
@@ -216,6 +319,17 @@ pub fn serve(run_dir: &Path, host: &str, port: u16) -> Result<()> {
     if addr.ip().is_unspecified() {
         println!("listening on every interface: anyone on the network can reach it");
     }
+    let l = &app.limits;
+    println!(
+        "limits: request bodies {} bytes, {} s to send a request's headers and again its body, {} connections; \
+         the live views (prompt, steer, interventions) run {} at once with {} waiting, {} s each (see --help)",
+        l.max_body_bytes,
+        l.read_timeout.as_secs_f64(),
+        l.max_connections,
+        l.live_concurrency,
+        l.live_queue,
+        l.live_timeout.as_secs_f64(),
+    );
     println!("press Ctrl-C to stop");
     serve_listener(app, listener)
 }

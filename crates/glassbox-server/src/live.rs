@@ -1,9 +1,13 @@
 //! The live views: run the model on a prompt and encode it with the dictionary, or
-//! generate with and without steering. The model is loaded on first use.
+//! generate with and without steering. The model is loaded on first use. Every view
+//! takes a [`Cancel`] and stops at its next check once the request's deadline has
+//! passed or its client has gone.
 
 use crate::error::{ApiError, ApiResult};
+use crate::limits::Cancel;
 use candle_core::Tensor;
 use glassbox_analysis::steering::Steering;
+use glassbox_model::hooks::HookLayout;
 use glassbox_model::{Batch, HookFilter, LogitsMode, Model, Run, SamplingOptions};
 use glassbox_sae::Dictionary;
 use serde_json::{json, Value};
@@ -39,11 +43,14 @@ fn expand_home(spec: &str) -> String {
     }
 }
 
-/// Opens the model named by `spec` (a path, `~/…`, a HF repo id or `default`): what
-/// every view that runs a model uses. Blocking.
+/// Opens the model named by `spec` (a path, `~/…`, a fetched packaged model such as
+/// `default`, or a HF repo id already in the HF cache): what every view that runs a
+/// model uses. Never downloads: specs come from files (a run's config.toml, a graph's
+/// `metadata.model`), and no file the server reads may make it fetch gigabytes.
+/// Blocking.
 pub(crate) fn open_model(spec: &str) -> ApiResult<Model> {
     let spec = expand_home(spec);
-    let path = glassbox_hub::resolve_model(&spec)
+    let path = glassbox_hub::resolve_model_offline(&spec)
         .map_err(|e| ApiError::unavailable(format!("cannot find the model `{spec}`: {e}")))?;
     eprintln!("loading the model {} ...", path.display());
     glassbox_model::load_model(&path)
@@ -108,6 +115,7 @@ impl Live {
         text: &str,
         feature: Option<usize>,
         labels: impl Fn(&[i64]) -> std::collections::HashMap<i64, String>,
+        cancel: &Cancel,
     ) -> ApiResult<Value> {
         let d = &self.dictionary;
         if let Some(f) = feature {
@@ -123,7 +131,13 @@ impl Live {
             return Err(ApiError::bad_request("the prompt is empty"));
         }
         let hook = self.read_hook()?;
+        if HookLayout::of(&hook) == HookLayout::Pattern {
+            return Err(ApiError::unavailable(format!(
+                "the dictionary reads `{hook}`, an attention pattern: the prompt view needs one vector per token"
+            )));
+        }
         let model = self.model()?;
+        cancel.check()?;
         let tok = model.tokenizer().map_err(model_err)?;
         let ids = tok.encode(text).map_err(model_err)?;
         if ids.is_empty() {
@@ -155,7 +169,19 @@ impl Live {
             .cache
             .get(&hook)
             .ok_or_else(|| ApiError::internal(format!("the run did not reach {hook}")))?;
-        let x = acts.get(0).map_err(model_err)?;
+        // one row per token: a per-head hook's [seq, head, d_head] has its heads
+        // flattened, as the feature store and the evaluation read it
+        let x = acts
+            .get(0)
+            .and_then(|x| x.flatten_from(1))
+            .map_err(model_err)?;
+        let width = x.dim(1).map_err(model_err)?;
+        if width != d.d_in {
+            return Err(ApiError::unavailable(format!(
+                "`{hook}` has {width} values per token in this model, the dictionary reads {}: it was trained on another model",
+                d.d_in
+            )));
+        }
         let f = d.encode(&x).map_err(model_err)?;
         let rows: Vec<Vec<f32>> = f.to_vec2().map_err(model_err)?;
 
@@ -212,6 +238,7 @@ impl Live {
         prompt: &str,
         features: &[(usize, f64)],
         max_new_tokens: usize,
+        cancel: &Cancel,
     ) -> ApiResult<Value> {
         let d = &self.dictionary;
         if prompt.trim().is_empty() {
@@ -253,6 +280,7 @@ impl Live {
             None => self.read_hook()?,
         };
         let model = self.model()?;
+        cancel.check()?;
         let tok = model.tokenizer().map_err(model_err)?;
         let ids = tok.encode(prompt).map_err(model_err)?;
         if ids.is_empty() {
@@ -281,19 +309,31 @@ impl Live {
             .and_then(|t| t.sqrt())
             .and_then(|t| t.to_scalar::<f32>())
             .map_err(model_err)?;
-        let steering = Steering::new(&hook, direction, 1.0).map_err(model_err)?;
+        let mut run = match HookLayout::of(&hook) {
+            HookLayout::Stream => Steering::new(&hook, direction, 1.0)
+                .and_then(|s| s.run(m))
+                .map_err(model_err)?,
+            HookLayout::PerHead => per_head_steering(m, &hook, direction)?,
+            HookLayout::Pattern => {
+                return Err(ApiError::unavailable(format!(
+                    "the dictionary writes `{hook}`, an attention pattern: it cannot be steered"
+                )))
+            }
+        };
         let opts = SamplingOptions {
             max_new_tokens,
             stop_tokens: tok.eos_token_id.into_iter().collect(),
             ..Default::default()
         };
+        // each generation stops after the token at which the request is cancelled
         let baseline = m
-            .generate(&ids, &opts, &mut Run::new(), |_| {})
+            .generate_while(&ids, &opts, &mut Run::new(), |_| !cancel.stopped())
             .map_err(model_err)?;
-        let mut run = steering.run(m).map_err(model_err)?;
+        cancel.check()?;
         let steered = m
-            .generate(&ids, &opts, &mut run, |_| {})
+            .generate_while(&ids, &opts, &mut run, |_| !cancel.stopped())
             .map_err(model_err)?;
+        cancel.check()?;
         Ok(json!({
             "prompt": prompt,
             "hook": hook,
@@ -304,4 +344,37 @@ impl Live {
             "steered": tok.decode(&steered).map_err(model_err)?,
         }))
     }
+}
+
+/// A run that adds `direction` (`[n_heads · d_head]`, a per-head dictionary's decoder
+/// rows) at a per-head hook `[batch, pos, head, d_head]` at every position, split into
+/// its heads as the dictionary flattened them.
+fn per_head_steering<'h>(
+    m: &glassbox_model::Transformer,
+    hook: &str,
+    direction: Tensor,
+) -> ApiResult<Run<'h>> {
+    let filter = HookFilter::parse(hook, &m.config).map_err(|e| {
+        ApiError::unavailable(format!(
+            "the dictionary's hook does not fit this model: {e}"
+        ))
+    })?;
+    let width = direction.dim(0).map_err(model_err)?;
+    let name = hook.to_string();
+    Ok(Run::new().hook(filter, move |_, x| {
+        let dims = x.dims().to_vec();
+        let (heads, d_head) = match dims[..] {
+            [_, _, h, dh] if h * dh == width => (h, dh),
+            _ => {
+                return Err(glassbox_model::ModelError::BadIntervention {
+                    hook: name.clone(),
+                    problem: format!(
+                        "the steering direction has {width} entries, the activation is {dims:?}"
+                    ),
+                })
+            }
+        };
+        let add = direction.reshape((heads, d_head))?.to_dtype(x.dtype())?;
+        Ok(x.broadcast_add(&add)?)
+    }))
 }

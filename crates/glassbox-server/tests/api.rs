@@ -19,9 +19,13 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let dir = run_dir();
+        Self::on(run_dir())
+    }
+
+    fn on(dir: tempfile::TempDir) -> Self {
         let app = Arc::new(App::open(dir.path()).unwrap());
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         Fixture { _dir: dir, app, rt }
@@ -422,6 +426,7 @@ fn live_prompt_and_steer_on_the_default_model() {
         _dir: dir,
         app,
         rt: tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap(),
     };
@@ -487,4 +492,108 @@ fn live_prompt_and_steer_on_the_default_model() {
     );
     assert_eq!(v["baseline"], v["steered"]);
     assert_eq!(v["baseline"].as_str().unwrap(), b);
+}
+
+/// What the server's greedy continuation must equal: the model's own `generate`.
+fn greedy(model: &std::path::Path, prompt: &str, n: usize) -> String {
+    let m = glassbox_model::load_model(model).unwrap();
+    let tok = m.tokenizer().unwrap();
+    let ids = tok.with_bos(tok.encode(prompt).unwrap());
+    let opts = glassbox_model::SamplingOptions {
+        max_new_tokens: n,
+        stop_tokens: tok.eos_token_id.into_iter().collect(),
+        ..Default::default()
+    };
+    let out = m
+        .transformer
+        .generate(&ids, &opts, &mut glassbox_model::Run::new(), |_| {})
+        .unwrap();
+    tok.decode(&out).unwrap()
+}
+
+#[test]
+fn live_views_on_the_tiny_model_match_the_model_run_directly() {
+    let model = tiny_text_model();
+    let f = Fixture::on(run_dir_on(model.path(), 64, "blocks.1.hook_resid_pre"));
+    let (s, v) = f.post(
+        "/api/prompt",
+        r#"{"text": "The cat sat on the mat", "feature": 1}"#,
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 6);
+    let (s, v) = f.post(
+        "/api/steer",
+        r#"{"prompt": "The weather today is", "features": [{"id": 1, "strength": 0}], "max_new_tokens": 12}"#,
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["baseline"].as_str().unwrap(),
+        greedy(model.path(), "The weather today is", 12)
+    );
+    assert_eq!(v["baseline"], v["steered"], "strength 0 changes nothing");
+}
+
+/// A dictionary on `blocks.0.attn.hook_z` (`[seq, 4 heads, 16]` in the tiny llama, 64
+/// values per token, heads flattened as the feature store and eval-sae read them).
+#[test]
+fn live_views_read_a_per_head_dictionary() {
+    let hook = "blocks.0.attn.hook_z";
+    let model = tiny_text_model();
+    let f = Fixture::on(run_dir_on(model.path(), 64, hook));
+    let text = "The cat sat on the mat";
+    let (s, v) = f.post(
+        "/api/prompt",
+        &serde_json::json!({"text": text, "feature": 2}).to_string(),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hook"], hook);
+    let toks = v["tokens"].as_array().unwrap();
+    assert_eq!(toks.len(), 6);
+
+    // the same activations computed here: run to the hook, [seq, head·d_head], encode
+    let m = glassbox_model::load_model(model.path()).unwrap();
+    let ids = m.tokenizer().unwrap().encode(text).unwrap();
+    let filter = glassbox_model::HookFilter::parse(hook, &m.transformer.config).unwrap();
+    let mut run = glassbox_model::Run::new().cache(filter);
+    let out = m
+        .transformer
+        .run(&glassbox_model::Batch::single(&ids), &mut run)
+        .unwrap();
+    let x = out.cache.get(hook).unwrap().get(0).unwrap();
+    assert_eq!(x.dims(), [6, 4, 16]);
+    let x = x.reshape((6, 64)).unwrap();
+    let d = &f.app.live.as_ref().unwrap().dictionary;
+    let acts: Vec<Vec<f32>> = d.encode(&x).unwrap().to_vec2().unwrap();
+    for (t, row) in toks.iter().zip(&acts) {
+        let got = t["act"].as_f64().unwrap() as f32;
+        assert!(
+            (got - row[2]).abs() <= 1e-5 * row[2].abs().max(1.0),
+            "{t} vs {row:?}"
+        );
+    }
+
+    // steering writes the decoder row back split into its heads
+    let steer = |strength: f64| {
+        f.post(
+            "/api/steer",
+            &serde_json::json!({"prompt": "The weather today is",
+                "features": [{"id": 3, "strength": strength}], "max_new_tokens": 8})
+            .to_string(),
+        )
+    };
+    let (s, zero) = steer(0.0);
+    assert_eq!(s, StatusCode::OK, "{zero}");
+    assert_eq!(zero["hook"], hook);
+    assert_eq!(zero["baseline"], zero["steered"]);
+    assert_eq!(
+        zero["baseline"].as_str().unwrap(),
+        greedy(model.path(), "The weather today is", 8)
+    );
+    let (s, big) = steer(1e4);
+    assert_eq!(s, StatusCode::OK, "{big}");
+    assert_eq!(big["baseline"], zero["baseline"]);
+    assert_ne!(
+        big["baseline"], big["steered"],
+        "10 000 × a unit row in every head's output changes the continuation"
+    );
 }

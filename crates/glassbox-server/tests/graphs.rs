@@ -25,6 +25,7 @@ impl Served {
             app: Arc::new(App::open(dir).unwrap()),
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
+                .enable_time()
                 .build()
                 .unwrap(),
         }
@@ -381,4 +382,35 @@ fn a_run_directory_lists_its_graphs_folder_too() {
     );
     assert_eq!(st, StatusCode::OK, "{v}");
     assert!(v["kl"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_graphs_metadata_never_makes_the_server_download_a_model() {
+    let fx = graph_set();
+    let mut g = fx.graph.clone();
+    // a HF repo id that is in no cache: resolving it online would start a download
+    let repo = "glassbox-test/never-downloaded";
+    g["metadata"]["model"] = json!(repo);
+    std::fs::write(
+        fx.dir.path().join("graphs").join("remote.json"),
+        g.to_string(),
+    )
+    .unwrap();
+    let s = Served::new(fx.dir.path());
+    let started = std::time::Instant::now();
+    let (st, v) = s.post("/api/graphs/remote/intervene", &json!({}));
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        err(&v).contains(repo) && err(&v).contains("never downloads"),
+        "{v}"
+    );
+    // no reachability check, no request: the cache is all it looks at
+    assert!(
+        started.elapsed().as_secs_f64() < 2.0,
+        "{:?}",
+        started.elapsed()
+    );
+    // the graph itself is still served
+    let (st, _) = s.get("/api/graphs/remote");
+    assert_eq!(st, StatusCode::OK);
 }

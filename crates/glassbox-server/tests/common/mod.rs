@@ -233,10 +233,69 @@ pub fn run_dir_with_model(model: &Path) -> tempfile::TempDir {
     t
 }
 
+/// Words of the tiny model's tokenizer (ids 3…); the rest of its 512 ids are `w{id}`.
+const WORDS: &[&str] = &[
+    "The", "the", "cat", "sat", "on", "mat", ".", ",", "A", "a", "small", "kitten", "chased",
+    "dog", "weather", "today", "is", "Prices", "rose", "by", "in", "May", "hello", "world", "of",
+    "and", "to", "it", "was", "good",
+];
+
+/// The tiny llama fixture (2 layers, d_model 64, 4 heads × d_head 16, vocab 512) copied
+/// into a temporary folder with a word-level `tokenizer.json` (whitespace split, unknown
+/// words → `<unk>`), so the live views run text prompts on it in milliseconds.
+pub fn tiny_text_model() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    let src = glassbox_fixtures::tiny_dir("llama");
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), t.path().join(f)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in ["<unk>", "<s>", "</s>"].iter().chain(WORDS).enumerate() {
+        vocab.insert(w.to_string(), json!(i));
+    }
+    for i in vocab.len()..512 {
+        vocab.insert(format!("w{i}"), json!(i));
+    }
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    });
+    std::fs::write(t.path().join("tokenizer.json"), tok.to_string()).unwrap();
+    t
+}
+
+/// A run directory on `model` (a [`tiny_text_model`]): the fixture store, a random
+/// dictionary of `d_in` reading `hook`, and a config.toml naming the model.
+pub fn run_dir_on(model: &Path, d_in: usize, hook: &str) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    write_store(t.path());
+    write_dictionary(t.path(), d_in, hook);
+    std::fs::write(
+        t.path().join("config.toml"),
+        format!(
+            "model = {:?}\nhook = {hook:?}\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    t
+}
+
 /// Starts the server for `dir` on a free port of 127.0.0.1 (real TCP) in a background
 /// thread; returns its base URL.
 pub fn start_server(dir: &Path) -> String {
-    let app = std::sync::Arc::new(glassbox_server::App::open(dir).unwrap());
+    start_server_with(dir, glassbox_server::Limits::default())
+}
+
+/// [`start_server`] with other limits.
+pub fn start_server_with(dir: &Path, limits: glassbox_server::Limits) -> String {
+    let app = glassbox_server::App::open(dir)
+        .unwrap()
+        .with_limits(limits)
+        .unwrap();
+    let app = std::sync::Arc::new(app);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || glassbox_server::serve_listener(app, listener).unwrap());
