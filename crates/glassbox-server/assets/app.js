@@ -350,7 +350,8 @@
   function renderPrompt(out, r) {
     const sel = r.feature !== null && r.feature !== undefined;
     const valueOf = (t) => (sel ? t.act : (t.top.length ? t.top[0].act : 0));
-    const scale = Math.max(1e-9, ...r.tokens.map(valueOf));
+    // left-out positions (position 0, special tokens: sinks) stay out of the colour scale
+    const scale = Math.max(1e-9, ...r.tokens.filter((t) => !t.excluded).map(valueOf));
     const topText = (t) => t.top.map((f) => `#${f.id} ${f.label || ''} ${fmt(f.act)}`).join('\n');
     const head = sel
       ? h('p', {}, 'Coloured by ', h('a', { href: link.unit('feature', r.feature) }, `feature #${r.feature}`),
@@ -358,6 +359,11 @@
       : h('p', {}, `No feature selected: coloured by each token's most active feature at ${r.hook}.`);
     const tokens = h('div', { class: 'prompt-tokens', id: 'prompt-tokens' },
       r.tokens.map((t) => {
+        if (t.excluded) {
+          const s = h('span', { class: 'tok excluded', title: `${JSON.stringify(t.text)}: ${t.excluded}`, 'data-excluded': 'true' }, showTok(t.text));
+          s.setAttribute('data-index', t.index);
+          return s;
+        }
         const s = tokenSpan(t.text, valueOf(t), scale, false, topText(t));
         s.setAttribute('data-index', t.index);
         return s;
@@ -365,11 +371,11 @@
     const table = h('table', { class: 'per-token' },
       h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, 'token'),
         h('th', { class: 'num' }, sel ? `act #${r.feature}` : ''), h('th', {}, 'most active features'))),
-      h('tbody', {}, r.tokens.map((t) => h('tr', {},
+      h('tbody', {}, r.tokens.map((t) => h('tr', t.excluded ? { class: 'excluded', title: t.excluded } : {},
         h('td', { class: 'num' }, t.index),
         h('td', {}, h('span', { class: 'chip' }, showTok(t.text))),
         h('td', { class: 'num' }, sel ? fmt(t.act) : ''),
-        h('td', { class: 'tops' }, t.top.length ? t.top.map((f) => h('a', {
+        h('td', { class: 'tops' }, t.excluded ? h('span', { class: 'muted' }, `left out: ${t.excluded}`) : t.top.length ? t.top.map((f) => h('a', {
           href: link.unit('feature', f.id), class: 'chip feat', title: f.label || '',
         }, `#${f.id} `, h('span', { class: 'muted' }, fmt(f.act)))) : h('span', { class: 'muted' }, 'none active'))))));
     fill(out,

@@ -202,6 +202,8 @@ impl Live {
         wanted.sort_unstable();
         wanted.dedup();
         let names = labels(&wanted);
+        // the positions every statistic leaves out (the feature store's rule)
+        let rule = glassbox_model::RowRule::for_model(&model);
         let tokens: Vec<Value> = ids
             .iter()
             .zip(rows.iter().zip(&tops))
@@ -212,6 +214,7 @@ impl Live {
                     "id": id,
                     "text": tok.token_text(id),
                     "act": feature.map(|f| row[f]),
+                    "excluded": rule.exclusion(&ids, i).map(|e| e.reason()),
                     "top": top.iter().map(|(f, a)| json!({
                         "id": f, "act": a, "label": names.get(&(*f as i64)),
                     })).collect::<Vec<_>>(),

@@ -441,6 +441,9 @@ fn live_prompt_and_steer_on_the_default_model() {
     assert_eq!(v["truncated"], false);
     assert!(v["message"].is_null());
     assert_eq!(v["feature_label"], "feature label 2");
+    // the feature store's rule: position 0 is left out, and says why
+    assert!(toks[0]["excluded"].as_str().unwrap().contains("position 0"));
+    assert!(toks[1..].iter().all(|t| t["excluded"].is_null()), "{v}");
     let mut any_active = false;
     for t in toks {
         let act = t["act"].as_f64().unwrap();

@@ -214,8 +214,15 @@ fn prompt_view_renders_tokens_in_chromium() {
     ] {
         assert!(toks.contains(t), "token {t} missing: {toks}");
     }
-    assert_eq!(toks.matches("data-act=\"").count(), 6, "{toks}");
+    // position 0 is left out of every statistic: greyed, its reason on hover, no colour
+    assert_eq!(toks.matches("data-act=\"").count(), 5, "{toks}");
     assert!(toks.contains("data-index=\"5\""));
+    let first = &toks[toks
+        .find("data-excluded")
+        .expect("position 0 marked as excluded")..];
+    assert!(first.contains("data-index=\"0\""), "{first}");
+    assert!(toks.contains("position 0: the attention sink"), "{toks}");
+    assert_eq!(toks.matches("data-excluded").count(), 1, "{toks}");
     assert!(
         dom.contains("feature label 2"),
         "the selected feature's label"
