@@ -1,5 +1,5 @@
 //! `glassbox train-sae` end to end on SmolLM2's first blocks: the run directory's
-//! contents, a killed run resumed from its checkpoint reaching the same dictionary as an
+//! contents, runs killed with SIGKILL anywhere and resumed reaching the same dictionary as an
 //! uninterrupted one, a TOML config, and bad input.
 
 use glassbox_fixtures::default_gguf;
@@ -62,7 +62,7 @@ fn ok(o: &std::process::Output) {
 }
 
 #[test]
-fn a_killed_run_resumes_to_the_same_dictionary() {
+fn a_run_directory_holds_the_dictionary_and_its_records() {
     let Some(model) = default_gguf() else { return };
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus(dir.path());
@@ -89,18 +89,6 @@ fn a_killed_run_resumes_to_the_same_dictionary() {
     let log = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 1, "one log line per 10 steps: {log}");
 
-    let killed = dir.path().join("killed");
-    let o = train_killed_at(Some("step:7"), &model, &corpus, &killed, &[]);
-    assert_sigkilled(&o);
-    // the checkpoint after 4 steps (1024 tokens) survives; resume from it
-    let o = train(&model, &corpus, &killed, &["--resume"]);
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming at step 4"));
-    assert_eq!(
-        std::fs::read(straight.join("sae_weights.safetensors")).unwrap(),
-        std::fs::read(killed.join("sae_weights.safetensors")).unwrap(),
-        "the resumed run's dictionary differs from the uninterrupted run's"
-    );
     // a finished run is not overwritten by accident
     let o = train(&model, &corpus, &straight, &[]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
