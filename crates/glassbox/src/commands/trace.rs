@@ -228,7 +228,8 @@ pub struct InterveneArgs {
     #[arg(long)]
     prompt: String,
     /// `LAYER/FEATURE@POSITION=VALUE` sets an activation, `…*FACTOR` scales it
-    /// (`*0` ablates); repeatable. Positions count BOS as 0, as in the graph.
+    /// (`*0` ablates); repeatable. The layer may carry trace's `L` (`L12/345@7*0`).
+    /// Positions count BOS as 0, as in the graph.
     #[arg(long = "edit", required = true)]
     edits: Vec<String>,
     /// frozen: the local replacement model (attention, norms, errors fixed at the
@@ -244,11 +245,14 @@ pub struct InterveneArgs {
 fn parse_edit(spec: &str) -> Result<FeatureEdit> {
     let err = || {
         anyhow::anyhow!(
-            "--edit `{spec}`: expected LAYER/FEATURE@POSITION=VALUE or LAYER/FEATURE@POSITION*FACTOR, e.g. 12/345@7*0"
+            "--edit `{spec}`: expected LAYER/FEATURE@POSITION=VALUE or LAYER/FEATURE@POSITION*FACTOR, e.g. L12/345@7*0 (as trace prints features) or 12/345@7*0"
         )
     };
     let (lf, rest) = spec.split_once('@').ok_or_else(err)?;
     let (l, f) = lf.split_once('/').ok_or_else(err)?;
+    // `trace` prints features as `L12/345@7`: accept that form as well as the bare one
+    let l = l.trim();
+    let l = l.strip_prefix(['L', 'l']).unwrap_or(l);
     let (p, value) = if let Some((p, v)) = rest.split_once('=') {
         (p, EditValue::Set(v.trim().parse().map_err(|_| err())?))
     } else if let Some((p, v)) = rest.split_once('*') {
@@ -320,4 +324,25 @@ pub fn run_intervene(a: InterveneArgs) -> Result<()> {
         out.kl, out.mode
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `trace` prints (`L29/23@10`), `intervene --edit` accepts, as well as the bare form.
+    #[test]
+    fn an_edit_accepts_the_printed_feature_form() {
+        for spec in ["L29/23@10*0", "29/23@10*0", " l29 / 23 @ 10 * 0"] {
+            let e = parse_edit(spec).unwrap();
+            assert_eq!((e.layer, e.feature, e.position), (29, 23, 10), "{spec}");
+            assert!(matches!(e.value, EditValue::Scale(v) if v == 0.0), "{spec}");
+        }
+        let e = parse_edit("L3/7@2=1.5").unwrap();
+        assert!(matches!(e.value, EditValue::Set(v) if v == 1.5));
+        for bad in ["X29/23@10*0", "L/23@10*0", "29/23@10", "LL29/23@10*0"] {
+            let msg = parse_edit(bad).unwrap_err().to_string();
+            assert!(msg.contains("e.g. L12/345@7*0"), "{bad}: {msg}");
+        }
+    }
 }
