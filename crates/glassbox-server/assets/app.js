@@ -90,6 +90,12 @@
     return String(t).replace(/\n/g, '⏎').replace(/\t/g, '⇥').replace(/\r/g, '');
   }
 
+  // A token on its own (a chip): leading and trailing spaces made visible, so " even" and
+  // "even" do not look like duplicates.
+  function chipTok(t) {
+    return showTok(t).replace(/^ +| +$/g, (m) => '␣'.repeat(m.length));
+  }
+
   function setUrl(url) {
     try { history.replaceState(null, '', url); } catch (e) { /* file:// may refuse */ }
   }
@@ -248,7 +254,7 @@
           h('td', { class: 'num' }, fmt(u.mean_act)),
           h('td', { class: 'num' }, fmt(u.concentration)),
           h('td', { class: 'toks' }, (u.top_tokens || []).slice(0, 6).map((t) =>
-            h('span', { class: 'chip', title: `${JSON.stringify(t[0])} × ${t[1]}` }, showTok(t[0])))))))));
+            h('span', { class: 'chip', title: `${JSON.stringify(t[0])} × ${t[1]}` }, chipTok(t[0])))))))));
       const prev = h('button', { type: 'button', disabled: state.offset === 0, onclick: () => { state.offset = Math.max(0, state.offset - state.limit); load(); } }, '← previous');
       const next = h('button', { type: 'button', disabled: state.offset + state.limit >= res.total, onclick: () => { state.offset += state.limit; load(); } }, 'next →');
       fill(pager, prev, next);
@@ -329,7 +335,7 @@
 
     const tokSec = h('div', {}, h('h2', {}, 'Top tokens'),
       h('div', { class: 'toks' }, (u.top_tokens || []).map((t) =>
-        h('span', { class: 'chip', title: `${JSON.stringify(t[0])} × ${t[1]}` }, showTok(t[0]), h('sub', {}, t[1])))));
+        h('span', { class: 'chip', title: `${JSON.stringify(t[0])} × ${t[1]}` }, chipTok(t[0]), h('sub', {}, t[1])))));
 
     show(header,
       h('div', { class: 'overview' },
@@ -373,7 +379,7 @@
         h('th', { class: 'num' }, sel ? `act #${r.feature}` : ''), h('th', {}, 'most active features'))),
       h('tbody', {}, r.tokens.map((t) => h('tr', t.excluded ? { class: 'excluded', title: t.excluded } : {},
         h('td', { class: 'num' }, t.index),
-        h('td', {}, h('span', { class: 'chip' }, showTok(t.text))),
+        h('td', {}, h('span', { class: 'chip' }, chipTok(t.text))),
         h('td', { class: 'num' }, sel ? fmt(t.act) : ''),
         h('td', { class: 'tops' }, t.excluded ? h('span', { class: 'muted' }, `left out: ${t.excluded}`) : t.top.length ? t.top.map((f) => h('a', {
           href: link.unit('feature', f.id), class: 'chip feat', title: f.label || '',
@@ -909,7 +915,7 @@
             h('a', { href: link.layerFeature(n.layer, n.feature) }, 'full page')),
           statsTable(u),
           h('div', { class: 'toks' }, (u.top_tokens || []).map((t) =>
-            h('span', { class: 'chip', title: `${JSON.stringify(t[0])} × ${t[1]}` }, showTok(t[0]), h('sub', {}, t[1])))),
+            h('span', { class: 'chip', title: `${JSON.stringify(t[0])} × ${t[1]}` }, chipTok(t[0]), h('sub', {}, t[1])))),
           h('h3', {}, 'Top activations'),
           (u.top_examples || []).length
             ? h('div', { id: 'panel-examples' }, u.top_examples.slice(0, 8).map((ex) => exampleRow(ex, scale)))

@@ -139,6 +139,8 @@ fn feature_page_list_and_compare_render_in_chromium() {
     let dom = dump_dom(&chromium, &format!("{base}/?q=kitten"));
     let table = element(&dom, "list-table");
     assert!(table.contains("cat and kitten"), "{table}");
+    // a token chip shows its leading space, so " kitten" and "kitten" cannot look alike
+    assert!(table.contains(">␣kitten</span>"), "{table}");
     assert!(
         !table.contains("feature label 1"),
         "the search filters: {table}"
