@@ -133,6 +133,39 @@ impl TextTokenizer {
         self.decode(&[id]).unwrap_or_else(|_| format!("<{id}>"))
     }
 
+    /// The text of each token of a sequence, for display: a character whose bytes span
+    /// several byte-level tokens (emoji, CJK) is shown whole at the token that completes
+    /// it, and the tokens before it in that character show as empty, instead of each
+    /// decoding alone to "�".
+    pub fn token_texts(&self, ids: &[u32]) -> Vec<String> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut start = 0;
+        for i in 0..ids.len() {
+            let text = self
+                .decode(&ids[start..=i])
+                .unwrap_or_else(|_| format!("<{}>", ids[i]));
+            // a UTF-8 character is at most 4 bytes: give up merging past that
+            if text.ends_with('\u{FFFD}') && i - start < 3 && i + 1 < ids.len() {
+                out.push(String::new());
+                continue;
+            }
+            if i > start && text.ends_with('\u{FFFD}') {
+                // never completed: show each token alone after all
+                for (k, id) in ids[start..=i].iter().enumerate() {
+                    let t = self.token_text(*id);
+                    match out.get_mut(start + k) {
+                        Some(slot) => *slot = t,
+                        None => out.push(t),
+                    }
+                }
+            } else {
+                out.push(text);
+            }
+            start = i + 1;
+        }
+        out
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

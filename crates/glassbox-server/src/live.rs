@@ -204,6 +204,8 @@ impl Live {
         let names = labels(&wanted);
         // the positions every statistic leaves out (the feature store's rule)
         let rule = glassbox_model::RowRule::for_model(&model);
+        // characters split across byte-level tokens shown whole, not as "�"
+        let texts = tok.token_texts(&ids);
         let tokens: Vec<Value> = ids
             .iter()
             .zip(rows.iter().zip(&tops))
@@ -212,7 +214,7 @@ impl Live {
                 json!({
                     "index": i,
                     "id": id,
-                    "text": tok.token_text(id),
+                    "text": texts[i],
                     "act": feature.map(|f| row[f]),
                     "excluded": rule.exclusion(&ids, i).map(|e| e.reason()),
                     "top": top.iter().map(|(f, a)| json!({
