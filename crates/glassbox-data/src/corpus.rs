@@ -296,6 +296,7 @@ fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
         corpus.report.skipped_empty += 1;
         return Ok(());
     }
+    let file_len = file.metadata().map_err(io_err(path))?.len();
     let reader = SerializedFileReader::new(file)
         .map_err(|e| parquet_err(path, "not a readable Parquet file", e))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
@@ -336,6 +337,20 @@ fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
     let mut values = Vec::new();
     let mut defs = Vec::new();
     for g in 0..reader.num_row_groups() {
+        // parquet's column reader panics on a negative start or size
+        // (`ColumnChunkMetaData::byte_range`): check the chunk lies inside the file first.
+        let chunk = reader.metadata().row_group(g).column(index);
+        let start = chunk
+            .dictionary_page_offset()
+            .unwrap_or(chunk.data_page_offset());
+        let len = chunk.compressed_size();
+        if start < 0 || len < 0 || (start as u64).saturating_add(len as u64) > file_len {
+            return Err(DataError::Corpus(format!(
+                "{}: row group {g}: column `{field}` claims bytes {start}..{start}+{len} of a \
+                 {file_len}-byte file (corrupt metadata)",
+                path.display()
+            )));
+        }
         let group = reader
             .get_row_group(g)
             .map_err(|e| parquet_err(path, "cannot read a row group", e))?;

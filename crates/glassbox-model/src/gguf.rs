@@ -24,6 +24,10 @@ pub struct GgufModel {
 
 pub fn read_gguf_header(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(|e| ModelError::bad_file(path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| ModelError::bad_file(path, e))?
+        .len();
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| {
         ModelError::bad_file(
@@ -31,7 +35,42 @@ pub fn read_gguf_header(path: &Path) -> Result<(Content, BufReader<File>)> {
             format!("not a valid GGUF file (wrong magic, truncated or corrupt?): {e}"),
         )
     })?;
+    check_tensor_infos(&content, file_len).map_err(|m| ModelError::bad_file(path, m))?;
     Ok((content, reader))
+}
+
+/// Every tensor the header lists must have a size that neither overflows nor exceeds
+/// what the file holds after its offset, and at least one element: candle computes the
+/// byte count unchecked (a shape whose product overflows panics), and reads an empty
+/// tensor through a misaligned pointer.
+fn check_tensor_infos(c: &Content, file_len: u64) -> std::result::Result<(), String> {
+    for (name, info) in &c.tensor_infos {
+        let dims = info.shape.dims();
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                format!(
+                    "tensor `{name}` has shape {dims:?}: no elements, or more than a file can hold"
+                )
+            })?;
+        let (block, type_size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+        if elems % block != 0 {
+            return Err(format!(
+                "tensor `{name}` has {elems} elements, not a multiple of its {:?} block size {block}",
+                info.ggml_dtype
+            ));
+        }
+        let bytes = (elems / block) as u128 * type_size as u128;
+        let start = c.tensor_data_offset as u128 + info.offset as u128;
+        if start + bytes > file_len as u128 {
+            return Err(format!(
+                "tensor `{name}` needs {bytes} bytes at offset {start}, past the end of the {file_len}-byte file (truncated?)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn meta<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {

@@ -81,6 +81,18 @@ impl Batch {
         self.tokens.first().map_or(0, Vec::len)
     }
 
+    /// Reads a tokens file (`cache --tokens-file`): a safetensors file holding an int64
+    /// `input_ids` `[batch, seq]`.
+    pub fn from_tokens_file(path: &std::path::Path) -> Result<Self> {
+        let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
+            ModelError::bad_file(path, format!("cannot read it as safetensors: {e}"))
+        })?;
+        let ids = t
+            .get("input_ids")
+            .ok_or_else(|| ModelError::bad_file(path, "no `input_ids` tensor"))?;
+        Self::from_tensor(ids)
+    }
+
     /// Reads an int64 `input_ids` `[batch, seq]` tensor.
     pub fn from_tensor(ids: &Tensor) -> Result<Self> {
         let ids = match ids.rank() {

@@ -52,7 +52,13 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path)
+        let bytes = std::fs::read(path)
+            .map_err(|e| ModelError::bad_file(path, format!("cannot read tokenizer: {e}")))?;
+        // JSON syntax first: tokenizers' own reader panics (`expect("Helper")`) on a
+        // syntax error inside the decoder; from a parsed value it can only refuse.
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ModelError::bad_file(path, format!("tokenizer is not JSON: {e}")))?;
+        let inner: Tokenizer = serde_json::from_value(value)
             .map_err(|e| ModelError::bad_file(path, format!("cannot read tokenizer: {e}")))?;
         Ok(TextTokenizer {
             inner,

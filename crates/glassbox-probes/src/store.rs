@@ -92,7 +92,16 @@ pub fn load(dir: &Path) -> Result<(Probe, ProbeMeta)> {
         .into_iter()
         .map(f64::from)
         .collect();
-    let bias = get("bias")?.to_vec1::<f32>()?[0] as f64;
+    let bias = match get("bias")?.to_vec1::<f32>()?[..] {
+        [b] => b as f64,
+        ref other => {
+            return Err(bad(format!(
+                "{}: `bias` must hold one value, it holds {}",
+                dir.join("probe.safetensors").display(),
+                other.len()
+            )))
+        }
+    };
     Ok((
         Probe {
             method: meta.method,

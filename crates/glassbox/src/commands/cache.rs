@@ -25,14 +25,8 @@ pub fn run(args: Args) -> Result<()> {
     let model = open_model(&args.model)?;
     let batch = match (&args.prompt, &args.tokens_file) {
         (Some(p), _) => Batch::single(&encode(&model, p)?),
-        (None, Some(f)) => {
-            let t = candle_core::safetensors::load(f, &candle_core::Device::Cpu)
-                .with_context(|| format!("cannot read {} as safetensors", f.display()))?;
-            let ids = t
-                .get("input_ids")
-                .with_context(|| format!("{} has no `input_ids` tensor", f.display()))?;
-            Batch::from_tensor(ids)?
-        }
+        (None, Some(f)) => Batch::from_tokens_file(f)
+            .with_context(|| format!("cannot read {} as a tokens file", f.display()))?,
         (None, None) => bail!("give --prompt or --tokens-file"),
     };
     let filter = HookFilter::parse(&args.hooks, model.config())?;
