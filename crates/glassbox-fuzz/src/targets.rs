@@ -324,7 +324,9 @@ fn api() -> &'static Api {
             crate::seeds::GRAPH_JSON.as_bytes(),
         );
         let app = glassbox_server::App::open(&dir).expect("the fuzz run directory opens");
+        // the server's limits (read timeouts, the live gate's deadline) need timers
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("a tokio runtime");
         Api {
