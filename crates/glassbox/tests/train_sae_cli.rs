@@ -24,6 +24,16 @@ fn train(model: &Path, corpus: &Path, out: &Path, extra: &[&str]) -> std::proces
     train_killed_at(None, model, corpus, out, extra)
 }
 
+/// The binary, to be SIGKILLed by itself at the named point (`GLASSBOX_KILL_AT`), if any.
+fn glassbox_killed_at(point: Option<&str>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    match point {
+        Some(p) => cmd.env("GLASSBOX_KILL_AT", p),
+        None => cmd.env_remove("GLASSBOX_KILL_AT"),
+    };
+    cmd
+}
+
 /// `train`, SIGKILLed by the process itself at the named point (`GLASSBOX_KILL_AT`).
 fn train_killed_at(
     point: Option<&str>,
@@ -32,11 +42,7 @@ fn train_killed_at(
     out: &Path,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
-    match point {
-        Some(p) => cmd.env("GLASSBOX_KILL_AT", p),
-        None => cmd.env_remove("GLASSBOX_KILL_AT"),
-    };
+    let mut cmd = glassbox_killed_at(point);
     cmd.args(["train-sae", "--model"]).arg(model);
     if !extra.contains(&"--hook") {
         cmd.args(["--hook", "blocks.1.hook_resid_pre"]);
@@ -335,11 +341,7 @@ fn train_set(
     out: &Path,
     resume: bool,
 ) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
-    match point {
-        Some(p) => cmd.env("GLASSBOX_KILL_AT", p),
-        None => cmd.env_remove("GLASSBOX_KILL_AT"),
-    };
+    let mut cmd = glassbox_killed_at(point);
     cmd.args(["train-transcoders", "--model"])
         .arg(model)
         .args([
