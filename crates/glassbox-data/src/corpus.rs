@@ -3,7 +3,7 @@
 //! than fatal, so one stray file does not stop a long run; the report says what
 //! happened.
 
-use crate::{io_err, DataError, Result};
+use crate::{io_err, parquet_guard, DataError, Result};
 use parquet::basic::Type as PhysicalType;
 use parquet::column::reader::ColumnReader;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -297,6 +297,7 @@ fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
         return Ok(());
     }
     let file_len = file.metadata().map_err(io_err(path))?.len();
+    check_footer(path, &file, file_len)?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| parquet_err(path, "not a readable Parquet file", e))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
@@ -334,8 +335,6 @@ fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
             }
         )));
     }
-    let mut values = Vec::new();
-    let mut defs = Vec::new();
     for g in 0..reader.num_row_groups() {
         // parquet's column reader panics on a negative start or size
         // (`ColumnChunkMetaData::byte_range`): check the chunk lies inside the file first.
@@ -351,6 +350,80 @@ fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
                 path.display()
             )));
         }
+        let bytes = read_range(path, start as u64, len as u64)?;
+        parquet_guard::check_pages(&bytes).map_err(|e| {
+            DataError::Corpus(format!(
+                "{}: row group {g}, column `{field}`: {e} (corrupt file)",
+                path.display()
+            ))
+        })?;
+        // The pages' contents are checked by parquet's decoders, which panic on some
+        // malformed pages: contain that, and name the file.
+        parquet_guard::contain(|| read_text_column(path, &reader, g, index, field, corpus))
+            .map_err(|panic| {
+                DataError::Corpus(format!(
+                    "{}: row group {g}, column `{field}`: corrupt page data (the Parquet \
+                     decoder failed: {panic}); re-save the file",
+                    path.display()
+                ))
+            })??;
+    }
+    Ok(())
+}
+
+/// Bytes `start..start + len` of a file (a range already checked to lie inside it).
+fn read_range(path: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+    let mut buf = Vec::new();
+    f.take(len).read_to_end(&mut buf).map_err(io_err(path))?;
+    Ok(buf)
+}
+
+/// Walks the footer's Thrift metadata before the parquet crate does (see
+/// `parquet_guard`): a footer that declares more than it holds is refused here.
+fn check_footer(path: &Path, file: &std::fs::File, file_len: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let corrupt = |what: String| DataError::Corpus(format!("{}: {what}", path.display()));
+    if file_len < 12 {
+        return Err(corrupt(format!(
+            "{file_len} bytes is too short to be a Parquet file"
+        )));
+    }
+    let mut tail = [0u8; 8];
+    file.read_exact_at(&mut tail, file_len - 8)
+        .map_err(io_err(path))?;
+    if &tail[4..] != b"PAR1" {
+        // Not plain Parquet (or encrypted): the parquet crate says which.
+        return Ok(());
+    }
+    let meta_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if meta_len + 8 > file_len {
+        return Err(corrupt(format!(
+            "the footer claims {meta_len} bytes of metadata in a {file_len}-byte file              (corrupt or truncated file)"
+        )));
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    file.read_exact_at(&mut meta, file_len - 8 - meta_len)
+        .map_err(io_err(path))?;
+    parquet_guard::struct_len(&meta)
+        .map(drop)
+        .map_err(|e| corrupt(format!("corrupt footer metadata: {e}")))
+}
+
+/// Appends the documents of column `index` in row group `g` to `corpus`.
+fn read_text_column(
+    path: &Path,
+    reader: &SerializedFileReader<std::fs::File>,
+    g: usize,
+    index: usize,
+    field: &str,
+    corpus: &mut Corpus,
+) -> Result<()> {
+    let mut values = Vec::new();
+    let mut defs = Vec::new();
+    {
         let group = reader
             .get_row_group(g)
             .map_err(|e| parquet_err(path, "cannot read a row group", e))?;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 mod corpus;
 mod harvest;
+mod parquet_guard;
 pub mod store;
 
 pub use corpus::{read_corpus, Corpus, CorpusReport};

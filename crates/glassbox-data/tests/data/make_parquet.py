@@ -13,3 +13,21 @@ b = pa.table({
     "id": [4, 5],
 })
 pq.write_table(b, "hf-dataset/data/train-00001-of-00002.parquet", compression="zstd")
+
+# Many small pages in every layout pyarrow writes (v1 and v2 data pages, dictionary
+# pages, page index, statistics): the page-header checks in `parquet_guard` must
+# accept all of them.
+import random
+random.seed(0)
+words = "the of and to a in is that for it as was with on by".split()
+docs = [" ".join(random.choice(words) for _ in range(random.randint(1, 40))) + f" #{i}"
+        for i in range(300)]
+docs[7] = None
+c = pa.table({"id": list(range(300)), "text": docs})
+for page_version in ["1.0", "2.0"]:
+    for dictionary in [True, False]:
+        pq.write_table(
+            c, f"pages/v{page_version}-{'dict' if dictionary else 'plain'}.parquet",
+            compression="zstd", data_page_version=page_version, use_dictionary=dictionary,
+            row_group_size=100, data_page_size=1024, write_statistics=True,
+            write_page_index=True)

@@ -1,0 +1,317 @@
+//! Checks that stand between a Parquet file from anywhere and the parquet crate's
+//! reader, which trusts the file more than it should (found by fuzzing, RELIABILITY.md):
+//!
+//! - its Thrift skipper treats booleans inside a list as taking no bytes, so a 1 KB
+//!   footer or page header that declares a list of 2³¹ booleans spins for minutes;
+//! - it allocates a page's declared uncompressed size before decompressing it
+//!   (939,524,116 bytes for a 1 KB file);
+//! - its level and value decoders index past the end of a page whose data is shorter
+//!   than its own length prefixes say, and panic.
+//!
+//! The first two are refused here before the parquet crate sees the bytes: the footer
+//! and every page header of the text column are walked with a Thrift compact-protocol
+//! reader that requires every declared element to fit in the bytes left. The third
+//! needs the page decompressed to detect, so the decoding is run under [`contain`],
+//! which turns a panic into an error naming the file.
+
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+/// Deepest Thrift nesting accepted; Parquet's own structures nest a handful of levels.
+const MAX_DEPTH: usize = 64;
+
+/// A page may expand to at most this multiple of its compressed size (or to
+/// [`PAGE_FLOOR_BYTES`], whichever is larger). Text pages compress 2–10× with snappy or
+/// zstd; snappy cannot exceed about 21×. A larger claim is refused rather than
+/// allocated.
+pub(crate) const MAX_PAGE_EXPANSION: u64 = 64;
+pub(crate) const PAGE_FLOOR_BYTES: u64 = 1 << 20;
+
+/// The sizes a page header declares, and how many bytes the header itself took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PageSizes {
+    pub header_len: usize,
+    pub uncompressed: i64,
+    pub compressed: i64,
+}
+
+/// Walks one Thrift compact-protocol struct at the start of `buf` and returns its
+/// length in bytes, or what is wrong with it.
+pub(crate) fn struct_len(buf: &[u8]) -> Result<usize, String> {
+    let mut r = Reader { buf, pos: 0 };
+    r.skip_struct(MAX_DEPTH, &mut |_, _| {})?;
+    Ok(r.pos)
+}
+
+/// Reads the page header at the start of `buf`: its length and the two sizes every
+/// page header must carry (fields 2 and 3 of Parquet's `PageHeader`).
+pub(crate) fn page_header(buf: &[u8]) -> Result<PageSizes, String> {
+    let mut r = Reader { buf, pos: 0 };
+    let (mut uncompressed, mut compressed) = (None, None);
+    r.skip_struct(MAX_DEPTH, &mut |id, v| match id {
+        2 => uncompressed = Some(v),
+        3 => compressed = Some(v),
+        _ => {}
+    })?;
+    match (uncompressed, compressed) {
+        (Some(u), Some(c)) if u >= 0 && c >= 0 => Ok(PageSizes {
+            header_len: r.pos,
+            uncompressed: u,
+            compressed: c,
+        }),
+        (Some(_), Some(_)) => Err("a page header declares a negative size".into()),
+        _ => Err("a page header lacks its sizes".into()),
+    }
+}
+
+/// Checks the pages of one column chunk (`chunk` holds exactly its bytes): every
+/// header is well formed, every page lies inside the chunk, and no page claims to
+/// expand beyond [`MAX_PAGE_EXPANSION`]×.
+pub(crate) fn check_pages(chunk: &[u8]) -> Result<usize, String> {
+    let mut pos = 0usize;
+    let mut pages = 0usize;
+    while pos < chunk.len() {
+        let h = page_header(&chunk[pos..]).map_err(|e| format!("page {pages}: {e}"))?;
+        let body = h.compressed as u64;
+        let end = (pos + h.header_len) as u64 + body;
+        if end > chunk.len() as u64 {
+            return Err(format!(
+                "page {pages} claims {body} bytes but the column chunk has {} left",
+                chunk.len() - pos - h.header_len
+            ));
+        }
+        let limit = (body * MAX_PAGE_EXPANSION).max(PAGE_FLOOR_BYTES);
+        if h.uncompressed as u64 > limit {
+            return Err(format!(
+                "page {pages} claims to expand from {body} to {} bytes (more than \
+                 {MAX_PAGE_EXPANSION}×): the file is corrupt, or compressed further than \
+                 glassbox accepts; re-save it uncompressed or with snappy",
+                h.uncompressed
+            ));
+        }
+        pos = end as usize;
+        pages += 1;
+    }
+    Ok(pages)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn left(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or("the Thrift data ends early (truncated file?)")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), String> {
+        if n > self.left() {
+            return Err(format!(
+                "the Thrift data declares {n} bytes where {} are left",
+                self.left()
+            ));
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("a Thrift integer is longer than 10 bytes".into())
+    }
+
+    fn zigzag(&mut self) -> Result<i64, String> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+
+    /// A count of elements that must each take at least one byte of what is left.
+    fn count(&mut self, n: u64) -> Result<usize, String> {
+        if n > self.left() as u64 {
+            return Err(format!(
+                "a Thrift list or map declares {n} elements in {} bytes",
+                self.left()
+            ));
+        }
+        Ok(n as usize)
+    }
+
+    /// Skips one struct; `field` sees each integer field of this struct (not nested
+    /// ones) as (id, value).
+    fn skip_struct(&mut self, depth: usize, field: &mut dyn FnMut(i16, i64)) -> Result<(), String> {
+        if depth == 0 {
+            return Err("Thrift data nests too deeply".into());
+        }
+        let mut last_id: i16 = 0;
+        loop {
+            let b = self.byte()?;
+            if b == 0 {
+                return Ok(());
+            }
+            let kind = b & 0x0f;
+            let delta = b >> 4;
+            let id = if delta == 0 {
+                self.zigzag()? as i16
+            } else {
+                last_id.wrapping_add(i16::from(delta))
+            };
+            last_id = id;
+            match kind {
+                // A boolean field carries its value in the field header.
+                1 | 2 => {}
+                4..=6 => field(id, self.zigzag()?),
+                _ => self.skip_value(kind, depth)?,
+            }
+        }
+    }
+
+    /// Skips one value of compact type `kind` (inside a list, map or struct).
+    fn skip_value(&mut self, kind: u8, depth: usize) -> Result<(), String> {
+        match kind {
+            // Inside a list or map a boolean takes one byte.
+            1 | 2 | 3 => self.skip(1),
+            4..=6 => self.varint().map(drop),
+            7 => self.skip(8),
+            8 => {
+                let n = self.varint()?;
+                self.skip(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+            9 | 10 => {
+                let h = self.byte()?;
+                let n = match h >> 4 {
+                    15 => self.varint()?,
+                    n => u64::from(n),
+                };
+                let n = self.count(n)?;
+                let elem = h & 0x0f;
+                for _ in 0..n {
+                    self.skip_element(elem, depth)?;
+                }
+                Ok(())
+            }
+            11 => {
+                let n = self.varint()?;
+                let n = self.count(n)?;
+                if n > 0 {
+                    let kv = self.byte()?;
+                    for _ in 0..n {
+                        self.skip_element(kv >> 4, depth)?;
+                        self.skip_element(kv & 0x0f, depth)?;
+                    }
+                }
+                Ok(())
+            }
+            12 => self.skip_struct(depth - 1, &mut |_, _| {}),
+            13 => self.skip(16),
+            other => Err(format!("unknown Thrift type {other}")),
+        }
+    }
+
+    fn skip_element(&mut self, kind: u8, depth: usize) -> Result<(), String> {
+        if depth <= 1 {
+            return Err("Thrift data nests too deeply".into());
+        }
+        self.skip_value(kind, depth - 1)
+    }
+}
+
+thread_local! {
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err(message)` without printing the panic.
+/// For third-party decoders that panic on malformed input; nothing `f` built survives
+/// the panic, so no half-updated state is observed.
+pub(crate) fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let out = panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    out.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_booleans_must_fit_in_the_bytes_left() {
+        // struct { 1: list<bool> of 2^31 elements }, then nothing: parquet 60's skipper
+        // loops 2^31 times over no input.
+        let mut buf = vec![0x19, 0xf1];
+        buf.extend([0x80, 0x80, 0x80, 0x80, 0x08]);
+        let e = struct_len(&buf).unwrap_err();
+        assert!(e.contains("declares 2147483648 elements"), "{e}");
+    }
+
+    #[test]
+    fn page_headers_give_their_sizes_and_length() {
+        // PageHeader { 1: type=0, 2: uncompressed=100, 3: compressed=40, 5: struct{} }
+        let buf = [
+            0x15, 0x00, 0x15, 0xc8, 0x01, 0x15, 0x50, 0x2c, 0x00, 0x00, 0xff,
+        ];
+        let h = page_header(&buf).unwrap();
+        assert_eq!(
+            h,
+            PageSizes {
+                header_len: 10,
+                uncompressed: 100,
+                compressed: 40
+            }
+        );
+    }
+
+    #[test]
+    fn a_page_that_claims_to_expand_too_far_is_refused() {
+        // uncompressed 939,524,116 from 4 bytes
+        let mut page = vec![0x15, 0x00, 0x15];
+        let mut v = 939_524_116u64 << 1;
+        while v >= 0x80 {
+            page.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        page.push(v as u8);
+        page.extend([0x15, 0x08, 0x00, 1, 2, 3, 4]);
+        let e = check_pages(&page).unwrap_err();
+        assert!(e.contains("claims to expand from 4 to 939524116"), "{e}");
+    }
+
+    #[test]
+    fn contain_turns_a_panic_into_an_error_and_leaves_the_thread_usable() {
+        let e = contain(|| -> u32 { panic!("index 7 out of range") }).unwrap_err();
+        assert_eq!(e, "index 7 out of range");
+        assert_eq!(contain(|| 3), Ok(3));
+    }
+}
