@@ -187,7 +187,7 @@ impl Reader<'_> {
     fn skip_value(&mut self, kind: u8, depth: usize) -> Result<(), String> {
         match kind {
             // Inside a list or map a boolean takes one byte.
-            1 | 2 | 3 => self.skip(1),
+            1..=3 => self.skip(1),
             4..=6 => self.varint().map(drop),
             7 => self.skip(8),
             8 => {
