@@ -18,17 +18,36 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// Parses `L.H` (heads) or `L.N` (neurons).
+    /// Parses `L.H` (heads; also `L9.H6`) or `L.N` (neurons; also `L9.N120`).
     pub fn parse_list(spec: &str, head: bool, model: &Transformer) -> Result<Vec<Unit>> {
         let c = &model.config;
         spec.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
+                // `9.6`, or as the patching and IOI summaries print heads: `L9.H6`
+                let number = |x: &str, prefix: char| {
+                    let x = x.trim();
+                    x.strip_prefix([prefix, prefix.to_ascii_lowercase()])
+                        .unwrap_or(x)
+                        .parse::<usize>()
+                        .ok()
+                };
                 let (l, i) = s
                     .split_once('.')
-                    .and_then(|(l, i)| Some((l.parse::<usize>().ok()?, i.parse::<usize>().ok()?)))
-                    .ok_or_else(|| bad(format!("`{s}` is not LAYER.INDEX (e.g. 9.6)")))?;
+                    .and_then(|(l, i)| {
+                        Some((number(l, 'L')?, number(i, if head { 'H' } else { 'N' })?))
+                    })
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "`{s}` is not LAYER.INDEX (e.g. {})",
+                            if head {
+                                "9.6 or L9.H6"
+                            } else {
+                                "9.120 or L9.N120"
+                            }
+                        ))
+                    })?;
                 if l >= c.n_layers {
                     return Err(bad(format!(
                         "`{s}`: layer {l} does not exist (the model has {} layers)",

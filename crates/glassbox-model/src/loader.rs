@@ -106,7 +106,21 @@ pub fn load_hf_dir_with(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     if let Some(t) = tokenizer.as_mut() {
         t.bos_token_id = config.bos_token_id;
         t.eos_token_id = config.eos_token_id;
-        t.chat_template = read_chat_template(dir);
+        let tok_config = read_tokenizer_config(dir);
+        t.chat_template = tok_config
+            .as_ref()
+            .and_then(|v| v.get("chat_template")?.as_str().map(str::to_string));
+        // HF's rule for `tokenizer(text)`: `add_bos_token` when the config states it,
+        // else whatever the post-processor does.
+        t.add_bos_token = match tok_config
+            .as_ref()
+            .and_then(|v| v.get("add_bos_token")?.as_bool())
+        {
+            Some(b) => b,
+            None => config
+                .bos_token_id
+                .is_some_and(|b| t.post_processor_adds(b)),
+        };
     }
     Ok(Model {
         transformer: Transformer::new(config, weights),
@@ -115,8 +129,7 @@ pub fn load_hf_dir_with(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     })
 }
 
-fn read_chat_template(dir: &Path) -> Option<String> {
+fn read_tokenizer_config(dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("chat_template")?.as_str().map(str::to_string)
+    serde_json::from_str(&text).ok()
 }

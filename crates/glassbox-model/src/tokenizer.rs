@@ -43,8 +43,9 @@ pub struct TextTokenizer {
     pub eos_token_id: Option<u32>,
     /// Whether a whole prompt starts with BOS ([`encode_prompt`](Self::encode_prompt)),
     /// as HF's `tokenizer(text)` does: GGUF `tokenizer.ggml.add_bos_token` (Gemma: true;
-    /// SmolLM2: false). False for `tokenizer.json` files (their post-processor is not
-    /// applied).
+    /// SmolLM2: false); in a HF directory `tokenizer_config.json`'s `add_bos_token`, else
+    /// whether `tokenizer.json`'s post-processor puts BOS first (Llama 3). The one rule
+    /// every command, the server and the library follow.
     pub add_bos_token: bool,
     /// Jinja chat template, when the checkpoint ships one
     pub chat_template: Option<String>,
@@ -98,6 +99,16 @@ impl TextTokenizer {
         })
     }
 
+    /// Whether `tokenizer.json`'s post-processor (applied by HF's `tokenizer(text)`)
+    /// starts a sequence with `bos`: how a HF directory without `add_bos_token` in its
+    /// `tokenizer_config.json` asks for BOS (Llama 3's `TemplateProcessing`).
+    pub fn post_processor_adds(&self, bos: u32) -> bool {
+        self.inner
+            .encode("a", true)
+            .map(|e| e.get_ids().first() == Some(&bos))
+            .unwrap_or(false)
+    }
+
     /// The ids of exactly `text`: nothing is added (no BOS), so single tokens
     /// (`" Mary"`) and streams the caller frames itself (packed windows) stay as they
     /// are. A prompt the model runs on its own goes through
@@ -126,6 +137,33 @@ impl TextTokenizer {
             }
         }
         ids
+    }
+
+    /// How a prompt's ids begin, for every place that echoes a prompt: `"added"` (the
+    /// tokenizer's rule put BOS first), `"in prompt"` (the text wrote it) or `"none"`.
+    pub fn bos_status(&self, ids: &[u32]) -> &'static str {
+        match (self.bos_token_id, ids.first()) {
+            (Some(b), Some(&first)) if b == first && self.add_bos_token => "added",
+            (Some(b), Some(&first)) if b == first => "in prompt",
+            _ => "none",
+        }
+    }
+
+    /// `"15 tokens, BOS added"`: the echo of a prompt's length and how it begins.
+    pub fn prompt_summary(&self, ids: &[u32]) -> String {
+        let bos = match self.bos_status(ids) {
+            "added" => "BOS added".to_string(),
+            "in prompt" => "BOS written in the prompt".to_string(),
+            _ => match self.bos_token_id {
+                Some(b) => format!(
+                    "no BOS (this tokenizer adds none; start the prompt with {:?} for one)",
+                    self.token_text(b)
+                ),
+                None => "no BOS (the model has none)".to_string(),
+            },
+        };
+        let s = if ids.len() == 1 { "" } else { "s" };
+        format!("{} token{s}, {bos}", ids.len())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

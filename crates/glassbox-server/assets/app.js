@@ -363,6 +363,8 @@
       ? h('p', {}, 'Coloured by ', h('a', { href: link.unit('feature', r.feature) }, `feature #${r.feature}`),
         r.feature_label ? [' ', h('span', { class: 'label' }, r.feature_label)] : null, ` at ${r.hook}`)
       : h('p', {}, `No feature selected: coloured by each token's most active feature at ${r.hook}.`);
+    // the prompt's length and how it begins, worded as the CLI echoes it
+    const summary = h('p', { class: 'muted', id: 'prompt-summary' }, r.summary ? `Prompt: ${r.summary}.` : '');
     const tokens = h('div', { class: 'prompt-tokens', id: 'prompt-tokens' },
       r.tokens.map((t) => {
         if (t.excluded) {
@@ -386,7 +388,7 @@
         }, `#${f.id} `, h('span', { class: 'muted' }, fmt(f.act)))) : h('span', { class: 'muted' }, 'none active'))))));
     fill(out,
       r.message ? h('div', { class: 'notice', id: 'prompt-message' }, r.message) : null,
-      head, tokens, h('h2', {}, 'Per token'), table);
+      head, summary, tokens, h('h2', {}, 'Per token'), table);
   }
 
   function promptPage() {
@@ -547,7 +549,7 @@
   // A short name of a graph node.
   function nodeName(n) {
     switch (n.feature_type) {
-      case 'transcoder': return `L${n.layer} #${n.feature} @${n.ctx_idx}`;
+      case 'transcoder': return `L${n.layer}/${n.feature}@${n.ctx_idx}`;
       case 'mlp reconstruction error': return `error L${n.layer} @${n.ctx_idx}`;
       case 'embedding': return `emb “${clip(n.token_str, 12)}” @${n.ctx_idx}`;
       case 'logit': return `logit “${clip(n.token_str, 12)}”`;
@@ -1064,7 +1066,7 @@
         fill(ivOut,
           h('p', {}, `${r.mode} · KL(clean ‖ edited) = `, h('b', { id: 'iv-kl' }, fmt(r.kl)), ' nats'),
           r.edits.length ? h('p', { class: 'muted' }, r.edits.map((e) =>
-            `L${e.layer} #${e.feature} @${e.position}: ${fmt(e.clean_activation)} → ${fmt(e.new_activation)}`).join(' · ')) : null,
+            `L${e.layer}/${e.feature}@${e.position}: ${fmt(e.clean_activation)} → ${fmt(e.new_activation)}`).join(' · ')) : null,
           h('div', { class: 'two' },
             table('before', r.before, 'iv-before', r.after),
             table('after', r.after, 'iv-after', r.before)));

@@ -139,12 +139,11 @@ impl Live {
         let model = self.model()?;
         cancel.check()?;
         let tok = model.tokenizer().map_err(model_err)?;
-        let ids = tok.encode(text).map_err(model_err)?;
+        // the one rule every command follows (BOS where the tokenizer asks for it)
+        let mut ids = tok.encode_prompt(text).map_err(model_err)?;
         if ids.is_empty() {
             return Err(ApiError::bad_request("the prompt has no tokens"));
         }
-        // BOS first where the model wants it (Gemma), as the CLI runs prompts
-        let mut ids = tok.with_bos(ids);
         let mut message = None;
         let full_len = ids.len();
         let limit = MAX_PROMPT_TOKENS.min(model.config().n_ctx);
@@ -228,6 +227,9 @@ impl Live {
             "feature": feature,
             "feature_label": feature.and_then(|f| names.get(&(f as i64))),
             "n_tokens": ids.len(),
+            "input_ids": ids,
+            "bos": tok.bos_status(&ids),
+            "summary": tok.prompt_summary(&ids),
             "prompt_tokens": full_len,
             "limit": limit,
             "truncated": full_len > ids.len(),
@@ -287,11 +289,10 @@ impl Live {
         let model = self.model()?;
         cancel.check()?;
         let tok = model.tokenizer().map_err(model_err)?;
-        let ids = tok.encode(prompt).map_err(model_err)?;
+        let ids = tok.encode_prompt(prompt).map_err(model_err)?;
         if ids.is_empty() {
             return Err(ApiError::bad_request("the prompt has no tokens"));
         }
-        let ids = tok.with_bos(ids);
         if ids.len() > MAX_PROMPT_TOKENS {
             return Err(ApiError::bad_request(format!(
                 "the prompt has {} tokens; the steering playground takes at most {MAX_PROMPT_TOKENS}",

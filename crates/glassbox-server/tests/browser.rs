@@ -276,7 +276,7 @@ fn attribution_graph_renders_every_node_and_opens_a_feature_in_chromium() {
     let (f1, f0) = (pick(1), pick(0));
     let id1 = f1["node_id"].as_str().unwrap();
     let title1 = format!(
-        "L1 #{} @{}",
+        "L1/{}@{}",
         f1["feature"].as_u64().unwrap(),
         f1["ctx_idx"].as_u64().unwrap()
     );

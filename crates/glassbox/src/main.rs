@@ -1,6 +1,7 @@
 //! The `glassbox` binary: parses arguments and calls into the crates. No math here.
 
 mod commands;
+mod names;
 mod open;
 
 use clap::{Parser, Subcommand};

@@ -92,13 +92,34 @@ pub fn open_dictionary(
     Ok((dict, dir))
 }
 
-/// A whole prompt's ids: BOS first when the model's tokenizer asks for it (Gemma), as
-/// HF's `tokenizer(text)` gives; the default model's text alone.
+/// A whole prompt's ids, by the one rule every command, the server and the library
+/// share (`TextTokenizer::encode_prompt`, HF's `tokenizer(text)`): BOS first when the
+/// model's tokenizer asks for it (Gemma, Llama 3), the text alone otherwise (SmolLM2).
+/// Says on stderr how many tokens the prompt is and whether it starts with BOS.
 pub fn encode(model: &Model, text: &str) -> Result<Vec<u32>> {
-    let tok = model.tokenizer()?;
-    let ids = tok.encode(text)?;
+    let ids = encode_quiet(model, text)?;
+    eprintln!(
+        "prompt {}: {}",
+        short_quote(text),
+        model.tokenizer()?.prompt_summary(&ids)
+    );
+    Ok(ids)
+}
+
+/// [`encode`] without the echo, for commands that run many prompts and summarise them.
+pub fn encode_quiet(model: &Model, text: &str) -> Result<Vec<u32>> {
+    let ids = model.tokenizer()?.encode_prompt(text)?;
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty: nothing to run");
-    Ok(tok.with_bos(ids))
+    Ok(ids)
+}
+
+/// The prompt as echoed: quoted, cut after 40 characters.
+fn short_quote(text: &str) -> String {
+    let mut cut: String = text.chars().take(40).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
 }
 
 /// Writes a file atomically: a temporary sibling, then a rename.

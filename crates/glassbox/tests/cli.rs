@@ -479,7 +479,7 @@ fn probe_sweep_train_and_monitor_on_the_default_model() {
             "--data",
             "builtin:numbers",
             "--layers",
-            "2..3",
+            "2..4",
             "--json",
             "--cache-dir",
             cache.to_str().unwrap(),

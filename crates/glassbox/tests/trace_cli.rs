@@ -302,3 +302,271 @@ fn trace_refuses_bad_input_with_a_message() {
         &["no transcoder for layer 7"],
     );
 }
+
+fn json_stdout(args: &[&str]) -> serde_json::Value {
+    let o = glassbox(args);
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&o)))
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an id list: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+/// One request to a local server; the response body.
+fn http_post(addr: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    body.to_string()
+}
+
+/// The prompt view of `glassbox serve` on a run directory built by the CLI itself.
+fn served_prompt_view(model: &str, tmp: &Path, prompt: &str) -> serde_json::Value {
+    let run = tmp.join("run");
+    glassbox_sae::format::save_saelens(&random_transcoder(1, 576, 64, 7), &run).unwrap();
+    std::fs::write(run.join("config.toml"), format!("model = {model:?}\n")).unwrap();
+    let corpus = tmp.join("corpus.txt");
+    let words = "The river runs past the old mill and under the bridge to the sea. ";
+    std::fs::write(&corpus, words.repeat(60)).unwrap();
+    let run_s = run.to_str().unwrap();
+    let o = glassbox(&[
+        "features",
+        "build",
+        "--run",
+        run_s,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--context-size",
+        "32",
+        "--tokens",
+        "128",
+        "--no-neurons",
+    ]);
+    assert!(o.status.success(), "features build: {}", text(&o));
+    // the id as the dashboards print it is accepted where ids are typed
+    let o = glassbox(&["features", "show", run_s, "--feature", "#3"]);
+    assert!(
+        o.status.success(),
+        "features show --feature #3: {}",
+        text(&o)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["serve", run_s, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let addr = lines
+        .find_map(|l| {
+            let l = l.ok()?;
+            let at = l.split(" at http://").nth(1)?;
+            Some(at.trim_end_matches('/').to_string())
+        })
+        .expect("serve prints its address");
+    let body = serde_json::json!({ "text": prompt }).to_string();
+    let reply = http_post(&addr, "/api/prompt", &body);
+    let _ = child.kill();
+    let _ = child.wait();
+    serde_json::from_str(&reply).unwrap()
+}
+
+/// Issue "One prompt, one answer": predict, cache, trace, intervene, patch and the
+/// server's prompt view see the same token ids, and the commands that run the real
+/// model the same next-token distribution; what one prints, the next accepts.
+#[test]
+fn one_prompt_is_one_token_sequence_and_one_distribution_everywhere() {
+    let Some(model) = default_gguf() else { return };
+    let model = model.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prompt = "The Eiffel Tower is located in the city of";
+
+    // predict: SmolLM2's tokenizer adds no BOS (HF's `tokenizer(text)` agrees)
+    let p = json_stdout(&[
+        "predict", "--model", model, "--prompt", prompt, "--json", "--top", "5",
+    ]);
+    let ids = ids_of(&p["input_ids"]);
+    assert_eq!(p["bos"], "none");
+    assert_eq!(ids.len(), 10);
+    let top: Vec<(u64, f64)> = p["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_u64().unwrap(), t["prob"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(p["top"][0]["token"], " Paris");
+
+    // cache: the same ids, and its logits give predict's probabilities
+    let cached = tmp.path().join("cache.safetensors");
+    let o = glassbox(&[
+        "cache",
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--hooks",
+        "blocks.0.hook_resid_pre",
+        "--out",
+        cached.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("10 tokens, no BOS"),
+        "cache echoes the prompt: {}",
+        text(&o)
+    );
+    let t = glassbox_fixtures::load_reference(&cached);
+    let cache_ids: Vec<i64> = t["input_ids"].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(cache_ids.iter().map(|&i| i as u64).collect::<Vec<_>>(), ids);
+    let logits: Vec<Vec<f32>> = t["logits"].get(0).unwrap().to_vec2().unwrap();
+    let last = logits.last().unwrap();
+    let max = last.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = last.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let prob = |id: u64| (last[id as usize] as f64 - max).exp() / z;
+    for &(id, pr) in &top {
+        assert!(
+            (prob(id) - pr).abs() < 1e-5,
+            "token {id}: cache {} vs predict {pr}",
+            prob(id)
+        );
+    }
+
+    // trace: the same ids in the graph, its logit nodes carry the same probabilities
+    let set = tmp.path().join("set");
+    write_set(&set, 30, 576);
+    let set = set.to_str().unwrap();
+    let graph = tmp.path().join("g.json");
+    let o = glassbox(&[
+        "trace",
+        "--model",
+        model,
+        "--transcoders",
+        set,
+        "--prompt",
+        prompt,
+        "--out",
+        graph.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("10 tokens, no BOS"), "{}", text(&o));
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&graph).unwrap()).unwrap();
+    assert_eq!(ids_of(&g["metadata"]["prompt_token_ids"]), ids);
+    let mut logit_nodes = 0;
+    for n in g["nodes"].as_array().unwrap() {
+        if n["feature_type"] == "logit" {
+            let id = n["token"].as_u64().unwrap();
+            let pr = n["token_prob"].as_f64().unwrap();
+            assert!(
+                (prob(id) - pr).abs() < 1e-4,
+                "logit node {id}: {pr} vs {}",
+                prob(id)
+            );
+            logit_nodes += 1;
+        }
+    }
+    assert!(logit_nodes >= 1);
+    // the feature as trace prints it, pasted into intervene (scaled by 1: a no-op)
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let printed = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with('L') && w.contains('/') && w.contains('@'))
+        .unwrap_or_else(|| panic!("trace prints no feature: {stdout}"))
+        .to_string();
+    let edit = format!("{printed}*1");
+    let v = json_stdout(&[
+        "intervene",
+        "--model",
+        model,
+        "--transcoders",
+        set,
+        "--prompt",
+        prompt,
+        "--edit",
+        &edit,
+        "--json",
+        "--top",
+        "5",
+    ]);
+    assert_eq!(ids_of(&v["input_ids"]), ids);
+    assert_eq!(v["bos"], "none");
+    for (b, &(id, pr)) in v["before"].as_array().unwrap().iter().zip(&top) {
+        assert_eq!(b["token"].as_u64().unwrap(), id);
+        assert!(
+            (b["prob"].as_f64().unwrap() - pr).abs() < 1e-4,
+            "{b} vs {pr}"
+        );
+    }
+    assert!(
+        v["kl"].as_f64().unwrap().abs() < 1e-6,
+        "scaling by 1 changes nothing: {v}"
+    );
+
+    // patch: the same clean ids, and its clean logit difference is the cache's
+    let patched = tmp.path().join("patch.json");
+    let o = glassbox(&[
+        "patch",
+        "--model",
+        model,
+        "--clean",
+        prompt,
+        "--corrupt",
+        "The Eiffel Tower is located in the town of",
+        "--answer",
+        " Paris",
+        "--wrong",
+        " London",
+        "--site",
+        "resid_pre",
+        "--method",
+        "attribution",
+        "--no-compare",
+        "--json",
+        patched.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&patched).unwrap()).unwrap();
+    assert_eq!(ids_of(&pj["clean_input_ids"]), ids);
+    assert_eq!(pj["bos"], "none");
+    let paris = top[0].0 as usize;
+    let tok = glassbox_model::TextTokenizer::from_gguf_file(Path::new(model)).unwrap();
+    let london = tok.encode(" London").unwrap()[0] as usize;
+    let diff = (last[paris] - last[london]) as f64;
+    let got = pj["logit_diff_clean"].as_f64().unwrap();
+    assert!(
+        (got - diff).abs() < 1e-3,
+        "patch's clean logit diff {got} vs cache's {diff}"
+    );
+
+    // a head as patching prints it (`L9.H6`) is what ablate takes
+    let o = glassbox(&[
+        "ablate", "--model", model, "--prompt", prompt, "--heads", "L0.H1", "--json",
+    ]);
+    assert!(o.status.success(), "ablate --heads L0.H1: {}", text(&o));
+
+    // the server's prompt view: the same ids, and position 0 left out as everywhere
+    let view = served_prompt_view(model, tmp.path(), prompt);
+    assert_eq!(ids_of(&view["input_ids"]), ids, "{view}");
+    assert_eq!(view["bos"], "none");
+    assert!(view["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("10 tokens, no BOS"));
+    assert!(view["tokens"][0]["excluded"].is_string(), "{view}");
+}

@@ -1,4 +1,4 @@
-use crate::open::{encode, open_dictionary, open_model};
+use crate::open::{encode_quiet, open_dictionary, open_model};
 use anyhow::{Context, Result};
 use glassbox_analysis::ablation::{ablate, Unit};
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     neurons: Option<String>,
     /// Dictionary features, comma-separated (with --sae)
-    #[arg(long, value_delimiter = ',', requires = "sae")]
+    #[arg(long, value_delimiter = ',', requires = "sae", value_parser = crate::names::unit_id)]
     features: Option<Vec<usize>>,
     /// The dictionary the features belong to (ablated at its hook, reconstruction error
     /// kept): a SAELens or sparsify directory, or hf:ORG/REPO[/SUB/FOLDER]
@@ -58,7 +58,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let prompts: Vec<Vec<u32>> = texts
         .iter()
-        .map(|t| encode(&model, t))
+        .map(|t| encode_quiet(&model, t))
         .collect::<Result<_>>()?;
     if let (Some(features), Some(d)) = (&a.features, dictionary) {
         let hook = d

@@ -29,9 +29,9 @@ pub struct PlotArgs {
     /// A features.sqlite file, or the run directory that holds one
     #[arg(long)]
     run: PathBuf,
-    #[arg(long, conflicts_with = "neuron", required_unless_present = "neuron")]
+    #[arg(long, conflicts_with = "neuron", required_unless_present = "neuron", value_parser = crate::names::unit_id_u32)]
     feature: Option<u32>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::names::unit_id_u32)]
     neuron: Option<u32>,
     /// Output file: .png (rasterised at 2×) or .svg
     #[arg(long)]
@@ -99,10 +99,10 @@ pub struct ShowArgs {
     /// A features.sqlite file, or the run directory that holds one
     path: PathBuf,
     /// Show one feature
-    #[arg(long, conflicts_with = "neuron")]
+    #[arg(long, conflicts_with = "neuron", value_parser = crate::names::unit_id_u32)]
     feature: Option<u32>,
     /// Show one MLP neuron
-    #[arg(long)]
+    #[arg(long, value_parser = crate::names::unit_id_u32)]
     neuron: Option<u32>,
     /// Units listed in the summary
     #[arg(long, default_value_t = 10)]

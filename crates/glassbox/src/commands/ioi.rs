@@ -1,4 +1,4 @@
-use crate::open::{atomic_write, encode, open_model, progress};
+use crate::open::{atomic_write, encode_quiet, open_model, progress};
 use anyhow::Result;
 use glassbox_analysis::ioi;
 use glassbox_analysis::metric::single_token;
@@ -56,8 +56,8 @@ pub fn run(a: Args) -> Result<()> {
         bar.inc(1);
         let problem = PatchProblem {
             model: &model.transformer,
-            clean: encode(&model, &p.clean)?,
-            corrupt: encode(&model, &p.corrupt)?,
+            clean: encode_quiet(&model, &p.clean)?,
+            corrupt: encode_quiet(&model, &p.corrupt)?,
             answer: single_token(tok, &p.answer)?,
             wrong: single_token(tok, &p.wrong)?,
             context: Vec::new(),
@@ -101,7 +101,7 @@ pub fn run(a: Args) -> Result<()> {
             PatchSite::AttnHead => (0..model.config().n_heads)
                 .map(|h| format!("H{h}"))
                 .collect(),
-            _ => encode(&model, &prompts[0].clean)?
+            _ => encode_quiet(&model, &prompts[0].clean)?
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| format!("{i}:{}", tok.token_text(t)))
@@ -118,7 +118,10 @@ pub fn run(a: Args) -> Result<()> {
             r.columns
         );
         for (l, c, v) in cells.iter().take(10) {
-            println!("  L{l:<3} {:<20} {v:+.3}", columns[*c]);
+            println!(
+                "  {:<24} {v:+.3}",
+                super::patch::cell_name(*l, &columns[*c], r.columns)
+            );
         }
         if let Some(path) = &a.json {
             let v = serde_json::json!({"site": site, "prompts": rows, "mean_grid": mean, "column_labels": columns, "correct": correct});

@@ -89,6 +89,9 @@ pub fn run(a: Args) -> Result<()> {
     json["answer"] = serde_json::json!(a.answer);
     json["wrong"] = serde_json::json!(a.wrong);
     json["clean_tokens"] = serde_json::json!(tokens);
+    json["clean_input_ids"] = serde_json::json!(problem.clean);
+    json["corrupt_input_ids"] = serde_json::json!(problem.corrupt);
+    json["bos"] = serde_json::json!(tok.bos_status(&problem.clean));
     json["column_labels"] = serde_json::json!(columns);
     if let (Some(e), Some(r)) = (&exact, correlation) {
         json["exact_grid"] = serde_json::json!(e.grid);
@@ -105,6 +108,16 @@ pub fn run(a: Args) -> Result<()> {
     print_summary(&result, &columns, correlation);
     println!("wrote {} and {}", a.json.display(), svg_path.display());
     Ok(())
+}
+
+/// A grid cell as users type it: a head as `ablate --heads` takes it (`L9.H6`), a
+/// position as `L9 3:" Mary"`.
+pub fn cell_name(layer: usize, column: &str, columns: &str) -> String {
+    if columns == "head" {
+        format!("L{layer}.{column}")
+    } else {
+        format!("L{layer:<3} {column}")
+    }
 }
 
 pub fn write_heatmap(path: &Path, r: &PatchResult, columns: &[String]) -> Result<()> {
@@ -145,10 +158,8 @@ fn print_summary(r: &PatchResult, columns: &[String], correlation: Option<f32>) 
     cells.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
     println!("largest effects (layer, {}: normalised):", r.columns);
     for (l, c, v) in cells.iter().take(8) {
-        println!(
-            "  L{l:<3} {:<24} {v:+.3}",
-            columns.get(*c).cloned().unwrap_or_default()
-        );
+        let column = columns.get(*c).cloned().unwrap_or_default();
+        println!("  {:<28} {v:+.3}", cell_name(*l, &column, r.columns));
     }
     if let Some(rho) = correlation {
         println!("correlation of attribution with exact patching over the grid: {rho:.3}");

@@ -1,4 +1,4 @@
-use crate::open::{encode, open_model};
+use crate::open::{encode_quiet, open_model};
 use anyhow::Result;
 use glassbox_model::logits::top_k;
 use glassbox_model::{Batch, LogitsMode, Run};
@@ -18,7 +18,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = open_model(&args.model)?;
-    let ids = encode(&model, &args.prompt)?;
+    let ids = encode_quiet(&model, &args.prompt)?;
     let out = model.transformer.run(
         &Batch::single(&ids),
         &mut Run::new().logits(LogitsMode::Last),
@@ -30,6 +30,7 @@ pub fn run(args: Args) -> Result<()> {
         let v = serde_json::json!({
             "prompt": args.prompt,
             "input_ids": ids,
+            "bos": tok.bos_status(&ids),
             "top": top.iter().map(|t| serde_json::json!({
                 "token": tok.token_text(t.id), "id": t.id, "logit": t.logit, "prob": t.prob
             })).collect::<Vec<_>>(),
@@ -37,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("prompt: {:?} ({} tokens)", args.prompt, ids.len());
+    println!("prompt: {:?} ({})", args.prompt, tok.prompt_summary(&ids));
     println!(
         "{:>4}  {:<20} {:>7} {:>9} {:>8}",
         "rank", "token", "id", "logit", "prob"

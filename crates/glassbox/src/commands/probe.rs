@@ -1,5 +1,5 @@
 use crate::open::{atomic_write, open_model, with_spinner};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use glassbox_plot::LinePlot;
 use glassbox_probes::activations::Position;
 use glassbox_probes::dataset::Dataset;
@@ -68,7 +68,8 @@ pub struct SweepArgs {
     /// CSV file (statement,label) or builtin:NAME (capitals, capitals_neg, numbers, numbers_neg)
     #[arg(long)]
     data: String,
-    /// Layers: A..B (inclusive), a list 3,7,9, or one layer (default: all)
+    /// Layers: `A..B` (B excluded: `0..30` is every layer of a 30-layer model), `A..=B`,
+    /// a list `3,7,11`, or one layer (default: every layer)
     #[arg(long)]
     layers: Option<String>,
     /// Print JSON instead of a table
@@ -105,35 +106,6 @@ pub struct MatrixArgs {
     json: bool,
 }
 
-fn parse_layers(spec: Option<&str>, n: usize) -> Result<Vec<usize>> {
-    let Some(s) = spec else {
-        return Ok((0..n).collect());
-    };
-    let layers: Vec<usize> = if let Some((a, b)) = s.split_once("..") {
-        let (a, b): (usize, usize) = (
-            a.trim().parse().context("--layers A..B")?,
-            b.trim().parse().context("--layers A..B")?,
-        );
-        anyhow::ensure!(a <= b, "--layers {s}: the range is empty");
-        (a..=b).collect()
-    } else {
-        s.split(',')
-            .map(|x| {
-                x.trim()
-                    .parse::<usize>()
-                    .with_context(|| format!("--layers: `{x}` is not a layer number"))
-            })
-            .collect::<Result<_>>()?
-    };
-    if let Some(l) = layers.iter().find(|&&l| l >= n) {
-        anyhow::bail!(
-            "--layers: layer {l} does not exist (the model has layers 0..{})",
-            n - 1
-        );
-    }
-    Ok(layers)
-}
-
 pub fn run(what: What) -> Result<()> {
     match what {
         What::Sweep(a) => run_sweep(a),
@@ -146,7 +118,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let model = open_model(&a.common.model)?;
     let spec = a.common.spec()?;
     let data = Dataset::load(&a.data)?;
-    let layers = parse_layers(a.layers.as_deref(), model.config().n_layers)?;
+    let layers = crate::names::parse_layers(a.layers.as_deref(), model.config().n_layers)?;
     let results = with_spinner(
         &format!("probing {} layers on {}", layers.len(), data.name),
         || Ok(sweep(&model, &data, &spec, &layers)?),
@@ -229,7 +201,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let model = open_model(&a.common.model)?;
     let spec = a.common.spec()?;
     let data = Dataset::load(&a.data)?;
-    parse_layers(Some(&a.layer.to_string()), model.config().n_layers)?;
+    crate::names::parse_layers(Some(&a.layer.to_string()), model.config().n_layers)?;
     let f = features(&model, &data, &spec, &[a.layer])?;
     let labels = data.labels();
     let (train, test) = data.split(spec.test_fraction, spec.seed);
@@ -274,7 +246,7 @@ fn run_matrix(a: MatrixArgs) -> Result<()> {
         .iter()
         .map(|d| Dataset::load(d))
         .collect::<Result<_, _>>()?;
-    parse_layers(Some(&a.layer.to_string()), model.config().n_layers)?;
+    crate::names::parse_layers(Some(&a.layer.to_string()), model.config().n_layers)?;
     let m = with_spinner("training and testing across datasets", || {
         Ok(generalisation(&model, &datasets, &spec, a.layer)?)
     })?;

@@ -22,8 +22,8 @@ pub struct Args {
     /// along a feature's decoder row
     #[arg(long, requires = "feature")]
     sae: Option<PathBuf>,
-    /// The dictionary feature to steer with (with --sae)
-    #[arg(long)]
+    /// The dictionary feature to steer with (with --sae): `26` or `#26`
+    #[arg(long, value_parser = crate::names::unit_id)]
     feature: Option<usize>,
     /// With --sae: clamp the feature's activation to this value (reconstruction error
     /// kept) instead of adding strength × its decoder row

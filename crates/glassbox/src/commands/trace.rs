@@ -2,7 +2,7 @@
 //! written as JSON (circuit-tracer's shape); `glassbox intervene`: set or scale features
 //! and compare the output distribution.
 
-use crate::open::{atomic_write, model_label, open_model};
+use crate::open::{atomic_write, encode_quiet, model_label, open_model};
 use anyhow::{Context, Result};
 use glassbox_circuits::{
     attribute, graph_json, intervene, prune, AttributionOptions, EditValue, FeatureEdit,
@@ -47,23 +47,42 @@ pub struct Args {
     /// Targets per batched backward pass
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Longest prompt in tokens (BOS included)
+    /// Longest prompt in tokens (BOS included, when the tokenizer adds one)
     #[arg(long, default_value_t = MAX_TRACE_TOKENS)]
     max_tokens: usize,
 }
 
-/// BOS (when the model has one, as in training, where position 0 is excluded) + prompt.
+/// The prompt's ids by the one rule (`open::encode`), within the length limit. Position 0
+/// is the attention sink whose features training left out: when it is a word, not BOS,
+/// say so, since that word's features cannot appear in the graph.
 fn prompt_tokens(model: &Model, prompt: &str, max_tokens: usize) -> Result<Vec<u32>> {
+    let ids = encode_quiet(model, prompt)?;
     let tok = model.tokenizer()?;
-    let mut ids: Vec<u32> = tok.bos_token_id.into_iter().collect();
-    ids.extend(tok.encode(prompt)?);
-    anyhow::ensure!(ids.len() >= 2, "the prompt is empty: nothing to trace");
+    anyhow::ensure!(
+        ids.len() >= 2,
+        "the prompt is {} ({}): a graph needs at least 2 tokens",
+        tok.prompt_summary(&ids),
+        short_ids(tok, &ids)
+    );
     anyhow::ensure!(
         ids.len() <= max_tokens,
         "the prompt is {} tokens; the limit is {max_tokens} (--max-tokens; the graph's memory grows with the square of its length)",
         ids.len()
     );
+    if tok.bos_status(&ids) == "none" {
+        if let Some(b) = tok.bos_token_id {
+            eprintln!(
+                "note: position 0 ({:?}) is the attention sink, whose features are left out as in training; start the prompt with {:?} to keep every word",
+                tok.token_text(ids[0]),
+                tok.token_text(b)
+            );
+        }
+    }
     Ok(ids)
+}
+
+fn short_ids(tok: &glassbox_model::TextTokenizer, ids: &[u32]) -> String {
+    format!("{:?}", tok.token_texts(ids))
 }
 
 fn single_token(model: &Model, text: &str) -> Result<u32> {
@@ -158,7 +177,7 @@ pub fn run(a: Args) -> Result<()> {
         Ok(std::fs::write(tmp, serde_json::to_string(&json)?)?)
     })?;
 
-    println!("prompt: {:?} → {} tokens", a.prompt, tokens.len());
+    println!("prompt: {:?} → {}", a.prompt, tok.prompt_summary(&tokens));
     println!("model {label}; transcoders {set_dir}");
     for i in 0..graph.n_logits {
         if let NodeKind::Logit {
@@ -229,7 +248,8 @@ pub struct InterveneArgs {
     prompt: String,
     /// `LAYER/FEATURE@POSITION=VALUE` sets an activation, `…*FACTOR` scales it
     /// (`*0` ablates); repeatable. The layer may carry trace's `L` (`L12/345@7*0`).
-    /// Positions count BOS as 0, as in the graph.
+    /// Positions count the prompt's tokens from 0 as every command does (BOS, when the
+    /// tokenizer adds one, is 0), as in the graph.
     #[arg(long = "edit", required = true)]
     edits: Vec<String>,
     /// frozen: the local replacement model (attention, norms, errors fixed at the
@@ -292,12 +312,14 @@ pub fn run_intervene(a: InterveneArgs) -> Result<()> {
                 .collect::<Vec<_>>()
         };
         let v = serde_json::json!({
-            "prompt": a.prompt, "mode": out.mode, "edits": out.edits, "kl": out.kl,
+            "prompt": a.prompt, "input_ids": tokens, "bos": tok.bos_status(&tokens),
+            "mode": out.mode, "edits": out.edits, "kl": out.kl,
             "before": with_text(&out.before), "after": with_text(&out.after),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    println!("prompt: {:?} → {}", a.prompt, tok.prompt_summary(&tokens));
     for e in &out.edits {
         println!(
             "L{}/{}@{} ({:?}): activation {:.3} → {:.3}",

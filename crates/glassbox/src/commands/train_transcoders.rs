@@ -13,7 +13,8 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(long)]
     model: String,
-    /// Layers, e.g. `0..30` or `3,7,11` (default: every layer)
+    /// Layers: `A..B` (B excluded: `0..30` is every layer of a 30-layer model), `A..=B`,
+    /// a list `3,7,11`, or one layer (default: every layer)
     #[arg(long)]
     layers: Option<String>,
     /// topk | batchtopk | standard | jumprelu | gated (SAELens reads standard and
@@ -140,26 +141,6 @@ mod set_checkpoint {
     }
 }
 
-fn parse_layers(spec: Option<&str>, n: usize) -> Result<Vec<usize>> {
-    let Some(spec) = spec else {
-        return Ok((0..n).collect());
-    };
-    let layers: Vec<usize> = if let Some((a, b)) = spec.split_once("..") {
-        let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
-        (a..b).collect()
-    } else {
-        spec.split(',')
-            .map(|s| s.trim().parse::<usize>())
-            .collect::<std::result::Result<_, _>>()
-            .with_context(|| format!("--layers `{spec}`: use A..B or a list like 3,7,11"))?
-    };
-    anyhow::ensure!(
-        !layers.is_empty() && layers.iter().all(|&l| l < n),
-        "--layers `{spec}`: the model has layers 0..{n}"
-    );
-    Ok(layers)
-}
-
 pub fn run(a: Args) -> Result<()> {
     let arch = TrainArch::parse(&a.arch).with_context(|| {
         format!(
@@ -172,7 +153,7 @@ pub fn run(a: Args) -> Result<()> {
         "--tokens must be at least one --batch"
     );
     let model = open_model(&a.model)?;
-    let layers = parse_layers(a.layers.as_deref(), model.config().n_layers)?;
+    let layers = crate::names::parse_layers(a.layers.as_deref(), model.config().n_layers)?;
     let hooks: Vec<String> = layers
         .iter()
         .flat_map(|l| {
