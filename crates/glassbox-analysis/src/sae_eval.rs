@@ -229,8 +229,14 @@ pub struct SaeEval {
     pub context_size: usize,
     /// tokens evaluated: the positions the row rule keeps
     pub tokens: u64,
-    /// positions left out by the row rule (position 0 of every window, special tokens)
+    /// positions left out by the row rule (position 0 of every window, special tokens,
+    /// massive activations)
     pub tokens_excluded: u64,
+    /// of those, rows left out as massive activations (the dictionary's
+    /// `metadata.glassbox_massive_norm`; 0 without one)
+    pub massive_excluded: u64,
+    /// the massive-activation threshold applied: (residual hook, norm)
+    pub massive_norm: Option<(String, f32)>,
     /// the special token ids left out
     pub excluded_token_ids: Vec<u32>,
     /// the window over which dead / dense / density are counted, in tokens (= `tokens`)
@@ -349,9 +355,24 @@ pub(crate) struct Scored {
 }
 
 impl Scored {
-    pub(crate) fn new(windows: &[Vec<u32>], s: usize, rule: &RowRule) -> Result<Self> {
+    /// `massive`: per flat position, whether the rule's massive-activation criterion
+    /// leaves it out (from the clean pass: [`RowRule::massive_flags`]); empty for none.
+    pub(crate) fn new(
+        windows: &[Vec<u32>],
+        s: usize,
+        rule: &RowRule,
+        massive: &[bool],
+    ) -> Result<Self> {
         let dev = &candle_core::Device::Cpu;
-        let rows = rule.flat_positions(windows, s);
+        let rows: Vec<u32> = windows
+            .iter()
+            .enumerate()
+            .flat_map(|(w, win)| {
+                let flags = massive.get(w * s..(w + 1) * s).unwrap_or(&[]);
+                rule.positions_after(win, flags)
+                    .map(move |p| (w * s + p) as u32)
+            })
+            .collect();
         let (mut ce_at, mut targets) = (Vec::new(), Vec::new());
         for (i, &f) in rows.iter().enumerate() {
             let (w, p) = (f as usize / s, f as usize % s);
@@ -469,6 +490,7 @@ pub fn evaluate(
         .map(|l| (l, format!("blocks.{l}.hook_resid_pre")));
     let mut cached = vec![hooks.hook_in.clone(), hooks.hook_out.clone()];
     cached.extend(start.iter().map(|(_, h)| h.clone()));
+    let cached = opts.rows.hooks_with_norm(&cached);
     let filter_cache = HookFilter::new(cached, cfg)?;
     let mut acc = Acc {
         tokens: 0,
@@ -482,18 +504,21 @@ pub fn evaluate(
         ce_tokens: 0,
         kl: [0.0; 2],
     };
-    let mut excluded = 0u64;
+    let (mut excluded, mut massive_excluded) = (0u64, 0u64);
     for chunk in windows.chunks(opts.batch_windows.max(1)) {
         let b = chunk.len();
-        let scored = Scored::new(chunk, s, &opts.rows)?;
+        let batch = Batch::new(chunk.to_vec());
+        // clean pass: logits and the true activations
+        let clean = model.run(&batch, &mut Run::new().cache(filter_cache.clone()))?;
+        let massive = opts.rows.massive_flags(&clean.cache, b * s)?;
+        let scored = Scored::new(chunk, s, &opts.rows, &massive)?;
+        let by_tokens = opts.rows.count(chunk);
         excluded += (b * s - scored.n) as u64;
+        massive_excluded += (by_tokens - scored.n) as u64;
         if scored.n == 0 {
             on_batch(b);
             continue;
         }
-        let batch = Batch::new(chunk.to_vec());
-        // clean pass: logits and the true activations
-        let clean = model.run(&batch, &mut Run::new().cache(filter_cache.clone()))?;
         let get = |name: &str| {
             clean
                 .cache
@@ -583,6 +608,8 @@ pub fn evaluate(
         context_size: s,
         tokens: n,
         tokens_excluded: excluded,
+        massive_excluded,
+        massive_norm: opts.rows.massive().map(|m| (m.hook.clone(), m.threshold)),
         excluded_token_ids: opts.rows.excluded_tokens().to_vec(),
         window_tokens: n,
         first_position_excluded: true,

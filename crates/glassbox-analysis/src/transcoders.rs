@@ -66,7 +66,9 @@ pub fn splice_all(
     let out_filter = HookFilter::new(outs.keys().cloned().collect(), cfg)?;
     let (mut ce, mut kl, mut ce_tokens, mut kl_tokens) = ([0f64; 3], [0f64; 2], 0u64, 0u64);
     for chunk in windows.chunks(batch_windows.max(1)) {
-        let scored = Scored::new(chunk, s, rule)?;
+        // the all-layer splice scores the token rule's positions: each layer's massive
+        // criterion reads its own residual hook, and one set of positions serves all
+        let scored = Scored::new(chunk, s, rule, &[])?;
         if scored.n == 0 {
             on_batch(chunk.len());
             continue;

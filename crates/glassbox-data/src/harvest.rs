@@ -3,7 +3,7 @@
 use crate::{bad, DataError, Result};
 use candle_core::DType;
 use glassbox_model::hooks::{hook_points, layer_of, HookLayout};
-use glassbox_model::{Batch, HookFilter, LogitsMode, Model, RowRule, Run};
+use glassbox_model::{Batch, HookFilter, LogitsMode, MassiveNorm, Model, RowRule, Run};
 
 /// What to harvest besides the hook names.
 #[derive(Debug, Clone)]
@@ -32,6 +32,38 @@ pub struct Harvest {
     pub rows: Vec<Vec<f32>>,
     pub widths: Vec<usize>,
     pub n_rows: usize,
+    /// rows the token rule kept but the massive-activation rule left out
+    pub n_massive: usize,
+}
+
+/// Windows the massive-activation threshold is measured on (~8,000 rows at 128 tokens).
+pub const CALIBRATION_WINDOWS: usize = 64;
+
+/// The massive-activation criterion for a dictionary reading `hook`, measured on the
+/// first [`CALIBRATION_WINDOWS`] of `windows` (training windows: deterministic, so a
+/// resumed run measures the same) with the token rule `rule`: the residual stream
+/// entering the hook's block ([`MassiveNorm::hook_for`]), threshold
+/// [`MassiveNorm::calibrate`]. `None` for hooks outside the blocks.
+pub fn calibrate_massive(
+    model: &Model,
+    windows: &[Vec<u32>],
+    hook: &str,
+    rule: &RowRule,
+) -> Result<Option<MassiveNorm>> {
+    let Some(resid) = MassiveNorm::hook_for(hook) else {
+        return Ok(None);
+    };
+    let opts = HarvestOptions {
+        batch_windows: 8,
+        rows: RowRule::new(rule.excluded_tokens().iter().copied()),
+    };
+    let take = &windows[..windows.len().min(CALIBRATION_WINDOWS)];
+    let (rows, width) = harvest_with(model, take, &resid, &opts, |_| {})?;
+    let norms: Vec<f32> = rows
+        .chunks_exact(width.max(1))
+        .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
+        .collect();
+    Ok(MassiveNorm::calibrate(&resid, &norms))
 }
 
 /// One hook's activations over `windows`, as rows `[n, width]`; see [`harvest_hooks`].
@@ -59,19 +91,23 @@ pub fn harvest_hooks(
 ) -> Result<Harvest> {
     let plan = HookPlan::new(model, hooks)?;
     let mut rows = vec![Vec::new(); hooks.len()];
-    let mut n_rows = 0;
+    let (mut n_rows, mut n_massive) = (0, 0);
     let step = opts.batch_windows.max(1);
     for (i, batch) in windows.chunks(step).enumerate() {
         let first = i * step;
-        n_rows += plan.forward_rows(model, batch, &opts.rows, &mut rows, || {
-            format!("windows {first}..{}", first + batch.len())
-        })?;
+        let (kept, massive) =
+            plan.forward_rows(model, batch, &opts.rows, &mut rows, None, || {
+                format!("windows {first}..{}", first + batch.len())
+            })?;
+        n_rows += kept;
+        n_massive += massive;
         on_batch(batch.len());
     }
     Ok(Harvest {
         rows,
         widths: plan.widths,
         n_rows,
+        n_massive,
     })
 }
 
@@ -140,25 +176,47 @@ impl HookPlan {
     }
 
     /// Runs one batch and appends the kept rows of every hook to `out[h]`; returns the
-    /// number of rows appended. `place` describes the batch for error messages.
+    /// number of rows appended and of massive rows (`rule.massive()`) among the rows the
+    /// token rule keeps. Massive rows are left out, unless `massive_out` is given: then
+    /// every row the token rule keeps is appended and `massive_out` gets one flag per
+    /// row (the activation store serves around them, so that its row counts stay known
+    /// from the tokens). `place` describes the batch for error messages.
     pub fn forward_rows(
         &self,
         model: &Model,
         windows: &[Vec<u32>],
         rule: &RowRule,
         out: &mut [Vec<f32>],
+        mut massive_out: Option<&mut Vec<bool>>,
         place: impl Fn() -> String,
-    ) -> Result<usize> {
+    ) -> Result<(usize, usize)> {
         if windows.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
-        let mut run = Run::new().cache(self.filter.clone()).logits(self.logits);
+        let filter = match rule.massive() {
+            Some(_) => HookFilter::new(rule.hooks_with_norm(&self.hooks), &model.config())?,
+            None => self.filter.clone(),
+        };
+        let mut run = Run::new().cache(filter).logits(self.logits);
         if let Some(l) = self.stop_at_layer {
             run = run.stop_at_layer(l);
         }
         let res = model
             .transformer
             .run(&Batch::new(windows.to_vec()), &mut run)?;
+        let s_all = windows[0].len();
+        let massive = rule.massive_flags(&res.cache, windows.len() * s_all)?;
+        let keep_massive = massive_out.is_some();
+        let mut n_massive = 0;
+        for (w, win) in windows.iter().enumerate() {
+            for p in rule.positions(win) {
+                let m = massive[w * s_all + p];
+                n_massive += usize::from(m);
+                if let Some(flags) = massive_out.as_deref_mut() {
+                    flags.push(m);
+                }
+            }
+        }
         let mut kept = 0;
         for (h, hook) in self.hooks.iter().enumerate() {
             let a = res.cache.get(hook).ok_or_else(|| {
@@ -180,6 +238,9 @@ impl HookPlan {
             kept = 0;
             for (w, win) in windows.iter().enumerate() {
                 for p in rule.positions(win) {
+                    if !keep_massive && massive[w * s_all + p] {
+                        continue;
+                    }
                     let row = &data[(w * s + p) * width..][..width];
                     if row.iter().any(|x| !x.is_finite()) {
                         return Err(DataError::NonFinite {
@@ -192,7 +253,7 @@ impl HookPlan {
                 }
             }
         }
-        Ok(kept)
+        Ok((kept, n_massive))
     }
 }
 

@@ -17,7 +17,9 @@ mod parquet_guard;
 pub mod store;
 
 pub use corpus::{read_corpus, Corpus, CorpusReport};
-pub use harvest::{harvest_hooks, harvest_with, Harvest, HarvestOptions};
+pub use harvest::{
+    calibrate_massive, harvest_hooks, harvest_with, Harvest, HarvestOptions, CALIBRATION_WINDOWS,
+};
 pub use store::{ActivationStore, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]

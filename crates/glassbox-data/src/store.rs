@@ -85,8 +85,17 @@ pub struct ActivationStore<'m> {
     key: String,
     cache: Option<PathBuf>,
     loaded: Option<usize>,
-    /// the loaded chunk's rows per hook, in harvest order
+    /// the loaded chunk's rows per hook, in harvest order (the served hooks, then the
+    /// massive rule's residual hook when it is not one of them)
     rows: Vec<Vec<f32>>,
+    /// how many of `plan.hooks` are served
+    n_served_hooks: usize,
+    /// index in `plan.hooks` of the massive rule's residual hook
+    norm_hook: Option<usize>,
+    /// per row of the loaded chunk: massive, passed over when serving
+    massive: Vec<bool>,
+    /// massive rows passed over so far
+    massive_passed_over: u64,
     /// serving order of the loaded chunk's rows
     order: Vec<u32>,
     served: u64,
@@ -101,7 +110,14 @@ impl<'m> ActivationStore<'m> {
     /// with a cache, one short probe pass that fingerprints the model.
     pub fn new(model: &'m Model, windows: Windows, opts: StoreOptions) -> Result<Self> {
         let cfg = model.config();
-        let plan = HookPlan::new(model, &opts.hooks)?;
+        // the massive-activation rule's residual hook rides along when it is not one of
+        // the hooks served: its rows decide which slots are passed over
+        let plan = HookPlan::new(model, &opts.rows.hooks_with_norm(&opts.hooks))?;
+        let n_served_hooks = opts.hooks.len();
+        let norm_hook = opts
+            .rows
+            .massive()
+            .and_then(|m| plan.hooks.iter().position(|h| *h == m.hook));
         let context_size = windows.first().map_or(0, Vec::len);
         if windows.is_empty() {
             return Err(bad(
@@ -145,6 +161,10 @@ impl<'m> ActivationStore<'m> {
             windows,
             rows: vec![Vec::new(); plan.hooks.len()],
             plan,
+            n_served_hooks,
+            norm_hook,
+            massive: Vec::new(),
+            massive_passed_over: 0,
             batch_windows: opts.batch_windows.max(1),
             seed: opts.seed,
             rule: opts.rows.clone(),
@@ -185,31 +205,38 @@ impl<'m> ActivationStore<'m> {
     /// Fills `out[h]` (one buffer per hook, resized to `rows × widths[h]`) with the next
     /// rows and returns how many: `n`, fewer only when the windows run out, 0 at the end.
     pub fn next_batch(&mut self, n: usize, out: &mut [Vec<f32>]) -> Result<usize> {
-        if out.len() != self.plan.hooks.len() {
+        if out.len() != self.n_served_hooks {
             return Err(bad(format!(
                 "next_batch got {} output buffers for {} hooks",
                 out.len(),
-                self.plan.hooks.len()
+                self.n_served_hooks
             )));
         }
         for (o, w) in out.iter_mut().zip(&self.plan.widths) {
             o.clear();
             o.reserve(n.min(self.remaining() as usize) * w);
         }
+        // `served` counts slots (rows the token rule keeps, known from the tokens), so
+        // that resuming stays exact; massive rows are passed over, not served
         let mut filled = 0;
         while filled < n && self.served < self.total_rows() {
             let c = self.chunk_of(self.served);
             self.load(c)?;
-            let local = (self.served - self.chunk_start[c]) as usize;
-            let take = (n - filled).min(self.order.len() - local);
-            for &r in &self.order[local..local + take] {
+            let mut local = (self.served - self.chunk_start[c]) as usize;
+            while filled < n && local < self.order.len() {
+                let r = self.order[local] as usize;
+                local += 1;
+                if self.massive.get(r).copied().unwrap_or(false) {
+                    self.massive_passed_over += 1;
+                    continue;
+                }
                 for (h, o) in out.iter_mut().enumerate() {
                     let w = self.plan.widths[h];
-                    o.extend_from_slice(&self.rows[h][r as usize * w..][..w]);
+                    o.extend_from_slice(&self.rows[h][r * w..][..w]);
                 }
+                filled += 1;
             }
-            filled += take;
-            self.served += take as u64;
+            self.served = self.chunk_start[c] + local as u64;
         }
         Ok(filled)
     }
@@ -233,10 +260,14 @@ impl<'m> ActivationStore<'m> {
 
     /// Row width of each hook, in the order of `StoreOptions::hooks`.
     pub fn widths(&self) -> &[usize] {
-        &self.plan.widths
+        &self.plan.widths[..self.n_served_hooks]
     }
     pub fn hooks(&self) -> &[String] {
-        &self.plan.hooks
+        &self.plan.hooks[..self.n_served_hooks]
+    }
+    /// Massive rows (`StoreOptions::rows`' massive-activation rule) passed over so far.
+    pub fn massive_passed_over(&self) -> u64 {
+        self.massive_passed_over
     }
     /// Rows served so far (or skipped to): the number to save for resuming.
     pub fn rows_served(&self) -> u64 {
@@ -363,6 +394,16 @@ impl<'m> ActivationStore<'m> {
                 }
             }
         }
+        self.massive = match (self.norm_hook, self.rule.massive()) {
+            (Some(h), Some(m)) => {
+                let w = self.plan.widths[h];
+                self.rows[h]
+                    .chunks_exact(w)
+                    .map(|r| !(r.iter().map(|x| x * x).sum::<f32>().sqrt() <= m.threshold))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let mut order: Vec<u32> = (0..expected as u32).collect();
         order.shuffle(&mut StdRng::seed_from_u64(chunk_seed(self.seed, c)));
         self.order = order;
@@ -376,13 +417,21 @@ impl<'m> ActivationStore<'m> {
         }
         let mut n = 0;
         let first = range.start;
+        let mut flags = Vec::new();
         for (b, batch) in self.windows[range].chunks(self.batch_windows).enumerate() {
             let lo = first + b * self.batch_windows;
+            // every row the token rule keeps: `load` flags the massive ones
             n += self
                 .plan
-                .forward_rows(self.model, batch, &self.rule, &mut self.rows, || {
-                    format!("chunk {c}, windows {lo}..{}", lo + batch.len())
-                })?;
+                .forward_rows(
+                    self.model,
+                    batch,
+                    &self.rule,
+                    &mut self.rows,
+                    Some(&mut flags),
+                    || format!("chunk {c}, windows {lo}..{}", lo + batch.len()),
+                )?
+                .0;
             if let Some(f) = self.on_harvest.as_mut() {
                 f(batch.len());
             }
@@ -418,10 +467,14 @@ impl<'m> ActivationStore<'m> {
             .map(|i| ((i * 7919 + 1) % cfg.d_vocab as u64) as u32)
             .collect();
         let mut acts = vec![Vec::new(); self.plan.hooks.len()];
-        self.plan
-            .forward_rows(self.model, &[probe], &RowRule::default(), &mut acts, || {
-                "the cache probe".into()
-            })?;
+        self.plan.forward_rows(
+            self.model,
+            &[probe],
+            &RowRule::default(),
+            &mut acts,
+            None,
+            || "the cache probe".into(),
+        )?;
         for a in &acts {
             put(&f32_bytes(a));
         }

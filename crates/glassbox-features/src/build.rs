@@ -99,7 +99,18 @@ pub fn build(
             comparison: &comparison,
             windows: input.windows,
             token_text: input.token_text,
-            meta: input.meta.clone(),
+            meta: {
+                // how many rows the massive-activation rule left out, and its threshold
+                let mut meta = input.meta.clone();
+                meta.push((
+                    "massive_rows_excluded".into(),
+                    analysis.massive_excluded.to_string(),
+                ));
+                if let Some(m) = opts.rows.massive() {
+                    meta.push(("massive_norm".into(), m.to_json().to_string()));
+                }
+                meta
+            },
             started,
         },
     )?;

@@ -102,6 +102,8 @@ pub struct Analysis {
     pub neurons: Option<UnitGroup>,
     /// statistics rows (tokens) evaluated
     pub tokens: u64,
+    /// rows the token rule keeps but the massive-activation rule left out
+    pub massive_excluded: u64,
     /// windows run
     pub windows: usize,
     /// window length
@@ -168,7 +170,8 @@ pub fn analyse(
             .filter(|h| **h != hooks.hook)
             .cloned(),
     );
-    let filter = HookFilter::new(names.clone(), &model.config)?;
+    // the massive-activation rule reads the residual stream at the hook's block
+    let filter = HookFilter::new(opts.rows.hooks_with_norm(&names), &model.config)?;
     // Run only the blocks the hooks need, unless one needs the final norm.
     let stop = if names.iter().any(|h| h.starts_with("ln_final")) {
         None
@@ -184,7 +187,7 @@ pub fn analyse(
     };
 
     let step = opts.batch_windows.max(1);
-    let mut tokens = 0u64;
+    let (mut tokens, mut massive_excluded) = (0u64, 0u64);
     let mut seconds = [
         ("forward", 0.0),
         ("encode", 0.0),
@@ -208,8 +211,11 @@ pub fn analyse(
         // statistics rows: the positions the row rule keeps
         let mut rows: Vec<(u32, u32, u32)> = Vec::new();
         let mut slots = vec![NO_ROW; batch.len() * seq];
+        let massive = opts.rows.massive_flags(&out.cache, batch.len() * seq)?;
         for (w, win) in batch.iter().enumerate() {
-            for p in opts.rows.positions(win) {
+            let flags = &massive[w * seq..(w + 1) * seq];
+            massive_excluded += opts.rows.positions(win).filter(|&p| flags[p]).count() as u64;
+            for p in opts.rows.positions_after(win, flags) {
                 slots[w * seq + p] = rows.len() as u32;
                 rows.push(((first + w) as u32, p as u32, win[p]));
             }
@@ -281,6 +287,7 @@ pub fn analyse(
         features,
         neurons,
         tokens,
+        massive_excluded,
         windows: windows.len(),
         context_size: seq,
         seconds,

@@ -15,7 +15,7 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig, NormKind};
 pub use error::{ModelError, Result};
 pub use hooks::{hook_points, layer_of, Edit, HookFilter, HookPointInfo, Intervention};
-pub use rows::{Exclusion, RowRule};
+pub use rows::{Exclusion, MassiveNorm, RowRule, MASSIVE_FACTOR, MASSIVE_QUANTILE};
 pub use run::{ActivationCache, Batch, LogitsMode, PaddingSide, Run, RunOutput};
 pub use transformer::{KvCache, Transformer};
 pub mod loader;

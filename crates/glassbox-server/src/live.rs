@@ -154,11 +154,16 @@ impl Live {
             ));
         }
         let m = &model.transformer;
-        let filter = HookFilter::parse(&hook, &m.config).map_err(|e| {
-            ApiError::unavailable(format!(
-                "the dictionary's hook does not fit this model: {e}"
-            ))
-        })?;
+        // the positions every statistic leaves out (the feature store's rule, with the
+        // dictionary's massive-activation threshold), decided on this run
+        let rule = glassbox_model::RowRule::for_model(&model)
+            .with_massive(glassbox_model::MassiveNorm::from_cfg(&d.extra_cfg));
+        let filter = HookFilter::new(rule.hooks_with_norm(std::slice::from_ref(&hook)), &m.config)
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "the dictionary's hook does not fit this model: {e}"
+                ))
+            })?;
         let mut run = Run::new().cache(filter).logits(LogitsMode::None);
         if let Some(l) = glassbox_model::hooks::layer_of(&hook) {
             run = run.stop_at_layer((l + 1).min(m.config.n_layers));
@@ -201,8 +206,9 @@ impl Live {
         wanted.sort_unstable();
         wanted.dedup();
         let names = labels(&wanted);
-        // the positions every statistic leaves out (the feature store's rule)
-        let rule = glassbox_model::RowRule::for_model(&model);
+        let massive = rule
+            .massive_flags(&out.cache, ids.len())
+            .map_err(model_err)?;
         // characters split across byte-level tokens shown whole, not as "�"
         let texts = tok.token_texts(&ids);
         let tokens: Vec<Value> = ids
@@ -215,7 +221,7 @@ impl Live {
                     "id": id,
                     "text": texts[i],
                     "act": feature.map(|f| row[f]),
-                    "excluded": rule.exclusion(&ids, i).map(|e| e.reason()),
+                    "excluded": rule.exclusion_after(&ids, i, massive[i]).map(|e| e.reason()),
                     "top": top.iter().map(|(f, a)| json!({
                         "id": f, "act": a, "label": names.get(&(*f as i64)),
                     })).collect::<Vec<_>>(),

@@ -90,7 +90,9 @@ pub fn run(a: Args) -> Result<()> {
         hook: Some(hooks.hook_in.clone()),
         hook_out: Some(hooks.hook_out.clone()),
         batch_windows: a.batch,
-        rows: glassbox_model::RowRule::for_model(&model),
+        // the token rule and the dictionary's own massive-activation threshold, as in training
+        rows: glassbox_model::RowRule::for_model(&model)
+            .with_massive(glassbox_model::MassiveNorm::from_cfg(&dict.extra_cfg)),
         ..EvalOptions::default()
     };
     let r = evaluate(&model.transformer, &dict, windows, &opts, |n| {

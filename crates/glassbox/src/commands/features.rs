@@ -208,7 +208,9 @@ fn build(a: BuildArgs) -> Result<()> {
         top_k: a.top_k,
         context_radius: a.context_radius,
         batch_windows: a.batch,
-        rows: glassbox_model::RowRule::for_model(&model),
+        // the token rule and the dictionary's massive-activation threshold, as in training
+        rows: glassbox_model::RowRule::for_model(&model)
+            .with_massive(glassbox_model::MassiveNorm::from_cfg(&dict.extra_cfg)),
         neurons: !a.no_neurons,
         ..BuildOptions::default()
     };
@@ -270,6 +272,12 @@ fn build(a: BuildArgs) -> Result<()> {
         .map(|(p, s)| format!("{p} {s:.1} s"))
         .collect();
     println!("  {}", phases.join(", "));
+    if let Some(m) = opts.rows.massive() {
+        println!(
+            "  {} massive-activation rows left out ({} norm over {:.1}, as in training)",
+            report.analysis.massive_excluded, m.hook, m.threshold
+        );
+    }
     print_comparison(&report.comparison, opts.top_k);
     Ok(())
 }

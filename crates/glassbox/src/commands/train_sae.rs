@@ -299,10 +299,25 @@ pub fn run(mut a: Args) -> Result<()> {
         cfg_base.seed,
         0.05,
     )?;
-    let rule = glassbox_model::RowRule::for_model(&model);
+    // the token rule, then the massive-activation threshold measured on the first
+    // training windows (glassbox_model::rows says why this one); stored with the dictionary
+    let token_rule = glassbox_model::RowRule::for_model(&model);
+    let massive = glassbox_data::calibrate_massive(&model, &train_w, &hook, &token_rule)?;
+    if let Some(m) = &massive {
+        eprintln!(
+            "massive activations: rows whose {} norm is over {:.1} ({}× the {} quantile of {} calibration windows) are left out",
+            m.hook,
+            m.threshold,
+            glassbox_model::MASSIVE_FACTOR,
+            glassbox_model::MASSIVE_QUANTILE,
+            train_w.len().min(glassbox_data::CALIBRATION_WINDOWS)
+        );
+    }
+    let rule = token_rule.with_massive(massive.clone());
     // harvest only the windows the token budget needs (whole chunks would harvest up to
     // a chunk more: 524,288 rows for a 300,000-token run)
-    let train_w = windows_for_budget(train_w, &rule, tokens);
+    // 1 % over the budget: massive rows are passed over, not served
+    let train_w = windows_for_budget(train_w, &rule, tokens + tokens / 100);
     // the store harvests a whole buffer before serving from it: never more than the run needs
     let buffer_tokens = a.buffer_tokens.unwrap_or(262_144).min(tokens.max(1));
     let mut opts = StoreOptions::new(hooks.clone());
@@ -497,6 +512,9 @@ pub fn run(mut a: Args) -> Result<()> {
         meta.insert("context_size".into(), context_size.into());
         meta.insert("seqpos_slice".into(), serde_json::json!([1, null]));
         meta.insert("training_tokens".into(), (trainer.step * batch).into());
+        if let Some(m) = &massive {
+            meta.insert(glassbox_model::MassiveNorm::CFG_KEY.into(), m.to_json());
+        }
     }
     glassbox_sae::format::save_saelens(&dict, &out)?;
     // held-out evaluation: reconstruction and the model's loss with the dictionary spliced in
@@ -521,6 +539,8 @@ pub fn run(mut a: Args) -> Result<()> {
         "d_sae": cfg.d_sae, "k": arch.uses_k().then_some(cfg.k), "train_tokens": trainer.step * batch,
         "steps": trainer.step, "train_seconds_this_session": train_secs,
         "train_tokens_per_s": trained_tokens as f64 / train_secs.max(1e-9),
+        "train_massive_rows_excluded": store.massive_passed_over(),
+        "massive_norm": massive.as_ref().map(|m| m.to_json()),
         "eval": eval,
     });
     atomic_write(&out.join("metrics.json"), |tmp| {
