@@ -345,3 +345,86 @@ fn bad_options_and_non_finite_rows_are_errors() {
         "{msg}"
     );
 }
+
+/// With a massive-activation threshold, the store passes over the rows above it (read
+/// at the residual hook of the hook's block, harvested alongside when not served),
+/// serves exactly the others once, counts them, and resumes to the same rows.
+#[test]
+fn massive_rows_are_passed_over_and_resume_stays_exact() {
+    let m = tiny();
+    let served_hook = "blocks.1.ln2.hook_normalized";
+    let resid = glassbox_model::MassiveNorm::hook_for(served_hook).unwrap();
+    // every kept row's residual norm, to put the threshold at the median
+    let mut plain_opts = HarvestOptions::for_model(&m);
+    plain_opts.rows = glassbox_model::RowRule::new([SPECIAL]);
+    let h = harvest_hooks(
+        &m,
+        &windows(),
+        &[resid.clone(), served_hook.to_string()],
+        &plain_opts,
+        |_| {},
+    )
+    .unwrap();
+    let width = h.widths[0];
+    let norms: Vec<f32> = h.rows[0]
+        .chunks_exact(width)
+        .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
+        .collect();
+    let mut sorted = norms.clone();
+    sorted.sort_by(f32::total_cmp);
+    // midway between two rows: no row sits on it, whatever the rounding of its norm
+    let mid = sorted.len() / 2;
+    let threshold = (sorted[mid] + sorted[mid + 1]) / 2.0;
+    let massive = glassbox_model::MassiveNorm {
+        hook: resid,
+        threshold,
+    };
+    let n_massive = norms.iter().filter(|&&n| n > threshold).count();
+    assert!(n_massive > 0 && n_massive < norms.len());
+
+    let mut o = opts(&[served_hook], None);
+    o.rows = o.rows.with_massive(Some(massive.clone()));
+    let mut store = ActivationStore::new(&m, windows(), o.clone()).unwrap();
+    assert_eq!(
+        store.hooks(),
+        &[served_hook.to_string()],
+        "the residual hook is not served"
+    );
+    assert_eq!(
+        store.total_rows() as usize,
+        norms.len(),
+        "slots: the token rule's rows"
+    );
+    let all = drain(&mut store, 5);
+    let w = store.widths()[0];
+    assert_eq!(all[0].len() / w, norms.len() - n_massive);
+    assert_eq!(store.massive_passed_over() as usize, n_massive);
+    // exactly the rows under the threshold, each once
+    let want: std::collections::BTreeSet<Vec<u32>> = h.rows[1]
+        .chunks_exact(w)
+        .zip(&norms)
+        .filter(|(_, &n)| n <= threshold)
+        .map(|(r, _)| bits(r))
+        .collect();
+    let got: std::collections::BTreeSet<Vec<u32>> = all[0].chunks_exact(w).map(bits).collect();
+    assert_eq!(got, want);
+    // the same harvest through harvest_hooks leaves them out and counts them
+    let mut mopts = plain_opts.clone();
+    mopts.rows = mopts.rows.with_massive(Some(massive));
+    let hm = harvest_hooks(&m, &windows(), &[served_hook.to_string()], &mopts, |_| {}).unwrap();
+    assert_eq!(
+        (hm.n_rows, hm.n_massive),
+        (norms.len() - n_massive, n_massive)
+    );
+
+    // resume after 11 slots: the rest is what an uninterrupted store serves after them
+    let mut first = ActivationStore::new(&m, windows(), o.clone()).unwrap();
+    let mut out = vec![Vec::new()];
+    first.next_batch(6, &mut out).unwrap();
+    let mut head = out[0].clone();
+    let at = first.rows_served();
+    let mut resumed = ActivationStore::new(&m, windows(), o).unwrap();
+    resumed.skip_to(at).unwrap();
+    head.extend(drain(&mut resumed, 4).remove(0));
+    assert_eq!(bits(&head), bits(&all[0]));
+}
