@@ -297,7 +297,12 @@ fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
         return Ok(());
     }
     let file_len = file.metadata().map_err(io_err(path))?.len();
-    check_footer(path, &file, file_len)?;
+    let meta_len = check_footer(path, &file, file_len)?;
+    // The parquet crate reads only what has been checked: the footer now, each column
+    // chunk once its pages are walked (reading on past a chunk spun for seconds on a
+    // page header made of the footer's bytes, found by fuzzing).
+    let (file, allowed) = parquet_guard::CheckedFile::new(file, file_len);
+    allowed.allow(file_len - 8 - meta_len, meta_len + 8);
     let reader = SerializedFileReader::new(file)
         .map_err(|e| parquet_err(path, "not a readable Parquet file", e))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
@@ -357,6 +362,7 @@ fn read_parquet(path: &Path, field: &str, corpus: &mut Corpus) -> Result<()> {
                 path.display()
             ))
         })?;
+        allowed.allow(start as u64, len as u64);
         // The pages' contents are checked by parquet's decoders, which panic on some
         // malformed pages: contain that, and name the file.
         parquet_guard::contain(|| read_text_column(path, &reader, g, index, field, corpus))
@@ -383,7 +389,9 @@ fn read_range(path: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
 
 /// Walks the footer's Thrift metadata before the parquet crate does (see
 /// `parquet_guard`): a footer that declares more than it holds is refused here.
-fn check_footer(path: &Path, file: &std::fs::File, file_len: u64) -> Result<()> {
+/// Checks the footer's length and walks its metadata; returns the metadata's length (0
+/// when the file does not end in `PAR1`: the parquet crate then says what it is).
+fn check_footer(path: &Path, file: &std::fs::File, file_len: u64) -> Result<u64> {
     use std::os::unix::fs::FileExt;
     let corrupt = |what: String| DataError::Corpus(format!("{}: {what}", path.display()));
     if file_len < 12 {
@@ -396,26 +404,27 @@ fn check_footer(path: &Path, file: &std::fs::File, file_len: u64) -> Result<()> 
         .map_err(io_err(path))?;
     if &tail[4..] != b"PAR1" {
         // Not plain Parquet (or encrypted): the parquet crate says which.
-        return Ok(());
+        return Ok(0);
     }
     let meta_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if meta_len + 8 > file_len {
         return Err(corrupt(format!(
-            "the footer claims {meta_len} bytes of metadata in a {file_len}-byte file              (corrupt or truncated file)"
+            "the footer claims {meta_len} bytes of metadata in a {file_len}-byte file \
+             (corrupt or truncated file)"
         )));
     }
     let mut meta = vec![0u8; meta_len as usize];
     file.read_exact_at(&mut meta, file_len - 8 - meta_len)
         .map_err(io_err(path))?;
     parquet_guard::struct_len(&meta)
-        .map(drop)
+        .map(|_| meta_len)
         .map_err(|e| corrupt(format!("corrupt footer metadata: {e}")))
 }
 
 /// Appends the documents of column `index` in row group `g` to `corpus`.
 fn read_text_column(
     path: &Path,
-    reader: &SerializedFileReader<std::fs::File>,
+    reader: &SerializedFileReader<parquet_guard::CheckedFile>,
     g: usize,
     index: usize,
     field: &str,

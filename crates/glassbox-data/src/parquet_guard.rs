@@ -202,6 +202,15 @@ impl Reader<'_> {
                 };
                 let n = self.count(n)?;
                 let elem = h & 0x0f;
+                // Booleans in a list take a byte each (the compact protocol), but parquet
+                // 60's skipper reads them as none: from there on it reads other fields
+                // than this walk checked, and can spin (found by fuzzing). Parquet's
+                // footer and page headers hold no such list; refuse one.
+                if n > 0 && matches!(elem, 1 | 2) {
+                    return Err(
+                        "a list of booleans, which no Parquet footer or page header holds".into(),
+                    );
+                }
                 for _ in 0..n {
                     self.skip_element(elem, depth)?;
                 }
@@ -277,6 +286,13 @@ mod tests {
     }
 
     #[test]
+    fn a_list_of_booleans_is_refused_since_parquet_misreads_it() {
+        // struct { 1: list<bool> [true, false] }
+        let e = struct_len(&[0x19, 0x21, 0x01, 0x02, 0x00]).unwrap_err();
+        assert!(e.contains("a list of booleans"), "{e}");
+    }
+
+    #[test]
     fn page_headers_give_their_sizes_and_length() {
         // PageHeader { 1: type=0, 2: uncompressed=100, 3: compressed=40, 5: struct{} }
         let buf = [
@@ -313,5 +329,127 @@ mod tests {
         let e = contain(|| -> u32 { panic!("index 7 out of range") }).unwrap_err();
         assert_eq!(e, "index 7 out of range");
         assert_eq!(contain(|| 3), Ok(3));
+    }
+}
+
+/// A Parquet file that the parquet crate may read only where it has been checked (the
+/// footer, then each column chunk whose pages were walked): reading elsewhere, or on
+/// past the end of a checked range, is an error instead of more bytes. Its readers
+/// err rather than return 0 at the end, since the crate's Thrift skipper loops over
+/// element counts taken from the file and would spin on an empty read.
+pub(crate) struct CheckedFile {
+    file: std::fs::File,
+    len: u64,
+    allowed: Allowed,
+}
+
+/// The ranges a [`CheckedFile`] may read, shared with whoever checks them.
+#[derive(Clone, Default)]
+pub(crate) struct Allowed(std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
+
+impl Allowed {
+    /// Lets bytes `start..start + len` be read.
+    pub(crate) fn allow(&self, start: u64, len: u64) {
+        if let Ok(mut a) = self.0.lock() {
+            a.push((start, start.saturating_add(len)));
+        }
+    }
+}
+
+impl CheckedFile {
+    /// The file, and the handle that widens what it lets be read.
+    pub(crate) fn new(file: std::fs::File, len: u64) -> (Self, Allowed) {
+        let allowed = Allowed::default();
+        let f = CheckedFile {
+            file,
+            len,
+            allowed: allowed.clone(),
+        };
+        (f, allowed)
+    }
+
+    /// The end of the checked range holding `start`.
+    fn end_of(&self, start: u64) -> parquet::errors::Result<u64> {
+        let allowed = self
+            .allowed
+            .0
+            .lock()
+            .map_err(|_| parquet::errors::ParquetError::General("lock poisoned".into()))?;
+        allowed
+            .iter()
+            .filter(|(a, b)| *a <= start && start < *b)
+            .map(|&(_, b)| b)
+            .max()
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::General(format!(
+                    "offset {start} lies outside the footer and the checked column chunks"
+                ))
+            })
+    }
+}
+
+impl parquet::file::reader::Length for CheckedFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// A reader of one checked range.
+pub(crate) struct RangeReader {
+    file: std::fs::File,
+    pos: u64,
+    end: u64,
+}
+
+impl std::io::Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let left = self.end.saturating_sub(self.pos);
+        if left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of a checked column chunk",
+            ));
+        }
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file ended inside a checked range",
+            ));
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl parquet::file::reader::ChunkReader for CheckedFile {
+    type T = RangeReader;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<RangeReader> {
+        let end = self.end_of(start)?;
+        Ok(RangeReader {
+            file: self.file.try_clone()?,
+            pos: start,
+            end,
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        use std::os::unix::fs::FileExt;
+        let end = self.end_of(start)?;
+        let want = start.saturating_add(length as u64);
+        if want > end {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "{length} bytes at offset {start} run past the checked range (to {end})"
+            )));
+        }
+        let mut buf = vec![0u8; length];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(bytes::Bytes::from(buf))
     }
 }
