@@ -194,7 +194,7 @@ impl HookPlan {
             return Ok((0, 0));
         }
         let filter = match rule.massive() {
-            Some(_) => HookFilter::new(rule.hooks_with_norm(&self.hooks), &model.config())?,
+            Some(_) => HookFilter::new(rule.hooks_with_norm(&self.hooks), model.config())?,
             None => self.filter.clone(),
         };
         let mut run = Run::new().cache(filter).logits(self.logits);

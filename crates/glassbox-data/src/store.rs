@@ -399,7 +399,10 @@ impl<'m> ActivationStore<'m> {
                 let w = self.plan.widths[h];
                 self.rows[h]
                     .chunks_exact(w)
-                    .map(|r| !(r.iter().map(|x| x * x).sum::<f32>().sqrt() <= m.threshold))
+                    .map(|r| {
+                        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+                        n.is_nan() || n > m.threshold
+                    })
                     .collect()
             }
             _ => Vec::new(),

@@ -103,7 +103,11 @@ impl MassiveNorm {
             .to_dtype(candle_core::DType::F32)?
             .reshape((rows, ()))?;
         let norms: Vec<f32> = x.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
-        Ok(norms.iter().map(|&n| !(n <= self.threshold)).collect())
+        // a NaN norm counts as massive: it is no ordinary row
+        Ok(norms
+            .iter()
+            .map(|&n| n.is_nan() || n > self.threshold)
+            .collect())
     }
 
     /// As stored in a dictionary's `cfg.json` (`metadata.glassbox_massive_norm`).
