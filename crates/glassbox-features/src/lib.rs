@@ -111,7 +111,8 @@ impl Default for BuildOptions {
 /// `[HIST_LOG10_MIN, HIST_LOG10_MAX]`; values outside fall into the end bins.
 pub const HIST_LOG10_MIN: f64 = -4.0;
 pub const HIST_LOG10_MAX: f64 = 4.0;
-pub const HIST_BINS: usize = 32;
+/// 10 bins a decade (4 were too coarse to see a distribution's shape)
+pub const HIST_BINS: usize = 80;
 
 /// The histogram bin of a positive activation.
 pub fn hist_bin(a: f32) -> usize {

@@ -135,6 +135,18 @@
   function svgBox(markup, cls) {
     const d = h('div', { class: cls || 'plot' });
     d.innerHTML = markup || ''; // made on the server, escaped there
+    // once laid out, check that every label lies inside its SVG's box (a cut tick label
+    // is a bug): marks the SVG `data-layout="ok"` or `"overflow"` and says which on the console
+    requestAnimationFrame(() => d.querySelectorAll('svg').forEach((svg) => {
+      const vb = svg.viewBox && svg.viewBox.baseVal;
+      if (!vb || !vb.width) return;
+      const out = [...svg.querySelectorAll('text')].filter((t) => {
+        const b = t.getBBox();
+        return b.x < vb.x - 0.5 || b.y < vb.y - 0.5 || b.x + b.width > vb.x + vb.width + 0.5 || b.y + b.height > vb.y + vb.height + 0.5;
+      });
+      svg.setAttribute('data-layout', out.length ? 'overflow' : 'ok');
+      if (out.length) console.warn('labels outside the plot:', out.map((t) => t.textContent));
+    }));
     return d;
   }
 
@@ -431,11 +443,31 @@
     prompt.value = p.get('prompt') || 'I think that';
     const rows = h('div', { id: 'steer-rows' });
     function addRow(id, strength) {
+      const idInput = h('input', { type: 'number', min: 0, class: 'f-id', value: id });
+      const strengthInput = h('input', { type: 'number', step: 'any', class: 'f-strength', value: strength });
+      // the feature's label and strengths worth trying: multiples of its max activation
+      // (the decoder row is added strength times, so strength is in activation units)
+      const hint = h('span', { class: 'f-hint muted' });
+      async function describe() {
+        const fid = parseInt(idInput.value, 10);
+        if (Number.isNaN(fid)) { fill(hint); return; }
+        try {
+          const u = await api(`/api/units/feature/${fid}`);
+          const m = u.max_act;
+          fill(hint, h('span', { class: 'label f-label' }, u.label || ''),
+            m ? [` · max activation ${fmt(m)}; try `, [1, 2, 5, 10].map((k) => h('button', {
+              type: 'button', class: 'f-suggest', title: `${k} × the max activation`,
+              onclick: () => { strengthInput.value = String(Math.round(k * m * 100) / 100); },
+            }, `${k}× (${fmt(k * m)})`))] : null);
+        } catch (e) { fill(hint, e.message); }
+      }
+      idInput.addEventListener('change', describe);
       const row = h('div', { class: 'steer-row' },
-        h('label', {}, 'feature ', h('input', { type: 'number', min: 0, class: 'f-id', value: id })),
-        h('label', {}, 'strength ', h('input', { type: 'number', step: 'any', class: 'f-strength', value: strength })),
-        h('button', { type: 'button', onclick: () => row.remove() }, 'remove'));
+        h('label', {}, 'feature ', idInput),
+        h('label', {}, 'strength ', strengthInput),
+        h('button', { type: 'button', onclick: () => row.remove() }, 'remove'), hint);
       rows.appendChild(row);
+      describe();
     }
     addRow(p.get('feature') || '', p.get('strength') || '8');
     const maxTok = h('input', { type: 'number', id: 'steer-max', min: 1, max: 200, value: p.get('max_new_tokens') || 30 });
@@ -459,9 +491,20 @@
         });
         const col = (title, text, id) => h('div', { class: 'gen', id: id }, h('h3', {}, title),
           h('p', {}, h('span', { class: 'muted' }, r.prompt), h('span', { class: 'generated' }, text)));
+        const named = (f) => `${fmt(f.strength)} × the decoder row of feature #${f.id}${f.label ? ` “${f.label}”` : ''}`;
+        const nt = r.next_token || { tokens: [] };
+        const effect = h('table', { class: 'stats', id: 'steer-effect' },
+          h('thead', {}, h('tr', {}, h('th', {}, 'next token'), h('th', { class: 'num' }, 'p before'),
+            h('th', { class: 'num' }, 'p after'), h('th', { class: 'num' }, 'Δ log p'))),
+          h('tbody', {}, nt.tokens.map((t) => h('tr', {},
+            h('td', {}, h('span', { class: 'chip' }, chipTok(t.text))), h('td', { class: 'num' }, fmt(t.p_before)),
+            h('td', { class: 'num' }, fmt(t.p_after)), h('td', { class: 'num' }, (t.delta_log_p >= 0 ? '+' : '') + fmt(t.delta_log_p))))));
         fill(out,
-          h('p', { class: 'muted' }, `Adding ${r.features.map((f) => `${fmt(f.strength)} × decoder row #${f.id}`).join(' + ')} (norm ${fmt(r.direction_norm)}) at ${r.hook}, every position; greedy decoding.`),
-          h('div', { class: 'two' }, col('baseline', r.baseline, 'steer-baseline'), col('steered', r.steered, 'steer-steered')));
+          h('p', { class: 'muted', id: 'steer-summary' }, `Adding ${r.features.map(named).join(' + ')} at ${r.hook}, every position; the added vector’s norm is ${fmt(r.direction_norm)}. Greedy decoding.`),
+          h('div', { class: 'two' }, col('baseline', r.baseline, 'steer-baseline'), col('steered', r.steered, 'steer-steered')),
+          h('h2', {}, 'Next token after the prompt'),
+          h('p', { id: 'steer-kl' }, `KL(baseline ‖ steered) = ${fmt(nt.kl)} nats`),
+          effect);
         app.setAttribute('data-state', 'ready');
       } catch (e) {
         fill(out, h('div', { class: 'error' }, e.message));
@@ -491,7 +534,6 @@
     const row = (name, key, format, title) => h('tr', { title: title || null }, h('th', {}, name),
       h('td', { class: 'num' }, format(f[key])), h('td', { class: 'num' }, format(n[key])));
     const count = (x) => (x === null || x === undefined ? '–' : String(x));
-    const values = Object.entries(c.values || {});
     show(h('h1', {}, 'Features vs neurons'),
       h('p', { class: 'muted' }, 'Dictionary features against the MLP neurons at the same layer, on the same tokens. ' +
         'Concentration is the share of a unit’s top examples whose activating token is its most common one: monosemantic units score high.'),
@@ -507,9 +549,9 @@
           row('mean activation when active', 'mean_mean_act', fmt))),
       h('div', { class: 'two' },
         h('div', {}, h('h3', {}, 'concentration — features'), svgBox((c.concentration_svg || {}).feature)),
-        h('div', {}, h('h3', {}, 'concentration — neurons'), svgBox((c.concentration_svg || {}).neuron))),
-      values.length ? [h('h2', {}, 'Stored comparison'),
-        h('table', { class: 'stats' }, values.map(([key, v]) => h('tr', {}, h('th', {}, key), h('td', { class: 'num' }, fmt(v)))))] : null);
+        h('div', {}, h('h3', {}, 'concentration — neurons'), svgBox((c.concentration_svg || {}).neuron))));
+    // the stored table (`c.values`, snake_case keys) repeats the one above: the JSON API
+    // (/api/comparison) keeps it for scripts
   }
 
   async function comparePage() {

@@ -418,6 +418,9 @@ async fn prompt(
         .await
 }
 
+/// Strengths the steering playground suggests, as multiples of a feature's max activation.
+const STRENGTH_MULTIPLES: [f64; 4] = [1.0, 2.0, 5.0, 10.0];
+
 async fn steer(
     State(app): AppState,
     body: Result<Json<SteerRequest>, JsonRejection>,
@@ -436,11 +439,19 @@ async fn steer(
                 cancel,
             )?;
             let ids: Vec<i64> = features.iter().map(|f| f.0 as i64).collect();
-            let labels = a.store()?.labels(Kind::Feature, &ids).unwrap_or_default();
+            let store = a.store()?;
+            let labels = store.labels(Kind::Feature, &ids).unwrap_or_default();
+            let max_acts = store.max_acts(Kind::Feature, &ids).unwrap_or_default();
             if let Some(fs) = out["features"].as_array_mut() {
                 for f in fs {
                     let id = f["id"].as_i64().unwrap_or(-1);
                     f["label"] = json!(labels.get(&id));
+                    // strength is in activation units (the decoder row is added
+                    // strength times): multiples of the largest activation seen
+                    f["max_act"] = json!(max_acts.get(&id));
+                    f["suggested_strengths"] = json!(max_acts
+                        .get(&id)
+                        .map(|m| STRENGTH_MULTIPLES.iter().map(|k| k * m).collect::<Vec<_>>()));
                 }
             }
             Ok(Json(out))

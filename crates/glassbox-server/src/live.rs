@@ -321,17 +321,31 @@ impl Live {
             .and_then(|t| t.sqrt())
             .and_then(|t| t.to_scalar::<f32>())
             .map_err(model_err)?;
-        let mut run = match HookLayout::of(&hook) {
-            HookLayout::Stream => Steering::new(&hook, direction, 1.0)
-                .and_then(|s| s.run(m))
-                .map_err(model_err)?,
-            HookLayout::PerHead => per_head_steering(m, &hook, direction)?,
-            HookLayout::Pattern => {
-                return Err(ApiError::unavailable(format!(
+        let steering_run = |direction: Tensor| -> ApiResult<Run<'static>> {
+            match HookLayout::of(&hook) {
+                HookLayout::Stream => Steering::new(&hook, direction, 1.0)
+                    .and_then(|s| s.run(m))
+                    .map_err(model_err),
+                HookLayout::PerHead => per_head_steering(m, &hook, direction),
+                HookLayout::Pattern => Err(ApiError::unavailable(format!(
                     "the dictionary writes `{hook}`, an attention pattern: it cannot be steered"
-                )))
+                ))),
             }
         };
+        let mut run = steering_run(direction.clone())?;
+        // the next-token effect at the prompt's end, as `glassbox steer` reports it
+        let next_token = {
+            let last = |r: &mut Run| -> ApiResult<Vec<f32>> {
+                let out = m.run(&Batch::single(&ids), r).map_err(model_err)?;
+                out.logits()
+                    .and_then(|l| Ok(l.flatten_all()?.to_vec1::<f32>()?))
+                    .map_err(model_err)
+            };
+            let plain = last(&mut Run::new().logits(LogitsMode::Last))?;
+            let steered = last(&mut steering_run(direction)?.logits(LogitsMode::Last))?;
+            next_token_effect(tok, &plain, &steered)
+        };
+        cancel.check()?;
         let opts = SamplingOptions {
             max_new_tokens,
             stop_tokens: tok.eos_token_id.into_iter().collect(),
@@ -354,6 +368,7 @@ impl Live {
             "max_new_tokens": max_new_tokens,
             "baseline": tok.decode(&baseline).map_err(model_err)?,
             "steered": tok.decode(&steered).map_err(model_err)?,
+            "next_token": next_token,
         }))
     }
 }
@@ -361,6 +376,40 @@ impl Live {
 /// A run that adds `direction` (`[n_heads · d_head]`, a per-head dictionary's decoder
 /// rows) at a per-head hook `[batch, pos, head, d_head]` at every position, split into
 /// its heads as the dictionary flattened them.
+/// KL(plain ‖ steered) of the next-token distributions and the tokens that move: the
+/// five likeliest before and after, with both probabilities and Δ log p.
+fn next_token_effect(tok: &glassbox_model::TextTokenizer, plain: &[f32], steered: &[f32]) -> Value {
+    let log_softmax = |l: &[f32]| -> Vec<f64> {
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z = l.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+        l.iter().map(|&x| x as f64 - z).collect()
+    };
+    let (a, b) = (log_softmax(plain), log_softmax(steered));
+    let kl: f64 = a.iter().zip(&b).map(|(&p, &q)| p.exp() * (p - q)).sum();
+    let top = |lp: &[f64]| {
+        let mut idx: Vec<usize> = (0..lp.len()).collect();
+        idx.sort_by(|&i, &j| lp[j].total_cmp(&lp[i]));
+        idx.truncate(5);
+        idx
+    };
+    let mut ids = top(&a);
+    for i in top(&b) {
+        if !ids.contains(&i) {
+            ids.push(i);
+        }
+    }
+    let tokens: Vec<Value> = ids
+        .iter()
+        .map(|&i| {
+            json!({
+                "id": i, "text": tok.token_text(i as u32),
+                "p_before": a[i].exp(), "p_after": b[i].exp(), "delta_log_p": b[i] - a[i],
+            })
+        })
+        .collect();
+    json!({ "kl": kl.max(0.0), "tokens": tokens })
+}
+
 fn per_head_steering<'h>(
     m: &glassbox_model::Transformer,
     hook: &str,

@@ -282,6 +282,24 @@ impl Store {
     }
 
     /// One unit's summary (`None` if the store has no such unit).
+    /// The largest recorded activation of each of `ids` that exists.
+    pub fn max_acts(&self, kind: Kind, ids: &[i64]) -> Result<HashMap<i64, f64>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT max_act FROM units WHERE kind = ?1 AND id = ?2")?;
+            let mut out = HashMap::new();
+            for &id in ids {
+                if let Some(m) = stmt
+                    .query_row(params![kind.as_str(), id], |r| r.get::<_, f64>(0))
+                    .optional()?
+                {
+                    out.insert(id, m);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     pub fn summary(&self, kind: Kind, id: i64) -> Result<Option<Value>> {
         self.with(|c| {
             Ok(c.query_row(

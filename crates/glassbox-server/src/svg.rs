@@ -106,15 +106,44 @@ pub fn histogram_svg(edges: &[f64], counts: &[f64], x_label: &str, log10_edges: 
         top + 10.0,
         max
     );
-    // x ticks: up to five, at bin edges
+    // Where the activation mass lies: each bin's count × its central value, scaled to
+    // the tallest bar (as Neuronpedia overlays its density-weighted histogram).
+    if log10_edges && !even {
+        let mass: Vec<f64> = (0..n)
+            .map(|i| counts[i] * value((edge(i) + edge(i + 1)) / 2.0))
+            .collect();
+        let top_mass = mass.iter().copied().fold(0.0f64, f64::max);
+        if top_mass > 0.0 {
+            let pts: Vec<String> = (0..n)
+                .map(|i| {
+                    let x = (x_of(edge(i)) + x_of(edge(i + 1))) / 2.0;
+                    format!("{x:.2},{:.2}", top + ph - mass[i] / top_mass * ph)
+                })
+                .collect();
+            let _ = write!(
+                s,
+                r##"<polyline class="mass" points="{}" fill="none" stroke="#2f6fb0" stroke-width="1.5"><title>activation-weighted (count × activation), scaled to the tallest bar</title></polyline><text x="{}" y="{}" text-anchor="end" font-size="10" fill="#2f6fb0">— count × activation</text>"##,
+                pts.join(" "),
+                left + pw,
+                top + 10.0
+            );
+        }
+    }
+    // x ticks: up to five, at bin edges; the end labels anchored inward so that they
+    // stay inside the box
     if !even {
         let ticks = 5.min(n);
         for t in 0..=ticks {
             let i = t * n / ticks.max(1);
             let x = x_of(edge(i));
+            let anchor = match t {
+                0 => "start",
+                t if t == ticks => "end",
+                _ => "middle",
+            };
             let _ = write!(
                 s,
-                r##"<line x1="{x:.2}" y1="{y}" x2="{x:.2}" y2="{y2}" stroke="#888"/><text x="{x:.2}" y="{ty}" text-anchor="middle" font-size="11" fill="#555">{}</text>"##,
+                r##"<line x1="{x:.2}" y1="{y}" x2="{x:.2}" y2="{y2}" stroke="#888"/><text x="{x:.2}" y="{ty}" text-anchor="{anchor}" font-size="11" fill="#555">{}</text>"##,
                 escape(&short(value(edge(i)))),
                 y = top + ph,
                 y2 = top + ph + 4.0,

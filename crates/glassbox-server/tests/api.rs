@@ -171,7 +171,7 @@ fn unit_detail_has_examples_effects_and_neighbours() {
     assert_eq!(u["prev"], 2);
     assert_eq!(u["next"], 4);
     let svg = u["histogram_svg"].as_str().unwrap();
-    assert_eq!(svg.matches("<rect").count(), 3);
+    assert_eq!(svg.matches("<rect").count(), 5, "one bar per bin");
 
     // neurons: the same statistics, no logit effects or neighbours in the schema
     let (s, n) = f.get("/api/units/neuron/1");

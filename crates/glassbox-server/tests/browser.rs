@@ -122,6 +122,11 @@ fn feature_page_list_and_compare_render_in_chromium() {
         dom.contains(r#"<svg class="histogram""#),
         "inline SVG histogram"
     );
+    // every label inside the plot's box (the last tick label was cut off), checked by
+    // the page once laid out; and the activation-weighted overlay
+    assert!(dom.contains(r#"data-layout="ok""#), "{dom}");
+    assert!(!dom.contains(r#"data-layout="overflow""#), "{dom}");
+    assert!(dom.contains(r#"<polyline class="mass""#), "{dom}");
     assert!(element(&dom, "bands").contains(" rose</span>"));
     let effects = element(&dom, "logit-effects");
     assert!(effects.contains(" purr") && effects.contains(" woof"));
@@ -150,6 +155,9 @@ fn feature_page_list_and_compare_render_in_chromium() {
     let dom = dump_dom(&chromium, &format!("{base}/compare"));
     let cmp = element(&dom, "compare-table");
     assert!(cmp.contains("mean concentration"), "{cmp}");
+    // no raw dump of the stored table after it (snake_case keys, "4096.0")
+    assert!(!dom.contains("Stored comparison"), "{dom}");
+    assert!(!dom.contains("mean_concentration"), "{dom}");
 
     // an unknown unit: the API's message shown, not a blank page
     let dom = dump_dom(&chromium, &format!("{base}/unit/feature/999"));
@@ -255,7 +263,29 @@ fn steering_playground_renders_side_by_side_in_chromium() {
     let steered = element(&dom, "steer-steered");
     assert!(baseline.contains("The weather today is"), "{baseline}");
     assert!(steered.contains(r#"class="generated""#), "{steered}");
-    assert!(dom.contains("decoder row #1"), "{dom}");
+    // what is added, said in words, with the feature's label
+    let summary = element(&dom, "steer-summary");
+    assert!(
+        summary.contains("the decoder row of feature #1") && summary.contains("feature label 1"),
+        "{summary}"
+    );
+    assert!(summary.contains("the added vector’s norm is"), "{summary}");
+    // the next-token effect, as the CLI reports it
+    assert!(
+        element(&dom, "steer-kl").contains("KL(baseline ‖ steered) = "),
+        "{dom}"
+    );
+    let effect = element(&dom, "steer-effect");
+    assert!(
+        effect.contains("Δ log p") && effect.matches("<tr>").count() >= 6,
+        "{effect}"
+    );
+    // the label and strengths worth trying, next to the feature's input
+    assert!(
+        dom.contains(r#"class="label f-label">feature label 1"#),
+        "{dom}"
+    );
+    assert_eq!(dom.matches(r#"class="f-suggest""#).count(), 4, "{dom}");
 }
 
 #[test]

@@ -84,7 +84,8 @@ pub fn write_store(dir: &Path) {
                     label(kind, id),
                     top_tokens.to_string(),
                     0.1 * (n - id) as f64,
-                    json!({"log10_edges": [-2.0, -1.0, 0.0, 1.0], "counts": [5, 10 + id, 2]})
+                    // up to 3162 (10^3.5): the long end labels a real store has
+                    json!({"log10_edges": [-2.0, -1.0, 0.0, 1.0, 2.0, 3.5], "counts": [5, 10 + id, 2, 1, 1]})
                         .to_string(),
                 ],
             )
