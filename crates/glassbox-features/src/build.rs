@@ -2,7 +2,9 @@
 //! comparison, written to one store.
 
 use crate::describe::{compare, summarise, Summary};
-use crate::effects::{logit_effects, neighbours, TokenEffects};
+use crate::effects::{
+    logit_effects, logit_effects_of, neighbours, neighbours_of, neuron_directions, TokenEffects,
+};
 use crate::pass::{analyse, check_hooks, Analysis};
 use crate::write::{write_store, StoreInput};
 use crate::{BuildOptions, Result};
@@ -43,6 +45,9 @@ pub struct BuildReport {
     pub neuron_summaries: Option<Vec<Summary>>,
     pub logit_effects: Option<Vec<TokenEffects>>,
     pub neighbours: Vec<Vec<(u32, f32)>>,
+    /// the MLP neurons' own, from their output weights (with neurons)
+    pub neuron_logit_effects: Option<Vec<TokenEffects>>,
+    pub neuron_neighbours: Vec<Vec<(u32, f32)>>,
 }
 
 /// Builds the feature store at `out` (atomically). A dictionary that does not fit the
@@ -75,6 +80,24 @@ pub fn build(
     lap("logit effects", &mut phases);
     let near = neighbours(input.dict, opts.neighbours)?;
     lap("neighbours", &mut phases);
+    // the neurons' own: from what each writes to the residual stream (its output weights)
+    let neuron_layer = analysis
+        .hooks
+        .neuron_hook
+        .as_deref()
+        .and_then(glassbox_model::hooks::layer_of)
+        .filter(|_| analysis.neurons.is_some());
+    let (neuron_effects, neuron_near) = match neuron_layer {
+        Some(l) => {
+            let rows = neuron_directions(input.model, l)?;
+            let fx = (opts.logit_effects > 0)
+                .then(|| logit_effects_of(input.model, &rows, opts.logit_effects))
+                .transpose()?;
+            (fx, neighbours_of(&rows, opts.neighbours)?)
+        }
+        None => (None, Vec::new()),
+    };
+    lap("neuron effects", &mut phases);
     let fs: Vec<Summary> = analysis.features.units.par_iter().map(summarise).collect();
     let ns: Option<Vec<Summary>> = analysis
         .neurons
@@ -96,6 +119,8 @@ pub fn build(
             neuron_summaries: ns.as_deref(),
             logit_effects: effects.as_deref(),
             neighbours: &near,
+            neuron_logit_effects: neuron_effects.as_deref(),
+            neuron_neighbours: &neuron_near,
             comparison: &comparison,
             windows: input.windows,
             token_text: input.token_text,
@@ -127,5 +152,7 @@ pub fn build(
         neuron_summaries: ns,
         logit_effects: effects,
         neighbours: near,
+        neuron_logit_effects: neuron_effects,
+        neuron_neighbours: neuron_near,
     })
 }

@@ -3,7 +3,7 @@
 //! over all features, in chunks so memory stays bounded.
 
 use crate::Result;
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use glassbox_model::config::NormKind;
 use glassbox_model::Transformer;
 use glassbox_sae::Dictionary;
@@ -54,20 +54,26 @@ pub fn logit_effects(
     dict: &Dictionary,
     n: usize,
 ) -> Result<Option<Vec<TokenEffects>>> {
-    let d_model = model.config.d_model;
-    if dict.d_out != d_model || n == 0 {
+    if dict.d_out != model.config.d_model || n == 0 {
         return Ok(None);
     }
+    logit_effects_of(model, &dict.w_dec, n).map(Some)
+}
+
+/// [`logit_effects`] of any output directions `rows` `[units, d_model]`: a dictionary's
+/// decoder rows, or MLP neurons' output weights ([`neuron_directions`]).
+pub fn logit_effects_of(model: &Transformer, rows: &Tensor, n: usize) -> Result<Vec<TokenEffects>> {
+    let units = rows.dim(0)?;
     let w_ut = model.weights.unembed_f32()?.t()?.contiguous()?;
     let vocab = w_ut.dim(1)?;
     let g = model.weights.ln_final.weight.to_dtype(DType::F32)?;
-    let w_dec = dict.w_dec.to_dtype(DType::F32)?;
+    let w_dec = rows.to_dtype(DType::F32)?;
     let centre = model.config.norm == NormKind::LayerNorm;
-    let chunk = (CHUNK_ELEMS / vocab.max(1)).clamp(1, dict.d_sae.max(1));
-    let mut out = Vec::with_capacity(dict.d_sae);
+    let chunk = (CHUNK_ELEMS / vocab.max(1)).clamp(1, units.max(1));
+    let mut out = Vec::with_capacity(units);
     let mut start = 0;
-    while start < dict.d_sae {
-        let c = chunk.min(dict.d_sae - start);
+    while start < units {
+        let c = chunk.min(units - start);
         let mut rows = w_dec.narrow(0, start, c)?;
         if centre {
             rows = rows.broadcast_sub(&rows.mean_keepdim(1)?)?;
@@ -80,18 +86,40 @@ pub fn logit_effects(
         }));
         start += c;
     }
-    Ok(Some(out))
+    Ok(out)
+}
+
+/// What each MLP neuron of block `layer` (`mlp.hook_post`) writes to the residual
+/// stream: the columns of the block's output matrix, as rows `[d_mlp, d_model]`.
+pub fn neuron_directions(model: &Transformer, layer: usize) -> Result<Tensor> {
+    let block = model
+        .weights
+        .blocks
+        .get(layer)
+        .ok_or_else(|| crate::bad(format!("the model has no block {layer}")))?
+        .get()?;
+    Ok(block
+        .mlp_out
+        .weight
+        .to_dtype(DType::F32)?
+        .t()?
+        .contiguous()?)
 }
 
 /// For every feature, the `n` other features whose decoder rows have the largest
 /// cosine with its own (largest first, ties to the smaller id). A zero row has cosine 0
 /// with everything.
 pub fn neighbours(dict: &Dictionary, n: usize) -> Result<Vec<Vec<(u32, f32)>>> {
-    let d = dict.d_sae;
+    neighbours_of(&dict.w_dec, n)
+}
+
+/// [`neighbours`] among any directions `rows` `[units, width]`.
+pub fn neighbours_of(rows: &Tensor, n: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+    let d = rows.dim(0)?;
     if n == 0 {
         return Ok(vec![Vec::new(); d]);
     }
-    let w = dict.w_dec.to_dtype(DType::F32)?;
+    let w = rows.to_dtype(DType::F32)?;
     let norms = w.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-30f32, f32::MAX)?;
     let wn = w.broadcast_div(&norms)?;
     let wt = wn.t()?.contiguous()?;

@@ -57,6 +57,25 @@ CREATE TABLE IF NOT EXISTS neighbours (
     PRIMARY KEY (feature, rank)
 );
 
+-- the same for MLP neurons (`feature` is the neuron's id), from each neuron's output
+-- weights: W_out[:, n] · diag(final-norm weight) · W_U, and cosines of those columns
+CREATE TABLE IF NOT EXISTS neuron_logit_effects (
+    feature INTEGER NOT NULL,
+    sign    INTEGER NOT NULL,
+    rank    INTEGER NOT NULL,
+    token   TEXT    NOT NULL,
+    value   REAL    NOT NULL,
+    PRIMARY KEY (feature, sign, rank)
+);
+
+CREATE TABLE IF NOT EXISTS neuron_neighbours (
+    feature INTEGER NOT NULL,
+    rank    INTEGER NOT NULL,
+    other   INTEGER NOT NULL,
+    cosine  REAL    NOT NULL,
+    PRIMARY KEY (feature, rank)
+);
+
 CREATE TABLE IF NOT EXISTS comparison (
     key   TEXT PRIMARY KEY,           -- e.g. feature_mean_concentration, neuron_mean_concentration
     value REAL NOT NULL

@@ -22,6 +22,9 @@ pub struct StoreInput<'a> {
     pub neuron_summaries: Option<&'a [Summary]>,
     pub logit_effects: Option<&'a [TokenEffects]>,
     pub neighbours: &'a [Vec<(u32, f32)>],
+    /// the same for MLP neurons, from their output weights (tables `neuron_…`)
+    pub neuron_logit_effects: Option<&'a [TokenEffects]>,
+    pub neuron_neighbours: &'a [Vec<(u32, f32)>],
     pub comparison: &'a [(String, f64)],
     /// the analysed windows (the `window` of every example indexes them)
     pub windows: &'a [Vec<u32>],
@@ -201,31 +204,40 @@ fn fill(tmp: &Path, input: &StoreInput) -> Result<()> {
                 ])
                 .map_err(&e)?;
         }
-        if let Some(effects) = input.logit_effects {
-            let mut stmt = tx
-                .prepare(
-                    "INSERT INTO logit_effects (feature, sign, rank, token, value) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(&e)?;
-            for (f, fx) in effects.iter().enumerate() {
-                for (sign, list) in [(1i64, &fx.top), (-1, &fx.bottom)] {
-                    for (r, &(t, v)) in list.iter().enumerate() {
-                        stmt.execute(params![f as i64, sign, r as i64, text(t), v as f64])
-                            .map_err(&e)?;
+        for (table, effects, near) in [
+            ("", input.logit_effects, input.neighbours),
+            (
+                "neuron_",
+                input.neuron_logit_effects,
+                input.neuron_neighbours,
+            ),
+        ] {
+            if let Some(effects) = effects {
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "INSERT INTO {table}logit_effects (feature, sign, rank, token, value) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)"
+                    ))
+                    .map_err(&e)?;
+                for (f, fx) in effects.iter().enumerate() {
+                    for (sign, list) in [(1i64, &fx.top), (-1, &fx.bottom)] {
+                        for (r, &(t, v)) in list.iter().enumerate() {
+                            stmt.execute(params![f as i64, sign, r as i64, text(t), v as f64])
+                                .map_err(&e)?;
+                        }
                     }
                 }
             }
-        }
-        let mut stmt = tx
-            .prepare(
-                "INSERT INTO neighbours (feature, rank, other, cosine) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(&e)?;
-        for (f, list) in input.neighbours.iter().enumerate() {
-            for (r, &(o, c)) in list.iter().enumerate() {
-                stmt.execute(params![f as i64, r as i64, o as i64, c as f64])
-                    .map_err(&e)?;
+            let mut stmt = tx
+                .prepare(&format!(
+                    "INSERT INTO {table}neighbours (feature, rank, other, cosine) VALUES (?1, ?2, ?3, ?4)"
+                ))
+                .map_err(&e)?;
+            for (f, list) in near.iter().enumerate() {
+                for (r, &(o, c)) in list.iter().enumerate() {
+                    stmt.execute(params![f as i64, r as i64, o as i64, c as f64])
+                        .map_err(&e)?;
+                }
             }
         }
         let mut stmt = tx

@@ -453,6 +453,48 @@ fn logit_effects_and_neighbours_equal_direct_computation() {
             "neighbours",
         );
     }
+    // neurons: what each writes to the residual stream, column n of the block's W_out
+    let layer =
+        glassbox_model::hooks::layer_of(&r.analysis.hooks.neuron_hook.clone().unwrap()).unwrap();
+    let w_out = m.transformer.weights.blocks[layer]
+        .get()
+        .unwrap()
+        .mlp_out
+        .weight
+        .to_vec2::<f32>()
+        .unwrap();
+    let cols: Vec<Vec<f32>> = (0..D_MLP)
+        .map(|n| w_out.iter().map(|row| row[n]).collect())
+        .collect();
+    let effects = r
+        .neuron_logit_effects
+        .as_ref()
+        .expect("neurons have logit effects");
+    assert_eq!((effects.len(), r.neuron_neighbours.len()), (D_MLP, D_MLP));
+    for n in 0..D_MLP {
+        let scaled: Vec<f32> = cols[n].iter().zip(&g).map(|(a, b)| a * b).collect();
+        let logits: Vec<f64> = wu.iter().map(|row| dot(&scaled, row)).collect();
+        assert_close(
+            &effects[n].top,
+            &top_n(&logits, 10, true, None),
+            "neuron promoted",
+        );
+        assert_close(
+            &effects[n].bottom,
+            &top_n(&logits, 10, false, None),
+            "neuron suppressed",
+        );
+        let norm = |v: &[f32]| dot(v, v).sqrt();
+        let cos: Vec<f64> = cols
+            .iter()
+            .map(|o| dot(&cols[n], o) / (norm(&cols[n]) * norm(o)))
+            .collect();
+        assert_close(
+            &r.neuron_neighbours[n],
+            &top_n(&cos, 10, true, Some(n)),
+            "neuron neighbours",
+        );
+    }
 }
 
 /// Column names of every table, from `PRAGMA table_info`.
@@ -557,6 +599,14 @@ fn the_store_follows_the_schema() {
     assert_eq!(
         count(&c, "SELECT COUNT(*) FROM neighbours"),
         (D_SAE * 10) as i64
+    );
+    assert_eq!(
+        count(&c, "SELECT COUNT(*) FROM neuron_logit_effects"),
+        (D_MLP * 20) as i64
+    );
+    assert_eq!(
+        count(&c, "SELECT COUNT(*) FROM neuron_neighbours"),
+        (D_MLP * 10) as i64
     );
     assert_eq!(
         count(

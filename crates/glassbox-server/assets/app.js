@@ -124,7 +124,24 @@
 
   function show(...nodes) {
     fill(app, ...nodes);
+    checkLayout(app);
     app.setAttribute('data-state', 'ready');
+  }
+
+  // Every label of every plot must lie inside its SVG's box (a cut tick label is a bug):
+  // marks each SVG `data-layout="ok"` or `"overflow"` and names the labels on the
+  // console. Runs when a page is shown (getBBox lays the page out there and then).
+  function checkLayout(root) {
+    root.querySelectorAll('svg').forEach((svg) => {
+      const vb = svg.viewBox && svg.viewBox.baseVal;
+      if (!vb || !vb.width) return;
+      const out = [...svg.querySelectorAll('text')].filter((t) => {
+        const b = t.getBBox();
+        return b.x < vb.x - 0.5 || b.y < vb.y - 0.5 || b.x + b.width > vb.x + vb.width + 0.5 || b.y + b.height > vb.y + vb.height + 0.5;
+      });
+      svg.setAttribute('data-layout', out.length ? 'overflow' : 'ok');
+      if (out.length) console.warn('labels outside the plot:', out.map((t) => t.textContent));
+    });
   }
 
   function showError(e) {
@@ -135,18 +152,6 @@
   function svgBox(markup, cls) {
     const d = h('div', { class: cls || 'plot' });
     d.innerHTML = markup || ''; // made on the server, escaped there
-    // once laid out, check that every label lies inside its SVG's box (a cut tick label
-    // is a bug): marks the SVG `data-layout="ok"` or `"overflow"` and says which on the console
-    requestAnimationFrame(() => d.querySelectorAll('svg').forEach((svg) => {
-      const vb = svg.viewBox && svg.viewBox.baseVal;
-      if (!vb || !vb.width) return;
-      const out = [...svg.querySelectorAll('text')].filter((t) => {
-        const b = t.getBBox();
-        return b.x < vb.x - 0.5 || b.y < vb.y - 0.5 || b.x + b.width > vb.x + vb.width + 0.5 || b.y + b.height > vb.y + vb.height + 0.5;
-      });
-      svg.setAttribute('data-layout', out.length ? 'overflow' : 'ok');
-      if (out.length) console.warn('labels outside the plot:', out.map((t) => t.textContent));
-    }));
     return d;
   }
 
@@ -336,14 +341,16 @@
         ? h('div', { class: 'two' },
           h('div', {}, h('h3', {}, 'promoted'), effectList(effects.positive, 'pos')),
           h('div', {}, h('h3', {}, 'suppressed'), effectList(effects.negative, 'neg')))
-        : h('p', { class: 'muted' }, 'The feature store records logit effects for dictionary features only.'));
+        : h('p', { class: 'muted' }, 'This feature store predates neurons’ logit effects: rebuild it with glassbox features build.'));
 
-    const neighSec = h('section', { id: 'neighbours' }, h('h2', {}, 'Nearest features (decoder cosine)'),
+    // features: decoder rows; neurons: the output weights each writes to the residual stream
+    const neighTitle = kind === 'feature' ? 'Nearest features (decoder cosine)' : 'Nearest neurons (output-weight cosine)';
+    const neighSec = h('section', { id: 'neighbours' }, h('h2', {}, neighTitle),
       (u.neighbours || []).length
         ? h('ul', { class: 'neigh' }, u.neighbours.map((n) => h('li', {},
-          h('a', { href: unitLink('feature', n.id) }, `#${n.id}`), ' ', h('span', { class: 'label' }, n.label || ''),
+          h('a', { href: unitLink(kind, n.id) }, `#${n.id}`), ' ', h('span', { class: 'label' }, n.label || ''),
           ' ', h('span', { class: 'muted' }, `cos ${fmt(n.cosine)}`))))
-        : h('p', { class: 'muted' }, kind === 'feature' ? 'none recorded' : 'Neighbours are recorded for dictionary features only.'));
+        : h('p', { class: 'muted' }, effects.available ? 'none recorded' : 'This feature store predates neurons’ neighbours: rebuild it with glassbox features build.'));
 
     const tokSec = h('div', {}, h('h2', {}, 'Top tokens'),
       h('div', { class: 'toks' }, (u.top_tokens || []).map((t) =>

@@ -87,6 +87,8 @@ pub const STORE_FILE: &str = "features.sqlite";
 pub struct Store {
     conn: Mutex<Connection>,
     pub path: PathBuf,
+    /// the store has neurons' logit effects and neighbours (built since session 6)
+    neuron_effects: bool,
 }
 
 const SUMMARY_COLUMNS: &str =
@@ -167,9 +169,12 @@ impl Store {
                 );
             }
         }
+        let neuron_effects = tables.iter().any(|n| n == "neuron_logit_effects")
+            && tables.iter().any(|n| n == "neuron_neighbours");
         Ok(Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            neuron_effects,
         })
     }
 
@@ -403,12 +408,18 @@ impl Store {
                 })
                 .collect();
 
-            // logit effects and neighbours: the schema has them for features only
+            // logit effects and neighbours: features' from their decoder rows, neurons'
+            // (tables `neuron_…`, absent from older stores) from their output weights
             let (mut positive, mut negative, mut neighbours) = (Vec::new(), Vec::new(), Vec::new());
-            if kind == Kind::Feature {
-                let mut stmt = c.prepare(
-                    "SELECT sign, rank, token, value FROM logit_effects WHERE feature = ?1 ORDER BY sign DESC, rank",
-                )?;
+            let tables = match kind {
+                Kind::Feature => Some(""),
+                Kind::Neuron if self.neuron_effects => Some("neuron_"),
+                Kind::Neuron => None,
+            };
+            if let Some(t) = tables {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT sign, rank, token, value FROM {t}logit_effects WHERE feature = ?1 ORDER BY sign DESC, rank"
+                ))?;
                 let rows = stmt.query_map([id], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, String>(2)?, r.get::<_, f64>(3)?))
                 })?;
@@ -421,12 +432,12 @@ impl Store {
                         negative.push(v);
                     }
                 }
-                let mut stmt = c.prepare(
-                    "SELECT n.other, n.cosine, u.label FROM neighbours n \
-                     LEFT JOIN units u ON u.kind = 'feature' AND u.id = n.other \
-                     WHERE n.feature = ?1 ORDER BY n.rank",
-                )?;
-                let rows = stmt.query_map([id], |r| {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT n.other, n.cosine, u.label FROM {t}neighbours n \
+                     LEFT JOIN units u ON u.kind = ?2 AND u.id = n.other \
+                     WHERE n.feature = ?1 ORDER BY n.rank"
+                ))?;
+                let rows = stmt.query_map(params![id, kind.as_str()], |r| {
                     Ok(json!({"id": r.get::<_, i64>(0)?, "cosine": r.get::<_, f64>(1)?,
                               "label": r.get::<_, Option<String>>(2)?}))
                 })?;
@@ -458,7 +469,7 @@ impl Store {
             obj.insert("bands".into(), Value::Array(bands));
             obj.insert(
                 "logit_effects".into(),
-                json!({"available": kind == Kind::Feature, "positive": positive, "negative": negative}),
+                json!({"available": tables.is_some(), "positive": positive, "negative": negative}),
             );
             obj.insert("neighbours".into(), Value::Array(neighbours));
             obj.insert("prev".into(), json!(prev));

@@ -173,12 +173,20 @@ fn unit_detail_has_examples_effects_and_neighbours() {
     let svg = u["histogram_svg"].as_str().unwrap();
     assert_eq!(svg.matches("<rect").count(), 5, "one bar per bin");
 
-    // neurons: the same statistics, no logit effects or neighbours in the schema
+    // neurons: the same statistics, and logit effects and neighbours from their own
+    // tables (their output weights)
     let (s, n) = f.get("/api/units/neuron/1");
     assert_eq!(s, StatusCode::OK);
     assert_eq!(n["label"], "neuron label 1");
     assert_eq!(n["top_examples"].as_array().unwrap().len(), 2);
-    assert_eq!(n["logit_effects"]["available"], false);
+    assert_eq!(n["logit_effects"]["available"], true);
+    assert_eq!(n["logit_effects"]["positive"][0]["token"], " sun");
+    assert_eq!(n["logit_effects"]["negative"][0]["token"], " rain");
+    assert_eq!(
+        n["neighbours"][0]["label"], "neuron label 2",
+        "a neuron's neighbour is a neuron"
+    );
+    assert_eq!(n["neighbours"][0]["cosine"], 0.25);
     assert_eq!(n["next"], 2);
     assert!(n["histogram_svg"].as_str().unwrap().contains("<svg"));
 }
@@ -599,4 +607,23 @@ fn live_views_read_a_per_head_dictionary() {
         big["baseline"], big["steered"],
         "10 000 × a unit row in every head's output changes the continuation"
     );
+}
+
+/// A store built before neurons had logit effects and neighbours still opens; its neuron
+/// pages say those are missing instead of failing.
+#[test]
+fn an_older_store_without_neuron_effects_still_opens() {
+    let t = tempfile::tempdir().unwrap();
+    common::write_store(t.path());
+    let p = t.path().join(glassbox_server::STORE_FILE);
+    let c = rusqlite::Connection::open(&p).unwrap();
+    c.execute_batch("DROP TABLE neuron_logit_effects; DROP TABLE neuron_neighbours;")
+        .unwrap();
+    drop(c);
+    let s = glassbox_server::Store::open(&p).unwrap();
+    let u = s.unit(glassbox_server::Kind::Neuron, 1).unwrap().unwrap();
+    assert_eq!(u["logit_effects"]["available"], false);
+    assert!(u["neighbours"].as_array().unwrap().is_empty());
+    let f = s.unit(glassbox_server::Kind::Feature, 1).unwrap().unwrap();
+    assert_eq!(f["logit_effects"]["available"], true);
 }

@@ -159,6 +159,17 @@ fn feature_page_list_and_compare_render_in_chromium() {
     assert!(!dom.contains("Stored comparison"), "{dom}");
     assert!(!dom.contains("mean_concentration"), "{dom}");
 
+    // a neuron page: logit effects and neighbours from its output weights, linking neurons
+    let dom = dump_dom(&chromium, &format!("{base}/unit/neuron/1"));
+    let effects = element(&dom, "logit-effects");
+    assert!(
+        effects.contains(" sun") && effects.contains(" rain"),
+        "{effects}"
+    );
+    let near = element(&dom, "neighbours");
+    assert!(near.contains("Nearest neurons"), "{near}");
+    assert!(near.contains(r#"href="/unit/neuron/2""#), "{near}");
+
     // an unknown unit: the API's message shown, not a blank page
     let dom = dump_dom(&chromium, &format!("{base}/unit/feature/999"));
     assert!(dom.contains("no feature 999"), "{dom}");

@@ -155,6 +155,21 @@ pub fn write_store(dir: &Path) {
                     params![id as i64, other as i64],
                 )
                 .unwrap();
+            } else {
+                // neurons: from their output weights, in tables of their own
+                for (sign, t) in [(1i64, " sun"), (-1, " rain")] {
+                    c.execute(
+                        "INSERT INTO neuron_logit_effects VALUES (?1, ?2, 0, ?3, ?4)",
+                        params![id as i64, sign, t, sign as f64 * 0.5],
+                    )
+                    .unwrap();
+                }
+                let other = (id + 1) % N_NEURONS;
+                c.execute(
+                    "INSERT INTO neuron_neighbours VALUES (?1, 0, ?2, 0.25)",
+                    params![id as i64, other as i64],
+                )
+                .unwrap();
             }
         }
     }
