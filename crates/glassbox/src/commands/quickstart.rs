@@ -17,8 +17,9 @@ pub struct Args {
     no_serve: bool,
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Training tokens (with the default, the whole quickstart took about 17.5 minutes on 2
-    /// cores from an empty cache)
+    /// Training tokens (with the default, the whole quickstart took 6 minutes on 2 cores
+    /// with the model and corpus already fetched, BENCHMARKS.md; an empty cache adds the
+    /// downloads)
     #[arg(long, default_value_t = 300_000)]
     tokens: usize,
     #[arg(long, default_value_t = 4096)]
