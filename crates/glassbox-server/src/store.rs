@@ -270,35 +270,32 @@ impl Store {
 
     /// The labels of some units (absent ids are left out).
     pub fn labels(&self, kind: Kind, ids: &[i64]) -> Result<HashMap<i64, String>> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT label FROM units WHERE kind = ?1 AND id = ?2")?;
-            let mut out = HashMap::new();
-            for &id in ids {
-                if let Some(l) = stmt
-                    .query_row(params![kind.as_str(), id], |r| r.get::<_, String>(0))
-                    .optional()?
-                {
-                    out.insert(id, l);
-                }
-            }
-            Ok(out)
-        })
+        self.unit_column("label", kind, ids)
     }
 
-    /// One unit's summary (`None` if the store has no such unit).
     /// The largest recorded activation of each of `ids` that exists.
     pub fn max_acts(&self, kind: Kind, ids: &[i64]) -> Result<HashMap<i64, f64>> {
+        self.unit_column("max_act", kind, ids)
+    }
+
+    /// One column of `units` for each of `ids` that exists.
+    fn unit_column<T: rusqlite::types::FromSql>(
+        &self,
+        column: &'static str,
+        kind: Kind,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, T>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT max_act FROM units WHERE kind = ?1 AND id = ?2")?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {column} FROM units WHERE kind = ?1 AND id = ?2"
+            ))?;
             let mut out = HashMap::new();
             for &id in ids {
-                if let Some(m) = stmt
-                    .query_row(params![kind.as_str(), id], |r| r.get::<_, f64>(0))
+                if let Some(v) = stmt
+                    .query_row(params![kind.as_str(), id], |r| r.get::<_, T>(0))
                     .optional()?
                 {
-                    out.insert(id, m);
+                    out.insert(id, v);
                 }
             }
             Ok(out)
