@@ -1,6 +1,7 @@
 //! The `glassbox` binary: parses arguments and calls into the crates. No math here.
 
 mod commands;
+mod display;
 mod names;
 mod open;
 

@@ -845,3 +845,42 @@ fn quickstart_help_lists_its_stages() {
         assert!(line.contains(stage), "`{stage}` missing from: {line}");
     }
 }
+
+/// Right-to-left tokens are isolated in `predict`'s table, so the columns after them stay
+/// where they are, and every row pads to the same visible width.
+#[test]
+fn predict_keeps_its_columns_for_right_to_left_text() {
+    let Some(model) = default_gguf() else { return };
+    let o = glassbox(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "שלום עולם, קוראים לי",
+        "--top",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = out.lines().skip(2).collect();
+    assert_eq!(rows.len(), 10, "{out}");
+    let visible = |s: &str| -> Vec<char> {
+        s.chars()
+            .filter(|c| !matches!(c, '\u{2068}' | '\u{2069}'))
+            .collect()
+    };
+    // the id column at the same visible place in every row (isolates are zero-width)
+    for r in &rows {
+        let v: String = visible(r).into_iter().collect();
+        let id = v.chars().skip(27).take(7).collect::<String>();
+        assert!(
+            id.trim().parse::<u32>().is_ok(),
+            "the id column moved: {r:?}"
+        );
+    }
+    let isolated = rows.iter().filter(|r| r.contains('\u{2068}')).count();
+    assert!(
+        isolated > 0,
+        "no right-to-left token among the top 10: {out}"
+    );
+}

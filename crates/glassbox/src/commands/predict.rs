@@ -45,9 +45,9 @@ pub fn run(args: Args) -> Result<()> {
     );
     for (i, t) in top.iter().enumerate() {
         println!(
-            "{:>4}  {:<20} {:>7} {:>9.4} {:>7.2}%",
+            "{:>4}  {} {:>7} {:>9.4} {:>7.2}%",
             i + 1,
-            format!("{:?}", tok.token_text(t.id)),
+            crate::display::token_cell(&tok.token_text(t.id), 20),
             t.id,
             t.logit,
             t.prob * 100.0
