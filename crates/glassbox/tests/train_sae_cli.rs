@@ -281,9 +281,10 @@ fn the_harvest_takes_what_the_token_budget_needs() {
     let desc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(folder.join("store.json")).unwrap()).unwrap();
     let rows = desc["rows"].as_u64().unwrap();
-    // 2,560 tokens; windows of 32 give at most 31 rows each
+    // 2,560 tokens and a 1 % margin (massive rows are passed over, not served); windows
+    // of 32 give at most 31 rows each
     assert!(
-        (2560..2560 + 31).contains(&rows),
+        (2560..2560 + 2560 / 100 + 31).contains(&rows),
         "harvested {rows} rows for 2,560 tokens"
     );
 }
