@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (rows, width) = harvest_with(&model, &windows, hook, &opts, |_| {})?;
         let norms: Vec<f32> = rows
             .chunks_exact(width)
-            .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
+            .map(glassbox_model::MassiveNorm::row_norm)
             .collect();
         let mut sorted = norms.clone();
         sorted.sort_by(f32::total_cmp);

@@ -61,7 +61,7 @@ pub fn calibrate_massive(
     let (rows, width) = harvest_with(model, take, &resid, &opts, |_| {})?;
     let norms: Vec<f32> = rows
         .chunks_exact(width.max(1))
-        .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
+        .map(MassiveNorm::row_norm)
         .collect();
     Ok(MassiveNorm::calibrate(&resid, &norms))
 }

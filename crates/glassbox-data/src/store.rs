@@ -399,10 +399,7 @@ impl<'m> ActivationStore<'m> {
                 let w = self.plan.widths[h];
                 self.rows[h]
                     .chunks_exact(w)
-                    .map(|r| {
-                        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
-                        n.is_nan() || n > m.threshold
-                    })
+                    .map(|r| m.is_massive(r))
                     .collect()
             }
             _ => Vec::new(),

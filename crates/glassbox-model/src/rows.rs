@@ -94,6 +94,17 @@ impl MassiveNorm {
         })
     }
 
+    /// The Euclidean norm of one row, as the threshold is measured and applied.
+    pub fn row_norm(row: &[f32]) -> f32 {
+        row.iter().map(|x| x * x).sum::<f32>().sqrt()
+    }
+
+    /// Whether one residual row is massive (a NaN norm counts: it is no ordinary row).
+    pub fn is_massive(&self, row: &[f32]) -> bool {
+        let n = Self::row_norm(row);
+        n.is_nan() || n > self.threshold
+    }
+
     /// Per position of `[b, s, …]` activations at [`hook`](Self::hook) (flattened
     /// `w × s + p`): whether its norm is over the threshold.
     pub fn flags(&self, resid: &candle_core::Tensor) -> crate::Result<Vec<bool>> {
