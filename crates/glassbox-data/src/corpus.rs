@@ -416,7 +416,7 @@ fn check_footer(path: &Path, file: &std::fs::File, file_len: u64) -> Result<u64>
     let mut meta = vec![0u8; meta_len as usize];
     file.read_exact_at(&mut meta, file_len - 8 - meta_len)
         .map_err(io_err(path))?;
-    parquet_guard::struct_len(&meta)
+    parquet_guard::footer_len(&meta)
         .map(|_| meta_len)
         .map_err(|e| corrupt(format!("corrupt footer metadata: {e}")))
 }
