@@ -174,13 +174,19 @@ pub fn progress(len: usize, message: &str) -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        // no terminal to draw on (CI, `2> log`): a plain line every 30 s instead, when
-        // the bar moved (a bar waiting on another stage repeats nothing stale)
-        // (a weak handle: the thread ends when the bar is finished or dropped)
+        // no terminal to draw on (CI, `2> log`): a plain line every
+        // GLASSBOX_PROGRESS_EVERY seconds (30) instead, when the bar moved (a bar waiting
+        // on another stage repeats nothing stale); a weak handle, so the thread ends when
+        // the bar is finished or dropped
+        let every = std::env::var("GLASSBOX_PROGRESS_EVERY")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .unwrap_or(30.0);
         let weak = bar.downgrade();
         let mut last = None;
         std::thread::spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(30));
+            std::thread::sleep(std::time::Duration::from_secs_f64(every));
             let Some(watched) = weak.upgrade().filter(|b| !b.is_finished()) else {
                 break;
             };
@@ -188,16 +194,26 @@ pub fn progress(len: usize, message: &str) -> indicatif::ProgressBar {
                 continue;
             }
             last = Some(watched.position());
-            eprintln!(
-                "{} {}/{} ({:.0} s)",
-                watched.message(),
-                watched.position(),
-                watched.length().unwrap_or(0),
-                watched.elapsed().as_secs_f64()
-            );
+            eprintln!("{}", log_line(&watched));
         });
     }
     bar
+}
+
+/// A bar's state as one log line: "harvesting … 120/146 (3.1/s, 39 s, eta 8 s)".
+fn log_line(bar: &indicatif::ProgressBar) -> String {
+    let (pos, len) = (bar.position(), bar.length().unwrap_or(0));
+    let elapsed = bar.elapsed().as_secs_f64();
+    let rate = pos as f64 / elapsed.max(1e-9);
+    let eta = if rate > 0.0 && len >= pos {
+        format!("eta {:.0} s", (len - pos) as f64 / rate)
+    } else {
+        "eta unknown".into()
+    };
+    format!(
+        "{} {pos}/{len} ({rate:.1}/s, {elapsed:.0} s, {eta})",
+        bar.message()
+    )
 }
 
 /// The model's file or folder name, for metadata.

@@ -237,7 +237,14 @@ fn a_transcoder_set_trains_from_one_pass_and_is_spliced_at_once() {
             Some(format!("blocks.{l}.hook_mlp_out").as_str())
         );
         assert!(entry["eval_fvu"].as_f64().unwrap().is_finite());
+        // one massive-activation rule for the whole set, recorded with each layer so
+        // that features, eval and the server leave out the rows training left out
+        let m = glassbox_model::MassiveNorm::from_cfg(&d.extra_cfg)
+            .unwrap_or_else(|| panic!("layer {l} records no massive-activation threshold"));
+        assert_eq!(m.hook, "blocks.2.hook_resid_pre");
+        assert_eq!(m.to_json(), index["massive_norm"]);
     }
+    assert!(index["train_massive_rows_excluded"].as_u64().is_some());
     let ce = &index["splice_all"];
     assert!(
         ce["ce_spliced"].as_f64().unwrap() > 0.0
@@ -256,7 +263,7 @@ fn a_transcoder_set_trains_from_one_pass_and_is_spliced_at_once() {
 }
 
 /// The store harvests the windows the token budget needs, not whole buffers (a
-/// 300,000-token quickstart harvested 524,288 rows).
+/// 300,000-token quickstart harvested 524,288 rows), and says how far it got.
 #[test]
 fn the_harvest_takes_what_the_token_budget_needs() {
     let Some(model) = default_gguf() else { return };
@@ -265,13 +272,38 @@ fn the_harvest_takes_what_the_token_budget_needs() {
     let cache = dir.path().join("cache");
     let out = dir.path().join("run");
     let cache_arg = cache.display().to_string();
-    let o = train(
-        &model,
-        &corpus,
-        &out,
-        &["--cache-dir", &cache_arg, "--buffer-tokens", "2048"],
-    );
+    let o = glassbox_killed_at(None)
+        .env("GLASSBOX_PROGRESS_EVERY", "0.02")
+        .args(["train-sae", "--model"])
+        .arg(&model)
+        .args([
+            "--hook",
+            "blocks.1.hook_resid_pre",
+            "--d-sae",
+            "256",
+            "--k",
+            "8",
+        ])
+        .args(["--tokens", "2560", "--batch", "256", "--context-size", "32"])
+        .args(["--eval-tokens", "256", "--buffer-tokens", "2048"])
+        .args(["--cache-dir", &cache_arg, "--corpus"])
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     ok(&o);
+    // off a terminal, the harvest logs its own progress (rate and ETA), and the
+    // trainer's line never stands in for it
+    let err = String::from_utf8_lossy(&o.stderr);
+    let harvest_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("harvesting blocks.1.hook_resid_pre (windows) "))
+        .collect();
+    assert!(!harvest_lines.is_empty(), "no harvest progress in:\n{err}");
+    for l in &harvest_lines {
+        assert!(l.contains("/s, ") && l.contains(" s, eta "), "{l}");
+    }
     let folder = std::fs::read_dir(&cache)
         .unwrap()
         .next()

@@ -229,9 +229,18 @@ fn build(a: BuildArgs) -> Result<()> {
         // where it came from, for a reader on another machine
         meta.push(("sae_spec".into(), source.display().to_string()));
     }
+    let excluded = match opts.rows.massive() {
+        Some(m) => format!(
+            "position 0, special tokens and massive-activation rows ({} norm over {:.1}) excluded",
+            m.hook, m.threshold
+        ),
+        None => "position 0 and special tokens excluded; this dictionary records no \
+                 massive-activation threshold"
+            .into(),
+    };
     eprintln!(
         "{} features of {} and {} neurons of {} over {} held-out windows of {context_size} tokens \
-         (position 0 and special tokens excluded)",
+         ({excluded})",
         dict.d_sae,
         hooks.hook,
         hooks.d_mlp,

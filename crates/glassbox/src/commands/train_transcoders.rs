@@ -176,7 +176,19 @@ pub fn run(a: Args) -> Result<()> {
     opts.buffer_tokens = a.buffer_tokens.min(a.tokens.max(1));
     opts.seed = a.seed;
     opts.cache_dir = a.cache_dir.clone();
-    let rule = glassbox_model::RowRule::for_model(&model);
+    // One row rule for every layer (they train on the same tokens from one pass): the
+    // token rule and the massive-activation threshold of the residual stream entering
+    // the deepest layer's block, where the sinks are fully formed (glassbox_model::rows)
+    let token_rule = glassbox_model::RowRule::for_model(&model);
+    let deepest = format!("blocks.{}.hook_resid_pre", layers[layers.len() - 1]);
+    let massive = glassbox_data::calibrate_massive(&model, &train_w, &deepest, &token_rule)?;
+    if let Some(m) = &massive {
+        eprintln!(
+            "massive activations: rows whose {} norm is over {:.1} are left out at every layer",
+            m.hook, m.threshold
+        );
+    }
+    let rule = token_rule.with_massive(massive.clone());
     opts.rows = rule.clone();
     let mut store = ActivationStore::new(&model, train_w, opts)?;
     store.set_on_harvest(Box::new(|_| {
@@ -284,17 +296,25 @@ pub fn run(a: Args) -> Result<()> {
         &model,
         eval_w,
         &hooks,
-        &glassbox_data::HarvestOptions::for_model(&model),
+        &glassbox_data::HarvestOptions {
+            rows: rule.clone(),
+            ..glassbox_data::HarvestOptions::for_model(&model)
+        },
         |_| {},
     )?;
     let mut dicts = Vec::new();
     let mut index = Vec::new();
     for (i, (&l, t)) in layers.iter().zip(&trainers).enumerate() {
-        let d = t.to_dictionary(
+        let mut d = t.to_dictionary(
             Some(hooks[2 * i].clone()),
             Some(hooks[2 * i + 1].clone()),
             Some(model_label(&model)),
         )?;
+        if let (Some(m), Some(serde_json::Value::Object(meta))) =
+            (&massive, d.extra_cfg.get_mut("metadata"))
+        {
+            meta.insert(glassbox_model::MassiveNorm::CFG_KEY.into(), m.to_json());
+        }
         let dir = a.out.join(format!("layer_{l:02}"));
         glassbox_sae::format::save_saelens(&d, &dir)?;
         let (x, y) = (&harvest.rows[2 * i], &harvest.rows[2 * i + 1]);
@@ -326,6 +346,8 @@ pub fn run(a: Args) -> Result<()> {
         "format": "glassbox transcoder set 1", "model": model_label(&model), "arch": a.arch,
         "skip": a.skip, "layers": index, "train_tokens": steps * a.batch, "train_seconds": secs,
         "eval_tokens": harvest.n_rows, "splice_all": spliced,
+        "massive_norm": massive.as_ref().map(|m| m.to_json()),
+        "train_massive_rows_excluded": store.massive_passed_over(),
     });
     atomic_write(&a.out.join("index.json"), |tmp| {
         Ok(std::fs::write(tmp, serde_json::to_string_pretty(&idx)?)?)
