@@ -4,7 +4,9 @@
 //! `hf-hub` when the machine is online.
 
 pub mod dictionaries;
+mod open;
 pub use dictionaries::{resolve_dictionary, DictionaryError, HubDictionary};
+pub use open::{open_model, OpenError, OpenOptions};
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};

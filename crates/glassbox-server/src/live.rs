@@ -50,11 +50,12 @@ fn expand_home(spec: &str) -> String {
 /// Blocking.
 pub(crate) fn open_model(spec: &str) -> ApiResult<Model> {
     let spec = expand_home(spec);
-    let path = glassbox_hub::resolve_model_offline(&spec)
-        .map_err(|e| ApiError::unavailable(format!("cannot find the model `{spec}`: {e}")))?;
-    eprintln!("loading the model {} ...", path.display());
-    glassbox_model::load_model(&path)
-        .map_err(|e| ApiError::unavailable(format!("cannot open the model `{spec}`: {e}")))
+    eprintln!("loading the model {spec} ...");
+    let opts = glassbox_hub::OpenOptions {
+        offline: true,
+        ..Default::default()
+    };
+    glassbox_hub::open_model(&spec, &opts).map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 fn model_err(e: impl std::fmt::Display) -> ApiError {

