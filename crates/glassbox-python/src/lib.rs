@@ -30,8 +30,13 @@ fn tensor_err(e: candle_core::Error) -> PyErr {
 }
 
 fn open_err(e: glassbox_hub::OpenError) -> PyErr {
+    use glassbox_hub::OpenError;
     match &e {
-        glassbox_hub::OpenError::NotFound { .. } => PyFileNotFoundError::new_err(e.to_string()),
+        OpenError::NotFound { .. } => PyFileNotFoundError::new_err(e.to_string()),
+        // a path that is not there (a repo id would have been NotFound)
+        OpenError::Load { spec, .. } if !std::path::Path::new(spec).exists() => {
+            PyFileNotFoundError::new_err(e.to_string())
+        }
         _ => PyValueError::new_err(e.to_string()),
     }
 }

@@ -1,0 +1,185 @@
+"""The Python package against HF transformers' and SAELens' references (the fixtures) and
+against the glassbox CLI's own results on the default model."""
+
+import json
+import resource
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import glassbox
+from conftest import FIXTURES
+
+TINY = sorted(p.name for p in FIXTURES.glob("tiny-*") if (p / "reference.safetensors").exists())
+IOI = "When Mary and John went to the store, John gave a drink to"
+
+
+def rel_err(got, want):
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+def test_the_fixtures_are_there():
+    assert len(TINY) >= 10, TINY
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_run_with_cache_matches_hf_transformers_on_every_tiny_architecture(family):
+    ref = load_file(str(FIXTURES / family / "reference.safetensors"))
+    model = glassbox.Model.from_pretrained(str(FIXTURES / family))
+    names = [k for k in ref if k not in ("input_ids", "logits")]
+    logits, cache = model.run_with_cache(ref["input_ids"], names_filter=names)
+    assert sorted(cache.keys()) == sorted(names)
+    for name in names:
+        assert cache[name].shape == ref[name].shape, name
+        assert rel_err(cache[name], ref[name]) < 1e-4, f"{family}: {name}"
+    if "logits" in ref:
+        assert rel_err(logits, ref["logits"]) < 1e-4, f"{family}: logits"
+
+
+@pytest.mark.parametrize("kind", ["sae-standard", "sae-topk", "sae-jumprelu", "sae-gated"])
+def test_sae_matches_saelens(kind):
+    folder = FIXTURES / "saelens" / kind
+    ref = load_file(str(folder / "reference.safetensors"))
+    sae = glassbox.SAE.load(str(folder))
+    assert sae.cfg.d_in == ref["x"].shape[1]
+    f = sae.encode(ref["x"])
+    assert f.shape == ref["feature_acts"].shape
+    assert rel_err(f, ref["feature_acts"]) < 1e-5
+    assert rel_err(sae.forward(ref["x"]), ref["sae_out"]) < 1e-5
+    # leading dimensions are kept: [batch, pos, d_in] in, [batch, pos, d_sae] out
+    assert sae.encode(ref["x"].reshape(4, 8, -1)).shape == (4, 8, sae.cfg.d_sae)
+
+
+def test_smollm2_matches_hf_transformers(default_model):
+    ref = load_file(str(FIXTURES / "smollm2" / "smollm2_reference.safetensors"))
+    prompts = json.loads((FIXTURES / "smollm2" / "smollm2_reference.json").read_text())["prompts"]
+    for i, p in enumerate(prompts):
+        tokens = default_model.to_tokens(p["text"])
+        assert tokens[0].tolist() == p["input_ids"]
+        names = [f"blocks.{l}.hook_resid_pre" for l in (0, 10, 29)]
+        logits, cache = default_model.run_with_cache(tokens, names_filter=names)
+        assert rel_err(logits[0], ref[f"prompt{i}.logits"]) < 1e-3
+        for n in names:
+            assert rel_err(cache[n][0], ref[f"prompt{i}.{n}"]) < 1e-3, n
+
+
+def test_the_cache_equals_the_cli_cache(default_model, cli, tmp_path):
+    out = tmp_path / "cache.safetensors"
+    hooks = "blocks.3.hook_resid_post,blocks.7.attn.hook_pattern,blocks.12.mlp.hook_post"
+    cli("cache", "--model", "default", "--prompt", IOI, "--hooks", hooks, "--out", out)
+    want = load_file(str(out))
+    logits, cache = default_model.run_with_cache(IOI, names_filter=hooks.split(","))
+    for name in hooks.split(","):
+        np.testing.assert_array_equal(cache[name], want[name])
+    np.testing.assert_array_equal(logits, want["logits"])
+
+
+def test_tokens_follow_the_clis_bos_rule(default_model, cli):
+    got = json.loads(cli("predict", "--model", "default", "--prompt", IOI, "--json"))
+    assert default_model.to_tokens(IOI)[0].tolist() == got["input_ids"]
+    assert default_model.to_str_tokens("Hello world") == ["Hello", " world"]
+    assert default_model.to_string(default_model.to_tokens(IOI)) == [IOI]
+    assert default_model.to_single_token(" Mary") == default_model.to_tokens(" Mary")[0, 0]
+
+
+def _next_token_loss(logits, tokens):
+    lp = logits[0, :-1] - logits[0, :-1].max(-1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+    return float(-lp[np.arange(tokens.shape[1] - 1), tokens[0, 1:]].mean())
+
+
+def test_a_python_hook_that_zeroes_a_head_equals_the_builtin_ablation(default_model, cli):
+    got = json.loads(cli("ablate", "--model", "default", "--heads", "L9.H6", "--prompt", IOI, "--json"))
+    tokens = default_model.to_tokens(IOI)
+    clean = default_model(tokens)
+
+    def zero_head_6(z, hook):
+        assert hook.name == "blocks.9.attn.hook_z"
+        z = z.copy()
+        z[:, :, 6, :] = 0.0
+        return z
+
+    ablated = default_model.run_with_hooks(tokens, fwd_hooks=[("blocks.9.attn.hook_z", zero_head_6)])
+    assert abs(_next_token_loss(clean, tokens) - got["loss_clean"]) < 1e-4
+    assert abs(_next_token_loss(ablated, tokens) - got["loss_ablated"]) < 1e-4
+    assert abs(float(np.abs(ablated - clean).max()) - got["max_abs_logit_change"]) < 1e-3
+
+
+def test_hooks_see_every_layer_and_none_leaves_activations_alone(default_model):
+    tokens = default_model.to_tokens(IOI)
+    seen = []
+    logits = default_model.run_with_hooks(
+        tokens,
+        fwd_hooks=[(lambda n: n.endswith("hook_resid_post"), lambda a, hook: seen.append(hook.layer()))],
+    )
+    assert seen == list(range(default_model.cfg.n_layers))
+    np.testing.assert_array_equal(logits, default_model(tokens))
+
+
+def test_stop_at_layer_returns_the_residual_entering_that_block(default_model):
+    tokens = default_model.to_tokens(IOI)
+    resid, cache = default_model.run_with_cache(tokens, names_filter="blocks.3.hook_resid_post", stop_at_layer=4)
+    np.testing.assert_array_equal(resid, cache["resid_post", 3])
+    _, full = default_model.run_with_cache(tokens, names_filter=["blocks.*.hook_resid_pre", "blocks.29.hook_resid_post"])
+    stack = full.accumulated_resid()
+    assert stack.shape == (31, 1, tokens.shape[1], default_model.cfg.d_model)
+    np.testing.assert_array_equal(stack[4], resid)
+
+
+def test_a_default_cache_holds_every_hook_but_the_per_head_copies(default_model):
+    _, cache = default_model.run_with_cache("Hi there")
+    names = default_model.hook_names()
+    assert "blocks.0.attn.hook_result" not in cache and "blocks.0.attn.hook_pattern" in cache
+    assert len(cache) == len([n for n in names if not n.endswith(("hook_result", "_input"))])
+    assert default_model.hook_shapes()["blocks.0.hook_resid_pre"] == ["batch", "pos", "d_model=576"]
+
+
+def test_two_hundred_calls_leave_memory_flat(default_model):
+    tokens = default_model.to_tokens(IOI)
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    for _ in range(20):
+        default_model.run_with_cache(tokens, names_filter=["blocks.*.hook_resid_post"])
+    before = rss_mb()
+    for _ in range(200):
+        logits, cache = default_model.run_with_cache(tokens, names_filter=["blocks.*.hook_resid_post"])
+    grown = rss_mb() - before
+    assert grown < 32, f"RSS grew {grown:.1f} MiB over 200 calls"
+
+
+def test_bad_input_raises_the_python_exception_with_glassboxs_message(default_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        glassbox.Model.from_pretrained(str(tmp_path / "no-such-model"))
+    with pytest.raises(KeyError, match="did you mean"):
+        default_model.run_with_cache("Hi", names_filter="blocks.99.hook_resid_post")
+    with pytest.raises(ValueError, match="out of range"):
+        default_model(np.array([[1, 2, 10**7]]))
+    with pytest.raises(ValueError, match="non-negative"):
+        default_model(np.array([[1, -2]]))
+    with pytest.raises(ValueError, match="empty"):
+        default_model.to_tokens("")
+    with pytest.raises(ValueError, match="different lengths"):
+        default_model.to_tokens(["a", "a b c d"])
+    with pytest.raises(FileNotFoundError):
+        glassbox.SAE.load(str(tmp_path / "no-such-sae"))
+    sae = glassbox.SAE.load(str(FIXTURES / "saelens" / "sae-topk"))
+    with pytest.raises(ValueError, match="d_in = 64"):
+        sae.encode(np.zeros((3, 65), dtype=np.float32))
+
+    def wrong_shape(a, hook):
+        return a[:, :1]
+
+    with pytest.raises(ValueError, match="returned shape"):
+        default_model.run_with_hooks("Hi there", fwd_hooks=[("blocks.0.hook_resid_post", wrong_shape)])
+
+    def raises(a, hook):
+        raise ZeroDivisionError("from the hook")
+
+    with pytest.raises(ZeroDivisionError, match="from the hook"):
+        default_model.run_with_hooks("Hi there", fwd_hooks=[("blocks.0.hook_resid_post", raises)])
+    # the model still works after a failed pass
+    assert default_model("Hi there").shape[1] == 2
