@@ -147,6 +147,10 @@ pub struct ForwardArgs {
     /// Stop after this many blocks (no unembedding), as an activation harvest would
     #[arg(long)]
     stop_at_layer: Option<usize>,
+    /// Also cache these hooks (comma-separated globs), as `run_with_cache` does: the Rust
+    /// side of the Python package's benchmark
+    #[arg(long)]
+    cache: Option<String>,
 }
 
 pub fn run(what: What) -> Result<()> {
@@ -168,9 +172,20 @@ fn forward(a: ForwardArgs) -> Result<()> {
         .map(|_| (0..a.seq).map(|_| rng.gen_range(0..vocab)).collect())
         .collect();
     let batch = Batch::new(tokens);
-    let make_run = || match a.stop_at_layer {
-        Some(l) => Run::new().stop_at_layer(l),
-        None => Run::new(),
+    let cache = a
+        .cache
+        .as_deref()
+        .map(|spec| glassbox_model::HookFilter::parse(spec, model.config()))
+        .transpose()?;
+    let make_run = || {
+        let run = match a.stop_at_layer {
+            Some(l) => Run::new().stop_at_layer(l),
+            None => Run::new(),
+        };
+        match &cache {
+            Some(f) => run.cache(f.clone()),
+            None => run,
+        }
     };
     model.transformer.run(
         &Batch::single(&batch.tokens[0][..8.min(a.seq)]),
@@ -193,7 +208,8 @@ fn forward(a: ForwardArgs) -> Result<()> {
         a.batch,
         a.seq,
         threads,
-        a.stop_at_layer.map(|l| format!(" stop_at_layer={l}")).unwrap_or_default(),
+        a.stop_at_layer.map(|l| format!(" stop_at_layer={l}")).unwrap_or_default()
+            + &a.cache.as_deref().map(|c| format!(" cache={c}")).unwrap_or_default(),
         tps,
         a.runs,
         median,
