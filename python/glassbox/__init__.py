@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _glassbox
 
-__all__ = ["Model", "ActivationCache", "HookPoint", "SAE", "get_act_name", "__version__"]
+__all__ = ["Model", "ActivationCache", "HookPoint", "SAE", "get_act_name", "logit_diff", "__version__"]
 __version__ = _glassbox.__version__
 
 # What TransformerLens leaves out of a full cache by default (use_attn_result,
@@ -288,6 +288,15 @@ class Model:
         """Runs with `fwd_hooks`, a list of `(name or predicate, fn)`; `fn(activation,
         hook)` gets a numpy array and a `HookPoint` and returns a replacement array
         (same shape) or None to leave it as it is."""
+        hooks = self._hooks(fwd_hooks)
+        logits, store = self._native.run(
+            self._tokens(input), None, hooks, stop_at_layer, return_type is not None and stop_at_layer is None
+        )
+        if stop_at_layer is not None:
+            return store.get("resid")
+        return _returned(logits, return_type)
+
+    def _hooks(self, fwd_hooks) -> list:
         hooks = []
         for name, fn in fwd_hooks:
             names = [n for n in self.hook_names() if name(n)] if callable(name) else self._native.match_hooks([name])
@@ -298,16 +307,59 @@ class Model:
                 return fn(arr, HookPoint(hook_name))
 
             hooks.append((names, call))
-        logits, store = self._native.run(
-            self._tokens(input), None, hooks, stop_at_layer, return_type is not None and stop_at_layer is None
-        )
-        if stop_at_layer is not None:
-            return store.get("resid")
-        return _returned(logits, return_type)
+        return hooks
+
+    def generate(
+        self,
+        input: Union[str, Sequence[int], np.ndarray],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        fwd_hooks: Iterable = (),
+    ):
+        """Continues `input` (text: returns prompt + continuation as text, as
+        TransformerLens does; ids: returns all ids) until a stop token or
+        `max_new_tokens`. Temperature 0 is greedy. `fwd_hooks` act at every step (a
+        steering hook steers the whole generation)."""
+        text = isinstance(input, str)
+        prompt = self._tokens(input)
+        if len(prompt) != 1:
+            raise ValueError(f"generate takes one prompt; got a batch of {len(prompt)}")
+        new = self._native.generate(prompt[0], max_new_tokens, temperature, top_p, seed, self._hooks(fwd_hooks))
+        if text:
+            return input + self._native.decode(new)
+        return np.asarray(prompt[0] + new, dtype=np.int64)
+
+    def gradients(self, input: Tokens, metric, hooks: Union[str, Sequence[str]]):
+        """Gradients of a linear metric of the logits at `hooks`: `metric` is a list of
+        `(pos, token, coefficient)` (batch 0) or `(batch, pos, token, coefficient)`
+        terms, e.g. `logit_diff(-1, " Mary", " John")`. Returns `(metric value,
+        {hook: d metric / d activation})`."""
+        names = self._native.match_hooks([hooks] if isinstance(hooks, str) else list(hooks))
+        tokens = self._tokens(input)
+        seq = len(tokens[0])
+        terms = []
+        for t in metric:
+            if len(t) == 3:
+                t = (0, *t)
+            b, p, tok, c = t
+            if isinstance(tok, str):
+                tok = self.to_single_token(tok)
+            p = int(p) + seq if int(p) < 0 else int(p)  # -1: the last position
+            terms.append((int(b), p, int(tok), float(c)))
+        value, grads = self._native.gradients(tokens, names, terms)
+        return value, ActivationCache(grads, self)
 
     def __repr__(self) -> str:
         c = self.cfg
         return f"Model({c.source!r}: {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads)"
+
+
+def logit_diff(pos: int, correct, wrong, batch: int = 0) -> list:
+    """The metric logits[pos, correct] - logits[pos, wrong] for `Model.gradients`
+    (tokens as ids or single-token strings)."""
+    return [(batch, pos, correct, 1.0), (batch, pos, wrong, -1.0)]
 
 
 def _returned(logits, return_type):

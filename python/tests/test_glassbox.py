@@ -183,3 +183,43 @@ def test_bad_input_raises_the_python_exception_with_glassboxs_message(default_mo
         default_model.run_with_hooks("Hi there", fwd_hooks=[("blocks.0.hook_resid_post", raises)])
     # the model still works after a failed pass
     assert default_model("Hi there").shape[1] == 2
+
+
+def test_generate_equals_the_cli_and_hooks_steer_it(default_model, cli):
+    prompt = "The capital of France is"
+    want = cli("generate", "--model", "default", "--prompt", prompt, "--max-tokens", "12")
+    got = default_model.generate(prompt, max_new_tokens=12)
+    assert got.strip() == want.strip()
+    ids = default_model.generate(default_model.to_tokens(prompt), max_new_tokens=5)
+    assert ids.shape == (default_model.to_tokens(prompt).shape[1] + 5,)
+
+    def scramble(x, hook):
+        return x * 0.0
+
+    steered = default_model.generate(prompt, max_new_tokens=12, fwd_hooks=[("blocks.10.hook_resid_post", scramble)])
+    assert steered != got
+
+
+def test_gradients_of_a_logit_difference_match_finite_differences(default_model):
+    tokens = default_model.to_tokens(IOI)
+    hook = "blocks.20.hook_resid_post"
+    metric = glassbox.logit_diff(-1, " Mary", " John")
+    value, grads = default_model.gradients(tokens, metric=metric, hooks=hook)
+    logits = default_model(tokens)
+    mary, john = default_model.to_single_token(" Mary"), default_model.to_single_token(" John")
+    assert abs(value - (logits[0, -1, mary] - logits[0, -1, john])) < 1e-3
+    g = grads[hook]
+    assert g.shape == (1, tokens.shape[1], 576)
+    # d metric along the gradient's own direction at the last position, by central differences
+    d = np.zeros_like(g)
+    d[0, -1] = g[0, -1] / np.linalg.norm(g[0, -1])
+    eps = 1e-2
+
+    def shifted(sign):
+        out = default_model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda x, h: x + sign * eps * d)])
+        return out[0, -1, mary] - out[0, -1, john]
+
+    fd = (shifted(1) - shifted(-1)) / (2 * eps)
+    assert abs(fd - float((g * d).sum())) < 2e-2 * max(1.0, abs(fd)), (fd, float((g * d).sum()))
+    with pytest.raises(ValueError, match="outside the logits"):
+        default_model.gradients(tokens, metric=[(0, 99, 1, 1.0)], hooks=hook)

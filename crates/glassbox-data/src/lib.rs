@@ -88,6 +88,11 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     files.iter().map(|p| read(p)).collect()
 }
 
+/// The share of a corpus's windows every stage holds out (training never sees them;
+/// evaluation, the feature store and `eval-sae` read only them): one figure, so that
+/// each stage's held-out set is the same windows for the same seed.
+pub const HELD_OUT_FRACTION: f64 = 0.05;
+
 /// Tokenises documents and packs them into windows of `context_size` tokens, each
 /// beginning with `bos` when given; documents are joined by `bos` (or nothing).
 /// Windows are shuffled with `seed`; the first `eval_fraction` become the held-out

@@ -217,6 +217,20 @@ impl TextTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The tokens that end a generation: EOS, and the chat turn's end where the
+    /// vocabulary has one (`<|im_end|>`, Gemma's `<end_of_turn>`, Llama 3's `<|eot_id|>`).
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop: Vec<u32> = self.eos_token_id.into_iter().collect();
+        for end in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>"] {
+            if let Some(id) = self.token_to_id(end) {
+                if !stop.contains(&id) {
+                    stop.push(id);
+                }
+            }
+        }
+        stop
+    }
 }
 
 fn meta_bool(c: &Content, key: &str) -> Option<bool> {

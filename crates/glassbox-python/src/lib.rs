@@ -198,10 +198,7 @@ impl NativeModel {
             }
             _ => None,
         };
-        let mut py_hooks = Vec::new();
-        for (names, f) in hooks.unwrap_or_default() {
-            py_hooks.push((HookFilter::new(names, cfg).map_err(model_err)?, f));
-        }
+        let py_hooks = self.hook_filters(hooks)?;
         let batch = Batch::new(tokens);
         let model = Arc::clone(&self.model);
         let out = py.detach(move || -> Result<_, PyErr> {
@@ -218,17 +215,7 @@ impl NativeModel {
             if !logits {
                 run = run.logits(glassbox_model::LogitsMode::None);
             }
-            model
-                .transformer
-                .run(&batch, &mut run)
-                .map_err(|e| match e {
-                    ModelError::BadIntervention { ref problem, .. }
-                        if problem.starts_with(PY_ERR_TAG) =>
-                    {
-                        take_hook_error().unwrap_or_else(|| model_err(e))
-                    }
-                    e => model_err(e),
-                })
+            model.transformer.run(&batch, &mut run).map_err(pass_err)
         })?;
         let d = PyDict::new(py);
         for (name, t) in &out.cache {
@@ -242,6 +229,146 @@ impl NativeModel {
             None => None,
         };
         Ok((logits, d))
+    }
+
+    /// Generates after `prompt` (ids) until a stop token (EOS, the chat turn's end) or
+    /// `max_new_tokens`; temperature 0 is greedy. `hooks` (as in `run`) act at every
+    /// step. Returns the new ids, the stop token left out.
+    #[pyo3(signature = (prompt, max_new_tokens=32, temperature=0.0, top_p=1.0, seed=0, hooks=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: Vec<u32>,
+        max_new_tokens: usize,
+        temperature: f64,
+        top_p: f64,
+        seed: u64,
+        hooks: Option<Vec<(Vec<String>, Py<PyAny>)>>,
+    ) -> PyResult<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(PyValueError::new_err("the prompt is empty: nothing to run"));
+        }
+        let stop_tokens = self
+            .model
+            .tokenizer()
+            .map(|t| t.stop_tokens())
+            .unwrap_or_default();
+        let opts = glassbox_model::SamplingOptions {
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop_tokens: stop_tokens.clone(),
+        };
+        let filters = self.hook_filters(hooks)?;
+        let model = Arc::clone(&self.model);
+        let mut ids = py.detach(move || {
+            let mut run = Run::new();
+            for (filter, f) in filters {
+                run = run.hook(filter, move |name, x| call_hook(&f, name, x));
+            }
+            model
+                .transformer
+                .generate(&prompt, &opts, &mut run, |_| {})
+                .map_err(pass_err)
+        })?;
+        if ids.last().is_some_and(|t| stop_tokens.contains(t)) {
+            ids.pop();
+        }
+        Ok(ids)
+    }
+
+    /// The gradient of a linear metric of the logits, `sum(c * logits[b, p, t])` over
+    /// `terms` `(b, p, t, c)` (a logit, a logit difference), at every hook `hooks`
+    /// names. Returns `(metric, {hook: gradient})`.
+    fn gradients<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: Vec<Vec<u32>>,
+        hooks: Vec<String>,
+        terms: Vec<(usize, usize, u32, f32)>,
+    ) -> PyResult<(f32, Bound<'py, PyDict>)> {
+        let cfg = self.model.config();
+        if terms.is_empty() {
+            return Err(PyValueError::new_err(
+                "the metric has no terms: give (batch, pos, token, coefficient) tuples",
+            ));
+        }
+        let filter = HookFilter::new(hooks, cfg).map_err(model_err)?;
+        let (b, s, v) = (
+            tokens.len(),
+            tokens.first().map_or(0, Vec::len),
+            cfg.d_vocab,
+        );
+        for &(tb, tp, tt, _) in &terms {
+            if tb >= b || tp >= s || tt as usize >= v {
+                return Err(PyValueError::new_err(format!(
+                    "metric term (batch {tb}, pos {tp}, token {tt}) is outside the logits [{b}, {s}, {v}]"
+                )));
+            }
+        }
+        let batch = Batch::new(tokens);
+        let model = Arc::clone(&self.model);
+        let (metric, grads) = py.detach(move || -> PyResult<_> {
+            let out = model
+                .transformer
+                .run(&batch, &mut Run::new().grads(filter))
+                .map_err(pass_err)?;
+            let logits = out
+                .logits()
+                .map_err(model_err)?
+                .flatten_all()
+                .map_err(tensor_err)?;
+            let idx: Vec<u32> = terms
+                .iter()
+                .map(|&(tb, tp, tt, _)| ((tb * s + tp) * v + tt as usize) as u32)
+                .collect();
+            let coef: Vec<f32> = terms.iter().map(|t| t.3).collect();
+            let n = idx.len();
+            let picked = logits
+                .index_select(
+                    &Tensor::from_vec(idx, n, &Device::Cpu).map_err(tensor_err)?,
+                    0,
+                )
+                .map_err(tensor_err)?;
+            let metric = (picked * Tensor::from_vec(coef, n, &Device::Cpu).map_err(tensor_err)?)
+                .and_then(|t| t.sum_all())
+                .map_err(tensor_err)?;
+            let grads = out.gradients(&metric).map_err(model_err)?;
+            let m = metric.to_scalar::<f32>().map_err(tensor_err)?;
+            Ok((m, grads))
+        })?;
+        let d = PyDict::new(py);
+        for (name, g) in &grads {
+            d.set_item(name, to_numpy(py, g)?)?;
+        }
+        Ok((metric, d))
+    }
+}
+
+impl NativeModel {
+    /// The checked filters of a list of `(hook names, fn)`.
+    fn hook_filters(
+        &self,
+        hooks: Option<Vec<(Vec<String>, Py<PyAny>)>>,
+    ) -> PyResult<Vec<(HookFilter, Py<PyAny>)>> {
+        let cfg = self.model.config();
+        hooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(names, f)| Ok((HookFilter::new(names, cfg).map_err(model_err)?, f)))
+            .collect()
+    }
+}
+
+/// A failed pass's error: a Python hook's own exception when that is what stopped it.
+fn pass_err(e: ModelError) -> PyErr {
+    match e {
+        ModelError::BadIntervention { ref problem, .. } if problem.starts_with(PY_ERR_TAG) => {
+            take_hook_error().unwrap_or_else(|| model_err(e))
+        }
+        e => model_err(e),
     }
 }
 

@@ -349,7 +349,7 @@ impl Live {
         cancel.check()?;
         let opts = SamplingOptions {
             max_new_tokens,
-            stop_tokens: tok.eos_token_id.into_iter().collect(),
+            stop_tokens: tok.stop_tokens(),
             ..Default::default()
         };
         // each generation stops after the token at which the request is cancelled

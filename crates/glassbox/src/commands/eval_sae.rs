@@ -6,7 +6,7 @@ use glassbox_analysis::sae_eval::{evaluate, resolve_hooks, EvalOptions, SaeEval}
 use std::path::PathBuf;
 
 /// The held-out share of the packed windows; the same split as `train-sae`.
-const EVAL_FRACTION: f64 = 0.05;
+use glassbox_data::HELD_OUT_FRACTION as EVAL_FRACTION;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -8,7 +8,7 @@ use glassbox_features::{BuildInput, BuildOptions, UnitKind, STORE_FILE};
 use std::path::{Path, PathBuf};
 
 /// The held-out share of the packed windows; the same split as `train-sae`.
-const EVAL_FRACTION: f64 = 0.05;
+use glassbox_data::HELD_OUT_FRACTION as EVAL_FRACTION;
 
 #[derive(clap::Subcommand)]
 pub enum What {

@@ -33,10 +33,7 @@ pub fn run(args: Args) -> Result<()> {
         args.prompt.clone()
     };
     let ids = encode(&model, &text)?;
-    let mut stop_tokens: Vec<u32> = tok.eos_token_id.into_iter().collect();
-    if let Some(end) = tok.token_to_id("<|im_end|>") {
-        stop_tokens.push(end);
-    }
+    let stop_tokens = tok.stop_tokens();
     let opts = SamplingOptions {
         max_new_tokens: args.max_tokens,
         temperature: args.temperature,

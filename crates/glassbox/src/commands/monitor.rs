@@ -72,11 +72,7 @@ fn monitor_one(
         });
         let opts = SamplingOptions {
             max_new_tokens: a.max_tokens,
-            stop_tokens: tok
-                .eos_token_id
-                .into_iter()
-                .chain(tok.token_to_id("<|im_end|>"))
-                .collect(),
+            stop_tokens: tok.stop_tokens(),
             ..Default::default()
         };
         model.transformer.generate(&ids, &opts, &mut run, |_| {})?

@@ -297,7 +297,7 @@ pub fn run(mut a: Args) -> Result<()> {
         context_size,
         bos,
         cfg_base.seed,
-        0.05,
+        glassbox_data::HELD_OUT_FRACTION,
     )?;
     // the token rule, then the massive-activation threshold measured on the first
     // training windows (glassbox_model::rows says why this one); stored with the dictionary

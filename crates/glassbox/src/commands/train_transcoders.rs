@@ -170,8 +170,14 @@ pub fn run(a: Args) -> Result<()> {
     let texts = glassbox_data::read_corpus(&corpus, &a.text_field)?;
     eprintln!("corpus {}: {}", corpus.display(), texts.report);
     let bos = model.tokenizer()?.bos_token_id;
-    let (train_w, eval_w) =
-        glassbox_data::pack(&model, &texts.texts, a.context_size, bos, a.seed, 0.05)?;
+    let (train_w, eval_w) = glassbox_data::pack(
+        &model,
+        &texts.texts,
+        a.context_size,
+        bos,
+        a.seed,
+        glassbox_data::HELD_OUT_FRACTION,
+    )?;
     let mut opts = StoreOptions::new(hooks.clone());
     opts.buffer_tokens = a.buffer_tokens.min(a.tokens.max(1));
     opts.seed = a.seed;
