@@ -223,3 +223,16 @@ def test_gradients_of_a_logit_difference_match_finite_differences(default_model)
     assert abs(fd - float((g * d).sum())) < 2e-2 * max(1.0, abs(fd)), (fd, float((g * d).sum()))
     with pytest.raises(ValueError, match="outside the logits"):
         default_model.gradients(tokens, metric=[(0, 99, 1, 1.0)], hooks=hook)
+
+
+def test_outputs_reach_numpy_without_a_copy_and_outlive_the_pass(default_model):
+    logits, cache = default_model.run_with_cache(IOI, names_filter=["blocks.3.hook_resid_post"])
+    # a view of glassbox's own buffer (its base keeps the tensor alive), not a copy
+    assert not logits.flags.owndata and logits.base is not None
+    kept = cache["blocks.3.hook_resid_post"]
+    want = kept.copy()
+    del logits, cache
+    for _ in range(3):
+        default_model.run_with_cache(IOI, names_filter=["blocks.3.hook_resid_post"])
+    np.testing.assert_array_equal(kept, want)
+    kept[0, 0, 0] = 1.0  # writable, like any array

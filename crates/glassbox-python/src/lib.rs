@@ -5,8 +5,9 @@
 //! Rules kept here: every error becomes a Python exception with glassbox's message
 //! (`ValueError` for bad input, `KeyError` for an unknown hook, `FileNotFoundError` for
 //! a missing model or dictionary); the GIL is released while a pass runs (a Python hook
-//! takes it back for its own call only); arrays are copied once each way (candle owns
-//! its tensors' storage, so no view can be lent to numpy).
+//! takes it back for its own call only); a finished pass's logits and cache reach numpy
+//! without a copy (the array views the tensor's storage and keeps it alive); inputs, and
+//! the arrays handed to Python hooks (which may write to them), are copies.
 
 use candle_core::{Device, Tensor};
 use glassbox_model::{hook_points, Batch, HookFilter, Model, ModelError, Run, TlProcessing};
@@ -39,6 +40,38 @@ fn open_err(e: glassbox_hub::OpenError) -> PyErr {
         }
         _ => PyValueError::new_err(e.to_string()),
     }
+}
+
+/// Keeps a tensor's storage alive for the numpy array that views it.
+#[pyclass(module = "glassbox._glassbox", frozen)]
+struct TensorOwner {
+    _tensor: Tensor,
+}
+
+/// A pass's output as a numpy array without a copy: the array views the tensor's own
+/// storage and keeps the tensor alive. Only for tensors nothing in Rust uses any more
+/// (a finished pass's logits and cache); anything else goes through [`to_numpy`].
+fn into_numpy<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let view = {
+        let (storage, layout) = t.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+                Some(v[a..b].as_ptr())
+            }
+            _ => None,
+        }
+    };
+    let Some(ptr) = view else {
+        return to_numpy(py, &t);
+    };
+    let dims = numpy::ndarray::IxDyn(t.dims());
+    // SAFETY: `ptr` points at the tensor's contiguous f32 data, `dims` elements long.
+    // The storage is a Vec that only in-place tensor ops could move or change; the
+    // owner holds the last handle to it (the pass that made it has finished), so it
+    // lives, unmoved, as long as the array.
+    let array = unsafe { numpy::ndarray::ArrayViewD::from_shape_ptr(dims, ptr) };
+    let owner = Bound::new(py, TensorOwner { _tensor: t })?;
+    Ok(unsafe { PyArrayDyn::borrow_from_array(&array, owner.into_any()) })
 }
 
 /// A tensor as a new numpy array of its shape (f32; one copy).
@@ -217,15 +250,22 @@ impl NativeModel {
             }
             model.transformer.run(&batch, &mut run).map_err(pass_err)
         })?;
+        // the pass is over: its tensors are handed to numpy without a copy
         let d = PyDict::new(py);
-        for (name, t) in &out.cache {
-            d.set_item(name, to_numpy(py, t)?)?;
+        let glassbox_model::RunOutput {
+            logits,
+            residual,
+            cache,
+            ..
+        } = out;
+        for (name, t) in cache {
+            d.set_item(name, into_numpy(py, t)?)?;
         }
         if stop_at_layer.is_some() {
-            d.set_item("resid", to_numpy(py, &out.residual)?)?;
+            d.set_item("resid", into_numpy(py, residual)?)?;
         }
-        let logits = match &out.logits {
-            Some(l) => Some(to_numpy(py, l)?),
+        let logits = match logits {
+            Some(l) => Some(into_numpy(py, l)?),
             None => None,
         };
         Ok((logits, d))
@@ -340,8 +380,8 @@ impl NativeModel {
             Ok((m, grads))
         })?;
         let d = PyDict::new(py);
-        for (name, g) in &grads {
-            d.set_item(name, to_numpy(py, g)?)?;
+        for (name, g) in grads {
+            d.set_item(name, into_numpy(py, g)?)?;
         }
         Ok((metric, d))
     }
@@ -469,7 +509,7 @@ impl NativeDictionary {
         let f = py
             .detach(move || dict.encode(&t))
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        unrows(py, &f, lead)
+        unrows(py, f, lead)
     }
 
     /// Reconstructions from feature activations `f` (`[..., d_sae]`); a transcoder with a
@@ -490,7 +530,7 @@ impl NativeDictionary {
         let y = py
             .detach(move || dict.decode(&ft, xt.as_ref()))
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        unrows(py, &y, lead)
+        unrows(py, y, lead)
     }
 
     /// The decoder's rows `[d_sae, d_out]` (SAELens' `W_dec`).
@@ -518,17 +558,22 @@ fn rows(x: &Bound<'_, PyAny>, width: usize, what: &str) -> PyResult<(Tensor, Vec
 
 fn unrows<'py>(
     py: Python<'py>,
-    t: &Tensor,
+    t: Tensor,
     mut lead: Vec<usize>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     lead.push(t.dims()[1]);
-    to_numpy(py, &t.reshape(lead).map_err(tensor_err)?)
+    into_numpy(py, t.reshape(lead).map_err(tensor_err)?)
 }
 
 #[pymodule]
 fn _glassbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // as the CLI does at start-up: without it every large buffer is a fresh mapping
+    // that the kernel faults in and zeroes on each pass (15–20 % of a pass measured);
+    // freed memory then stays with the process for reuse
+    glassbox_model::kernels::keep_freed_buffers_for_reuse();
     m.add_class::<NativeModel>()?;
     m.add_class::<NativeDictionary>()?;
+    m.add_class::<TensorOwner>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
