@@ -30,7 +30,7 @@ pub use intervene::{
 };
 pub use prune::{node_influence, prune, PruneOptions, Pruned};
 pub use replacement::{ActiveFeature, ReplacementState};
-pub use set::{TranscoderSet, SET_INDEX};
+pub use set::{SetIndex, SetLayer, TranscoderSet, SET_FORMAT, SET_INDEX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CircuitError {

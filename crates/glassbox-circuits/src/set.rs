@@ -8,6 +8,109 @@ use std::path::{Path, PathBuf};
 
 pub const SET_INDEX: &str = "index.json";
 
+/// What `index.json` says it is (`format`).
+pub const SET_FORMAT: &str = "glassbox transcoder set 1";
+
+/// A transcoder set's `index.json`, the one reader and writer of it: which folder holds
+/// each layer's transcoder, and what training measured. Fields beyond `layers` are
+/// optional so that sets written by hand (or by older versions) still read.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SetIndex {
+    #[serde(default)]
+    pub format: Option<String>,
+    /// the model label the set was trained on
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub arch: Option<String>,
+    #[serde(default)]
+    pub skip: Option<bool>,
+    pub layers: Vec<SetLayer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds: Option<f64>,
+    /// held-out rows the per-layer FVUs were measured on
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_tokens: Option<u64>,
+    /// every transcoder spliced in at once (`glassbox_analysis::transcoders::splice_all`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splice_all: Option<serde_json::Value>,
+    /// the set's one massive-activation rule (`glassbox_model::MassiveNorm::to_json`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub massive_norm: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_massive_rows_excluded: Option<u64>,
+}
+
+/// One layer's entry in [`SetIndex`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SetLayer {
+    pub layer: usize,
+    /// the transcoder's folder, relative to the set's
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_in: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_out: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_sae: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_fvu: Option<f64>,
+}
+
+impl SetIndex {
+    /// `dir/index.json`, parsed and checked: layers listed once each, with relative
+    /// paths inside the set. `Ok(None)` when the folder has no index.
+    pub fn read(dir: &Path) -> Result<Option<SetIndex>> {
+        let path = dir.join(SET_INDEX);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CircuitError::Io(format!("cannot read {}", path.display()), e))?;
+        let mut index: SetIndex = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "{} is not a transcoder set index ({e}); `glassbox train-transcoders --out DIR` writes one",
+                path.display()
+            ))
+        })?;
+        index.layers.sort_by_key(|l| l.layer);
+        if let Some(w) = index.layers.windows(2).find(|w| w[0].layer == w[1].layer) {
+            return Err(bad(format!(
+                "{}: layer {} is listed twice",
+                path.display(),
+                w[0].layer
+            )));
+        }
+        if let Some(l) = index.layers.iter().find(|l| {
+            Path::new(&l.path).is_absolute()
+                || Path::new(&l.path)
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+        }) {
+            return Err(bad(format!(
+                "{}: layer {}'s path `{}` leaves the set's folder",
+                path.display(),
+                l.layer,
+                l.path
+            )));
+        }
+        Ok(Some(index))
+    }
+
+    /// Writes `dir/index.json` atomically (a temporary sibling, then a rename).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(SET_INDEX);
+        let tmp = dir.join(format!(".{SET_INDEX}.tmp"));
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| bad(format!("cannot encode the set index: {e}")))?;
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| CircuitError::Io(format!("cannot write {}", path.display()), e))
+    }
+}
+
 /// Transcoders by layer; a layer without one keeps its true MLP, which the graph shows as
 /// that layer's error nodes.
 pub struct TranscoderSet {
@@ -31,46 +134,22 @@ impl TranscoderSet {
     /// predicts `blocks.L.hook_mlp_out`, and both widths are the model's d_model.
     pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
         let index_path = dir.join(SET_INDEX);
-        let text = std::fs::read_to_string(&index_path).map_err(|e| {
-            CircuitError::Io(
-                format!(
-                    "{} is not a transcoder set (no readable {SET_INDEX}; `glassbox train-transcoders --out DIR` writes one)",
-                    dir.display()
-                ),
-                e,
-            )
+        let index = SetIndex::read(dir)?.ok_or_else(|| {
+            bad(format!(
+                "{} is not a transcoder set (no {SET_INDEX}; `glassbox train-transcoders --out DIR` writes one)",
+                dir.display()
+            ))
         })?;
-        let index: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| bad(format!("{}: not JSON ({e})", index_path.display())))?;
-        let layers = index
-            .get("layers")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| bad(format!("{}: no `layers` array", index_path.display())))?;
         let mut by_layer: Vec<Option<Dictionary>> = (0..cfg.n_layers).map(|_| None).collect();
-        for entry in layers {
-            let l = entry.get("layer").and_then(|v| v.as_u64()).ok_or_else(|| {
-                bad(format!(
-                    "{}: a layer entry has no `layer`",
-                    index_path.display()
-                ))
-            })? as usize;
-            let rel = entry
-                .get("path")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| bad(format!("{}: layer {l} has no `path`", index_path.display())))?;
+        for entry in &index.layers {
+            let l = entry.layer;
             if l >= cfg.n_layers {
                 return Err(bad(format!(
                     "the transcoder set has a transcoder for layer {l}, but the model has layers 0..{}: it was trained on another model",
                     cfg.n_layers
                 )));
             }
-            if by_layer[l].is_some() {
-                return Err(bad(format!(
-                    "{}: layer {l} is listed twice",
-                    index_path.display()
-                )));
-            }
-            let d = glassbox_sae::format::load(&dir.join(rel))?;
+            let d = glassbox_sae::format::load(&dir.join(&entry.path))?;
             check(&d, l, cfg)?;
             by_layer[l] = Some(d);
         }
@@ -83,10 +162,7 @@ impl TranscoderSet {
         Ok(TranscoderSet {
             dir: dir.to_path_buf(),
             by_layer,
-            model: index
-                .get("model")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
+            model: index.model,
         })
     }
 

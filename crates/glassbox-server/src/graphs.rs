@@ -40,39 +40,20 @@ pub struct SetIndex {
 }
 
 impl SetIndex {
-    /// Reads `dir/index.json`; `Ok(None)` when there is none.
+    /// Reads `dir/index.json` (`glassbox_circuits::SetIndex`, its one reader); `Ok(None)`
+    /// when there is none.
     pub fn read(dir: &Path) -> anyhow::Result<Option<SetIndex>> {
-        let path = dir.join(SET_INDEX);
-        if !path.is_file() {
+        let Some(index) = glassbox_circuits::SetIndex::read(dir)? else {
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", path.display()))?;
-        let entries = v.get("layers").and_then(Value::as_array).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} has no `layers` array: not a transcoder set index (`glassbox train-transcoders --out DIR` writes one)",
-                path.display()
-            )
-        })?;
-        let mut layers = Vec::new();
-        for e in entries {
-            let layer = e.get("layer").and_then(Value::as_u64);
-            let rel = e.get("path").and_then(Value::as_str);
-            match (layer, rel) {
-                (Some(l), Some(p)) => layers.push((l as usize, p.to_string())),
-                _ => anyhow::bail!(
-                    "{}: every entry of `layers` needs `layer` and `path`, got {e}",
-                    path.display()
-                ),
-            }
-        }
-        layers.sort();
+        };
         Ok(Some(SetIndex {
             dir: dir.to_path_buf(),
-            model: v.get("model").and_then(Value::as_str).map(str::to_string),
-            layers,
+            model: index.model,
+            layers: index
+                .layers
+                .into_iter()
+                .map(|l| (l.layer, l.path))
+                .collect(),
         }))
     }
 

@@ -3,7 +3,7 @@
 //! per layer plus `index.json`; per-layer held-out FVU and the CE loss recovered with
 //! every transcoder spliced in at once.
 
-use crate::open::{atomic_write, model_label, open_model, progress};
+use crate::open::{model_label, open_model, progress};
 use anyhow::{Context, Result};
 use glassbox_data::store::{ActivationStore, StoreOptions};
 use glassbox_sae::train::{TrainArch, TrainConfig, Trainer};
@@ -309,7 +309,7 @@ pub fn run(a: Args) -> Result<()> {
         |_| {},
     )?;
     let mut dicts = Vec::new();
-    let mut index = Vec::new();
+    let mut index_layers = Vec::new();
     for (i, (&l, t)) in layers.iter().zip(&trainers).enumerate() {
         let mut d = t.to_dictionary(
             Some(hooks[2 * i].clone()),
@@ -331,10 +331,14 @@ pub fn run(a: Args) -> Result<()> {
             .flatten_all()?
             .to_vec1()?;
         let fvu = fvu_of(y, &recon, widths[2 * i + 1]);
-        index.push(serde_json::json!({
-            "layer": l, "path": format!("layer_{l:02}"), "hook_in": hooks[2 * i],
-            "hook_out": hooks[2 * i + 1], "d_sae": a.d_sae, "eval_fvu": fvu,
-        }));
+        index_layers.push(glassbox_circuits::SetLayer {
+            layer: l,
+            path: format!("layer_{l:02}"),
+            hook_in: Some(hooks[2 * i].clone()),
+            hook_out: Some(hooks[2 * i + 1].clone()),
+            d_sae: Some(a.d_sae),
+            eval_fvu: Some(fvu),
+        });
         eprintln!("layer {l:>2}: held-out FVU {fvu:.3}");
         dicts.push(d);
     }
@@ -348,16 +352,20 @@ pub fn run(a: Args) -> Result<()> {
         |n| bar.inc(n as u64),
     )?;
     bar.finish_and_clear();
-    let idx = serde_json::json!({
-        "format": "glassbox transcoder set 1", "model": model_label(&model), "arch": a.arch,
-        "skip": a.skip, "layers": index, "train_tokens": steps * a.batch, "train_seconds": secs,
-        "eval_tokens": harvest.n_rows, "splice_all": spliced,
-        "massive_norm": massive.as_ref().map(|m| m.to_json()),
-        "train_massive_rows_excluded": store.massive_passed_over(),
-    });
-    atomic_write(&a.out.join("index.json"), |tmp| {
-        Ok(std::fs::write(tmp, serde_json::to_string_pretty(&idx)?)?)
-    })?;
+    glassbox_circuits::SetIndex {
+        format: Some(glassbox_circuits::SET_FORMAT.into()),
+        model: Some(model_label(&model)),
+        arch: Some(a.arch.clone()),
+        skip: Some(a.skip),
+        layers: index_layers,
+        train_tokens: Some((steps * a.batch) as u64),
+        train_seconds: Some(secs),
+        eval_tokens: Some(harvest.n_rows as u64),
+        splice_all: Some(serde_json::to_value(&spliced)?),
+        massive_norm: massive.as_ref().map(|m| m.to_json()),
+        train_massive_rows_excluded: Some(store.massive_passed_over()),
+    }
+    .write(&a.out)?;
     println!(
         "trained {} transcoders ({}, d_sae {}) on {} tokens in {secs:.0} s; all spliced at once: CE {:.3} vs clean {:.3}, zero-ablated {:.3} → CE recovered {:.1} %, KL recovered {:.1} %",
         layers.len(),
