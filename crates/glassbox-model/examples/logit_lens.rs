@@ -26,9 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for l in 0..cfg.n_layers {
         let resid = &out.cache[&format!("blocks.{l}.hook_resid_post")];
         // start after the last block: only the final norm and the unembedding run
-        let lens = model
-            .transformer
-            .run(&batch, &mut Run::new().start_at_layer(cfg.n_layers, resid.clone()))?;
+        let lens = model.transformer.run(
+            &batch,
+            &mut Run::new().start_at_layer(cfg.n_layers, resid.clone()),
+        )?;
         let row: Vec<f32> = lens.logits()?.get(0)?.get(last)?.to_vec1()?;
         let (best, logit) = row
             .iter()
