@@ -299,7 +299,7 @@ class Model:
     def _hooks(self, fwd_hooks) -> list:
         hooks = []
         for name, fn in fwd_hooks:
-            names = [n for n in self.hook_names() if name(n)] if callable(name) else self._native.match_hooks([name])
+            names = self._names(name)
             if not names:
                 raise KeyError(f"the hook predicate {name!r} matches no hook point")
 

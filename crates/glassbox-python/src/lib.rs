@@ -89,8 +89,11 @@ fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<
 
 /// A numpy array (any float dtype numpy can cast to f32) as a tensor (one copy).
 fn from_numpy(a: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+    // no numpy-side copy when it already is float32
+    let kwargs = pyo3::types::PyDict::new(a.py());
+    kwargs.set_item("copy", false)?;
     let cast = a
-        .call_method1("astype", ("float32",))
+        .call_method("astype", ("float32",), Some(&kwargs))
         .map_err(|_| PyValueError::new_err("expected a numpy array of numbers"))?;
     let a: PyReadonlyArrayDyn<f32> = cast
         .extract()
