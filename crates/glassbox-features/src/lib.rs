@@ -19,6 +19,7 @@ pub mod accumulate;
 mod build;
 pub mod describe;
 pub mod effects;
+pub mod held_out;
 mod pass;
 pub mod run_dir;
 pub mod store;
@@ -26,6 +27,7 @@ mod write;
 
 pub use accumulate::{Example, UnitGroup, UnitState};
 pub use build::{build, BuildInput, BuildReport};
+pub use held_out::{build_for_run, build_held_out, HeldOutStore};
 pub use pass::{analyse, check_hooks, Analysis, Hooks};
 pub use write::{write_store, StoreInput};
 

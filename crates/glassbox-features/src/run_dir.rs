@@ -1,23 +1,12 @@
 //! Reading a `train-sae` run directory: its dictionary and the `config.toml` that says
 //! which model, hook, corpus and windows it was trained on.
 
-use crate::{bad, FeaturesError, Result};
-use std::path::{Path, PathBuf};
+use crate::{bad, Result};
+use std::path::Path;
 
-/// What a run directory says about how its dictionary was trained. Fields missing from
-/// `config.toml` (or a missing `config.toml`) are `None`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunConfig {
-    pub dir: PathBuf,
-    /// the model spec or label `train-sae` recorded
-    pub model: Option<String>,
-    pub hook: Option<String>,
-    pub context_size: Option<usize>,
-    pub corpus: Option<String>,
-    pub text_field: Option<String>,
-    /// the seed of the window shuffle and held-out split (`[train] seed`, default 0)
-    pub seed: u64,
-}
+/// What a run directory says about how its dictionary was trained: the one reader of
+/// `config.toml`, owned by the crate that writes it.
+pub use glassbox_train::RunConfig;
 
 /// Whether `dir` holds a dictionary `glassbox_sae::format::load` reads.
 pub fn has_dictionary(dir: &Path) -> bool {
@@ -45,40 +34,8 @@ pub fn read_run(dir: &Path) -> Result<RunConfig> {
             dir.display()
         )));
     }
-    let path = dir.join("config.toml");
-    let mut cfg = RunConfig {
-        dir: dir.to_path_buf(),
-        model: None,
-        hook: None,
-        context_size: None,
-        corpus: None,
-        text_field: None,
-        seed: 0,
-    };
-    if !path.is_file() {
-        return Ok(cfg);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|source| FeaturesError::Io {
-        what: "read",
-        path: path.clone(),
-        source,
-    })?;
-    let v: toml::Table = toml::from_str(&text)
-        .map_err(|e| bad(format!("{} is not valid TOML: {e}", path.display())))?;
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
-    cfg.model = s("model");
-    cfg.hook = s("hook");
-    cfg.corpus = s("corpus");
-    cfg.text_field = s("text_field");
-    cfg.context_size = v
-        .get("context_size")
-        .and_then(|x| x.as_integer())
-        .map(|x| x as usize);
-    cfg.seed = v
-        .get("train")
-        .and_then(|t| t.get("seed"))
-        .or_else(|| v.get("seed"))
-        .and_then(|x| x.as_integer())
-        .unwrap_or(0) as u64;
-    Ok(cfg)
+    // a missing config.toml (a dictionary folder made into a run by hand) says nothing
+    Ok(RunConfig::read(dir)
+        .map_err(|e| bad(format!("{e:#}")))?
+        .unwrap_or_default())
 }

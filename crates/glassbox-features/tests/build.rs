@@ -793,7 +793,7 @@ fn a_run_directory_without_a_dictionary_is_a_clear_error() {
     assert_eq!(run.hook.as_deref(), Some(HOOK));
     assert_eq!(run.context_size, Some(24));
     assert_eq!(run.corpus.as_deref(), Some("c"));
-    assert_eq!(run.seed, 7);
+    assert_eq!(run.seed(), 7);
 }
 
 #[test]

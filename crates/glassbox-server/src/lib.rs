@@ -108,15 +108,8 @@ pub fn find_dictionary(run_dir: &Path, sae_dir: Option<&str>) -> Result<PathBuf>
 /// The model spec of a run: `model = "..."` in config.toml, else what the store's meta
 /// recorded (`model_spec`, as given to `features build`, then `model`).
 fn model_spec(run_dir: &Path, meta: &BTreeMap<String, String>) -> Result<Option<String>> {
-    let cfg = run_dir.join("config.toml");
-    if cfg.is_file() {
-        let text = std::fs::read_to_string(&cfg)
-            .with_context(|| format!("cannot read {}", cfg.display()))?;
-        let v: toml::Value = toml::from_str(&text)
-            .with_context(|| format!("{} is not valid TOML", cfg.display()))?;
-        if let Some(m) = v.get("model").and_then(|m| m.as_str()) {
-            return Ok(Some(m.to_string()));
-        }
+    if let Some(m) = glassbox_features::run_dir::RunConfig::read(run_dir)?.and_then(|c| c.model) {
+        return Ok(Some(m));
     }
     Ok(["model_spec", "model"]
         .iter()

@@ -215,10 +215,75 @@ fn log_line(bar: &indicatif::ProgressBar) -> String {
 }
 
 /// The model's file or folder name, for metadata.
-pub fn model_label(model: &glassbox_model::Model) -> String {
-    model
-        .source
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default()
+pub use glassbox_train::model_label;
+
+/// Draws a library job's progress ([`glassbox_train::Progress`]) as stacked bars on
+/// stderr, one per stage, and its notes as plain lines; the training bar carries the
+/// latest step's throughput and losses.
+pub struct Bars {
+    bars: indicatif::MultiProgress,
+    live: std::sync::Mutex<Vec<(glassbox_train::Stage, indicatif::ProgressBar)>>,
+    arch: String,
+}
+
+impl Bars {
+    pub fn new(arch: &str) -> Self {
+        Bars {
+            bars: indicatif::MultiProgress::new(),
+            live: std::sync::Mutex::new(Vec::new()),
+            arch: arch.to_string(),
+        }
+    }
+
+    fn with_bar(&self, stage: glassbox_train::Stage, f: impl FnOnce(&indicatif::ProgressBar)) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, bar)) = live.iter().find(|(s, _)| *s == stage) {
+            f(bar);
+        }
+    }
+}
+
+impl glassbox_train::Progress for Bars {
+    fn begin(&self, stage: glassbox_train::Stage, label: &str, total: u64, done: u64) {
+        let bar = self.bars.add(progress(total as usize, label));
+        bar.set_position(done);
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|(s, _)| *s != stage);
+        live.push((stage, bar));
+    }
+
+    fn advance(&self, stage: glassbox_train::Stage, n: u64) {
+        self.with_bar(stage, |b| b.inc(n));
+    }
+
+    fn step(&self, l: &glassbox_train::MetricsLine) {
+        self.with_bar(glassbox_train::Stage::Train, |b| {
+            b.set_message(format!(
+                "{}: {:.0} tok/s, L0 {:.1}, FVU {:.3}, dead {:.1} %",
+                self.arch,
+                l.tokens_per_s,
+                l.l0,
+                l.fvu,
+                l.dead_fraction * 100.0
+            ))
+        });
+    }
+
+    fn status(&self, stage: glassbox_train::Stage, text: &str) {
+        self.with_bar(stage, |b| b.set_message(text.to_string()));
+    }
+
+    fn note(&self, text: &str) {
+        let _ = self.bars.println(text);
+        if self.bars.is_hidden() {
+            eprintln!("{text}");
+        }
+    }
+
+    fn end(&self, stage: glassbox_train::Stage) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = live.iter().position(|(s, _)| *s == stage) {
+            live.remove(i).1.finish_and_clear();
+        }
+    }
 }

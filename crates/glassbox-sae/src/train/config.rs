@@ -143,6 +143,31 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The recommended configuration of `arch` for a run of `tokens` training tokens in
+    /// batches of `batch` (what `glassbox train-sae` uses for every option not given):
+    /// Adam at 1e-3 for TopK-style and 3e-4 otherwise; for L1-style (standard, gated) the
+    /// sparsity coefficient warms up over the first 5 % of steps and the gradient norm is
+    /// clipped at 1; a latent is dead after 10 % of the run's tokens without firing.
+    pub fn for_run(arch: TrainArch, tokens: usize, batch: usize) -> Self {
+        let steps = tokens / batch.max(1);
+        let l1_style = matches!(arch, TrainArch::Standard | TrainArch::Gated);
+        TrainConfig {
+            arch,
+            d_sae: 16384,
+            sparsity_coefficient: match arch {
+                TrainArch::JumpReLU => 0.001,
+                _ => 5.0,
+            },
+            sparsity_warmup_steps: if l1_style { steps / 20 } else { 0 },
+            lr: if arch.uses_k() { 1e-3 } else { 3e-4 },
+            grad_clip: if l1_style { 1.0 } else { 0.0 },
+            dead_window_tokens: (tokens as u64 / 10).max(batch as u64),
+            jumprelu_init_threshold: 0.01,
+            batch,
+            ..TrainConfig::default()
+        }
+    }
+
     pub fn d_out(&self) -> usize {
         self.d_out.unwrap_or(self.d_in)
     }

@@ -1,14 +1,9 @@
-use crate::open::{
-    model_label, open_dictionary, open_model, progress, warn_on_processing_mismatch,
-};
+use crate::open::{open_dictionary, open_model, progress, warn_on_processing_mismatch};
 use anyhow::{Context, Result};
 use glassbox_features::run_dir::{read_run, RunConfig};
 use glassbox_features::store::{FeatureStore, Order};
-use glassbox_features::{BuildInput, BuildOptions, UnitKind, STORE_FILE};
+use glassbox_features::{BuildOptions, UnitKind, STORE_FILE};
 use std::path::{Path, PathBuf};
-
-/// The held-out share of the packed windows; the same split as `train-sae`.
-use glassbox_data::HELD_OUT_FRACTION as EVAL_FRACTION;
 
 #[derive(clap::Subcommand)]
 pub enum What {
@@ -159,7 +154,7 @@ fn build(a: BuildArgs) -> Result<()> {
         .or_else(|| dict.hook_name.clone())
         .context("the dictionary names no hook (no hook_name in cfg.json): give --hook")?;
     // refuse a dictionary that does not fit before reading the corpus
-    let hooks = glassbox_features::check_hooks(&model.transformer, &dict, &hook, !a.no_neurons)?;
+    glassbox_features::check_hooks(&model.transformer, &dict, &hook, !a.no_neurons)?;
     let corpus = match a
         .corpus
         .clone()
@@ -176,92 +171,54 @@ fn build(a: BuildArgs) -> Result<()> {
     let context_size = a
         .context_size
         .or_else(|| cfg.as_ref().and_then(|c| c.context_size))
-        .or_else(|| {
-            dict.extra_cfg
-                .get("metadata")
-                .and_then(|m| m.get("context_size"))
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-        })
+        .or_else(|| glassbox_features::held_out::dictionary_context_size(&dict))
         .unwrap_or(128);
-    let seed = a.seed.or_else(|| cfg.as_ref().map(|c| c.seed)).unwrap_or(0);
-    let read = glassbox_data::read_corpus(&corpus, &text_field)?;
-    eprintln!("corpus {}: {}", corpus.display(), read.report);
-    let bos = model.tokenizer()?.bos_token_id;
-    let (_, held_out) =
-        glassbox_data::pack(&model, &read.texts, context_size, bos, seed, EVAL_FRACTION)?;
-    let per_window = context_size - 1;
-    let want = a.tokens.map_or(held_out.len(), |t| t.div_ceil(per_window));
-    if want > held_out.len() {
-        eprintln!(
-            "note: the corpus has {} held-out windows (about {} tokens); --tokens {} wants {want}: using all of them",
-            held_out.len(),
-            held_out.len() * per_window,
-            a.tokens.unwrap_or(0)
-        );
-    }
-    let windows = &held_out[..want.min(held_out.len())];
+    let seed = a
+        .seed
+        .or_else(|| cfg.as_ref().map(|c| c.seed()))
+        .unwrap_or(0);
     let out = a.out.clone().unwrap_or_else(|| dict_dir.join(STORE_FILE));
-    let tok = model.tokenizer()?;
-    let token_text = |t: u32| tok.token_text(t);
     let opts = BuildOptions {
         top_k: a.top_k,
         context_radius: a.context_radius,
         batch_windows: a.batch,
-        // the token rule and the dictionary's massive-activation threshold, as in training
-        rows: glassbox_model::RowRule::for_model(&model)
-            .with_massive(glassbox_model::MassiveNorm::from_cfg(&dict.extra_cfg)),
         neurons: !a.no_neurons,
         ..BuildOptions::default()
     };
-    let mut meta = vec![
-        ("model".to_string(), model_label(&model)),
-        ("model_spec".into(), spec.clone()),
-        ("sae_dir".into(), dict_dir.display().to_string()),
-        ("architecture".into(), dict.architecture.name().into()),
-        ("corpus".into(), corpus.display().to_string()),
-        ("text_field".into(), text_field),
-        ("split_seed".into(), seed.to_string()),
-        ("eval_fraction".into(), EVAL_FRACTION.to_string()),
-        ("held_out".into(), "true".into()),
-    ];
-    if fetched {
-        // where it came from, for a reader on another machine
-        meta.push(("sae_spec".into(), source.display().to_string()));
-    }
-    let excluded = match opts.rows.massive() {
-        Some(m) => format!(
-            "position 0, special tokens and massive-activation rows ({} norm over {:.1}) excluded",
-            m.hook, m.threshold
-        ),
-        None => "position 0 and special tokens excluded; this dictionary records no \
-                 massive-activation threshold"
-            .into(),
+    // where a fetched dictionary came from, for a reader on another machine
+    let meta = if fetched {
+        vec![("sae_spec".to_string(), source.display().to_string())]
+    } else {
+        Vec::new()
     };
-    eprintln!(
-        "{} features of {} and {} neurons of {} over {} held-out windows of {context_size} tokens \
-         ({excluded})",
-        dict.d_sae,
-        hooks.hook,
-        hooks.d_mlp,
-        hooks.neuron_hook.as_deref().unwrap_or("-"),
-        windows.len(),
-    );
-    let bar = progress(windows.len(), "features (windows)");
-    let report = glassbox_features::build(
-        &BuildInput {
-            model: &model.transformer,
-            dict: &dict,
-            hook: &hook,
-            windows,
-            token_text: &token_text,
-            meta,
-        },
+    let input = glassbox_features::HeldOutStore {
+        model: &model,
+        model_spec: spec.clone(),
+        dict: &dict,
+        dict_dir: dict_dir.clone(),
+        hook,
+        corpus,
+        text_field,
+        context_size,
+        seed,
+        tokens: a.tokens,
+        meta,
+    };
+    let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+    let report = glassbox_features::build_held_out(
+        &input,
         &opts,
         &out,
-        |n| bar.inc(n as u64),
+        &mut |line| eprintln!("{line}"),
+        |n, total| {
+            bar.borrow_mut()
+                .get_or_insert_with(|| progress(total, "features (windows)"))
+                .inc(n as u64)
+        },
     )?;
-    bar.finish_and_clear();
+    if let Some(b) = bar.borrow().as_ref() {
+        b.finish_and_clear();
+    }
     let pass = report
         .phases
         .iter()
@@ -281,7 +238,7 @@ fn build(a: BuildArgs) -> Result<()> {
         .map(|(p, s)| format!("{p} {s:.1} s"))
         .collect();
     println!("  {}", phases.join(", "));
-    if let Some(m) = opts.rows.massive() {
+    if let Some(m) = glassbox_model::MassiveNorm::from_cfg(&dict.extra_cfg) {
         println!(
             "  {} massive-activation rows left out ({} norm over {:.1}, as in training)",
             report.analysis.massive_excluded, m.hook, m.threshold

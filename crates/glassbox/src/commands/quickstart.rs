@@ -1,10 +1,13 @@
 //! `glassbox quickstart`: the whole job on the embedded default, in one command —
 //! fetch the model and corpus, harvest activations, train a dictionary, build its
-//! feature store, say where to look, and serve the dashboards.
+//! feature store, say where to look, and serve the dashboards. Composes library calls:
+//! [`glassbox_train::train_sae`], [`glassbox_features::build_for_run`],
+//! [`glassbox_server::serve`].
 
-use crate::commands::{features, serve, train_sae};
-use anyhow::{Context, Result};
-use clap::{Args as ClapArgs, FromArgMatches};
+use crate::open::{open_model, progress, Bars};
+use anyhow::Result;
+use glassbox_sae::train::{TrainArch, TrainConfig};
+use glassbox_train::SaeRunOptions;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -31,56 +34,44 @@ pub struct Args {
     feature_tokens: usize,
 }
 
-/// Parses a subcommand's arguments as its own command line would.
-fn parse<T: ClapArgs + FromArgMatches>(name: &'static str, args: &[String]) -> Result<T> {
-    let cmd = T::augment_args(clap::Command::new(name));
-    let m = cmd
-        .try_get_matches_from(std::iter::once(name.to_string()).chain(args.iter().cloned()))
-        .with_context(|| format!("internal: bad {name} arguments"))?;
-    Ok(T::from_arg_matches(&m)?)
-}
-
 pub fn run(a: Args) -> Result<()> {
     eprintln!("[1/4] fetching the default model and corpus (cached after the first run)");
-    let model = glassbox_hub::fetch_default_model()?;
+    let model_path = glassbox_hub::fetch_default_model()?;
     let corpus = glassbox_hub::fetch_default_corpus()?.join("data");
-    println!("model  {}\ncorpus {}", model.display(), corpus.display());
+    println!(
+        "model  {}\ncorpus {}",
+        model_path.display(),
+        corpus.display()
+    );
     let dir = a.out.display().to_string();
-    if a.out.join("metrics.json").is_file() {
+    let model = open_model(&model_path.display().to_string())?;
+    if a.out.join(glassbox_train::run_dir::METRICS_FILE).is_file() {
         eprintln!("[2/4] {dir} already holds a trained dictionary: reusing it (delete the folder to retrain)");
     } else {
         eprintln!(
             "[2/4] harvesting {} and training a {}-latent TopK SAE on {} tokens",
             a.hook, a.d_sae, a.tokens
         );
-        let resume = a.out.join("checkpoint/checkpoint.json").is_file();
-        let mut args: Vec<String> = [
-            "--model",
-            &model.display().to_string(),
-            "--hook",
-            &a.hook,
-            "--arch",
-            "topk",
-            "--d-sae",
-            &a.d_sae.to_string(),
-            "--k",
-            "32",
-            "--tokens",
-            &a.tokens.to_string(),
-            "--batch",
-            "2048",
-            "--eval-tokens",
-            "8192",
-            "--out",
-            &dir,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if resume {
-            args.push("--resume".into());
-        }
-        train_sae::run(parse("train-sae", &args)?)?;
+        let mut train = TrainConfig::for_run(TrainArch::TopK, a.tokens, 2048);
+        train.d_sae = a.d_sae;
+        train.k = 32;
+        let mut opts = SaeRunOptions::new(&a.hook, a.tokens, train);
+        opts.corpus = Some(corpus.clone());
+        opts.eval_tokens = 8192;
+        // an interrupted quickstart picks up where it stopped
+        opts.resume = glassbox_sae::train::checkpoint::exists(
+            &a.out.join(glassbox_train::run_dir::CHECKPOINT_DIR),
+        );
+        let run = glassbox_train::train_sae(&model, &opts, &a.out, &Bars::new("topk"))?;
+        let e = &run.metrics.eval;
+        println!(
+            "held-out ({} tokens): FVU {:.4}, L0 {:.1}, dead {:.1} %, CE loss recovered {:.1} %",
+            e.tokens,
+            e.fvu,
+            e.l0,
+            e.dead_fraction * 100.0,
+            e.ce_recovered * 100.0
+        );
     }
     if a.out.join(glassbox_features::STORE_FILE).is_file() {
         eprintln!("[3/4] reusing {dir}/{}", glassbox_features::STORE_FILE);
@@ -89,17 +80,31 @@ pub fn run(a: Args) -> Result<()> {
             "[3/4] feature statistics over {} held-out tokens, and the MLP-neuron baseline",
             a.feature_tokens
         );
-        let args: Vec<String> = [
-            "build",
-            "--run",
-            &dir,
-            "--tokens",
-            &a.feature_tokens.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        features::run(parse_features(&args)?)?;
+        let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+        let report = glassbox_features::build_for_run(
+            &model,
+            "default",
+            &a.out,
+            || Some(corpus.clone()),
+            Some(a.feature_tokens),
+            &glassbox_features::BuildOptions::default(),
+            &mut |line| eprintln!("{line}"),
+            |n, total| {
+                bar.borrow_mut()
+                    .get_or_insert_with(|| progress(total, "features (windows)"))
+                    .inc(n as u64)
+            },
+        )?;
+        if let Some(b) = bar.borrow().as_ref() {
+            b.finish_and_clear();
+        }
+        println!(
+            "wrote {}: {} tokens in {} windows, {:.1} s",
+            report.path.display(),
+            report.tokens,
+            report.windows,
+            report.seconds
+        );
     }
     println!("\nwhere to look:");
     println!("  {dir}/metrics.json       held-out FVU, L0, dead latents, CE loss recovered");
@@ -111,14 +116,10 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     eprintln!("[4/4] serving the dashboards (Ctrl-C to stop)");
-    serve::run(parse("serve", &[dir, "--port".into(), a.port.to_string()])?)
-}
-
-fn parse_features(args: &[String]) -> Result<features::What> {
-    use clap::Subcommand;
-    let cmd = features::What::augment_subcommands(clap::Command::new("features"));
-    let m = cmd
-        .try_get_matches_from(std::iter::once("features".to_string()).chain(args.iter().cloned()))
-        .context("internal: bad features arguments")?;
-    Ok(features::What::from_arg_matches(&m)?)
+    glassbox_server::serve(
+        &a.out,
+        "127.0.0.1",
+        a.port,
+        glassbox_server::limits::Limits::default(),
+    )
 }

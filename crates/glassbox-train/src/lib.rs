@@ -1,0 +1,563 @@
+//! A dictionary-training run, end to end: the corpus read and packed into windows, the
+//! held-out split, the activation store harvesting the hook (with the token rule and the
+//! massive-activation threshold), the [`Trainer`] stepping through the rows with
+//! checkpoints that resume bit for bit, and the run directory ([`run_dir`]): the
+//! dictionary in SAELens' format, `config.toml`, `metrics.jsonl`, `metrics.json` with a
+//! held-out evaluation. `glassbox train-sae`, `glassbox quickstart` and the Python
+//! package's `train_sae` are all [`train_sae`]; progress goes to a [`Progress`].
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use glassbox_sae::train::{TrainArch, TrainConfig};
+//! use glassbox_train::{train_sae, SaeRunOptions, Silent};
+//!
+//! let model = glassbox_hub::open_model("default", &Default::default())?;
+//! let mut train = TrainConfig::for_run(TrainArch::TopK, 300_000, 2048);
+//! train.d_sae = 4096;
+//! let opts = SaeRunOptions::new("blocks.15.hook_resid_pre", 300_000, train);
+//! let run = train_sae(&model, &opts, "runs/topk".as_ref(), &Silent)?;
+//! println!("held-out FVU {:.3}", run.metrics.eval.fvu);
+//! # Ok(()) }
+//! ```
+
+pub mod progress;
+pub mod run_dir;
+pub mod transcoders;
+
+pub use progress::{Progress, Silent, Stage};
+pub use run_dir::{MetricsLine, MetricsLog, RunConfig, RunMetrics};
+pub use transcoders::{train_transcoder_set, TranscoderSetOptions, TranscoderSetRun};
+
+use anyhow::{bail, Context, Result};
+use glassbox_data::store::{ActivationStore, StoreOptions};
+use glassbox_model::Model;
+use glassbox_sae::train::{checkpoint, kill_point, StepReport, TrainConfig, Trainer};
+use glassbox_sae::Dictionary;
+use std::path::{Path, PathBuf};
+
+/// Steps between two lines of `metrics.jsonl` (and two [`Progress::step`] calls).
+pub const LOG_EVERY_STEPS: usize = 10;
+
+/// Why a run stopped without an answer, for callers that react differently (the Python
+/// package raises `ValueError` for [`RunError::Invalid`], `KeyboardInterrupt` for
+/// [`RunError::Cancelled`]). Other failures (I/O, the model) are plain errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// the options do not describe a run that can happen; the message says what to change
+    #[error("{0}")]
+    Invalid(String),
+    /// the run directory already holds a run and resuming was not asked for
+    #[error("{0} already holds a training run; resume it or choose another run directory")]
+    AlreadyTrained(PathBuf),
+    /// [`Progress::cancelled`] said stop; the checkpoint holds every step done
+    #[error("training cancelled at step {step}; the checkpoint in {dir} resumes it")]
+    Cancelled { step: usize, dir: PathBuf },
+}
+
+fn invalid(msg: impl Into<String>) -> anyhow::Error {
+    RunError::Invalid(msg.into()).into()
+}
+
+/// Everything about a run except the model and the output folder. `train` holds the
+/// dictionary's architecture, sizes and schedules (`d_in` and `d_out` are filled in from
+/// the hooks' widths).
+#[derive(Debug, Clone)]
+pub struct SaeRunOptions {
+    /// the hook the dictionary reads
+    pub hook: String,
+    /// a transcoder's target hook (`None`: an SAE reconstructing `hook`)
+    pub hook_out: Option<String>,
+    /// a .txt/.jsonl/.parquet file or folder (`None`: the default corpus, fetched)
+    pub corpus: Option<PathBuf>,
+    /// JSONL field or Parquet column holding the text
+    pub text_field: String,
+    /// training tokens
+    pub tokens: usize,
+    /// tokens per window, BOS first
+    pub context_size: usize,
+    /// shuffle buffer in tokens (memory: tokens × width × 4 bytes)
+    pub buffer_tokens: usize,
+    /// reuse harvested activations across runs (safetensors shards)
+    pub cache_dir: Option<PathBuf>,
+    /// checkpoint every this many training tokens (0: only at the end)
+    pub checkpoint_every_tokens: usize,
+    /// held-out tokens for the final evaluation
+    pub eval_tokens: usize,
+    /// continue from the run directory's checkpoint when there is one
+    pub resume: bool,
+    /// also write the training and held-out activations here (safetensors `train`,
+    /// `eval`), for a baseline trained on identical data
+    pub export_acts: Option<PathBuf>,
+    pub train: TrainConfig,
+}
+
+impl SaeRunOptions {
+    /// The defaults `glassbox train-sae` uses, for `tokens` training tokens of `hook`.
+    pub fn new(hook: &str, tokens: usize, train: TrainConfig) -> Self {
+        SaeRunOptions {
+            hook: hook.to_string(),
+            hook_out: None,
+            corpus: None,
+            text_field: "text".into(),
+            tokens,
+            context_size: 128,
+            buffer_tokens: 262_144,
+            cache_dir: None,
+            checkpoint_every_tokens: 500_000,
+            eval_tokens: 16_384,
+            resume: false,
+            export_acts: None,
+            train,
+        }
+    }
+}
+
+/// What a finished run gives back (and wrote to its run directory).
+pub struct SaeRun {
+    pub dictionary: Dictionary,
+    pub metrics: RunMetrics,
+    pub out: PathBuf,
+}
+
+/// The model file or folder name, as run directories record it for people.
+pub fn model_label(model: &Model) -> String {
+    model
+        .source
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
+/// Trains a dictionary on `model`'s activations at `opts.hook` and writes the run
+/// directory `out` (see the crate docs). With `opts.resume` and a checkpoint in `out`,
+/// continues it (the options must be the same); without, refuses a directory that
+/// already holds a run.
+pub fn train_sae(
+    model: &Model,
+    opts: &SaeRunOptions,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<SaeRun> {
+    let batch = opts.train.batch;
+    let tokens = opts.tokens;
+    if batch == 0 || tokens < batch {
+        return Err(invalid(format!(
+            "tokens ({tokens}) must be at least one batch ({batch})"
+        )));
+    }
+    if opts.context_size < 3 {
+        return Err(invalid(format!(
+            "a context size of {} is too short: position 0 is left out and the evaluation's next-token loss needs two more",
+            opts.context_size
+        )));
+    }
+    let steps = tokens / batch;
+    let mut hooks = vec![opts.hook.clone()];
+    hooks.extend(opts.hook_out.clone());
+    let corpus = match &opts.corpus {
+        Some(c) => c.clone(),
+        None => glassbox_hub::fetch_default_corpus()?.join("data"),
+    };
+    let corpus_read = glassbox_data::read_corpus(&corpus, &opts.text_field)?;
+    progress.note(&format!(
+        "corpus {}: {}",
+        corpus.display(),
+        corpus_read.report
+    ));
+    let bos = model.tokenizer()?.bos_token_id;
+    let (train_w, eval_w) = glassbox_data::pack(
+        model,
+        &corpus_read.texts,
+        opts.context_size,
+        bos,
+        opts.train.seed,
+        glassbox_data::HELD_OUT_FRACTION,
+    )?;
+    // the token rule, then the massive-activation threshold measured on the first
+    // training windows (glassbox_model::rows says why this one); stored with the dictionary
+    let token_rule = glassbox_model::RowRule::for_model(model);
+    let massive = glassbox_data::calibrate_massive(model, &train_w, &opts.hook, &token_rule)?;
+    if let Some(m) = &massive {
+        progress.note(&format!(
+            "massive activations: rows whose {} norm is over {:.1} ({}× the {} quantile of {} calibration windows) are left out",
+            m.hook,
+            m.threshold,
+            glassbox_model::MASSIVE_FACTOR,
+            glassbox_model::MASSIVE_QUANTILE,
+            train_w.len().min(glassbox_data::CALIBRATION_WINDOWS)
+        ));
+    }
+    let rule = token_rule.with_massive(massive.clone());
+    // harvest only the windows the token budget needs (whole chunks would harvest up to
+    // a chunk more), 1 % over it: massive rows are passed over, not served
+    let train_w = windows_for_budget(train_w, &rule, tokens + tokens / 100);
+    // the store harvests a whole buffer before serving from it: never more than the run needs
+    let buffer_tokens = opts.buffer_tokens.min(tokens.max(1));
+    let mut store_opts = StoreOptions::new(hooks.clone());
+    store_opts.buffer_tokens = buffer_tokens;
+    store_opts.seed = opts.train.seed;
+    store_opts.cache_dir = opts.cache_dir.clone();
+    store_opts.rows = rule.clone();
+    let harvest_windows = train_w.len() as u64;
+    let harvested = std::cell::Cell::new(0u64);
+    let mut store = ActivationStore::new(model, train_w, store_opts)?;
+    progress.begin(
+        Stage::Harvest,
+        &format!("harvesting {} (windows)", hooks.join(" → ")),
+        harvest_windows,
+        0,
+    );
+    // the store harvests a chunk at a time, also mid-training
+    store.set_on_harvest(Box::new(|n| {
+        kill_point::kill_point("harvest");
+        progress.advance(Stage::Harvest, n as u64);
+        harvested.set(harvested.get() + n as u64);
+        if harvested.get() >= harvest_windows {
+            progress.end(Stage::Harvest);
+        }
+    }));
+    let result = run_steps(
+        model, opts, out, progress, &mut store, &corpus, &hooks, &eval_w, rule, massive, steps,
+    );
+    progress.end(Stage::Harvest);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    model: &Model,
+    opts: &SaeRunOptions,
+    out: &Path,
+    progress: &dyn Progress,
+    store: &mut ActivationStore,
+    corpus: &Path,
+    hooks: &[String],
+    eval_w: &[Vec<u32>],
+    rule: glassbox_model::RowRule,
+    massive: Option<glassbox_model::MassiveNorm>,
+    steps: usize,
+) -> Result<SaeRun> {
+    let (tokens, batch) = (opts.tokens, opts.train.batch);
+    if store.total_rows() < tokens as u64 {
+        return Err(invalid(format!(
+            "the corpus gives {} training tokens (positions ≥ 1, special tokens left out); a run of {tokens} tokens needs more text or fewer tokens (--tokens)",
+            store.total_rows()
+        )));
+    }
+    let widths = store.widths().to_vec();
+    let cfg = TrainConfig {
+        d_in: widths[0],
+        d_out: widths.get(1).copied(),
+        ..opts.train.clone()
+    };
+    cfg.validate().map_err(invalid)?;
+    let run_cfg = RunConfig {
+        model: Some(
+            std::fs::canonicalize(&model.source)
+                .unwrap_or(model.source.clone())
+                .display()
+                .to_string(),
+        ),
+        model_name: Some(model_label(model)),
+        hook: Some(opts.hook.clone()),
+        hook_out: opts.hook_out.clone(),
+        corpus: Some(corpus.display().to_string()),
+        text_field: Some(opts.text_field.clone()),
+        tokens: Some(tokens),
+        context_size: Some(opts.context_size),
+        buffer_tokens: Some(opts.buffer_tokens.min(tokens.max(1))),
+        cache_dir: opts.cache_dir.clone(),
+        checkpoint_every_tokens: Some(opts.checkpoint_every_tokens),
+        eval_tokens: Some(opts.eval_tokens),
+        first_position_excluded: Some(true),
+        special_tokens_excluded: Some(true),
+        train: Some(cfg.clone()),
+        ..RunConfig::default()
+    };
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the run directory {}", out.display()))?;
+    let ckpt_dir = out.join(run_dir::CHECKPOINT_DIR);
+    progress.note(&format!(
+        "activation store: {} tokens of {} in chunks of {} ({:.0} MiB buffer){}",
+        store.total_rows(),
+        hooks.join(" → "),
+        opts.buffer_tokens.min(tokens.max(1)),
+        store.memory_bytes() as f64 / (1 << 20) as f64,
+        store
+            .cache_folder()
+            .map(|p| format!(", cache {}", p.display()))
+            .unwrap_or_default()
+    ));
+    if let Some(path) = &opts.export_acts {
+        export_activations(
+            model,
+            store,
+            eval_w,
+            hooks,
+            tokens,
+            opts.eval_tokens,
+            path,
+            progress,
+        )?;
+    }
+    let (mut trainer, start_rows, mut log) = if opts.resume && checkpoint::exists(&ckpt_dir) {
+        let (t, extra) = checkpoint::load(&ckpt_dir)?;
+        if serde_json::to_value(&t.cfg)? != serde_json::to_value(&cfg)? {
+            bail!(RunError::Invalid(format!(
+                "the checkpoint in {} was trained with a different configuration; resume with the same options (see {}) or use a new run directory",
+                ckpt_dir.display(),
+                out.join(run_dir::CONFIG_FILE).display()
+            )));
+        }
+        let rows = extra["rows_served"]
+            .as_u64()
+            .context("the checkpoint lacks rows_served")?;
+        progress.note(&format!("resuming at step {} ({rows} tokens)", t.step));
+        let log = MetricsLog::resume(out, t.step)?;
+        (t, rows, log)
+    } else {
+        if opts.resume {
+            progress.note(&format!(
+                "no checkpoint in {}: starting from scratch",
+                ckpt_dir.display()
+            ));
+        } else if checkpoint::exists(&ckpt_dir) {
+            bail!(RunError::AlreadyTrained(out.to_path_buf()));
+        }
+        let mut t = Trainer::new(cfg.clone(), steps).map_err(|e| invalid(e.to_string()))?;
+        // normalisation and b_dec from the first rows, then rewind: deterministic
+        let sample_rows = batch.max(16_384).min(tokens);
+        let mut sample = vec![Vec::new(); hooks.len()];
+        store.next_batch(sample_rows, &mut sample)?;
+        t.prepare(&sample[0], sample.get(1).map(|v| &v[..]));
+        (t, 0, MetricsLog::create(out)?)
+    };
+    run_cfg.write(out)?;
+    store.skip_to(start_rows)?;
+    let arch_name = arch_name(&cfg);
+    progress.begin(
+        Stage::Train,
+        &format!("training {arch_name} (steps)"),
+        steps as u64,
+        trainer.step as u64,
+    );
+    let started = std::time::Instant::now();
+    let first_step = trainer.step;
+    let mut buf = vec![Vec::new(); hooks.len()];
+    let mut last_ckpt = start_rows;
+    let trained = (|| -> Result<()> {
+        while trainer.step < steps {
+            let got = store.next_batch(batch, &mut buf)?;
+            if got < batch {
+                break;
+            }
+            let report = trainer
+                .step(&buf[0], buf.get(1).map(|v| &v[..]))
+                .map_err(|e| anyhow::anyhow!("{e} (run directory {})", out.display()))?;
+            progress.advance(Stage::Train, 1);
+            let done = trainer.step;
+            if done % LOG_EVERY_STEPS == 0 || done == steps {
+                let tps = ((done - first_step) * batch) as f64 / started.elapsed().as_secs_f64();
+                let line = metrics_line(&report, done * batch, tps);
+                progress.step(&line);
+                log.append(&line)?;
+            }
+            kill_point::kill_point("step");
+            let rows = store.rows_served();
+            let due = opts.checkpoint_every_tokens > 0
+                && rows - last_ckpt >= opts.checkpoint_every_tokens as u64;
+            if progress.cancelled() {
+                checkpoint::save(
+                    &trainer,
+                    &ckpt_dir,
+                    serde_json::json!({ "rows_served": rows }),
+                )?;
+                bail!(RunError::Cancelled {
+                    step: done,
+                    dir: out.to_path_buf()
+                });
+            }
+            if due && done < steps {
+                checkpoint::save(
+                    &trainer,
+                    &ckpt_dir,
+                    serde_json::json!({ "rows_served": rows }),
+                )?;
+                last_ckpt = rows;
+            }
+        }
+        Ok(())
+    })();
+    progress.end(Stage::Train);
+    trained?;
+    let train_secs = started.elapsed().as_secs_f64();
+    let trained_tokens = (trainer.step - first_step) * batch;
+    checkpoint::save(
+        &trainer,
+        &ckpt_dir,
+        serde_json::json!({ "rows_served": store.rows_served() }),
+    )?;
+    let mut dict = trainer.to_dictionary(
+        Some(opts.hook.clone()),
+        opts.hook_out.clone(),
+        Some(model_label(model)),
+    )?;
+    if let Some(serde_json::Value::Object(meta)) = dict.extra_cfg.get_mut("metadata") {
+        meta.insert("context_size".into(), opts.context_size.into());
+        meta.insert("seqpos_slice".into(), serde_json::json!([1, null]));
+        meta.insert("training_tokens".into(), (trainer.step * batch).into());
+        if let Some(m) = &massive {
+            meta.insert(glassbox_model::MassiveNorm::CFG_KEY.into(), m.to_json());
+        }
+    }
+    glassbox_sae::format::save_saelens(&dict, out)?;
+    // held-out evaluation: reconstruction and the model's loss with the dictionary spliced in
+    let eval_windows = opts
+        .eval_tokens
+        .div_ceil(opts.context_size - 1)
+        .min(eval_w.len())
+        .max(1);
+    progress.begin(
+        Stage::Evaluate,
+        "evaluating on held-out windows",
+        eval_windows as u64,
+        0,
+    );
+    let eval = glassbox_analysis::sae_eval::evaluate(
+        &model.transformer,
+        &dict,
+        &eval_w[..eval_windows.min(eval_w.len())],
+        &glassbox_analysis::sae_eval::EvalOptions {
+            rows: rule,
+            ..Default::default()
+        },
+        |n| progress.advance(Stage::Evaluate, n as u64),
+    );
+    progress.end(Stage::Evaluate);
+    let metrics = RunMetrics {
+        arch: arch_name,
+        hook: opts.hook.clone(),
+        hook_out: opts.hook_out.clone(),
+        d_in: cfg.d_in,
+        d_out: cfg.d_out(),
+        d_sae: cfg.d_sae,
+        k: cfg.arch.uses_k().then_some(cfg.k),
+        train_tokens: trainer.step * batch,
+        steps: trainer.step,
+        train_seconds_this_session: train_secs,
+        train_tokens_per_s: trained_tokens as f64 / train_secs.max(1e-9),
+        train_massive_rows_excluded: store.massive_passed_over(),
+        massive_norm: massive.as_ref().map(|m| m.to_json()),
+        eval: eval?,
+    };
+    metrics.write(out)?;
+    Ok(SaeRun {
+        dictionary: dict,
+        metrics,
+        out: out.to_path_buf(),
+    })
+}
+
+/// The architecture's name as `--arch` spells it.
+fn arch_name(cfg: &TrainConfig) -> String {
+    serde_json::to_value(cfg.arch)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn metrics_line(r: &StepReport, tokens: usize, tokens_per_s: f64) -> MetricsLine {
+    MetricsLine {
+        step: r.step,
+        tokens,
+        mse: r.losses.mse,
+        fvu: r.fvu,
+        l0: r.losses.l0,
+        sparsity_loss: r.losses.sparsity,
+        aux_loss: r.losses.aux,
+        dead_fraction: r.dead_fraction,
+        lr: r.lr,
+        sparsity_coefficient: r.sparsity_coefficient,
+        grad_norm: r.grad_norm,
+        dense_kernels: r.dense_kernels,
+        resampled: r.resampled,
+        tokens_per_s,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn export_activations(
+    model: &Model,
+    store: &mut ActivationStore,
+    eval_w: &[Vec<u32>],
+    hooks: &[String],
+    tokens: usize,
+    eval_tokens: usize,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut rows = vec![Vec::new(); hooks.len()];
+    let d = store.widths()[0];
+    progress.begin(
+        Stage::Export,
+        "collecting training activations (tokens)",
+        tokens as u64,
+        0,
+    );
+    let mut train = Vec::with_capacity(tokens * d);
+    while train.len() < tokens * d {
+        let n = store.next_batch(4096.min(tokens - train.len() / d), &mut rows)?;
+        if n == 0 {
+            break;
+        }
+        train.extend_from_slice(&rows[0]);
+        progress.advance(Stage::Export, n as u64);
+    }
+    progress.end(Stage::Export);
+    store.skip_to(0)?;
+    let windows = eval_tokens
+        .div_ceil(store.context_size() - 1)
+        .min(eval_w.len());
+    let (eval, _) = glassbox_data::harvest(model, &eval_w[..windows], &hooks[0], 8, |_| {})?;
+    let dev = &candle_core::Device::Cpu;
+    let t = std::collections::HashMap::from([
+        (
+            "train".to_string(),
+            candle_core::Tensor::from_slice(&train, (train.len() / d, d), dev)?,
+        ),
+        (
+            "eval".to_string(),
+            candle_core::Tensor::from_slice(&eval, (eval.len() / d, d), dev)?,
+        ),
+    ]);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".export-acts.tmp-{}", std::process::id()));
+    candle_core::safetensors::save(&t, &tmp)
+        .and_then(|_| Ok(std::fs::rename(&tmp, path)?))
+        .with_context(|| format!("cannot write activations to {}", path.display()))?;
+    progress.note(&format!(
+        "wrote {} training and {} held-out rows to {}",
+        train.len() / d,
+        eval.len() / d,
+        path.display()
+    ));
+    Ok(())
+}
+
+/// The shortest prefix of `windows` whose rows (by `rule`) cover `tokens`, or all of them.
+fn windows_for_budget(
+    mut windows: Vec<Vec<u32>>,
+    rule: &glassbox_model::RowRule,
+    tokens: usize,
+) -> Vec<Vec<u32>> {
+    let mut rows = 0;
+    let needed = windows
+        .iter()
+        .position(|w| {
+            rows += rule.positions(w).count();
+            rows >= tokens
+        })
+        .map_or(windows.len(), |i| i + 1);
+    windows.truncate(needed);
+    windows
+}

@@ -1,0 +1,278 @@
+//! The run directory a training run writes, and the one place its files are read and
+//! written: the dictionary (SAELens files, [`glassbox_sae::format`]), `config.toml`
+//! ([`RunConfig`]), the step log `metrics.jsonl` ([`MetricsLine`], [`MetricsLog`]), the
+//! final `metrics.json` ([`RunMetrics`]) and `checkpoint/` ([`glassbox_sae::train::checkpoint`]).
+
+use anyhow::{Context, Result};
+use glassbox_sae::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const METRICS_LOG: &str = "metrics.jsonl";
+pub const METRICS_FILE: &str = "metrics.json";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// What `config.toml` records about how a run's dictionary was trained. Every field is
+/// optional on reading: older runs, and run directories written by hand, hold fewer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunConfig {
+    /// the model's resolved path (what `features build` and `serve` reopen)
+    pub model: Option<String>,
+    /// the model's file or folder name, for people
+    pub model_name: Option<String>,
+    pub hook: Option<String>,
+    /// a transcoder's target hook
+    pub hook_out: Option<String>,
+    pub corpus: Option<String>,
+    pub text_field: Option<String>,
+    /// training tokens asked for
+    pub tokens: Option<usize>,
+    /// tokens per window, BOS first
+    pub context_size: Option<usize>,
+    pub buffer_tokens: Option<usize>,
+    pub cache_dir: Option<PathBuf>,
+    pub checkpoint_every_tokens: Option<usize>,
+    pub eval_tokens: Option<usize>,
+    pub first_position_excluded: Option<bool>,
+    pub special_tokens_excluded: Option<bool>,
+    /// early runs recorded the seed here rather than in `[train]`; read
+    /// [`RunConfig::seed`], which looks in both
+    #[serde(rename = "seed", skip_serializing_if = "Option::is_none")]
+    pub legacy_seed: Option<u64>,
+    pub train: Option<TrainConfig>,
+}
+
+impl RunConfig {
+    /// The seed of the window shuffle and the held-out split (`[train] seed`, 0 when
+    /// the file names none).
+    pub fn seed(&self) -> u64 {
+        self.train
+            .as_ref()
+            .map(|t| t.seed)
+            .or(self.legacy_seed)
+            .unwrap_or(0)
+    }
+
+    /// Reads `dir/config.toml`; `None` when the directory has none.
+    pub fn read(dir: &Path) -> Result<Option<RunConfig>> {
+        let path = dir.join(CONFIG_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a run configuration glassbox reads: {e}",
+                path.display()
+            )
+        })?;
+        Ok(Some(cfg))
+    }
+
+    /// Writes `dir/config.toml` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).context("cannot serialise config.toml")?;
+        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+    }
+}
+
+/// One line of `metrics.jsonl`: a training step's losses and schedules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsLine {
+    pub step: usize,
+    /// training tokens consumed after this step
+    pub tokens: usize,
+    pub mse: f32,
+    /// this batch's fraction of variance unexplained
+    pub fvu: f32,
+    pub l0: f32,
+    pub sparsity_loss: f32,
+    pub aux_loss: f32,
+    pub dead_fraction: f32,
+    pub lr: f32,
+    pub sparsity_coefficient: f32,
+    pub grad_norm: f32,
+    pub dense_kernels: bool,
+    pub resampled: usize,
+    /// training throughput since this session began
+    pub tokens_per_s: f64,
+}
+
+/// `metrics.jsonl`, appended a line at a time.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// A new, empty log in `dir` (a fresh run).
+    pub fn create(dir: &Path) -> Result<MetricsLog> {
+        let path = dir.join(METRICS_LOG);
+        std::fs::write(&path, "").with_context(|| format!("cannot create {}", path.display()))?;
+        Self::append_to(path)
+    }
+
+    /// The log of a resumed run: lines of steps before `step` are kept, the rest (written
+    /// after the checkpoint the run resumes from) are dropped.
+    pub fn resume(dir: &Path, step: usize) -> Result<MetricsLog> {
+        let path = dir.join(METRICS_LOG);
+        let kept: String = Self::read(dir)?
+            .into_iter()
+            .filter(|l| l.step < step)
+            .map(|l| serde_json::to_string(&l).map(|s| s + "\n"))
+            .collect::<Result<_, _>>()?;
+        write_atomic(&path, kept.as_bytes())?;
+        Self::append_to(path)
+    }
+
+    fn append_to(path: PathBuf) -> Result<MetricsLog> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(MetricsLog { path, file })
+    }
+
+    pub fn append(&mut self, line: &MetricsLine) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(line)?)
+            .with_context(|| format!("cannot append to {}", self.path.display()))
+    }
+
+    /// Every readable line of `dir/metrics.jsonl` (none when it is missing); a line cut
+    /// short by a kill is passed over.
+    pub fn read(dir: &Path) -> Result<Vec<MetricsLine>> {
+        let path = dir.join(METRICS_LOG);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}
+
+/// `metrics.json`: what the run trained and how the dictionary does on held-out text.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunMetrics {
+    pub arch: String,
+    pub hook: String,
+    pub hook_out: Option<String>,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub d_sae: usize,
+    pub k: Option<usize>,
+    pub train_tokens: usize,
+    pub steps: usize,
+    pub train_seconds_this_session: f64,
+    pub train_tokens_per_s: f64,
+    pub train_massive_rows_excluded: u64,
+    pub massive_norm: Option<serde_json::Value>,
+    pub eval: glassbox_analysis::sae_eval::SaeEval,
+}
+
+impl RunMetrics {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_atomic(
+            &dir.join(METRICS_FILE),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename, so a reader (or a
+/// kill) never sees half a file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_and_reads_partial_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(RunConfig::read(dir.path()).unwrap().is_none());
+        let cfg = RunConfig {
+            model: Some("/m.gguf".into()),
+            hook: Some("blocks.1.hook_resid_pre".into()),
+            context_size: Some(24),
+            train: Some(TrainConfig {
+                seed: 9,
+                ..TrainConfig::default()
+            }),
+            ..RunConfig::default()
+        };
+        cfg.write(dir.path()).unwrap();
+        let back = RunConfig::read(dir.path()).unwrap().unwrap();
+        assert_eq!(back.model.as_deref(), Some("/m.gguf"));
+        assert_eq!(back.context_size, Some(24));
+        assert_eq!(back.seed(), 9);
+        assert!(back.corpus.is_none());
+        // an early run's file: the seed at the top level, no [train]
+        std::fs::write(dir.path().join(CONFIG_FILE), "model = \"m\"\nseed = 4\n").unwrap();
+        assert_eq!(RunConfig::read(dir.path()).unwrap().unwrap().seed(), 4);
+        std::fs::write(dir.path().join(CONFIG_FILE), "model = [").unwrap();
+        let err = RunConfig::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("config.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_resumed_log_keeps_only_the_steps_before_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |step| MetricsLine {
+            step,
+            tokens: step * 8,
+            mse: 1.0,
+            fvu: 0.5,
+            l0: 4.0,
+            sparsity_loss: 0.0,
+            aux_loss: 0.0,
+            dead_fraction: 0.0,
+            lr: 1e-3,
+            sparsity_coefficient: 0.0,
+            grad_norm: 1.0,
+            dense_kernels: false,
+            resampled: 0,
+            tokens_per_s: 100.0,
+        };
+        let mut log = MetricsLog::create(dir.path()).unwrap();
+        for s in [10, 20, 30] {
+            log.append(&line(s)).unwrap();
+        }
+        drop(log);
+        // a kill mid-line leaves a fragment
+        let path = dir.path().join(METRICS_LOG);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"step\": 4");
+        std::fs::write(&path, text).unwrap();
+        let mut log = MetricsLog::resume(dir.path(), 20).unwrap();
+        log.append(&line(20)).unwrap();
+        let steps: Vec<usize> = MetricsLog::read(dir.path())
+            .unwrap()
+            .iter()
+            .map(|l| l.step)
+            .collect();
+        assert_eq!(steps, [10, 20]);
+    }
+}
