@@ -22,7 +22,10 @@ import numpy as np
 
 from . import _glassbox
 
-__all__ = ["Model", "ActivationCache", "HookPoint", "SAE", "get_act_name", "logit_diff", "__version__"]
+__all__ = [
+    "Model", "ActivationCache", "HookPoint", "SAE", "FeatureStore", "get_act_name",
+    "logit_diff", "train_sae", "build_features", "__version__",
+]
 __version__ = _glassbox.__version__
 
 # What TransformerLens leaves out of a full cache by default (use_attn_result,
@@ -249,12 +252,32 @@ class Model:
             return [n for n in self.hook_names() if names_filter(n)]
         return self._native.match_hooks(list(names_filter))
 
-    def __call__(self, input: Tokens, return_type: str = "logits"):
-        return self.forward(input, return_type=return_type)
+    def __call__(self, input: Tokens, return_type: str = "logits", start_at_layer: Optional[int] = None,
+                 tokens=None):
+        return self.forward(input, return_type=return_type, start_at_layer=start_at_layer, tokens=tokens)
 
-    def forward(self, input: Tokens, return_type: str = "logits"):
+    def forward(self, input: Tokens, return_type: str = "logits", start_at_layer: Optional[int] = None,
+                tokens=None):
+        """Logits of `input` (text or ids). With `start_at_layer`, `input` is the
+        residual stream entering that block (`[batch, pos, d_model]`) and only the blocks
+        from there run, as TransformerLens' `start_at_layer`; `start_at_layer=n_layers`
+        is the logit lens (final norm and unembedding only)."""
+        if start_at_layer is not None:
+            resid = np.asarray(input)
+            if resid.ndim == 2:
+                resid = resid[None]
+            toks = None if tokens is None else self._tokens(tokens)
+            return _returned(self._native.run_from(resid, int(start_at_layer), toks), return_type)
         logits, _ = self._native.run(self._tokens(input), None, None, None, return_type is not None)
         return _returned(logits, return_type)
+
+    def unembed(self, resid) -> np.ndarray:
+        """The final norm and the unembedding applied to residual-stream vectors
+        `[..., d_model]`: the logit lens of any layer's residual."""
+        resid = np.asarray(resid, dtype=np.float32)
+        lead = resid.shape[:-1]
+        flat = resid.reshape(-1, 1, resid.shape[-1])  # every vector its own position
+        return self.forward(flat, start_at_layer=self.cfg.n_layers).reshape(*lead, -1)
 
     def run_with_cache(
         self,
@@ -404,3 +427,8 @@ class SAE:
     def __repr__(self) -> str:
         c = self.cfg
         return f"SAE({c.architecture}, d_in {c.d_in}, d_sae {c.d_sae}, hook {c.hook_name})"
+
+
+# after SAE: training returns one
+from .features import FeatureStore  # noqa: E402
+from .training import build_features, train_sae  # noqa: E402

@@ -236,3 +236,119 @@ def test_outputs_reach_numpy_without_a_copy_and_outlive_the_pass(default_model):
         default_model.run_with_cache(IOI, names_filter=["blocks.3.hook_resid_post"])
     np.testing.assert_array_equal(kept, want)
     kept[0, 0, 0] = 1.0  # writable, like any array
+
+
+# --- training and feature stores: the library's jobs, equal to the CLI's -------------
+
+HOOK1 = "blocks.1.hook_resid_pre"
+RUN = dict(tokens=2560, batch=256, context_size=32, eval_tokens=256, checkpoint_every_tokens=1024)
+
+
+def _corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text("".join(
+        f"Sentence number {i} tells of the union, the people and the year {1790 + i}. "
+        for i in range(400)
+    ))
+    return p
+
+
+def _cli_train(cli, corpus, out):
+    from conftest import DEFAULT_GGUF
+
+    cli("train-sae", "--model", DEFAULT_GGUF, "--hook", HOOK1, "--d-sae", 256, "--k", 8,
+        "--tokens", 2560, "--batch", 256, "--context-size", 32, "--eval-tokens", 256,
+        "--checkpoint-every-tokens", 1024, "--corpus", corpus, "--out", out)
+
+
+def test_train_sae_and_build_features_equal_the_cli(default_model, cli, tmp_path):
+    corpus = _corpus(tmp_path)
+    sae, metrics = glassbox.train_sae(default_model, HOOK1, out=tmp_path / "py", corpus=corpus,
+                                      d_sae=256, k=8, progress=False, **RUN)
+    _cli_train(cli, corpus, tmp_path / "cli")
+    want = glassbox.SAE.load(tmp_path / "cli")
+    # the same code on the same rows: bit for bit
+    assert np.array_equal(sae.W_dec, want.W_dec)
+    assert metrics == json.loads((tmp_path / "py" / "metrics.json").read_text())
+    cli_metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert metrics["steps"] == cli_metrics["steps"] == 10
+    assert metrics["eval"] == cli_metrics["eval"]
+    assert 0 < metrics["eval"]["fvu"] < 1
+
+    summary = glassbox.build_features(default_model, tmp_path / "py", tokens=2000, progress=False)
+    assert summary["tokens"] > 0 and summary["path"].endswith("features.sqlite")
+    cli("features", "build", "--run", tmp_path / "cli", "--tokens", 2000)
+    mine, theirs = glassbox.FeatureStore(tmp_path / "py"), glassbox.FeatureStore(tmp_path / "cli")
+    assert len(mine) == 256
+    rows = mine.features(order="density", alive_only=True)
+    assert _records(rows) == _records(theirs.features(order="density", alive_only=True))
+    top = _records(rows)[0]["id"]
+    contexts = _records(mine.top_contexts(top))
+    assert contexts and contexts == _records(theirs.top_contexts(top))
+    assert all("<<" in c["context"] and c["act"] > 0 for c in contexts)
+    assert [c["act"] for c in contexts] == sorted((c["act"] for c in contexts), reverse=True)
+    edges, counts = mine.histogram(top)
+    assert len(edges) == len(counts) + 1 and counts.sum() > 0
+    assert _records(mine.neurons(limit=3))[0]["kind"] == "neuron"
+    with pytest.raises(KeyError, match="no feature 256"):
+        mine.feature(256)
+
+
+def _records(table):
+    """A DataFrame (pandas installed) or a list of dicts, as a list of dicts."""
+    return table.to_dict("records") if hasattr(table, "to_dict") else table
+
+
+def test_ctrl_c_stops_training_at_a_checkpoint_and_resume_finishes_it(default_model, cli, tmp_path):
+    import os
+    import signal
+
+    class InterruptAtStep3:
+        """A progress sink that presses Ctrl-C on the third training step."""
+        steps = 0
+
+        def begin(self, stage, label, total, done): pass
+        def status(self, stage, text): pass
+        def note(self, text): pass
+        def end(self, stage): pass
+
+        def advance(self, stage, n):
+            if stage == "train":
+                self.steps += n
+                if self.steps == 3:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match="cancelled at step 3"):
+        glassbox.train_sae(default_model, HOOK1, out=out, corpus=corpus, d_sae=256, k=8,
+                           progress=InterruptAtStep3(), **RUN)
+    assert (out / "checkpoint").is_dir() and not (out / "cfg.json").exists()
+    with pytest.raises(FileExistsError, match="resume=True"):
+        glassbox.train_sae(default_model, HOOK1, out=out, corpus=corpus, d_sae=256, k=8,
+                           progress=False, **RUN)
+    sae, _ = glassbox.train_sae(default_model, HOOK1, out=out, corpus=corpus, d_sae=256, k=8,
+                                progress=False, resume=True, **RUN)
+    _cli_train(cli, corpus, tmp_path / "straight")
+    assert np.array_equal(sae.W_dec, glassbox.SAE.load(tmp_path / "straight").W_dec)
+
+
+def test_training_bad_input_raises_with_glassboxs_message(default_model, tmp_path):
+    corpus = _corpus(tmp_path)
+    with pytest.raises(ValueError, match="unknown option.*d_sea"):
+        glassbox.train_sae(default_model, HOOK1, out=tmp_path / "a", corpus=corpus, d_sea=64)
+    with pytest.raises(ValueError, match="arch"):
+        glassbox.train_sae(default_model, HOOK1, out=tmp_path / "a", corpus=corpus, arch="relu6")
+    with pytest.raises(ValueError, match="at least one batch"):
+        glassbox.train_sae(default_model, HOOK1, out=tmp_path / "a", corpus=corpus,
+                           tokens=100, batch=256, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        glassbox.train_sae(default_model, HOOK1, out=tmp_path / "a", corpus=tmp_path / "nope.txt",
+                           progress=False, **RUN)
+    with pytest.raises(KeyError, match="blocks.99"):
+        glassbox.train_sae(default_model, "blocks.99.hook_resid_pre", out=tmp_path / "a",
+                           corpus=corpus, progress=False, **RUN)
+    with pytest.raises(FileNotFoundError, match="no feature store"):
+        glassbox.FeatureStore(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        glassbox.build_features(default_model, tmp_path / "nowhere", progress=False)

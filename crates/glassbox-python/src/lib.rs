@@ -9,6 +9,9 @@
 //! without a copy (the array views the tensor's storage and keeps it alive); inputs, and
 //! the arrays handed to Python hooks (which may write to them), are copies.
 
+mod features;
+mod jobs;
+
 use candle_core::{Device, Tensor};
 use glassbox_model::{hook_points, Batch, HookFilter, Model, ModelError, Run, TlProcessing};
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -272,6 +275,55 @@ impl NativeModel {
             None => None,
         };
         Ok((logits, d))
+    }
+
+    /// The logits of a pass that starts at block `start_at_layer` from `resid`
+    /// (`[batch, pos, d_model]`, the residual entering that block); `start_at_layer =
+    /// n_layers` applies only the final norm and the unembedding (a logit lens).
+    /// `tokens` (`[batch, pos]`) only matter for padding; zeros by default.
+    #[pyo3(signature = (resid, start_at_layer, tokens=None))]
+    fn run_from<'py>(
+        &self,
+        py: Python<'py>,
+        resid: &Bound<'py, PyAny>,
+        start_at_layer: usize,
+        tokens: Option<Vec<Vec<u32>>>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let cfg = self.model.config();
+        if start_at_layer > cfg.n_layers {
+            return Err(PyValueError::new_err(format!(
+                "start_at_layer {start_at_layer} is past the model's {} layers",
+                cfg.n_layers
+            )));
+        }
+        let t = from_numpy(resid)?;
+        let (b, s) = match t.dims() {
+            &[b, s, d] if d == cfg.d_model && b > 0 && s > 0 => (b, s),
+            dims => {
+                return Err(PyValueError::new_err(format!(
+                "start_at_layer needs a residual of shape [batch, pos, d_model = {}], got {dims:?}",
+                cfg.d_model
+            )))
+            }
+        };
+        let tokens = tokens.unwrap_or_else(|| vec![vec![0; s]; b]);
+        if tokens.len() != b || tokens.iter().any(|r| r.len() != s) {
+            return Err(PyValueError::new_err(format!(
+                "tokens must be [batch, pos] = [{b}, {s}] to go with the residual"
+            )));
+        }
+        let model = Arc::clone(&self.model);
+        let batch = Batch::new(tokens);
+        let out = py.detach(move || {
+            model
+                .transformer
+                .run(&batch, &mut Run::new().start_at_layer(start_at_layer, t))
+                .map_err(pass_err)
+        })?;
+        let logits = out
+            .logits
+            .ok_or_else(|| PyRuntimeError::new_err("the pass returned no logits"))?;
+        into_numpy(py, logits)
     }
 
     /// Generates after `prompt` (ids) until a stop token (EOS, the chat turn's end) or
@@ -577,6 +629,9 @@ fn _glassbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeModel>()?;
     m.add_class::<NativeDictionary>()?;
     m.add_class::<TensorOwner>()?;
+    m.add_class::<features::NativeFeatureStore>()?;
+    m.add_function(wrap_pyfunction!(jobs::train_sae, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::build_features, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
