@@ -352,3 +352,18 @@ def test_training_bad_input_raises_with_glassboxs_message(default_model, tmp_pat
         glassbox.FeatureStore(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         glassbox.build_features(default_model, tmp_path / "nowhere", progress=False)
+
+
+def test_start_at_layer_and_the_logit_lens_reproduce_the_logits(default_model):
+    logits, cache = default_model.run_with_cache(IOI, names_filter=["blocks.20.hook_resid_pre",
+                                                                    "blocks.29.hook_resid_post"])
+    # the last block's output through the final norm and the unembedding is the logits
+    lens = default_model.unembed(cache["blocks.29.hook_resid_post"])
+    assert lens.shape == logits.shape and rel_err(lens, logits) < 1e-5
+    # the last ten blocks from the residual entering block 20
+    rest = default_model(cache["blocks.20.hook_resid_pre"], start_at_layer=20)
+    assert rel_err(rest, logits) < 1e-4
+    with pytest.raises(ValueError, match="d_model = 576"):
+        default_model(np.zeros((1, 3, 5), np.float32), start_at_layer=3)
+    with pytest.raises(ValueError, match="past the model's 30 layers"):
+        default_model(cache["blocks.20.hook_resid_pre"], start_at_layer=31)
