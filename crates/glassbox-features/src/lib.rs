@@ -43,13 +43,16 @@ pub const STORE_VERSION: &str = "1";
 pub const STORE_FILE: &str = "features.sqlite";
 
 /// What a unit is: a dictionary feature or an MLP neuron (the baseline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UnitKind {
     Feature,
     Neuron,
 }
 
 impl UnitKind {
+    pub const ALL: [UnitKind; 2] = [UnitKind::Feature, UnitKind::Neuron];
+
     /// The name in the `kind` columns.
     pub fn as_str(self) -> &'static str {
         match self {

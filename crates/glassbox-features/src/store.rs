@@ -1,5 +1,6 @@
-//! Reading a feature store (read-only). The schema (`schema.sql`) is the contract; this
-//! is a small typed view of it for the CLI and tests.
+//! Reading a feature store (read-only): the one reader of `features.sqlite`, for the CLI,
+//! the dashboard server (which turns these types into its JSON) and the Python package.
+//! The schema (`schema.sql`) is the contract.
 
 use crate::{bad, sql_err, FeaturesError, Result, UnitKind};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -47,11 +48,54 @@ pub struct UnitDetail {
     pub promoted: Vec<(String, f64)>,
     /// (token, value), most suppressed first (features only)
     pub suppressed: Vec<(String, f64)>,
-    /// (feature, cosine), nearest first (features only)
-    pub neighbours: Vec<(u32, f64)>,
+    /// nearest units by decoder (or output-weight) cosine, nearest first
+    pub neighbours: Vec<Neighbour>,
+    /// whether the store holds logit effects and neighbours for this kind (neurons' only
+    /// in stores built since session 6)
+    pub effects_available: bool,
+    /// the ids before and after this one that exist (for paging through units)
+    pub prev: Option<u32>,
+    pub next: Option<u32>,
 }
 
-/// Orders of [`FeatureStore::units`].
+/// A unit's neighbour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbour {
+    pub id: u32,
+    pub cosine: f64,
+    /// its label, if the store has that unit
+    pub label: Option<String>,
+}
+
+/// A search over the unit list.
+#[derive(Debug, Clone)]
+pub struct UnitQuery<'a> {
+    pub kind: UnitKind,
+    /// matched case-insensitively as a substring of the label or the top tokens; a
+    /// number (or `#number`) also matches the unit's id
+    pub search: Option<&'a str>,
+    pub order: Order,
+    /// largest first (ties by id, ascending)
+    pub descending: bool,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// Summary statistics of one kind of unit (what the comparison page shows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KindStats {
+    pub count: u64,
+    /// units that never fired
+    pub dead: u64,
+    pub mean_density: Option<f64>,
+    /// means over units that fired
+    pub mean_concentration: Option<f64>,
+    pub mean_max_act: Option<f64>,
+    pub mean_mean_act: Option<f64>,
+}
+
+/// Orders of [`FeatureStore::units`] (largest first, except `Id`) and
+/// [`FeatureStore::search`] (the direction is the query's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
     Id,
@@ -63,10 +107,61 @@ pub enum Order {
     Concentration,
 }
 
+impl Order {
+    /// The names the CLI, the server's `sort=` and the Python package use.
+    pub fn parse(s: &str) -> Option<Order> {
+        Some(match s {
+            "id" => Order::Id,
+            "density" => Order::Density,
+            "max_act" => Order::MaxAct,
+            "concentration" => Order::Concentration,
+            _ => return None,
+        })
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Order::Id => "id",
+            Order::Density => "density",
+            Order::MaxAct => "max_act",
+            Order::Concentration => "concentration",
+        }
+    }
+}
+
+/// The tables every store has (older stores lack only the neurons' effect tables).
+const REQUIRED_TABLES: [&str; 7] = [
+    "meta",
+    "units",
+    "examples",
+    "windows",
+    "logit_effects",
+    "neighbours",
+    "comparison",
+];
+
+const UNIT_COLUMNS: &str =
+    "kind, id, density, max_act, mean_act, label, top_tokens, concentration, histogram";
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for c in q.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
 /// An open, read-only feature store.
 pub struct FeatureStore {
     conn: Connection,
     pub path: PathBuf,
+    neuron_effects: bool,
 }
 
 fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
@@ -92,9 +187,160 @@ impl FeatureStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sql_err(&path))?;
-        let store = FeatureStore { conn, path };
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(|_| bad(format!("{} is not a SQLite database", path.display())))?;
+        if let Some(t) = REQUIRED_TABLES
+            .iter()
+            .find(|t| !tables.iter().any(|n| n == *t))
+        {
+            return Err(bad(format!(
+                "{} has no `{t}` table: not a glassbox feature store (rebuild it with `glassbox features build`)",
+                path.display()
+            )));
+        }
+        let neuron_effects = ["neuron_logit_effects", "neuron_neighbours"]
+            .iter()
+            .all(|t| tables.iter().any(|n| n == *t));
+        let store = FeatureStore {
+            conn,
+            path,
+            neuron_effects,
+        };
         store.meta()?; // fails early on a file that is not a store
         Ok(store)
+    }
+
+    /// Whether the store holds the neurons' logit effects and neighbours.
+    pub fn has_neuron_effects(&self) -> bool {
+        self.neuron_effects
+    }
+
+    /// One page of units matching `q`, and how many match in all.
+    pub fn search(&self, q: &UnitQuery) -> Result<(u64, Vec<Unit>)> {
+        let pattern = q.search.map(str::trim).filter(|s| !s.is_empty());
+        let like = pattern.map(like_pattern);
+        let id_match: Option<i64> = pattern.and_then(|p| p.trim_start_matches('#').parse().ok());
+        let filter = "kind = ?1 AND (?2 IS NULL OR label LIKE ?2 ESCAPE '\\' \
+                      OR top_tokens LIKE ?2 ESCAPE '\\' OR id = ?3)";
+        let total: i64 = self
+            .conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM units WHERE {filter}"),
+                params![q.kind.as_str(), like, id_match],
+                |r| r.get(0),
+            )
+            .map_err(self.e())?;
+        let sql = format!(
+            "SELECT {UNIT_COLUMNS} FROM units WHERE {filter} ORDER BY {} {}, id ASC LIMIT ?4 OFFSET ?5",
+            q.order.column(),
+            if q.descending { "DESC" } else { "ASC" }
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(self.e())?;
+        let raw: Vec<RawUnit> = stmt
+            .query_map(
+                params![
+                    q.kind.as_str(),
+                    like,
+                    id_match,
+                    q.limit.min(i64::MAX as usize) as i64,
+                    q.offset.min(i64::MAX as usize) as i64
+                ],
+                raw_unit,
+            )
+            .map_err(self.e())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.e())?;
+        let units = raw.into_iter().map(RawUnit::parse).collect::<Result<_>>()?;
+        Ok((total as u64, units))
+    }
+
+    /// One unit's summary row; `None` if the store has no such unit.
+    pub fn summary(&self, kind: UnitKind, id: u32) -> Result<Option<Unit>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {UNIT_COLUMNS} FROM units WHERE kind = ?1 AND id = ?2"),
+                params![kind.as_str(), id as i64],
+                raw_unit,
+            )
+            .optional()
+            .map_err(self.e())?
+            .map(RawUnit::parse)
+            .transpose()
+    }
+
+    /// The labels of those of `ids` the store has.
+    pub fn labels(&self, kind: UnitKind, ids: &[u32]) -> Result<HashMap<u32, String>> {
+        self.unit_column("label", kind, ids)
+    }
+
+    /// The largest recorded activation of those of `ids` the store has.
+    pub fn max_acts(&self, kind: UnitKind, ids: &[u32]) -> Result<HashMap<u32, f64>> {
+        self.unit_column("max_act", kind, ids)
+    }
+
+    fn unit_column<T: rusqlite::types::FromSql>(
+        &self,
+        column: &'static str,
+        kind: UnitKind,
+        ids: &[u32],
+    ) -> Result<HashMap<u32, T>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {column} FROM units WHERE kind = ?1 AND id = ?2"
+            ))
+            .map_err(self.e())?;
+        let mut out = HashMap::new();
+        for &id in ids {
+            if let Some(v) = stmt
+                .query_row(params![kind.as_str(), id as i64], |r| r.get::<_, T>(0))
+                .optional()
+                .map_err(self.e())?
+            {
+                out.insert(id, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Summary statistics of one kind.
+    pub fn kind_stats(&self, kind: UnitKind) -> Result<KindStats> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(density <= 0), 0), AVG(density), \
+                 AVG(CASE WHEN density > 0 THEN concentration END), \
+                 AVG(CASE WHEN density > 0 THEN max_act END), \
+                 AVG(CASE WHEN density > 0 THEN mean_act END) FROM units WHERE kind = ?1",
+                [kind.as_str()],
+                |r| {
+                    Ok(KindStats {
+                        count: r.get::<_, i64>(0)? as u64,
+                        dead: r.get::<_, i64>(1)? as u64,
+                        mean_density: r.get(2)?,
+                        mean_concentration: r.get(3)?,
+                        mean_max_act: r.get(4)?,
+                        mean_mean_act: r.get(5)?,
+                    })
+                },
+            )
+            .map_err(self.e())
+    }
+
+    /// The concentration of every unit of a kind that fired.
+    pub fn concentrations(&self, kind: UnitKind) -> Result<Vec<f64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT concentration FROM units WHERE kind = ?1 AND density > 0")
+            .map_err(self.e())?;
+        let rows = stmt
+            .query_map([kind.as_str()], |r| r.get(0))
+            .map_err(self.e())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.e())
     }
 
     fn e(&self) -> impl Fn(rusqlite::Error) -> FeaturesError + '_ {
@@ -147,15 +393,12 @@ impl FeatureStore {
         offset: usize,
     ) -> Result<Vec<Unit>> {
         let order = match order {
-            Order::Id => "id ASC",
-            Order::Density => "density DESC, id ASC",
-            Order::MaxAct => "max_act DESC, id ASC",
-            Order::Concentration => "concentration DESC, id ASC",
+            Order::Id => "id ASC".to_string(),
+            o => format!("{} DESC, id ASC", o.column()),
         };
         let alive = if alive_only { "AND density > 0" } else { "" };
         let sql = format!(
-            "SELECT kind, id, density, max_act, mean_act, label, top_tokens, concentration, histogram \
-             FROM units WHERE kind = ?1 {alive} ORDER BY {order} LIMIT ?2 OFFSET ?3"
+            "SELECT {UNIT_COLUMNS} FROM units WHERE kind = ?1 {alive} ORDER BY {order} LIMIT ?2 OFFSET ?3"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(self.e())?;
         let rows = stmt
@@ -174,8 +417,7 @@ impl FeatureStore {
         let raw = self
             .conn
             .query_row(
-                "SELECT kind, id, density, max_act, mean_act, label, top_tokens, concentration, histogram \
-                 FROM units WHERE kind = ?1 AND id = ?2",
+                &format!("SELECT {UNIT_COLUMNS} FROM units WHERE kind = ?1 AND id = ?2"),
                 params![kind.as_str(), id as i64],
                 raw_unit,
             )
@@ -220,8 +462,11 @@ impl FeatureStore {
             }
             let acts: Vec<f64> = json(&acts, "example activations")?;
             let toks = &windows[&window];
-            let s = (start.max(0) as usize).min(toks.len());
-            let e = (s + acts.len()).min(toks.len());
+            let s = start.max(0) as usize;
+            // one token per activation; a window shorter than the record shows blanks
+            let tokens = (0..acts.len())
+                .map(|i| toks.get(s + i).cloned().unwrap_or_default())
+                .collect();
             examples.push(StoredExample {
                 band,
                 rank: rank as u32,
@@ -229,18 +474,25 @@ impl FeatureStore {
                 window: window as u32,
                 position: position as u32,
                 context_start: start as u32,
-                tokens: toks[s..e].to_vec(),
+                tokens,
                 acts,
             });
         }
+        // features' effects come from their decoder rows, neurons' (tables `neuron_…`,
+        // absent from older stores) from their output weights
+        let prefix = match kind {
+            UnitKind::Feature => Some(""),
+            UnitKind::Neuron if self.neuron_effects => Some("neuron_"),
+            UnitKind::Neuron => None,
+        };
         let (mut promoted, mut suppressed, mut near) = (Vec::new(), Vec::new(), Vec::new());
-        if kind == UnitKind::Feature {
+        if let Some(t) = prefix {
             let mut stmt = self
                 .conn
-                .prepare(
-                    "SELECT sign, token, value FROM logit_effects WHERE feature = ?1 \
-                     ORDER BY sign DESC, rank",
-                )
+                .prepare(&format!(
+                    "SELECT sign, token, value FROM {t}logit_effects WHERE feature = ?1 \
+                     ORDER BY sign DESC, rank"
+                ))
                 .map_err(self.e())?;
             let rows = stmt
                 .query_map([id as i64], |r| {
@@ -257,19 +509,40 @@ impl FeatureStore {
             }
             let mut stmt = self
                 .conn
-                .prepare("SELECT other, cosine FROM neighbours WHERE feature = ?1 ORDER BY rank")
+                .prepare(&format!(
+                    "SELECT n.other, n.cosine, u.label FROM {t}neighbours n \
+                     LEFT JOIN units u ON u.kind = ?2 AND u.id = n.other \
+                     WHERE n.feature = ?1 ORDER BY n.rank"
+                ))
                 .map_err(self.e())?;
             let rows = stmt
-                .query_map([id as i64], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))
+                .query_map(params![id as i64, kind.as_str()], |r| {
+                    Ok(Neighbour {
+                        id: r.get::<_, i64>(0)? as u32,
+                        cosine: r.get(1)?,
+                        label: r.get(2)?,
+                    })
+                })
                 .map_err(self.e())?;
             near = rows.collect::<rusqlite::Result<_>>().map_err(self.e())?;
         }
+        let adjacent = |sql: &str| -> Result<Option<u32>> {
+            self.conn
+                .query_row(sql, params![kind.as_str(), id as i64], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .map(|v| v.map(|v| v as u32))
+                .map_err(self.e())
+        };
         Ok(Some(UnitDetail {
             unit,
             examples,
             promoted,
             suppressed,
             neighbours: near,
+            effects_available: prefix.is_some(),
+            prev: adjacent("SELECT MAX(id) FROM units WHERE kind = ?1 AND id < ?2")?,
+            next: adjacent("SELECT MIN(id) FROM units WHERE kind = ?1 AND id > ?2")?,
         }))
     }
 }
@@ -323,5 +596,13 @@ impl RawUnit {
             log10_edges: h.log10_edges,
             histogram: h.counts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(super::like_pattern("a%b_c\\"), "%a\\%b\\_c\\\\%");
     }
 }

@@ -693,8 +693,12 @@ fn the_store_follows_the_schema() {
     assert_eq!(detail.promoted.len(), 10);
     assert_eq!(detail.suppressed.len(), 10);
     assert_eq!(detail.neighbours.len(), 10);
+    // neurons' effects come from their output weights (the `neuron_…` tables)
     let neuron = store.unit(UnitKind::Neuron, 0).unwrap().unwrap();
-    assert!(neuron.promoted.is_empty() && neuron.neighbours.is_empty());
+    assert!(store.has_neuron_effects() && neuron.effects_available);
+    assert_eq!(neuron.promoted.len(), 10);
+    assert_eq!(neuron.neighbours.len(), 10);
+    assert_eq!((neuron.prev, neuron.next), (None, Some(1)));
     assert!(store
         .unit(UnitKind::Feature, D_SAE as u32)
         .unwrap()

@@ -150,8 +150,8 @@ pub fn sparsify(data: &[u8]) -> bool {
     dictionary("sparsify", "sae.safetensors", data)
 }
 
-/// A `features.sqlite`, through both readers: the feature store's
-/// (`glassbox_features::store`) and the dashboard server's (`glassbox_server::Store`).
+/// A `features.sqlite`, through the one reader (`glassbox_features::store`) and the
+/// dashboard server's JSON face over it (`glassbox_server::Store`).
 pub fn features_sqlite(data: &[u8]) -> bool {
     use glassbox_features::store::{FeatureStore, Order};
     use glassbox_features::UnitKind;

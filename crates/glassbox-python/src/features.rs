@@ -20,16 +20,10 @@ fn kind(name: &str) -> PyResult<UnitKind> {
 }
 
 fn order(name: &str) -> PyResult<Order> {
-    Ok(match name {
-        "id" => Order::Id,
-        "density" => Order::Density,
-        "max_act" => Order::MaxAct,
-        "concentration" => Order::Concentration,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "order {name:?} is not one of: id, density, max_act, concentration"
-            )))
-        }
+    Order::parse(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "order {name:?} is not one of: id, density, max_act, concentration"
+        ))
     })
 }
 
@@ -161,7 +155,14 @@ impl NativeFeatureStore {
         d.set_item("examples", examples)?;
         d.set_item("promoted", detail.promoted.clone())?;
         d.set_item("suppressed", detail.suppressed.clone())?;
-        d.set_item("neighbours", detail.neighbours.clone())?;
+        let near: Vec<(u32, f64, Option<String>)> = detail
+            .neighbours
+            .iter()
+            .map(|n| (n.id, n.cosine, n.label.clone()))
+            .collect();
+        d.set_item("neighbours", near)?;
+        d.set_item("prev", detail.prev)?;
+        d.set_item("next", detail.next)?;
         d.set_item(
             "histogram",
             (

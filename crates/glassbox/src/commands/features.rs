@@ -382,7 +382,7 @@ fn show_unit(store: &FeatureStore, kind: UnitKind, id: u32) -> Result<()> {
         let n: Vec<String> = d
             .neighbours
             .iter()
-            .map(|(f, c)| format!("{f} ({c:.2})"))
+            .map(|n| format!("{} ({:.2})", n.id, n.cosine))
             .collect();
         println!("  nearest features: {}", n.join(", "));
     }
