@@ -84,15 +84,13 @@ fn hook_width(model: &Transformer, hook: &str) -> Result<usize> {
         .into_iter()
         .find(|h| h.name == hook)
         .ok_or_else(|| bad(format!("`{hook}` is not a hook point of this model")))?;
-    let size = |s: &String| -> Result<usize> {
-        s.rsplit('=')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad(format!("cannot read the width of `{hook}` from {s:?}")))
-    };
     match HookLayout::of(hook) {
-        HookLayout::Stream => size(&info.shape[2]),
-        HookLayout::PerHead => Ok(size(&info.shape[2])? * size(&info.shape[3])?),
+        HookLayout::Stream | HookLayout::PerHead => info.row_width().ok_or_else(|| {
+            bad(format!(
+                "cannot tell the width of `{hook}` from {:?}",
+                info.shape_strings()
+            ))
+        }),
         HookLayout::Pattern => Err(bad(format!(
             "`{hook}` is an attention pattern; a dictionary reads [batch, pos, width] or per-head activations"
         ))),

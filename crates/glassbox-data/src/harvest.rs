@@ -152,7 +152,12 @@ impl HookPlan {
                 .iter()
                 .find(|k| &k.name == h)
                 .ok_or_else(|| bad(format!("hook `{h}` is not a hook point of this model")))?;
-            widths.push(row_width(h, &info.shape)?);
+            widths.push(info.row_width().ok_or_else(|| {
+                bad(format!(
+                    "cannot tell the row width of `{h}` from {:?}",
+                    info.shape_strings()
+                ))
+            })?);
             stop = match (stop, layer_of(h)) {
                 (None, _) => None,
                 (Some(s), Some(l)) => Some(s.max(l + 1)),
@@ -255,19 +260,4 @@ impl HookPlan {
         }
         Ok((kept, n_massive))
     }
-}
-
-/// Width of one row of hook `name` from its symbolic shape (`["batch", "pos",
-/// "d_model=64"]`, or head and d_head for per-head hooks, which are flattened).
-fn row_width(name: &str, shape: &[String]) -> Result<usize> {
-    let size = |s: &String| -> Option<usize> { s.rsplit('=').next()?.parse().ok() };
-    shape
-        .get(2..)
-        .and_then(|rest| rest.iter().map(size).product::<Option<usize>>())
-        .filter(|&w| w > 0)
-        .ok_or_else(|| {
-            bad(format!(
-                "cannot tell the row width of `{name}` from {shape:?}"
-            ))
-        })
 }

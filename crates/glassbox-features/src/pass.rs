@@ -41,20 +41,12 @@ fn hook_width(model: &Transformer, hook: &str) -> Result<usize> {
         .into_iter()
         .find(|h| h.name == hook)
         .ok_or_else(|| bad(format!("`{hook}` is not a hook point of this model")))?;
-    info.shape
-        .get(2..)
-        .and_then(|rest| {
-            rest.iter()
-                .map(|s| s.rsplit('=').next()?.parse::<usize>().ok())
-                .product::<Option<usize>>()
-        })
-        .filter(|&w| w > 0)
-        .ok_or_else(|| {
-            bad(format!(
-                "cannot tell the width of `{hook}` from {:?}",
-                info.shape
-            ))
-        })
+    info.row_width().ok_or_else(|| {
+        bad(format!(
+            "cannot tell the width of `{hook}` from {:?}",
+            info.shape_strings()
+        ))
+    })
 }
 
 /// Checks that `dict` reads `hook` of `model` (widths agree) and picks the neuron hook.

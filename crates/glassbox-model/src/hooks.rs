@@ -45,35 +45,99 @@ impl HookLayout {
     }
 }
 
+/// One dimension of a hook point's shape: a name, and its size when the model fixes it
+/// (`d_model = 576`), not when the input does (`batch`, `pos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dim {
+    /// `batch`, `pos`, `head`, `d_head`, `d_model`, `d_mlp`, `query_pos`, …; empty for a
+    /// unit dimension (a norm's scale)
+    pub name: &'static str,
+    pub size: Option<usize>,
+}
+
+impl Dim {
+    /// A dimension the input decides.
+    pub const fn free(name: &'static str) -> Dim {
+        Dim { name, size: None }
+    }
+
+    /// A dimension the model fixes.
+    pub const fn sized(name: &'static str, size: usize) -> Dim {
+        Dim {
+            name,
+            size: Some(size),
+        }
+    }
+}
+
+/// `batch`, `d_model=576`, or `1` for a unit dimension (TransformerLens' notation).
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.name, self.size) {
+            ("", Some(n)) => write!(f, "{n}"),
+            (name, Some(n)) => write!(f, "{name}={n}"),
+            (name, None) => f.write_str(name),
+        }
+    }
+}
+
+impl Serialize for Dim {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct HookPointInfo {
     pub name: String,
-    /// symbolic shape, e.g. `["batch", "pos", "d_model=576"]`
-    pub shape: Vec<String>,
+    /// e.g. `[batch, pos, d_model=576]` (serialised as those strings)
+    pub shape: Vec<Dim>,
+}
+
+impl HookPointInfo {
+    /// The width of one row of an activation laid out `[batch, pos, …]` with every
+    /// later dimension fixed (per-head hooks flatten head × d_head); `None` for the
+    /// attention patterns, whose last dimensions follow the input.
+    pub fn row_width(&self) -> Option<usize> {
+        match self.shape.get(..2) {
+            Some([a, b]) if a.name == "batch" && b.name == "pos" => {}
+            _ => return None,
+        }
+        self.shape[2..]
+            .iter()
+            .map(|d| d.size)
+            .product::<Option<usize>>()
+            .filter(|&w| w > 0)
+    }
+
+    /// The size of the dimension called `name`, when the model fixes it.
+    pub fn size_of(&self, name: &str) -> Option<usize> {
+        self.shape.iter().find(|d| d.name == name)?.size
+    }
+
+    /// The shape as TransformerLens writes it: `["batch", "pos", "d_model=576"]`.
+    pub fn shape_strings(&self) -> Vec<String> {
+        self.shape.iter().map(Dim::to_string).collect()
+    }
 }
 
 /// Every hook point the model exposes, in execution order.
 pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
-    let dim = |n: &str, v: usize| format!("{n}={v}");
-    let stream = |w: String| vec!["batch".to_string(), "pos".to_string(), w];
-    let heads = |h: usize| {
-        vec![
-            "batch".into(),
-            "pos".into(),
-            dim("head", h),
-            dim("d_head", c.d_head),
-        ]
-    };
+    let dim = Dim::sized;
+    let (batch, pos) = (Dim::free("batch"), Dim::free("pos"));
+    let stream = |w: Dim| vec![batch, pos, w];
+    let heads = |h: usize| vec![batch, pos, dim("head", h), dim("d_head", c.d_head)];
     let pattern = vec![
-        "batch".into(),
+        batch,
         dim("head", c.n_heads),
-        "query_pos".into(),
-        "key_pos".into(),
+        Dim::free("query_pos"),
+        Dim::free("key_pos"),
     ];
-    let scale = vec!["batch".to_string(), "pos".to_string(), "1".to_string()];
+    let unit = Dim::sized("", 1);
+    let scale = vec![batch, pos, unit];
     let dm = || dim("d_model", c.d_model);
     let mut out = Vec::new();
-    let mut push = |name: String, shape: Vec<String>| out.push(HookPointInfo { name, shape });
+    let mut push = |name: String, shape: Vec<Dim>| out.push(HookPointInfo { name, shape });
     push("hook_embed".into(), stream(dm()));
     if c.architecture == Architecture::Gpt2 {
         push("hook_pos_embed".into(), stream(dm()));
@@ -82,14 +146,7 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
         let b = format!("blocks.{l}");
         push(format!("{b}.hook_resid_pre"), stream(dm()));
         // per-head copies of the attention input (TransformerLens' split inputs)
-        let inputs = |h: usize| {
-            vec![
-                "batch".to_string(),
-                "pos".to_string(),
-                dim("head", h),
-                dim("d_model", c.d_model),
-            ]
-        };
+        let inputs = |h: usize| vec![batch, pos, dim("head", h), dim("d_model", c.d_model)];
         if c.n_kv_heads == c.n_heads {
             push(format!("{b}.hook_attn_in"), inputs(c.n_heads));
         }
@@ -104,10 +161,7 @@ pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
             // per head: [batch, pos, head, 1]; across heads: [batch, pos, 1]
             for (which, n) in [("q_norm", c.n_heads), ("k_norm", c.n_kv_heads)] {
                 let (scale_shape, normalized) = match kind {
-                    QkNorm::PerHead => (
-                        vec!["batch".into(), "pos".into(), dim("head", n), "1".into()],
-                        heads(n),
-                    ),
+                    QkNorm::PerHead => (vec![batch, pos, dim("head", n), unit], heads(n)),
                     QkNorm::AllHeads => (scale.clone(), stream(dim("head·d_head", n * c.d_head))),
                 };
                 push(format!("{b}.attn.{which}.hook_scale"), scale_shape);

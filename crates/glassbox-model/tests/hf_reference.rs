@@ -129,14 +129,11 @@ fn hook_inventory_matches_the_forward_pass() {
             let want: Vec<usize> = h
                 .shape
                 .iter()
-                .map(|d| match d.as_str() {
-                    "batch" => b,
-                    "pos" | "query_pos" | "key_pos" => s,
-                    other => other
-                        .rsplit('=')
-                        .next()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or_else(|| panic!("{name}: shape entry {other}")),
+                .map(|d| match (d.name, d.size) {
+                    ("batch", None) => b,
+                    ("pos" | "query_pos" | "key_pos", None) => s,
+                    (_, Some(n)) => n,
+                    (other, None) => panic!("{name}: shape entry {other} has no size"),
                 })
                 .collect();
             assert_eq!(

@@ -132,12 +132,7 @@ pub fn check_compatible(meta: &ProbeMeta, probe: &Probe, model: &Model) -> Resul
             meta.hook
         )));
     };
-    let width: usize = info
-        .shape
-        .last()
-        .and_then(|s| s.rsplit('=').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let width = info.row_width().unwrap_or(0);
     if width != probe.weight.len() {
         return Err(bad(format!(
             "the probe has {} weights but `{}` is {width} wide",

@@ -162,7 +162,7 @@ impl NativeModel {
     fn hook_points(&self) -> Vec<(String, Vec<String>)> {
         hook_points(self.model.config())
             .into_iter()
-            .map(|h| (h.name, h.shape))
+            .map(|h| (h.name.clone(), h.shape_strings()))
             .collect()
     }
 

@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("\n{} hook points:", hooks.len());
     let width = hooks.iter().map(|h| h.name.len()).max().unwrap_or(0);
     for h in &hooks {
-        println!("  {:width$}  [{}]", h.name, h.shape.join(", "));
+        println!("  {:width$}  [{}]", h.name, h.shape_strings().join(", "));
     }
     Ok(())
 }
