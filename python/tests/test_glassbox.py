@@ -367,3 +367,33 @@ def test_start_at_layer_and_the_logit_lens_reproduce_the_logits(default_model):
         default_model(np.zeros((1, 3, 5), np.float32), start_at_layer=3)
     with pytest.raises(ValueError, match="past the model's 30 layers"):
         default_model(cache["blocks.20.hook_resid_pre"], start_at_layer=31)
+
+
+def test_patch_and_ioi_equal_the_clis_json(default_model, cli, tmp_path):
+    from conftest import DEFAULT_GGUF
+
+    corrupt = IOI.replace("John gave", "Tom gave")
+    # attribution (one forward and backward pass) keeps the test quick; exact patching is
+    # the same report through the same function
+    got = glassbox.patch(default_model, IOI, corrupt, " Mary", " John", site="mlp_out",
+                         method="attribution", compare=False)
+    cli("patch", "--model", DEFAULT_GGUF, "--clean", IOI, "--corrupt", corrupt, "--answer", " Mary",
+        "--wrong", " John", "--site", "mlp_out", "--method", "attribution", "--no-compare",
+        "--json", tmp_path / "patch.json")
+    want = json.loads((tmp_path / "patch.json").read_text())
+    assert got.pop("model").endswith(".gguf") and want.pop("model").endswith(".gguf")
+    assert got == want
+    assert np.asarray(got["grid"]).shape == (30, len(got["clean_tokens"]))
+    assert got["logit_diff_clean"] > got["logit_diff_corrupt"]
+
+    got = glassbox.ioi(default_model, 1, site="attn_head")
+    cli("ioi", "--model", DEFAULT_GGUF, "--n", 1, "--site", "attn_head", "--json", tmp_path / "ioi.json")
+    assert got == json.loads((tmp_path / "ioi.json").read_text())
+    assert len(got["prompts"]) == 1 and np.asarray(got["mean_grid"]).shape == (30, 9)
+
+    with pytest.raises(ValueError, match="single token"):
+        glassbox.patch(default_model, IOI, corrupt, " Maryanne Smith", " John")
+    with pytest.raises(ValueError, match="same number of tokens"):
+        glassbox.patch(default_model, IOI, IOI + " and", " Mary", " John")
+    with pytest.raises(ValueError, match="template"):
+        glassbox.ioi(default_model, 2, site="resid_pre", template=99)

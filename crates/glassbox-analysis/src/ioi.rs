@@ -3,6 +3,8 @@
 //! second mention of the subject with a third name, so the correct answer is no longer
 //! determined; clean and corrupted prompts have the same token length.
 
+use crate::metric::single_token;
+use crate::patching::{column_labels, prompt_ids, PatchProblem, PatchResult, PatchSite};
 use crate::{bad, Result};
 use glassbox_model::TextTokenizer;
 use rand::rngs::StdRng;
@@ -137,4 +139,107 @@ mod tests {
             "When Mary and John went to the store, Tom gave a drink to"
         );
     }
+}
+
+/// One prompt's outcome in an IOI study.
+#[derive(Debug, Clone, Serialize)]
+pub struct IoiRow {
+    pub prompt: IoiPrompt,
+    pub logit_diff_clean: f32,
+    pub logit_diff_corrupt: f32,
+}
+
+/// An IOI study: exact patching averaged over generated prompts. What `glassbox ioi
+/// --json` writes and the Python package's `glassbox.ioi` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct IoiReport {
+    pub site: PatchSite,
+    pub prompts: Vec<IoiRow>,
+    /// the normalised patching effect, averaged over the prompts
+    pub mean_grid: Vec<Vec<f32>>,
+    pub column_labels: Vec<String>,
+    /// prompts whose clean logit difference prefers the indirect object
+    pub correct: usize,
+    /// the last prompt's result with the mean grid, for a heatmap
+    #[serde(skip)]
+    pub mean: Option<PatchResult>,
+}
+
+/// Runs `n` IOI prompts (seeded; per-position sites use template `template` only, so
+/// the positions line up) through exact patching at `site`. `on_prompt` sees each
+/// prompt's result as it finishes.
+pub fn study(
+    model: &glassbox_model::Model,
+    n: usize,
+    seed: u64,
+    site: PatchSite,
+    template: usize,
+    mut on_prompt: impl FnMut(&IoiPrompt, &PatchResult),
+) -> Result<IoiReport> {
+    if template >= TEMPLATES.len() {
+        return Err(bad(format!(
+            "the template must be below {}",
+            TEMPLATES.len()
+        )));
+    }
+    if n == 0 {
+        return Err(bad("an IOI study needs at least one prompt"));
+    }
+    let tok = model.tokenizer()?;
+    let per_head = site == PatchSite::AttnHead;
+    let mut prompts = generate(tok, n * if per_head { 1 } else { TEMPLATES.len() }, seed)?;
+    if !per_head {
+        prompts.retain(|p| p.template == template);
+    }
+    prompts.truncate(n);
+    let mut sum: Option<Vec<Vec<f32>>> = None;
+    let mut rows = Vec::with_capacity(prompts.len());
+    let mut last: Option<PatchResult> = None;
+    for p in &prompts {
+        let problem = PatchProblem {
+            model: &model.transformer,
+            clean: prompt_ids(model, &p.clean)?,
+            corrupt: prompt_ids(model, &p.corrupt)?,
+            answer: single_token(tok, &p.answer)?,
+            wrong: single_token(tok, &p.wrong)?,
+            context: Vec::new(),
+        };
+        let r = problem.exact(site)?;
+        on_prompt(p, &r);
+        rows.push(IoiRow {
+            prompt: p.clone(),
+            logit_diff_clean: r.logit_diff_clean,
+            logit_diff_corrupt: r.logit_diff_corrupt,
+        });
+        sum = Some(match sum {
+            None => r.grid.clone(),
+            Some(s) => s
+                .iter()
+                .zip(&r.grid)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y).collect())
+                .collect(),
+        });
+        last = Some(r);
+    }
+    let count = rows.len().max(1) as f32;
+    let mean_grid: Vec<Vec<f32>> = sum
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v / count).collect())
+        .collect();
+    let column_labels = match prompts.first() {
+        Some(p) => column_labels(model, site, &prompt_ids(model, &p.clean)?)?,
+        None => Vec::new(),
+    };
+    Ok(IoiReport {
+        site,
+        correct: rows.iter().filter(|r| r.logit_diff_clean > 0.0).count(),
+        prompts: rows,
+        column_labels,
+        mean: last.map(|mut r| {
+            r.grid = mean_grid.clone();
+            r
+        }),
+        mean_grid,
+    })
 }

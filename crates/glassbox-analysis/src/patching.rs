@@ -256,3 +256,125 @@ pub fn grid_correlation(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     let fb: Vec<f32> = b.iter().flatten().copied().collect();
     pearson(&fa, &fb)
 }
+
+/// How `patch_prompts` patches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchMethod {
+    /// one clean activation patched into the corrupted run per cell
+    Exact,
+    /// the first-order estimate from one forward and backward pass; `compare` also runs
+    /// exact patching and reports the grids' correlation
+    Attribution { compare: bool },
+}
+
+impl PatchMethod {
+    pub fn parse(name: &str, compare: bool) -> Result<PatchMethod> {
+        match name {
+            "exact" => Ok(PatchMethod::Exact),
+            "attribution" => Ok(PatchMethod::Attribution { compare }),
+            other => Err(bad(format!(
+                "unknown patching method `{other}`; use exact or attribution"
+            ))),
+        }
+    }
+}
+
+/// A patching study of one prompt pair: what `glassbox patch --json` writes and the
+/// Python package's `glassbox.patch` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchReport {
+    #[serde(flatten)]
+    pub result: PatchResult,
+    pub model: std::path::PathBuf,
+    pub clean: String,
+    pub corrupt: String,
+    pub answer: String,
+    pub wrong: String,
+    pub clean_tokens: Vec<String>,
+    pub clean_input_ids: Vec<u32>,
+    pub corrupt_input_ids: Vec<u32>,
+    pub bos: &'static str,
+    /// `H0…` for heads, `position:token` otherwise
+    pub column_labels: Vec<String>,
+    /// attribution compared with exact patching
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact_grid: Option<Vec<Vec<f32>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_with_exact: Option<f32>,
+}
+
+/// A prompt's ids by the one rule (BOS as the tokenizer asks), refusing an empty prompt.
+pub fn prompt_ids(model: &glassbox_model::Model, text: &str) -> Result<Vec<u32>> {
+    let ids = model.tokenizer()?.encode_prompt(text)?;
+    if ids.is_empty() {
+        return Err(bad("the prompt is empty: nothing to run"));
+    }
+    Ok(ids)
+}
+
+/// The grid's column labels: heads, or each clean position with its token.
+pub fn column_labels(
+    model: &glassbox_model::Model,
+    site: PatchSite,
+    clean: &[u32],
+) -> Result<Vec<String>> {
+    let tok = model.tokenizer()?;
+    Ok(match site {
+        PatchSite::AttnHead => (0..model.config().n_heads)
+            .map(|h| format!("H{h}"))
+            .collect(),
+        _ => clean
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| format!("{i}:{}", tok.token_text(t)))
+            .collect(),
+    })
+}
+
+/// Patches `clean`'s activations at `site` into the run of `corrupt`, measuring the
+/// logit difference `answer − wrong` (single tokens, e.g. `" Mary"`).
+pub fn patch_prompts(
+    model: &glassbox_model::Model,
+    clean: &str,
+    corrupt: &str,
+    answer: &str,
+    wrong: &str,
+    site: PatchSite,
+    method: PatchMethod,
+) -> Result<PatchReport> {
+    let tok = model.tokenizer()?;
+    let problem = PatchProblem {
+        model: &model.transformer,
+        clean: prompt_ids(model, clean)?,
+        corrupt: prompt_ids(model, corrupt)?,
+        answer: crate::metric::single_token(tok, answer)?,
+        wrong: crate::metric::single_token(tok, wrong)?,
+        context: Vec::new(),
+    };
+    problem.validate()?;
+    let (result, exact_grid, correlation) = match method {
+        PatchMethod::Exact => (problem.exact(site)?, None, None),
+        PatchMethod::Attribution { compare: false } => (problem.attribution(site)?, None, None),
+        PatchMethod::Attribution { compare: true } => {
+            let attr = problem.attribution(site)?;
+            let exact = problem.exact(site)?;
+            let r = grid_correlation(&attr.grid, &exact.grid);
+            (attr, Some(exact.grid), Some(r))
+        }
+    };
+    Ok(PatchReport {
+        result,
+        model: model.source.clone(),
+        clean: clean.into(),
+        corrupt: corrupt.into(),
+        answer: answer.into(),
+        wrong: wrong.into(),
+        clean_tokens: problem.clean.iter().map(|&t| tok.token_text(t)).collect(),
+        column_labels: column_labels(model, site, &problem.clean)?,
+        bos: tok.bos_status(&problem.clean),
+        clean_input_ids: problem.clean,
+        corrupt_input_ids: problem.corrupt,
+        exact_grid,
+        correlation_with_exact: correlation,
+    })
+}

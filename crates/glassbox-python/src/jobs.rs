@@ -294,3 +294,57 @@ pub fn build_features(
     });
     Ok(summary.to_string())
 }
+
+fn analysis_err(e: glassbox_analysis::AnalysisError) -> PyErr {
+    match &e {
+        glassbox_analysis::AnalysisError::BadInput(_) => PyValueError::new_err(e.to_string()),
+        _ => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// Activation patching of one prompt pair (`glassbox patch`); the report as JSON text,
+/// equal to what `glassbox patch --json` writes.
+#[pyfunction]
+#[pyo3(signature = (model, clean, corrupt, answer, wrong, site="resid_pre", method="exact", compare=true))]
+#[allow(clippy::too_many_arguments)]
+pub fn patch(
+    py: Python<'_>,
+    model: &NativeModel,
+    clean: String,
+    corrupt: String,
+    answer: String,
+    wrong: String,
+    site: &str,
+    method: &str,
+    compare: bool,
+) -> PyResult<String> {
+    use glassbox_analysis::patching::{patch_prompts, PatchMethod, PatchSite};
+    let site = PatchSite::parse(site).map_err(analysis_err)?;
+    let method = PatchMethod::parse(method, compare).map_err(analysis_err)?;
+    let m = Arc::clone(&model.model);
+    let report = py
+        .detach(|| patch_prompts(&m, &clean, &corrupt, &answer, &wrong, site, method))
+        .map_err(analysis_err)?;
+    serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
+/// An IOI study (`glassbox ioi`): exact patching averaged over `n` generated prompts;
+/// the report as JSON text, equal to what `glassbox ioi --json` writes.
+#[pyfunction]
+#[pyo3(signature = (model, n=12, seed=0, site="attn_head", template=0))]
+pub fn ioi(
+    py: Python<'_>,
+    model: &NativeModel,
+    n: usize,
+    seed: u64,
+    site: &str,
+    template: usize,
+) -> PyResult<String> {
+    use glassbox_analysis::patching::PatchSite;
+    let site = PatchSite::parse(site).map_err(analysis_err)?;
+    let m = Arc::clone(&model.model);
+    let report = py
+        .detach(|| glassbox_analysis::ioi::study(&m, n, seed, site, template, |_, _| {}))
+        .map_err(analysis_err)?;
+    serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}

@@ -632,6 +632,8 @@ fn _glassbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<features::NativeFeatureStore>()?;
     m.add_function(wrap_pyfunction!(jobs::train_sae, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::build_features, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::patch, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::ioi, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

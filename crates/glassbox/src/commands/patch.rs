@@ -1,7 +1,7 @@
 use crate::open::{atomic_write, encode, open_model, with_spinner};
 use anyhow::{Context, Result};
 use glassbox_analysis::metric::single_token;
-use glassbox_analysis::patching::{grid_correlation, PatchProblem, PatchResult, PatchSite};
+use glassbox_analysis::patching::{PatchMethod, PatchResult, PatchSite};
 use glassbox_plot::Heatmap;
 use std::path::{Path, PathBuf};
 
@@ -40,78 +40,43 @@ pub fn run(a: Args) -> Result<()> {
     let model = open_model(&a.model)?;
     let tok = model.tokenizer()?;
     let site = PatchSite::parse(&a.site)?;
-    let problem = PatchProblem {
-        model: &model.transformer,
-        clean: encode(&model, &a.clean)?,
-        corrupt: encode(&model, &a.corrupt)?,
-        answer: single_token(tok, &a.answer).context("--answer")?,
-        wrong: single_token(tok, &a.wrong).context("--wrong")?,
-        context: Vec::new(),
-    };
-    problem.validate()?;
-    let (result, exact, correlation) = match a.method.as_str() {
-        "exact" => (
-            with_spinner("exact patching, one batch per layer", || {
-                Ok(problem.exact(site)?)
-            })?,
-            None,
-            None,
-        ),
-        "attribution" => {
-            let attr = with_spinner("attribution patching", || Ok(problem.attribution(site)?))?;
-            if a.no_compare {
-                (attr, None, None)
-            } else {
-                let exact = with_spinner("exact patching for the comparison", || {
-                    Ok(problem.exact(site)?)
-                })?;
-                let r = grid_correlation(&attr.grid, &exact.grid);
-                (attr, Some(exact), Some(r))
-            }
-        }
-        other => anyhow::bail!("unknown --method `{other}`; use exact or attribution"),
-    };
-    let tokens: Vec<String> = problem.clean.iter().map(|&t| tok.token_text(t)).collect();
-    let columns: Vec<String> = match site {
-        PatchSite::AttnHead => (0..model.config().n_heads)
-            .map(|h| format!("H{h}"))
-            .collect(),
-        _ => tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("{i}:{t}"))
-            .collect(),
-    };
-    let mut json = serde_json::to_value(&result)?;
-    json["model"] = serde_json::json!(model.source);
-    json["clean"] = serde_json::json!(a.clean);
-    json["corrupt"] = serde_json::json!(a.corrupt);
-    json["answer"] = serde_json::json!(a.answer);
-    json["wrong"] = serde_json::json!(a.wrong);
-    json["clean_tokens"] = serde_json::json!(tokens);
-    json["clean_input_ids"] = serde_json::json!(problem.clean);
-    json["corrupt_input_ids"] = serde_json::json!(problem.corrupt);
-    json["bos"] = serde_json::json!(tok.bos_status(&problem.clean));
-    json["column_labels"] = serde_json::json!(columns);
-    if let (Some(e), Some(r)) = (&exact, correlation) {
-        json["exact_grid"] = serde_json::json!(e.grid);
-        json["correlation_with_exact"] = serde_json::json!(r);
+    let method = PatchMethod::parse(&a.method, !a.no_compare)?;
+    // echo both prompts' tokens and check the answers before the work starts
+    for (what, text) in [("clean", &a.clean), ("corrupt", &a.corrupt)] {
+        encode(&model, text).with_context(|| format!("--{what}"))?;
     }
+    for (flag, text) in [("--answer", &a.answer), ("--wrong", &a.wrong)] {
+        single_token(tok, text).context(flag)?;
+    }
+    let label = match method {
+        PatchMethod::Exact => "exact patching, one batch per layer",
+        PatchMethod::Attribution { compare: false } => "attribution patching",
+        PatchMethod::Attribution { compare: true } => {
+            "attribution patching, and exact patching for the comparison"
+        }
+    };
+    let report = with_spinner(label, || {
+        Ok(glassbox_analysis::patching::patch_prompts(
+            &model, &a.clean, &a.corrupt, &a.answer, &a.wrong, site, method,
+        )?)
+    })?;
     atomic_write(&a.json, |tmp| {
-        Ok(std::fs::write(tmp, serde_json::to_string_pretty(&json)?)?)
+        Ok(std::fs::write(tmp, serde_json::to_string_pretty(&report)?)?)
     })?;
     let svg_path = a
         .svg
         .clone()
         .unwrap_or_else(|| a.json.with_extension("svg"));
-    write_heatmap(&svg_path, &result, &columns)?;
-    print_summary(&result, &columns, correlation);
+    write_heatmap(&svg_path, &report.result, &report.column_labels)?;
+    print_summary(
+        &report.result,
+        &report.column_labels,
+        report.correlation_with_exact,
+    );
     println!("wrote {} and {}", a.json.display(), svg_path.display());
     Ok(())
 }
 
-/// A grid cell as users type it: a head as `ablate --heads` takes it (`L9.H6`), a
-/// position as `L9 3:" Mary"`.
 pub fn cell_name(layer: usize, column: &str, columns: &str) -> String {
     if columns == "head" {
         format!("L{layer}.{column}")

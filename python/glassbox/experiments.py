@@ -1,0 +1,26 @@
+"""Causal experiments from Python, as the CLI runs them: `patch` is `glassbox patch`, `ioi`
+is `glassbox ioi`; each returns the dict the CLI writes with `--json` (grids as nested
+lists; `np.asarray(report["grid"])` for an array)."""
+
+from __future__ import annotations
+
+import json
+
+from . import _glassbox
+
+
+def patch(model, clean: str, corrupt: str, answer: str, wrong: str, *, site: str = "resid_pre",
+          method: str = "exact", compare: bool = True) -> dict:
+    """Patches the clean run's activations at `site` (resid_pre, mlp_out or
+    attn_head) into the corrupted run, one layer × position (or head)
+    at a time. `grid[layer][column]` is (patched − corrupt) / (clean − corrupt) of the
+    logit difference `answer − wrong`. `method="attribution"` estimates it from one
+    forward and backward pass (with `compare`, also exactly, and reports the correlation)."""
+    return json.loads(_glassbox.patch(model._native, clean, corrupt, answer, wrong, site, method, compare))
+
+
+def ioi(model, n: int = 12, *, seed: int = 0, site: str = "attn_head", template: int = 0) -> dict:
+    """Indirect-object identification: `n` generated prompts (seeded), exact patching at
+    `site` on each, and the mean grid; `correct` counts prompts whose clean logit
+    difference prefers the indirect object."""
+    return json.loads(_glassbox.ioi(model._native, int(n), int(seed), site, int(template)))
