@@ -287,3 +287,43 @@ impl glassbox_train::Progress for Bars {
         }
     }
 }
+
+/// A bar that appears on the first report of a job that learns its length only once it
+/// has started (`on_batch(done, total)` callbacks).
+pub struct LateBar {
+    label: &'static str,
+    bar: std::cell::RefCell<Option<indicatif::ProgressBar>>,
+}
+
+impl LateBar {
+    pub fn new(label: &'static str) -> Self {
+        LateBar {
+            label,
+            bar: std::cell::RefCell::new(None),
+        }
+    }
+
+    pub fn advance(&self, n: usize, total: usize) {
+        self.bar
+            .borrow_mut()
+            .get_or_insert_with(|| progress(total, self.label))
+            .inc(n as u64);
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = self.bar.borrow().as_ref() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// A training run's error in the command line's words (the library speaks of options).
+pub fn in_flag_words(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<glassbox_train::RunError>() {
+        Some(glassbox_train::RunError::AlreadyTrained(dir)) => anyhow::anyhow!(
+            "{} already holds a training run; pass --resume to continue it or choose another --out",
+            dir.display()
+        ),
+        _ => e,
+    }
+}

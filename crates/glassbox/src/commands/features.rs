@@ -1,4 +1,4 @@
-use crate::open::{open_dictionary, open_model, progress, warn_on_processing_mismatch};
+use crate::open::{open_dictionary, open_model, warn_on_processing_mismatch, LateBar};
 use anyhow::{Context, Result};
 use glassbox_features::run_dir::{read_run, RunConfig};
 use glassbox_features::store::{FeatureStore, Order};
@@ -204,21 +204,15 @@ fn build(a: BuildArgs) -> Result<()> {
         tokens: a.tokens,
         meta,
     };
-    let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+    let bar = LateBar::new("features (windows)");
     let report = glassbox_features::build_held_out(
         &input,
         &opts,
         &out,
         &mut |line| eprintln!("{line}"),
-        |n, total| {
-            bar.borrow_mut()
-                .get_or_insert_with(|| progress(total, "features (windows)"))
-                .inc(n as u64)
-        },
+        |n, total| bar.advance(n, total),
     )?;
-    if let Some(b) = bar.borrow().as_ref() {
-        b.finish_and_clear();
-    }
+    bar.finish();
     let pass = report
         .phases
         .iter()

@@ -4,7 +4,7 @@
 //! [`glassbox_train::train_sae`], [`glassbox_features::build_for_run`],
 //! [`glassbox_server::serve`].
 
-use crate::open::{open_model, progress, Bars};
+use crate::open::{open_model, Bars, LateBar};
 use anyhow::Result;
 use glassbox_sae::train::{TrainArch, TrainConfig};
 use glassbox_train::SaeRunOptions;
@@ -80,7 +80,7 @@ pub fn run(a: Args) -> Result<()> {
             "[3/4] feature statistics over {} held-out tokens, and the MLP-neuron baseline",
             a.feature_tokens
         );
-        let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+        let bar = LateBar::new("features (windows)");
         let report = glassbox_features::build_for_run(
             &model,
             "default",
@@ -89,15 +89,9 @@ pub fn run(a: Args) -> Result<()> {
             Some(a.feature_tokens),
             &glassbox_features::BuildOptions::default(),
             &mut |line| eprintln!("{line}"),
-            |n, total| {
-                bar.borrow_mut()
-                    .get_or_insert_with(|| progress(total, "features (windows)"))
-                    .inc(n as u64)
-            },
+            |n, total| bar.advance(n, total),
         )?;
-        if let Some(b) = bar.borrow().as_ref() {
-            b.finish_and_clear();
-        }
+        bar.finish();
         println!(
             "wrote {}: {} tokens in {} windows, {:.1} s",
             report.path.display(),

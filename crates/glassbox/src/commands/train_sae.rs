@@ -1,7 +1,7 @@
 //! `glassbox train-sae`: flags and `--config FILE` resolved into a
 //! [`glassbox_train::SaeRunOptions`], the run itself is [`glassbox_train::train_sae`].
 
-use crate::open::{open_model, Bars};
+use crate::open::{in_flag_words, open_model, Bars};
 use anyhow::{Context, Result};
 use glassbox_sae::train::{BDecInit, L1Recipe, Normalize, TrainArch, TrainConfig};
 use glassbox_train::SaeRunOptions;
@@ -270,14 +270,7 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.export_acts = a.export_acts.clone();
     let model = open_model(&model_spec)?;
     let run = glassbox_train::train_sae(&model, &opts, &out, &Bars::new(&arch_name))
-        .map_err(|e| match e.downcast_ref::<glassbox_train::RunError>() {
-            // the library speaks of options; the command line of flags
-            Some(glassbox_train::RunError::AlreadyTrained(dir)) => anyhow::anyhow!(
-                "{} already holds a training run; pass --resume to continue it or choose another --out",
-                dir.display()
-            ),
-            _ => e,
-        })?;
+        .map_err(in_flag_words)?;
     let m = &run.metrics;
     println!(
         "trained {arch_name} d_sae={} on {} tokens of {hook}{} in {:.1} s ({:.0} tokens/s)",

@@ -1,7 +1,7 @@
 //! `glassbox train-transcoders`: flags into [`glassbox_train::TranscoderSetOptions`]; the
 //! set is trained by [`glassbox_train::train_transcoder_set`].
 
-use crate::open::{open_model, Bars};
+use crate::open::{in_flag_words, open_model, Bars};
 use anyhow::{Context, Result};
 use glassbox_sae::train::TrainArch;
 use glassbox_train::TranscoderSetOptions;
@@ -95,13 +95,7 @@ pub fn run(a: Args) -> Result<()> {
         resume: a.resume,
     };
     let run = glassbox_train::train_transcoder_set(&model, &opts, &a.out, &Bars::new(&a.arch))
-        .map_err(|e| match e.downcast_ref::<glassbox_train::RunError>() {
-            Some(glassbox_train::RunError::AlreadyTrained(dir)) => anyhow::anyhow!(
-                "{} already holds a training run; pass --resume to continue it or choose another --out",
-                dir.display()
-            ),
-            _ => e,
-        })?;
+        .map_err(in_flag_words)?;
     let spliced = &run.spliced;
     println!(
         "trained {} transcoders ({}, d_sae {}) on {} tokens in {:.0} s; all spliced at once: CE {:.3} vs clean {:.3}, zero-ablated {:.3} → CE recovered {:.1} %, KL recovered {:.1} %",
