@@ -20,6 +20,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod progress;
 pub mod run_dir;
 pub mod transcoders;
@@ -51,7 +53,12 @@ pub enum RunError {
     AlreadyTrained(PathBuf),
     /// [`Progress::cancelled`] said stop; the checkpoint holds every step done
     #[error("training cancelled at step {step}; the checkpoint in {dir} resumes it")]
-    Cancelled { step: usize, dir: PathBuf },
+    Cancelled {
+        /// steps done (all in the checkpoint)
+        step: usize,
+        /// the run directory
+        dir: PathBuf,
+    },
 }
 
 fn invalid(msg: impl Into<String>) -> anyhow::Error {
@@ -88,6 +95,7 @@ pub struct SaeRunOptions {
     /// also write the training and held-out activations here (safetensors `train`,
     /// `eval`), for a baseline trained on identical data
     pub export_acts: Option<PathBuf>,
+    /// the dictionary: architecture, sizes, losses and schedules
     pub train: TrainConfig,
 }
 
@@ -114,8 +122,11 @@ impl SaeRunOptions {
 
 /// What a finished run gives back (and wrote to its run directory).
 pub struct SaeRun {
+    /// the trained dictionary, as saved in the run directory
     pub dictionary: Dictionary,
+    /// what `metrics.json` holds: the run and its held-out evaluation
     pub metrics: RunMetrics,
+    /// the run directory
     pub out: PathBuf,
 }
 

@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// How the run was made ([`RunConfig`]).
 pub const CONFIG_FILE: &str = "config.toml";
+/// One line per logged training step ([`MetricsLine`]).
 pub const METRICS_LOG: &str = "metrics.jsonl";
+/// The finished run and its held-out evaluation ([`RunMetrics`]).
 pub const METRICS_FILE: &str = "metrics.json";
+/// The trainer's last checkpoint ([`glassbox_sae::train::checkpoint`]).
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// What `config.toml` records about how a run's dictionary was trained. Every field is
@@ -23,25 +27,35 @@ pub struct RunConfig {
     pub model: Option<String>,
     /// the model's file or folder name, for people
     pub model_name: Option<String>,
+    /// the hook the dictionary reads
     pub hook: Option<String>,
     /// a transcoder's target hook
     pub hook_out: Option<String>,
+    /// the corpus file or folder
     pub corpus: Option<String>,
+    /// the JSONL field or Parquet column holding the text
     pub text_field: Option<String>,
     /// training tokens asked for
     pub tokens: Option<usize>,
     /// tokens per window, BOS first
     pub context_size: Option<usize>,
+    /// the shuffle buffer, in tokens
     pub buffer_tokens: Option<usize>,
+    /// where harvested activations were cached
     pub cache_dir: Option<PathBuf>,
+    /// training tokens between checkpoints
     pub checkpoint_every_tokens: Option<usize>,
+    /// held-out tokens of the final evaluation
     pub eval_tokens: Option<usize>,
+    /// position 0 (the attention sink) left out of training
     pub first_position_excluded: Option<bool>,
+    /// special tokens (BOS, chat markers) left out of training
     pub special_tokens_excluded: Option<bool>,
     /// early runs recorded the seed here rather than in `[train]`; read
     /// [`RunConfig::seed`], which looks in both
     #[serde(rename = "seed", skip_serializing_if = "Option::is_none")]
     pub legacy_seed: Option<u64>,
+    /// the trainer's configuration, `d_in` and `d_out` included
     pub train: Option<TrainConfig>,
 }
 
@@ -83,20 +97,31 @@ impl RunConfig {
 /// One line of `metrics.jsonl`: a training step's losses and schedules.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricsLine {
+    /// the step, counted from 0
     pub step: usize,
     /// training tokens consumed after this step
     pub tokens: usize,
+    /// mean squared reconstruction error of this batch
     pub mse: f32,
     /// this batch's fraction of variance unexplained
     pub fvu: f32,
+    /// mean active latents per token
     pub l0: f32,
+    /// the L1 or L0 term (ReLU-family)
     pub sparsity_loss: f32,
+    /// the AuxK term (TopK-family)
     pub aux_loss: f32,
+    /// latents that have not fired within the dead window
     pub dead_fraction: f32,
+    /// the learning rate of this step
     pub lr: f32,
+    /// the sparsity coefficient of this step (after warm-up)
     pub sparsity_coefficient: f32,
+    /// the global gradient norm, before clipping
     pub grad_norm: f32,
+    /// whether the step used dense GEMMs (dense activity) rather than sparse kernels
     pub dense_kernels: bool,
+    /// dead latents re-initialised this step
     pub resampled: usize,
     /// training throughput since this session began
     pub tokens_per_s: f64,
@@ -137,6 +162,7 @@ impl MetricsLog {
         Ok(MetricsLog { path, file })
     }
 
+    /// Appends one line.
     pub fn append(&mut self, line: &MetricsLine) -> Result<()> {
         writeln!(self.file, "{}", serde_json::to_string(line)?)
             .with_context(|| format!("cannot append to {}", self.path.display()))
@@ -161,23 +187,38 @@ impl MetricsLog {
 /// `metrics.json`: what the run trained and how the dictionary does on held-out text.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunMetrics {
+    /// the architecture, as `--arch` names it
     pub arch: String,
+    /// the hook the dictionary reads
     pub hook: String,
+    /// a transcoder's target hook
     pub hook_out: Option<String>,
+    /// input width
     pub d_in: usize,
+    /// output width (= `d_in` for an SAE)
     pub d_out: usize,
+    /// latents
     pub d_sae: usize,
+    /// active latents per token (TopK-family)
     pub k: Option<usize>,
+    /// training tokens over the whole run
     pub train_tokens: usize,
+    /// optimisation steps over the whole run
     pub steps: usize,
+    /// wall time of training since the last start (a resumed run counts from there)
     pub train_seconds_this_session: f64,
+    /// training throughput of this session
     pub train_tokens_per_s: f64,
+    /// rows passed over as massive activations
     pub train_massive_rows_excluded: u64,
+    /// the massive-activation threshold applied, if any
     pub massive_norm: Option<serde_json::Value>,
+    /// the held-out evaluation (FVU, L0, dead latents, CE and KL recovered)
     pub eval: glassbox_analysis::sae_eval::SaeEval,
 }
 
 impl RunMetrics {
+    /// Writes `dir/metrics.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_atomic(
             &dir.join(METRICS_FILE),

@@ -15,38 +15,52 @@ use std::path::{Path, PathBuf};
 pub struct TranscoderSetOptions {
     /// the layers, in order
     pub layers: Vec<usize>,
+    /// the architecture of every layer's transcoder
     pub arch: TrainArch,
+    /// latents per layer
     pub d_sae: usize,
+    /// active latents per token (TopK-family)
     pub k: usize,
     /// a linear skip connection W_skip·x
     pub skip: bool,
+    /// training tokens
     pub tokens: usize,
+    /// tokens per optimisation step
     pub batch: usize,
     /// default: 1e-3 for TopK-style, 3e-4 otherwise
     pub lr: Option<f32>,
     /// default: 0.001 for JumpReLU, 5 otherwise
     pub sparsity_coefficient: Option<f32>,
+    /// tokens per window, BOS first
     pub context_size: usize,
     /// shuffle buffer in tokens: every layer's input and output are buffered, so memory
     /// is tokens × 2 × layers × d_model × 4 bytes
     pub buffer_tokens: usize,
+    /// reuse harvested activations across runs
     pub cache_dir: Option<PathBuf>,
     /// `None`: the default corpus, fetched
     pub corpus: Option<PathBuf>,
+    /// the JSONL field or Parquet column holding the text
     pub text_field: String,
     /// held-out windows for the evaluation
     pub eval_windows: usize,
+    /// the seed of the window shuffle and the held-out split (layer `i` trains with `seed + i`)
     pub seed: u64,
     /// save every layer's trainer this often (0: never)
     pub checkpoint_every_tokens: usize,
+    /// continue from the folder's checkpoint
     pub resume: bool,
 }
 
 /// What a finished set gives back (and wrote to its folder).
 pub struct TranscoderSetRun {
+    /// the set's `index.json`
     pub index: glassbox_circuits::SetIndex,
+    /// the held-out loss with every transcoder spliced in at once
     pub spliced: glassbox_analysis::transcoders::SpliceEval,
+    /// training tokens
     pub train_tokens: usize,
+    /// training wall time of this session
     pub train_seconds: f64,
 }
 
@@ -125,6 +139,8 @@ mod set_checkpoint {
     }
 }
 
+/// Trains one transcoder per layer of `a.layers` from one pass over the corpus into the
+/// folder `out` (see the module docs); resumes from its checkpoint with `a.resume`.
 pub fn train_transcoder_set(
     model: &Model,
     a: &TranscoderSetOptions,
