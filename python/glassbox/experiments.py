@@ -1,5 +1,6 @@
-"""Causal experiments from Python, as the CLI runs them: `patch` is `glassbox patch`, `ioi`
-is `glassbox ioi`; each returns the dict the CLI writes with `--json` (grids as nested
+"""Causal experiments and probes from Python, as the CLI runs them: `patch` is
+`glassbox patch`, `ioi` is `glassbox ioi`, `probe_sweep` is `glassbox probe sweep`; each
+returns the dict the CLI writes with `--json` (grids as nested
 lists; `np.asarray(report["grid"])` for an array)."""
 
 from __future__ import annotations
@@ -24,3 +25,19 @@ def ioi(model, n: int = 12, *, seed: int = 0, site: str = "attn_head", template:
     `site` on each, and the mean grid; `correct` counts prompts whose clean logit
     difference prefers the indirect object."""
     return json.loads(_glassbox.ioi(model._native, int(n), int(seed), site, int(template)))
+
+
+def probe_sweep(model, data: str, *, hook: str = "resid_post", position: str = "last",
+                method: str = "lr", layers=None, seed: int = 0, cache_dir=None) -> dict:
+    """A truth probe (`method`: lr | mass-mean | mass-mean-cov | ccs) trained at every
+    layer in `layers` (all when None) on `data` (`builtin:capitals`, `builtin:numbers`, …,
+    or a CSV of statement,label),
+    read at `hook` (`resid_post`, or a name with `{L}`) and `position` (last | mean);
+    held-out accuracy and AUROC per layer on a stratified 25 % split."""
+    import os
+
+    return json.loads(_glassbox.probe_sweep(
+        model._native, str(data), hook, position, method,
+        None if layers is None else [int(l) for l in layers], int(seed),
+        None if cache_dir is None else os.fspath(cache_dir),
+    ))

@@ -397,3 +397,18 @@ def test_patch_and_ioi_equal_the_clis_json(default_model, cli, tmp_path):
         glassbox.patch(default_model, IOI, IOI + " and", " Mary", " John")
     with pytest.raises(ValueError, match="template"):
         glassbox.ioi(default_model, 2, site="resid_pre", template=99)
+
+
+def test_probe_sweep_equals_the_clis_json(default_model, cli, tmp_path):
+    from conftest import DEFAULT_GGUF
+
+    got = glassbox.probe_sweep(default_model, "builtin:capitals", layers=[3, 15], cache_dir=tmp_path)
+    out = cli("probe", "sweep", "--model", DEFAULT_GGUF, "--data", "builtin:capitals",
+              "--layers", "3,15", "--cache-dir", tmp_path, "--json")
+    assert got == json.loads(out)
+    assert [r["layer"] for r in got["layers"]] == [3, 15]
+    assert all(0.5 <= r["test"]["auroc"] <= 1.0 for r in got["layers"])
+    with pytest.raises(ValueError, match="beyond the model's 30 layers"):
+        glassbox.probe_sweep(default_model, "builtin:capitals", layers=[30])
+    with pytest.raises(ValueError):
+        glassbox.probe_sweep(default_model, "builtin:capitals", method="svm", layers=[3])

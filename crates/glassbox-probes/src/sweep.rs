@@ -193,3 +193,67 @@ pub fn generalisation(
     }
     Ok(matrix)
 }
+
+impl ProbeSpec {
+    /// A probe read at `hook` — a hook name with `{L}` for the layer, or a site such as
+    /// `resid_post` (read as `blocks.{L}.hook_resid_post`) — with 25 % of each dataset
+    /// held out (stratified, seeded).
+    pub fn new(
+        hook: &str,
+        position: Position,
+        method: Method,
+        seed: u64,
+        cache_dir: Option<PathBuf>,
+    ) -> Self {
+        let hook = if hook.contains("{L}") {
+            hook.to_string()
+        } else {
+            format!("blocks.{{L}}.hook_{}", hook.trim_start_matches("hook_"))
+        };
+        ProbeSpec {
+            hook,
+            position,
+            method,
+            seed,
+            test_fraction: 0.25,
+            cache_dir,
+        }
+    }
+}
+
+/// A probe sweep over layers: what `glassbox probe sweep --json` prints and the Python
+/// package's `probe_sweep` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    /// the dataset's name
+    pub data: String,
+    /// its statements
+    pub statements: usize,
+    pub method: Method,
+    pub position: Position,
+    /// how the held-out split was drawn
+    pub split: String,
+    pub layers: Vec<LayerResult>,
+}
+
+/// [`sweep`], with what it was run on.
+pub fn sweep_report(
+    model: &Model,
+    data: &Dataset,
+    spec: &ProbeSpec,
+    layers: &[usize],
+) -> Result<SweepReport> {
+    Ok(SweepReport {
+        data: data.name.clone(),
+        statements: data.statements.len(),
+        method: spec.method,
+        position: spec.position,
+        split: format!(
+            "stratified {:.0}/{:.0}, seed {}",
+            (1.0 - spec.test_fraction) * 100.0,
+            spec.test_fraction * 100.0,
+            spec.seed
+        ),
+        layers: sweep(model, data, spec, layers)?,
+    })
+}

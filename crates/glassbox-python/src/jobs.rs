@@ -348,3 +348,60 @@ pub fn ioi(
         .map_err(analysis_err)?;
     serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
+
+fn probe_err(e: glassbox_probes::ProbeError) -> PyErr {
+    match &e {
+        glassbox_probes::ProbeError::BadInput(m) if m.contains("does not exist") => {
+            PyFileNotFoundError::new_err(e.to_string())
+        }
+        glassbox_probes::ProbeError::BadInput(_) => PyValueError::new_err(e.to_string()),
+        glassbox_probes::ProbeError::Model(glassbox_model::ModelError::UnknownHook { .. }) => {
+            PyKeyError::new_err(e.to_string())
+        }
+        _ => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// A truth-probe sweep over layers (`glassbox probe sweep`): the report as JSON text,
+/// equal to what `glassbox probe sweep --json` prints. `data`: a built-in dataset's name
+/// or a CSV file; `layers`: every layer when `None`.
+#[pyfunction]
+#[pyo3(signature = (model, data, hook="resid_post", position="last", method="lr", layers=None, seed=0, cache_dir=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn probe_sweep(
+    py: Python<'_>,
+    model: &NativeModel,
+    data: &str,
+    hook: &str,
+    position: &str,
+    method: &str,
+    layers: Option<Vec<usize>>,
+    seed: u64,
+    cache_dir: Option<String>,
+) -> PyResult<String> {
+    use glassbox_probes::sweep::{sweep_report, ProbeSpec};
+    let spec = ProbeSpec::new(
+        hook,
+        glassbox_probes::activations::Position::parse(position).map_err(probe_err)?,
+        glassbox_probes::probe::Method::parse(method).map_err(probe_err)?,
+        seed,
+        Some(
+            cache_dir
+                .map(Into::into)
+                .unwrap_or_else(|| glassbox_hub::glassbox_home().join("activations")),
+        ),
+    );
+    let data = glassbox_probes::dataset::Dataset::load(data).map_err(probe_err)?;
+    let n_layers = model.model.config().n_layers;
+    let layers = layers.unwrap_or_else(|| (0..n_layers).collect());
+    if let Some(&l) = layers.iter().find(|&&l| l >= n_layers) {
+        return Err(PyValueError::new_err(format!(
+            "layer {l} is beyond the model's {n_layers} layers"
+        )));
+    }
+    let m = Arc::clone(&model.model);
+    let report = py
+        .detach(|| sweep_report(&m, &data, &spec, &layers))
+        .map_err(probe_err)?;
+    serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}

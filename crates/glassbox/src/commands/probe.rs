@@ -5,7 +5,7 @@ use glassbox_probes::activations::Position;
 use glassbox_probes::dataset::Dataset;
 use glassbox_probes::probe::Method;
 use glassbox_probes::store::{self, ProbeMeta};
-use glassbox_probes::sweep::{features, fit, generalisation, predict, sweep, ProbeSpec};
+use glassbox_probes::sweep::{features, fit, generalisation, predict, sweep_report, ProbeSpec};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -41,23 +41,17 @@ pub struct Common {
 
 impl Common {
     fn spec(&self) -> Result<ProbeSpec> {
-        let hook = if self.hook.contains("{L}") {
-            self.hook.clone()
-        } else {
-            format!("blocks.{{L}}.hook_{}", self.hook)
-        };
-        Ok(ProbeSpec {
-            hook,
-            position: Position::parse(&self.position)?,
-            method: Method::parse(&self.method)?,
-            seed: self.seed,
-            test_fraction: 0.25,
-            cache_dir: Some(
+        Ok(ProbeSpec::new(
+            &self.hook,
+            Position::parse(&self.position)?,
+            Method::parse(&self.method)?,
+            self.seed,
+            Some(
                 self.cache_dir
                     .clone()
                     .unwrap_or_else(|| glassbox_hub::glassbox_home().join("activations")),
             ),
-        })
+        ))
     }
 }
 
@@ -119,16 +113,13 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let spec = a.common.spec()?;
     let data = Dataset::load(&a.data)?;
     let layers = crate::names::parse_layers(a.layers.as_deref(), model.config().n_layers)?;
-    let results = with_spinner(
+    let report = with_spinner(
         &format!("probing {} layers on {}", layers.len(), data.name),
-        || Ok(sweep(&model, &data, &spec, &layers)?),
+        || Ok(sweep_report(&model, &data, &spec, &layers)?),
     )?;
+    let results = &report.layers;
     if a.json {
-        let v = serde_json::json!({
-            "data": data.name, "statements": data.statements.len(), "method": spec.method, "position": spec.position,
-            "split": format!("stratified 75/25, seed {}", spec.seed), "layers": results,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
             "{} ({} statements), {} probe on {} at position `{}`; held-out 25 % (stratified, seed {})",
@@ -138,7 +129,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
             "{:>5} {:>10} {:>9} {:>10}",
             "layer", "accuracy", "AUROC", "train acc"
         );
-        for r in &results {
+        for r in results {
             println!(
                 "{:>5} {:>10.3} {:>9.3} {:>10.3}",
                 r.layer, r.test.accuracy, r.test.auroc, r.train.accuracy
