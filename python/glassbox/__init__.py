@@ -24,7 +24,7 @@ from . import _glassbox
 
 __all__ = [
     "Model", "ActivationCache", "HookPoint", "SAE", "FeatureStore", "get_act_name",
-    "logit_diff", "train_sae", "build_features", "patch", "ioi", "probe_sweep", "__version__",
+    "logit_diff", "train_sae", "build_features", "patch", "ioi", "probe_sweep", "trace", "__version__",
 ]
 __version__ = _glassbox.__version__
 
@@ -432,4 +432,4 @@ class SAE:
 # after SAE: training returns one
 from .features import FeatureStore  # noqa: E402
 from .training import build_features, train_sae  # noqa: E402
-from .experiments import ioi, patch, probe_sweep  # noqa: E402
+from .experiments import ioi, patch, probe_sweep, trace  # noqa: E402

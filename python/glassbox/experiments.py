@@ -1,6 +1,6 @@
 """Causal experiments and probes from Python, as the CLI runs them: `patch` is
-`glassbox patch`, `ioi` is `glassbox ioi`, `probe_sweep` is `glassbox probe sweep`; each
-returns the dict the CLI writes with `--json` (grids as nested
+`glassbox patch`, `ioi` is `glassbox ioi`, `probe_sweep` is `glassbox probe sweep`,
+`trace` is `glassbox trace`; each returns the dict the CLI writes with `--json` (grids as nested
 lists; `np.asarray(report["grid"])` for an array)."""
 
 from __future__ import annotations
@@ -41,3 +41,24 @@ def probe_sweep(model, data: str, *, hook: str = "resid_post", position: str = "
         None if layers is None else [int(l) for l in layers], int(seed),
         None if cache_dir is None else os.fspath(cache_dir),
     ))
+
+
+def trace(model, transcoders, prompt: str, *, targets=(), max_feature_nodes=None,
+          logit_probability=None, max_logits=None, node_threshold=None, edge_threshold=None,
+          max_tokens=None) -> dict:
+    """The attribution graph of `prompt` through the transcoder set in `transcoders`
+    (from `glassbox train-transcoders`), pruned, in circuit-tracer's JSON shape — what
+    `glassbox trace --out` writes and `glassbox serve` draws. `targets`: logit tokens to
+    explain (single tokens such as " Austin"); by default the most probable ones. The
+    CLI's notes (layers without a transcoder, the BOS rule) go to stderr."""
+    import os
+    import sys
+
+    graph, notes = _glassbox.trace(
+        model._native, os.fspath(transcoders), prompt, [str(t) for t in targets],
+        max_feature_nodes, logit_probability, max_logits, node_threshold, edge_threshold,
+        max_tokens,
+    )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return json.loads(graph)

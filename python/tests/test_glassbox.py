@@ -412,3 +412,27 @@ def test_probe_sweep_equals_the_clis_json(default_model, cli, tmp_path):
         glassbox.probe_sweep(default_model, "builtin:capitals", layers=[30])
     with pytest.raises(ValueError):
         glassbox.probe_sweep(default_model, "builtin:capitals", method="svm", layers=[3])
+
+
+def test_trace_equals_the_clis_graph(default_model, cli, tmp_path):
+    from conftest import DEFAULT_GGUF
+
+    corpus = _corpus(tmp_path)
+    cli("train-transcoders", "--model", DEFAULT_GGUF, "--layers", "0..2", "--d-sae", 64, "--k", 4,
+        "--tokens", 2048, "--batch", 256, "--context-size", 32, "--eval-windows", 2,
+        "--corpus", corpus, "--out", tmp_path / "set")
+    prompt = "The capital of Texas is"
+    got = glassbox.trace(default_model, tmp_path / "set", prompt, targets=[" Austin"])
+    cli("trace", "--model", DEFAULT_GGUF, "--transcoders", tmp_path / "set", "--prompt", prompt,
+        "--target", " Austin", "--out", tmp_path / "graph.json")
+    want = json.loads((tmp_path / "graph.json").read_text())
+    for g in (got, want):  # wall time and the model as each was given differ
+        g["metadata"].pop("attribution_seconds")
+        g["metadata"].pop("model")
+    assert got == want
+    logits = [n for n in got["nodes"] if n["feature_type"] == "logit"]
+    assert len(logits) == 1 and got["links"]
+    with pytest.raises(ValueError, match="not one token"):
+        glassbox.trace(default_model, tmp_path / "set", prompt, targets=[" Austin Texas"])
+    with pytest.raises(FileNotFoundError, match="no transcoder set"):
+        glassbox.trace(default_model, tmp_path / "nowhere", prompt)

@@ -19,6 +19,7 @@ mod intervene;
 mod prune;
 mod replacement;
 mod set;
+pub mod trace;
 
 pub use attribution::{attribute, Attribution, AttributionOptions, Node, NodeKind};
 pub use graph::{
@@ -31,6 +32,7 @@ pub use intervene::{
 pub use prune::{node_influence, prune, PruneOptions, Pruned};
 pub use replacement::{ActiveFeature, ReplacementState};
 pub use set::{SetIndex, SetLayer, TranscoderSet, SET_FORMAT, SET_INDEX};
+pub use trace::{trace_prompt, Trace, TraceOptions, MAX_TRACE_TOKENS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CircuitError {

@@ -405,3 +405,66 @@ pub fn probe_sweep(
         .map_err(probe_err)?;
     serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
+
+/// The attribution graph of `prompt` through the transcoder set at `transcoders`
+/// (`glassbox trace`): the pruned graph as JSON text, as `glassbox trace --out` writes
+/// it, and the notes the CLI prints.
+#[pyfunction]
+#[pyo3(signature = (model, transcoders, prompt, targets=Vec::new(), max_feature_nodes=None, logit_probability=None, max_logits=None, node_threshold=None, edge_threshold=None, max_tokens=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn trace(
+    py: Python<'_>,
+    model: &NativeModel,
+    transcoders: String,
+    prompt: String,
+    targets: Vec<String>,
+    max_feature_nodes: Option<usize>,
+    logit_probability: Option<f32>,
+    max_logits: Option<usize>,
+    node_threshold: Option<f32>,
+    edge_threshold: Option<f32>,
+    max_tokens: Option<usize>,
+) -> PyResult<(String, Vec<String>)> {
+    use glassbox_circuits::{AttributionOptions, PruneOptions, TraceOptions, TranscoderSet};
+    let circuit_err = |e: glassbox_circuits::CircuitError| match &e {
+        glassbox_circuits::CircuitError::BadInput(_)
+        | glassbox_circuits::CircuitError::Model(_) => PyValueError::new_err(e.to_string()),
+        glassbox_circuits::CircuitError::Io(_, io) if io.kind() == std::io::ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(e.to_string())
+        }
+        _ => PyRuntimeError::new_err(e.to_string()),
+    };
+    let dir = std::path::PathBuf::from(&transcoders);
+    if !dir.is_dir() {
+        return Err(PyFileNotFoundError::new_err(format!(
+            "no transcoder set at {transcoders}: train one with `glassbox train-transcoders --out DIR`"
+        )));
+    }
+    let m = Arc::clone(&model.model);
+    let a = AttributionOptions::default();
+    let p = PruneOptions::default();
+    let opts = TraceOptions {
+        targets,
+        attribution: AttributionOptions {
+            max_feature_nodes: max_feature_nodes.unwrap_or(a.max_feature_nodes),
+            logit_probability: logit_probability.unwrap_or(a.logit_probability),
+            max_logits: max_logits.unwrap_or(a.max_logits),
+            ..a
+        },
+        prune: PruneOptions {
+            node_threshold: node_threshold.unwrap_or(p.node_threshold),
+            edge_threshold: edge_threshold.unwrap_or(p.edge_threshold),
+        },
+        max_tokens: max_tokens.unwrap_or(glassbox_circuits::MAX_TRACE_TOKENS),
+    };
+    let spec = m.source.display().to_string();
+    let trace = py
+        .detach(|| {
+            let set = TranscoderSet::load(&dir, m.config())?;
+            glassbox_circuits::trace_prompt(&m, &spec, &set, &transcoders, &prompt, &opts)
+        })
+        .map_err(circuit_err)?;
+    let json =
+        serde_json::to_string(&trace.json).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok((json, trace.notes))
+}

@@ -635,6 +635,7 @@ fn _glassbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(jobs::patch, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::ioi, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::probe_sweep, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::trace, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

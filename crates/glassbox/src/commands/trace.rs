@@ -2,18 +2,18 @@
 //! written as JSON (circuit-tracer's shape); `glassbox intervene`: set or scale features
 //! and compare the output distribution.
 
-use crate::open::{atomic_write, encode_quiet, model_label, open_model};
+use crate::open::{atomic_write, model_label, open_model};
 use anyhow::{Context, Result};
 use glassbox_circuits::{
-    attribute, graph_json, intervene, prune, AttributionOptions, EditValue, FeatureEdit,
-    GraphContext, InterventionMode, NodeKind, PruneOptions, ReplacementState, TranscoderSet,
+    intervene, trace_prompt, AttributionOptions, EditValue, FeatureEdit, InterventionMode,
+    NodeKind, PruneOptions, TraceOptions, TranscoderSet,
 };
 use glassbox_model::Model;
 use std::path::PathBuf;
 
 /// Longest prompt `trace` accepts: the dense adjacency grows with the square of
 /// (features per token × tokens).
-pub const MAX_TRACE_TOKENS: usize = 64;
+pub use glassbox_circuits::MAX_TRACE_TOKENS;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,52 +55,6 @@ pub struct Args {
 /// The prompt's ids by the one rule (`open::encode`), within the length limit. Position 0
 /// is the attention sink whose features training left out: when it is a word, not BOS,
 /// say so, since that word's features cannot appear in the graph.
-fn prompt_tokens(model: &Model, prompt: &str, max_tokens: usize) -> Result<Vec<u32>> {
-    let ids = encode_quiet(model, prompt)?;
-    let tok = model.tokenizer()?;
-    anyhow::ensure!(
-        ids.len() >= 2,
-        "the prompt is {} ({}): a graph needs at least 2 tokens",
-        tok.prompt_summary(&ids),
-        short_ids(tok, &ids)
-    );
-    anyhow::ensure!(
-        ids.len() <= max_tokens,
-        "the prompt is {} tokens; the limit is {max_tokens} (--max-tokens; the graph's memory grows with the square of its length)",
-        ids.len()
-    );
-    if tok.bos_status(&ids) == "none" {
-        if let Some(b) = tok.bos_token_id {
-            eprintln!(
-                "note: position 0 ({:?}) is the attention sink, whose features are left out as in training; start the prompt with {:?} to keep every word",
-                tok.token_text(ids[0]),
-                tok.token_text(b)
-            );
-        }
-    }
-    Ok(ids)
-}
-
-fn short_ids(tok: &glassbox_model::TextTokenizer, ids: &[u32]) -> String {
-    format!("{:?}", tok.token_texts(ids))
-}
-
-fn single_token(model: &Model, text: &str) -> Result<u32> {
-    let tok = model.tokenizer()?;
-    if let Some(id) = tok.token_to_id(text) {
-        return Ok(id);
-    }
-    let ids = tok.encode(text)?;
-    anyhow::ensure!(
-        ids.len() == 1,
-        "target `{text}` is not one token of the vocabulary (it encodes to {} tokens: {:?}); pick a single token, often with its leading space, e.g. \" Austin\"",
-        ids.len(),
-        ids.iter().map(|&i| tok.token_text(i)).collect::<Vec<_>>()
-    );
-    Ok(ids[0])
-}
-
-/// Peak resident memory of this process so far (Linux), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -109,75 +63,43 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn open_set(model: &Model, dir: &std::path::Path) -> Result<TranscoderSet> {
-    let set = TranscoderSet::load(dir, model.config())
-        .with_context(|| format!("transcoder set {}", dir.display()))?;
-    let missing: Vec<usize> = (0..model.config().n_layers)
-        .filter(|&l| set.by_layer[l].is_none())
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "note: layers {missing:?} have no transcoder: their whole MLP output is an error node"
-        );
-    }
-    if let (Some(trained), label) = (&set.model, model_label(model)) {
-        if *trained != label {
-            eprintln!("note: the set was trained on `{trained}`; tracing `{label}`");
-        }
-    }
-    Ok(set)
+    TranscoderSet::load(dir, model.config())
+        .with_context(|| format!("transcoder set {}", dir.display()))
 }
 
 pub fn run(a: Args) -> Result<()> {
     let model = open_model(&a.model)?;
     let set = open_set(&model, &a.transcoders)?;
-    let tokens = prompt_tokens(&model, &a.prompt, a.max_tokens)?;
-    let targets = a
-        .targets
-        .iter()
-        .map(|t| single_token(&model, t))
-        .collect::<Result<Vec<_>>>()?;
-    let started = std::time::Instant::now();
-    let state = ReplacementState::new(&model.transformer, &set, &tokens, a.max_feature_nodes)?;
-    let opts = AttributionOptions {
-        max_feature_nodes: a.max_feature_nodes,
-        logit_probability: a.logit_probability,
-        max_logits: a.max_logits,
-        targets,
-        batch: a.batch,
+    let set_dir = a.transcoders.display().to_string();
+    let opts = TraceOptions {
+        targets: a.targets.clone(),
+        attribution: AttributionOptions {
+            max_feature_nodes: a.max_feature_nodes,
+            logit_probability: a.logit_probability,
+            max_logits: a.max_logits,
+            targets: Vec::new(),
+            batch: a.batch,
+        },
+        prune: PruneOptions {
+            node_threshold: a.node_threshold,
+            edge_threshold: a.edge_threshold,
+        },
+        max_tokens: a.max_tokens,
     };
-    eprintln!(
-        "{} tokens, {} feature nodes ({} active features folded into error nodes: position 0 and past --max-feature-nodes); attributing…",
-        tokens.len(),
-        state.features.len(),
-        state.features_folded
-    );
-    let graph = attribute(&model.transformer, &set, &state, &opts)?;
-    let popts = PruneOptions {
-        node_threshold: a.node_threshold,
-        edge_threshold: a.edge_threshold,
-    };
-    let pruned = prune(&graph, popts)?;
-    let total_s = started.elapsed().as_secs_f64();
+    let trace = trace_prompt(&model, &a.model, &set, &set_dir, &a.prompt, &opts)?;
+    for note in &trace.notes {
+        eprintln!("note: {note}");
+    }
+    let (graph, pruned, tokens, json) = (&trace.graph, &trace.pruned, &trace.tokens, &trace.json);
+    let total_s = trace.seconds;
     let tok = model.tokenizer()?;
     let text = |id: u32| tok.token_text(id);
     let label = model_label(&model);
-    let set_dir = a.transcoders.display().to_string();
-    let json = graph_json(
-        &graph,
-        &pruned,
-        popts,
-        &GraphContext {
-            prompt: &a.prompt,
-            model: &a.model,
-            transcoders: &set_dir,
-            token_text: &text,
-        },
-    );
     atomic_write(&a.out, |tmp| {
         Ok(std::fs::write(tmp, serde_json::to_string(&json)?)?)
     })?;
 
-    println!("prompt: {:?} → {}", a.prompt, tok.prompt_summary(&tokens));
+    println!("prompt: {:?} → {}", a.prompt, tok.prompt_summary(tokens));
     println!("model {label}; transcoders {set_dir}");
     for i in 0..graph.n_logits {
         if let NodeKind::Logit {
@@ -301,8 +223,12 @@ pub fn run_intervene(a: InterveneArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let model = open_model(&a.model)?;
     let set = open_set(&model, &a.transcoders)?;
-    let tokens = prompt_tokens(&model, &a.prompt, usize::MAX)?;
-    let state = ReplacementState::new(&model.transformer, &set, &tokens, usize::MAX)?;
+    let (tokens, note) = glassbox_circuits::trace::prompt_tokens(&model, &a.prompt, usize::MAX)?;
+    if let Some(n) = note {
+        eprintln!("note: {n}");
+    }
+    let state =
+        glassbox_circuits::ReplacementState::new(&model.transformer, &set, &tokens, usize::MAX)?;
     let out = intervene(&model.transformer, &set, &state, &edits, mode, a.top)?;
     let tok = model.tokenizer()?;
     if a.json {
