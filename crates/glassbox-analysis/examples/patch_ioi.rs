@@ -1,11 +1,11 @@
 //! Activation patching on the indirect-object task with the library (what `glassbox
 //! patch` does): the clean run's residual stream patched into the corrupted run, one
-//! layer × position at a time, and the cells that restore the answer most.
+//! layer × position at a time, and the cells with the largest effect.
 //!
 //!     cargo run --release -p glassbox-analysis --example patch_ioi -- \
 //!         ~/.cache/glassbox/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-use glassbox_analysis::patching::{patch_prompts, PatchMethod, PatchSite};
+use glassbox_analysis::patching::{cells_by_effect, patch_prompts, PatchMethod, PatchSite};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Some(path) = std::env::args().nth(1) else {
@@ -26,14 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "logit diff \" Mary\" − \" John\": clean {:.2}, corrupted {:.2}",
         r.logit_diff_clean, r.logit_diff_corrupt
     );
-    let mut cells: Vec<(usize, usize, f32)> = r
-        .grid
-        .iter()
-        .enumerate()
-        .flat_map(|(l, row)| row.iter().enumerate().map(move |(c, &v)| (l, c, v)))
-        .collect();
-    cells.sort_by(|a, b| b.2.total_cmp(&a.2));
-    println!("patched cells that restore the clean answer most:");
+    println!("patched cells with the largest effect on the answer:");
+    let cells = cells_by_effect(&r.grid);
     for (layer, col, v) in cells.iter().take(8) {
         println!(
             "  layer {layer:>2}, {:<12} {v:.2}",

@@ -378,3 +378,15 @@ pub fn patch_prompts(
         correlation_with_exact: correlation,
     })
 }
+
+/// A grid's cells as `(layer, column, value)`, the largest effect (in absolute value)
+/// first.
+pub fn cells_by_effect(grid: &[Vec<f32>]) -> Vec<(usize, usize, f32)> {
+    let mut cells: Vec<(usize, usize, f32)> = grid
+        .iter()
+        .enumerate()
+        .flat_map(|(l, row)| row.iter().enumerate().map(move |(c, &v)| (l, c, v)))
+        .collect();
+    cells.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+    cells
+}

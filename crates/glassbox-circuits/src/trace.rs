@@ -110,11 +110,7 @@ pub fn trace_prompt(
             "layers {missing:?} have no transcoder: their whole MLP output is an error node"
         ));
     }
-    let label = model
-        .source
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let label = model.label();
     if let Some(trained) = &set.model {
         if *trained != label {
             notes.push(format!(

@@ -85,7 +85,7 @@ pub fn build_held_out(
         ..opts.clone()
     };
     let mut meta = vec![
-        ("model".to_string(), glassbox_train::model_label(model)),
+        ("model".to_string(), model.label()),
         ("model_spec".into(), input.model_spec.clone()),
         ("sae_dir".into(), input.dict_dir.display().to_string()),
         ("architecture".into(), dict.architecture.name().into()),

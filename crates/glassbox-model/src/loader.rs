@@ -16,6 +16,15 @@ pub struct Model {
 }
 
 impl Model {
+    /// The checkpoint's file or folder name, as run directories, stores and graphs record
+    /// it for people.
+    pub fn label(&self) -> String {
+        self.source
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.transformer.config
     }

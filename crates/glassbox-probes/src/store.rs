@@ -30,12 +30,9 @@ pub struct ProbeMeta {
     pub test_auroc: f64,
 }
 
+/// The model as probe files record it ([`Model::label`]).
 pub fn model_name(model: &Model) -> String {
-    model
-        .source
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default()
+    model.label()
 }
 
 pub fn save(dir: &Path, probe: &Probe, meta: &ProbeMeta) -> Result<()> {

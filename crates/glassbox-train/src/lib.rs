@@ -130,15 +130,6 @@ pub struct SaeRun {
     pub out: PathBuf,
 }
 
-/// The model file or folder name, as run directories record it for people.
-pub fn model_label(model: &Model) -> String {
-    model
-        .source
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default()
-}
-
 /// Trains a dictionary on `model`'s activations at `opts.hook` and writes the run
 /// directory `out` (see the crate docs). With `opts.resume` and a checkpoint in `out`,
 /// continues it (the options must be the same); without, refuses a directory that
@@ -269,7 +260,7 @@ fn run_steps(
                 .display()
                 .to_string(),
         ),
-        model_name: Some(model_label(model)),
+        model_name: Some(model.label()),
         hook: Some(opts.hook.clone()),
         hook_out: opts.hook_out.clone(),
         corpus: Some(corpus.display().to_string()),
@@ -411,7 +402,7 @@ fn run_steps(
     let mut dict = trainer.to_dictionary(
         Some(opts.hook.clone()),
         opts.hook_out.clone(),
-        Some(model_label(model)),
+        Some(model.label()),
     )?;
     if let Some(serde_json::Value::Object(meta)) = dict.extra_cfg.get_mut("metadata") {
         meta.insert("context_size".into(), opts.context_size.into());

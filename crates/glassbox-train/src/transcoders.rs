@@ -3,7 +3,7 @@
 //! layer plus the set's `index.json` ([`glassbox_circuits::SetIndex`]); per-layer
 //! held-out FVU and the CE loss recovered with every transcoder spliced in at once.
 
-use crate::{arch_name, invalid, model_label, run_dir, Progress, RunError, Stage, LOG_EVERY_STEPS};
+use crate::{arch_name, invalid, run_dir, Progress, RunError, Stage, LOG_EVERY_STEPS};
 use anyhow::Result;
 use glassbox_data::store::{ActivationStore, StoreOptions};
 use glassbox_model::Model;
@@ -339,7 +339,7 @@ pub fn train_transcoder_set(
         let mut d = t.to_dictionary(
             Some(hooks[2 * i].clone()),
             Some(hooks[2 * i + 1].clone()),
-            Some(model_label(model)),
+            Some(model.label()),
         )?;
         if let (Some(m), Some(serde_json::Value::Object(meta))) =
             (&massive, d.extra_cfg.get_mut("metadata"))
@@ -385,7 +385,7 @@ pub fn train_transcoder_set(
     let spliced = spliced?;
     let index = glassbox_circuits::SetIndex {
         format: Some(glassbox_circuits::SET_FORMAT.into()),
-        model: Some(model_label(model)),
+        model: Some(model.label()),
         arch: Some(arch_name(&trainers[0].cfg)),
         skip: Some(a.skip),
         layers: index_layers,

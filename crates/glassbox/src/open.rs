@@ -214,9 +214,6 @@ fn log_line(bar: &indicatif::ProgressBar) -> String {
     )
 }
 
-/// The model's file or folder name, for metadata.
-pub use glassbox_train::model_label;
-
 /// Draws a library job's progress ([`glassbox_train::Progress`]) as stacked bars on
 /// stderr, one per stage, and its notes as plain lines; the training bar carries the
 /// latest step's throughput and losses.

@@ -1,6 +1,4 @@
-use crate::open::{
-    model_label, open_dictionary, open_model, progress, warn_on_processing_mismatch,
-};
+use crate::open::{open_dictionary, open_model, progress, warn_on_processing_mismatch};
 use anyhow::Result;
 use glassbox_analysis::sae_eval::{evaluate, resolve_hooks, EvalOptions, SaeEval};
 use std::path::PathBuf;
@@ -102,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         let o = v.as_object_mut().expect("an object");
-        o.insert("model".into(), model_label(&model).into());
+        o.insert("model".into(), model.label().into());
         o.insert("sae".into(), a.sae.display().to_string().into());
         o.insert("corpus".into(), corpus.display().to_string().into());
         o.insert("seed".into(), a.seed.into());
@@ -111,7 +109,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    report(&r, &model_label(&model), &a);
+    report(&r, &model.label(), &a);
     Ok(())
 }
 

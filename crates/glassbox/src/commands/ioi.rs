@@ -54,13 +54,7 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     };
     let columns = &report.column_labels;
-    let mut cells: Vec<(usize, usize, f32)> = report
-        .mean_grid
-        .iter()
-        .enumerate()
-        .flat_map(|(l, row)| row.iter().enumerate().map(move |(c, &v)| (l, c, v)))
-        .collect();
-    cells.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+    let cells = glassbox_analysis::patching::cells_by_effect(&report.mean_grid);
     println!(
         "mean normalised patching effect, largest cells ({}):",
         r.columns

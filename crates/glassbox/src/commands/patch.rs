@@ -114,13 +114,7 @@ fn print_summary(r: &PatchResult, columns: &[String], correlation: Option<f32>) 
         r.method,
         r.site.name()
     );
-    let mut cells: Vec<(usize, usize, f32)> = r
-        .grid
-        .iter()
-        .enumerate()
-        .flat_map(|(l, row)| row.iter().enumerate().map(move |(c, &v)| (l, c, v)))
-        .collect();
-    cells.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+    let cells = glassbox_analysis::patching::cells_by_effect(&r.grid);
     println!("largest effects (layer, {}: normalised):", r.columns);
     for (l, c, v) in cells.iter().take(8) {
         let column = columns.get(*c).cloned().unwrap_or_default();

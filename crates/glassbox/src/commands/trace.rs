@@ -2,7 +2,7 @@
 //! written as JSON (circuit-tracer's shape); `glassbox intervene`: set or scale features
 //! and compare the output distribution.
 
-use crate::open::{atomic_write, model_label, open_model};
+use crate::open::{atomic_write, open_model};
 use anyhow::{Context, Result};
 use glassbox_circuits::{
     intervene, trace_prompt, AttributionOptions, EditValue, FeatureEdit, InterventionMode,
@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
     let total_s = trace.seconds;
     let tok = model.tokenizer()?;
     let text = |id: u32| tok.token_text(id);
-    let label = model_label(&model);
+    let label = model.label();
     atomic_write(&a.out, |tmp| {
         Ok(std::fs::write(tmp, serde_json::to_string(&json)?)?)
     })?;
