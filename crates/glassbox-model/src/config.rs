@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
 
+/// The HF `model_type`s glassbox runs (`gemma3`, the multimodal wrapper, is read through
+/// its `text_config` as `gemma3_text`).
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "llama",
     "mistral",
@@ -19,22 +21,42 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "gpt_neox",
 ];
 
+/// A supported model family. It picks the checkpoint's tensor names and the defaults
+/// [`ModelConfig::from_hf_config`] fills in; the forward pass itself reads only the
+/// [`ModelConfig`] switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Architecture {
+    /// `llama` (Llama 2/3, SmolLM2; also llama GGUFs)
     Llama,
+    /// `mistral`: llama with a sliding window on every layer (when `sliding_window` is set)
     Mistral,
+    /// `qwen2`: biases on Q, K and V
     Qwen2,
+    /// `qwen3`: per-head RMSNorm on queries and keys
     Qwen3,
+    /// `gemma2`: unit-offset norms around each sublayer, soft-capping, alternating
+    /// sliding-window layers
     Gemma2,
+    /// `gemma3_text` (and gemma3 GGUFs): Gemma 2's layout with q/k norms, every sixth
+    /// layer global by default and its own rotary base on local layers
     Gemma3,
+    /// `phi3`: fused `qkv_proj` and `gate_up_proj` in the checkpoint, partial rotary
     Phi3,
+    /// `olmo2`: norms on the sublayer outputs only, RMSNorm over all query/key heads
     Olmo2,
+    /// `gpt2`: LayerNorm, learned absolute positions, Conv1D (`[in, out]`) weights,
+    /// biases everywhere
     Gpt2,
+    /// `gpt_neox` (Pythia): LayerNorm, parallel attention and MLP (by default), partial
+    /// rotary
     GptNeox,
 }
 
 impl Architecture {
+    /// The architecture of a HF `model_type`; [`ModelError::UnsupportedArchitecture`]
+    /// for any other (including the multimodal `gemma3`, which
+    /// [`ModelConfig::from_hf_config`] unwraps first).
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
             "llama" => Architecture::Llama,
@@ -56,6 +78,8 @@ impl Architecture {
             }
         })
     }
+
+    /// The HF `model_type` (`gemma3_text` for [`Architecture::Gemma3`]).
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
@@ -72,6 +96,8 @@ impl Architecture {
     }
 }
 
+/// Which normalisation every norm of the model computes (over the last axis, `eps` =
+/// [`ModelConfig::norm_eps`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
@@ -97,16 +123,24 @@ pub enum QkNorm {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "rope_type")]
 pub enum RopeScaling {
+    /// no rescaling: `1 / theta^(2i/rot)`
     Default,
     /// every frequency divided by `factor` (Gemma 3 ≥ 4B, global layers)
     Linear {
+        /// the divisor (> 0)
         factor: f64,
     },
     /// Llama 3.1+: low frequencies divided by `factor`, high ones kept, a smooth ramp between
     Llama3 {
+        /// the divisor of the low frequencies (> 0)
         factor: f64,
+        /// wavelengths above `original_max_position_embeddings / low_freq_factor` are
+        /// divided by `factor`
         low_freq_factor: f64,
+        /// wavelengths below `original_max_position_embeddings / high_freq_factor` are
+        /// kept (> `low_freq_factor`)
         high_freq_factor: f64,
+        /// the context length the model was pre-trained at, in positions
         original_max_position_embeddings: f64,
     },
 }
@@ -150,14 +184,17 @@ impl RopeScaling {
     }
 }
 
+/// The MLP's nonlinearity (HF `hidden_act` / `hidden_activation` / `activation_function`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
+    /// `x · sigmoid(x)` (`silu`, `swish`)
     Silu,
     /// tanh approximation (gelu_new, gelu_pytorch_tanh)
     GeluTanh,
     /// exact erf GELU
     Gelu,
+    /// `max(x, 0)`
     Relu,
 }
 
@@ -177,19 +214,39 @@ impl Activation {
     }
 }
 
+/// What the forward pass computes, for every family: sizes (TransformerLens' names) and
+/// the switches that tell the families apart. Read from a HF `config.json`
+/// ([`ModelConfig::from_hf_config_file`]) or from GGUF metadata; every field that would
+/// change the computation is either implemented here or refused by name.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelConfig {
+    /// the model family
     pub architecture: Architecture,
+    /// width of the residual stream (`hidden_size`, `n_embd`)
     pub d_model: usize,
+    /// number of blocks (`num_hidden_layers`, `n_layer`)
     pub n_layers: usize,
+    /// query heads per layer (`num_attention_heads`, `n_head`)
     pub n_heads: usize,
+    /// key/value heads per layer (`num_key_value_heads`; `n_heads` without grouped-query
+    /// attention); divides `n_heads`
     pub n_kv_heads: usize,
+    /// width of one head (`head_dim`, else `d_model / n_heads`)
     pub d_head: usize,
+    /// width of the MLP's hidden layer (`intermediate_size`; gpt2 `n_inner`, else
+    /// `4 d_model`)
     pub d_mlp: usize,
+    /// vocabulary size: rows of the embedding and the unembedding (`vocab_size`)
     pub d_vocab: usize,
+    /// context length in positions (`max_position_embeddings`, `n_positions`, `n_ctx`):
+    /// the most a pass may hold, KV-cached positions included
     pub n_ctx: usize,
+    /// the normalisation every norm computes
     pub norm: NormKind,
+    /// epsilon of every norm (`rms_norm_eps`, `layer_norm_eps`, `layer_norm_epsilon`;
+    /// default 1e-5)
     pub norm_eps: f64,
+    /// the MLP's nonlinearity
     pub activation: Activation,
     /// gate/up MLP (llama family) instead of in/out (gpt2, neox)
     pub gated_mlp: bool,
@@ -209,21 +266,32 @@ pub struct ModelConfig {
     pub parallel_residual: bool,
     /// norms on the attention and MLP outputs before the residual add (Gemma 2/3, OLMo 2)
     pub post_sublayer_norms: bool,
+    /// factor on the attention scores `q · k`: `1 / sqrt(d_head)`, Gemma
+    /// `1 / sqrt(query_pre_attn_scalar)`
     pub attn_scale: f64,
+    /// attention scores become `cap · tanh(scores / cap)` before the mask (Gemma 2
+    /// `attn_logit_softcapping`)
     pub attn_softcap: Option<f64>,
+    /// logits become `cap · tanh(logits / cap)` (Gemma `final_logit_softcapping`)
     pub final_softcap: Option<f64>,
     /// multiplies the token embedding (Gemma: sqrt(d_model))
     pub embed_scale: Option<f64>,
+    /// on the layers [`sliding_layers`](Self::sliding_layers) marks, a query sees only
+    /// keys fewer than this many positions before it (HF `sliding_window`)
     pub sliding_window: Option<usize>,
     /// per layer: does this layer use the sliding window
     pub sliding_layers: Vec<bool>,
+    /// the unembedding is the token embedding (`tie_word_embeddings`)
     pub tied_embeddings: bool,
+    /// biases on the query, key and value projections
     pub qkv_bias: bool,
     /// bias on the attention output projection (`attention_bias` in llama-style configs)
     pub o_bias: bool,
     /// biases on the MLP projections (gated MLPs with `mlp_bias`)
     pub mlp_bias: bool,
+    /// the config's `bos_token_id` (the first, when it lists several)
     pub bos_token_id: Option<u32>,
+    /// the config's `eos_token_id` (the first, when it lists several)
     pub eos_token_id: Option<u32>,
 }
 
@@ -358,7 +426,8 @@ fn first_u32(v: Option<&Value>) -> Option<u32> {
 }
 
 impl ModelConfig {
-    /// Reads a HF `config.json`.
+    /// Reads a HF `config.json`, as [`from_hf_config`](Self::from_hf_config); refusals
+    /// name the file ([`ModelError::BadFile`]).
     pub fn from_hf_config_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::bad_file(path, e))?;
         let cfg: Value = serde_json::from_str(&text)
@@ -369,6 +438,10 @@ impl ModelConfig {
         })
     }
 
+    /// Reads a parsed HF `config.json` (transformers 4 or 5 keys; a multimodal Gemma 3
+    /// config through its `text_config`). A field that would change the computation
+    /// but is not implemented is refused by name ([`ModelError::BadInput`]), never
+    /// ignored; an unknown `model_type` is [`ModelError::UnsupportedArchitecture`].
     pub fn from_hf_config(cfg: &Value) -> Result<Self> {
         let model_type = get_str(cfg, "model_type")
             .ok_or_else(|| ModelError::BadInput("config has no `model_type`".into()))?;
@@ -700,6 +773,8 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Query heads sharing one key/value head (`n_heads / n_kv_heads`; 1 without
+    /// grouped-query attention).
     pub fn n_query_groups(&self) -> usize {
         self.n_heads / self.n_kv_heads
     }

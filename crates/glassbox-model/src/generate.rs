@@ -8,13 +8,16 @@ use crate::transformer::{KvCache, Transformer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// How [`Transformer::generate`] picks tokens. The default is greedy, 32 new tokens.
 #[derive(Debug, Clone)]
 pub struct SamplingOptions {
+    /// the most tokens to generate (fewer when a stop token comes or the context is full)
     pub max_new_tokens: usize,
     /// 0 means greedy
     pub temperature: f64,
     /// nucleus sampling mass (1.0 disables)
     pub top_p: f64,
+    /// seed of the sampling RNG: equal options give equal tokens
     pub seed: u64,
     /// generation stops after emitting any of these
     pub stop_tokens: Vec<u32>,
@@ -40,6 +43,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler for `opts`; [`ModelError::BadInput`] for a negative or non-finite
+    /// temperature or a `top_p` outside (0, 1].
     pub fn new(opts: &SamplingOptions) -> Result<Self> {
         if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
             return Err(ModelError::BadInput(format!(
@@ -60,6 +65,9 @@ impl Sampler {
         })
     }
 
+    /// The next token: the argmax at temperature 0; otherwise a draw from
+    /// `softmax(logits / temperature)` restricted to the nucleus (the most probable
+    /// tokens whose mass first reaches `top_p`).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let argmax = || {
             logits

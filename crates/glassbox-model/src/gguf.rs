@@ -16,12 +16,20 @@ use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
+/// A GGUF file as loaded: the config its metadata describes, the weights, and the header
+/// (metadata and tensor infos, from which the tokenizer is rebuilt).
 pub struct GgufModel {
+    /// the config from the `{arch}.*` metadata (and llama.cpp's assumptions for gemma3)
     pub config: ModelConfig,
+    /// matrices in their quant blocks; embedding, unembedding and norms dequantized
     pub weights: ModelWeights,
+    /// the file's header
     pub content: Content,
 }
 
+/// Reads a GGUF header (metadata and tensor infos) and checks that every tensor it lists
+/// has elements and lies inside the file; the reader is left for reading the tensors.
+/// A file that is not GGUF, or is truncated, is [`ModelError::BadFile`].
 pub fn read_gguf_header(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(|e| ModelError::bad_file(path, e))?;
     let file_len = file
@@ -88,6 +96,7 @@ fn meta_f64(c: &Content, key: &str) -> Option<f64> {
     meta(c, key).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()))
 }
 
+/// The metadata value `key` as a `u32` (from a u32 or u64 entry), if present.
 pub fn meta_u32(c: &Content, key: &str) -> Option<u32> {
     meta(c, key).and_then(|v| {
         v.to_u32()
@@ -96,6 +105,7 @@ pub fn meta_u32(c: &Content, key: &str) -> Option<u32> {
     })
 }
 
+/// The metadata value `key` as a string, if present.
 pub fn meta_string(c: &Content, key: &str) -> Option<String> {
     meta(c, key).and_then(|v| v.to_string().ok().cloned())
 }
@@ -103,6 +113,9 @@ pub fn meta_string(c: &Content, key: &str) -> Option<String> {
 /// GGUF architectures glassbox reads (`general.architecture`).
 pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
+/// Loads a llama or gemma3 GGUF, keeping blocks dequantized when they fit
+/// [`DEFAULT_KEEP_EXPANDED_BYTES`]; another `general.architecture` is
+/// [`ModelError::UnsupportedArchitecture`].
 pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     load_gguf_with(path, DEFAULT_KEEP_EXPANDED_BYTES)
 }

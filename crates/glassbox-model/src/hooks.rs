@@ -20,6 +20,11 @@ pub enum HookLayout {
 }
 
 impl HookLayout {
+    /// The layout of the hook point `name`, from its last component: `hook_q`, `hook_k`,
+    /// `hook_v`, `hook_z`, `hook_rot_q`, `hook_rot_k` are [`PerHead`](Self::PerHead),
+    /// `hook_attn_scores` and `hook_pattern` are [`Pattern`](Self::Pattern), every other
+    /// name [`Stream`](Self::Stream) (including `attn.hook_result`, `hook_q_input` and
+    /// the q/k-norm hooks, although they have a head axis).
     pub fn of(name: &str) -> HookLayout {
         let leaf = name.rsplit('.').next().unwrap_or(name);
         match leaf {
@@ -30,12 +35,14 @@ impl HookLayout {
             _ => HookLayout::Stream,
         }
     }
+    /// The sequence-position axis (the query position for patterns).
     pub fn pos_axis(self) -> usize {
         match self {
             HookLayout::Stream | HookLayout::PerHead => 1,
             HookLayout::Pattern => 2,
         }
     }
+    /// The head axis; `None` for [`Stream`](Self::Stream).
     pub fn head_axis(self) -> Option<usize> {
         match self {
             HookLayout::Stream => None,
@@ -52,6 +59,7 @@ pub struct Dim {
     /// `batch`, `pos`, `head`, `d_head`, `d_model`, `d_mlp`, `query_pos`, …; empty for a
     /// unit dimension (a norm's scale)
     pub name: &'static str,
+    /// the size the model fixes; `None` when the input decides it
     pub size: Option<usize>,
 }
 
@@ -87,8 +95,10 @@ impl Serialize for Dim {
     }
 }
 
+/// One hook point of a model, as [`hook_points`] lists it (and `glassbox inspect` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct HookPointInfo {
+    /// the TransformerLens name, e.g. `blocks.3.hook_resid_post`
     pub name: String,
     /// e.g. `[batch, pos, d_model=576]` (serialised as those strings)
     pub shape: Vec<Dim>,
@@ -121,7 +131,12 @@ impl HookPointInfo {
     }
 }
 
-/// Every hook point the model exposes, in execution order.
+/// Every hook point the model exposes, in execution order, with its shape. Which exist
+/// depends on the config: `hook_pos_embed` for gpt2 only, `hook_attn_in` only without
+/// grouped-query attention, `ln1`/`ln2` only with pre-norms, `ln1_post`/`ln2_post`
+/// with post-sublayer norms, `attn.q_norm`/`attn.k_norm` with q/k norms, `hook_rot_q`/
+/// `hook_rot_k` with rotary positions, `hook_resid_mid` unless attention and MLP run in
+/// parallel, `mlp.hook_pre_linear` for gated MLPs.
 pub fn hook_points(c: &ModelConfig) -> Vec<HookPointInfo> {
     let dim = Dim::sized;
     let (batch, pos) = (Dim::free("batch"), Dim::free("pos"));
@@ -262,6 +277,7 @@ pub fn nearest_hook(name: &str, known: &[HookPointInfo]) -> Option<String> {
 }
 
 impl HookFilter {
+    /// Matches every hook point (`*`).
     pub fn all() -> Self {
         HookFilter {
             patterns: vec!["*".into()],
@@ -279,6 +295,8 @@ impl HookFilter {
         Self::new(patterns, cfg)
     }
 
+    /// A filter of these glob patterns; [`ModelError::UnknownHook`] (with the nearest
+    /// hook name as a suggestion) for a pattern that matches no hook point of `cfg`.
     pub fn new(patterns: Vec<String>, cfg: &ModelConfig) -> Result<Self> {
         let known = hook_points(cfg);
         for p in &patterns {
@@ -301,12 +319,15 @@ impl HookFilter {
         Ok(HookFilter { patterns })
     }
 
+    /// Whether any of the patterns matches the hook name `name`.
     pub fn matches(&self, name: &str) -> bool {
         self.patterns.iter().any(|p| glob_match(p, name))
     }
 
-    /// The deepest block index any matched hook lives in (`None` if a matched hook is
-    /// past the last block, such as `ln_final.*`).
+    /// How deep a pass must run to reach every matched hook: `Some(Some(l))`, the
+    /// deepest block index any matched hook lives in; `Some(None)` when a matched hook
+    /// is past the last block (`ln_final.*`); `None` when no matched hook lives in or
+    /// after a block (only `hook_embed` / `hook_pos_embed`, or nothing).
     pub fn last_layer(&self, cfg: &ModelConfig) -> Option<Option<usize>> {
         let mut deepest = None;
         for h in hook_points(cfg).iter().filter(|h| self.matches(&h.name)) {
@@ -337,15 +358,20 @@ pub enum Edit {
     Replace(Tensor),
     /// Add a vector over the last axis (`[width]`) or a tensor of the activation's shape.
     Add(Tensor),
+    /// Set to zero.
     ZeroAblate,
     /// Replace by a mean: the given tensor (broadcast over batch and position), or, when
     /// `None`, the mean of this activation over batch and positions.
     MeanAblate(Option<Tensor>),
+    /// Multiply by this factor.
     Scale(f64),
 }
 
+/// An [`Edit`], optionally restricted to some positions and heads: what
+/// [`Run::intervene`](crate::Run::intervene) applies at each hook point its filter matches.
 #[derive(Debug, Clone)]
 pub struct Intervention {
+    /// what is done to the selected entries
     pub edit: Edit,
     /// restrict to these sequence positions (query positions for attention patterns)
     pub positions: Option<Vec<usize>>,
@@ -354,6 +380,7 @@ pub struct Intervention {
 }
 
 impl Intervention {
+    /// The edit at every position and head.
     pub fn new(edit: Edit) -> Self {
         Intervention {
             edit,
@@ -361,16 +388,24 @@ impl Intervention {
             heads: None,
         }
     }
+
+    /// Restricts the edit to these sequence positions (query positions on attention
+    /// patterns); a position past the sequence is an error when it is applied.
     pub fn at_positions(mut self, positions: Vec<usize>) -> Self {
         self.positions = Some(positions);
         self
     }
+
+    /// Restricts the edit to these heads; applied at a hook without a head axis (see
+    /// [`HookLayout::of`]) it is [`ModelError::BadIntervention`].
     pub fn at_heads(mut self, heads: Vec<usize>) -> Self {
         self.heads = Some(heads);
         self
     }
 
-    /// Applies the edit to `x`, the activation at hook `name`.
+    /// Applies the edit to `x`, the activation at hook `name`; entries outside the
+    /// selected positions and heads keep their values. A tensor that does not fit `x`,
+    /// or a position or head out of range, is [`ModelError::BadIntervention`].
     pub fn apply(&self, name: &str, x: &Tensor) -> Result<Tensor> {
         let bad = |problem: String| ModelError::BadIntervention {
             hook: name.to_string(),

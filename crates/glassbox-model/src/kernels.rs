@@ -150,6 +150,7 @@ pub struct LinearOp {
 }
 
 impl LinearOp {
+    /// The op, adding `bias` (`[out]`) to every row when given.
     pub fn new(bias: Option<Arc<Vec<f32>>>) -> Self {
         LinearOp { bias }
     }
@@ -294,8 +295,11 @@ impl CustomOp1 for SiluMulPacked {
 /// Rotary tables as plain data, `[batch · seq, rot_dim]` (cos and sin, halves repeated).
 #[derive(Clone)]
 pub struct RopeData {
+    /// `cos(p · f)`, row-major `[batch · seq, rot]`
     pub cos: Arc<Vec<f32>>,
+    /// `sin(p · f)`, laid out like `cos`
     pub sin: Arc<Vec<f32>>,
+    /// rotated dims per head (even; the rest pass through)
     pub rot: usize,
 }
 
@@ -303,10 +307,15 @@ pub struct RopeData {
 /// `[batch, h + 2 kvh, seq, d_head]` in one pass, applying HF `rotate_half` rotary to
 /// the first `rot` dims of the query and key heads.
 pub struct RopeSplit {
+    /// sequences in the input's rows
     pub batch: usize,
+    /// query heads
     pub n_heads: usize,
+    /// key/value heads
     pub n_kv_heads: usize,
+    /// width of one head
     pub d_head: usize,
+    /// the rotary tables; `None`: no rotation (learned positions)
     pub rope: Option<RopeData>,
 }
 
@@ -364,8 +373,11 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a 
 /// Additive attention mask `[batch, 1, q, k]` kept as plain data for the kernel.
 #[derive(Clone)]
 pub struct MaskData {
+    /// 0 where a query may attend, `-inf` where not; row-major `[batch, q, k]`
     pub data: Arc<Vec<f32>>,
+    /// query positions (`q`)
     pub queries: usize,
+    /// key positions (`k`: cached plus new)
     pub keys: usize,
 }
 
@@ -374,8 +386,11 @@ pub struct MaskData {
 /// Inputs `q [b, h, s, dh]`, `k`/`v [b, kvh, t, dh]`, each with its last two axes
 /// contiguous (they may be views into one packed tensor); output `z [b, h, s, dh]`.
 pub struct FusedAttention {
+    /// the additive mask, `[batch, 1, s, t]`
     pub mask: MaskData,
+    /// factor on `q · k` (`ModelConfig::attn_scale`)
     pub scale: f32,
+    /// soft-cap of the scaled scores, `cap · tanh(x / cap)`, before the mask
     pub softcap: Option<f32>,
     /// number of cached positions before the first query
     pub past: usize,

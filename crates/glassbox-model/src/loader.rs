@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 
 /// A runnable model and, when the checkpoint has one, its tokenizer.
 pub struct Model {
+    /// the config and weights, ready to run
     pub transformer: Transformer,
+    /// `tokenizer.json` of a HF directory, or the one a GGUF's metadata describes
     pub tokenizer: Option<TextTokenizer>,
+    /// the directory or `.gguf` file it was loaded from
     pub source: PathBuf,
 }
 
@@ -25,10 +28,13 @@ impl Model {
             .unwrap_or_default()
     }
 
+    /// The transformer's config.
     pub fn config(&self) -> &ModelConfig {
         &self.transformer.config
     }
 
+    /// The tokenizer; [`ModelError::Tokenizer`] when the checkpoint has none (then only
+    /// token ids can be run).
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| {
             ModelError::Tokenizer(format!(
@@ -61,10 +67,13 @@ impl Default for LoadOptions {
     }
 }
 
+/// Opens a HF model directory (`config.json` + safetensors) or a `.gguf` file, with the
+/// default [`LoadOptions`]. A path that is neither is [`ModelError::BadFile`].
 pub fn load_model(path: &Path) -> Result<Model> {
     load_model_with(path, &LoadOptions::default())
 }
 
+/// [`load_model`] with these options.
 pub fn load_model_with(path: &Path, opts: &LoadOptions) -> Result<Model> {
     if !path.exists() {
         return Err(ModelError::bad_file(path, "no such file or directory"));
@@ -92,10 +101,14 @@ pub fn load_model_with(path: &Path, opts: &LoadOptions) -> Result<Model> {
     }
 }
 
+/// Opens a HF model directory with the default [`LoadOptions`].
 pub fn load_hf_dir(dir: &Path) -> Result<Model> {
     load_hf_dir_with(dir, &LoadOptions::default())
 }
 
+/// Opens a HF model directory: `config.json`, the safetensors weights (one file or an
+/// index's shards) and, when present, `tokenizer.json`, with BOS/EOS from the config and
+/// `add_bos_token` and the chat template from `tokenizer_config.json`.
 pub fn load_hf_dir_with(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let config_path = dir.join("config.json");
     if !config_path.exists() {

@@ -1,9 +1,13 @@
 //! Small helpers over one row of logits.
 
+/// One token of a row of logits, as [`top_k`] returns it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenScore {
+    /// the token id (its index in the row)
     pub id: u32,
+    /// its logit
     pub logit: f32,
+    /// its softmax probability over the whole row
     pub prob: f32,
 }
 

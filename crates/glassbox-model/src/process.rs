@@ -23,9 +23,13 @@ use serde::Serialize;
 /// Which of TL's processing steps to apply (`TlProcessing::default()`: all four, TL's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TlProcessing {
+    /// fold each norm's weight (and bias) into the matrices reading its output
     pub fold_ln: bool,
+    /// centre what writes to the residual stream over d_model (LayerNorm models only)
     pub center_writing_weights: bool,
+    /// centre the unembedding over the vocabulary
     pub center_unembed: bool,
+    /// fold the value biases into the attention output bias
     pub fold_value_biases: bool,
 }
 

@@ -61,7 +61,9 @@ pub const MASSIVE_QUANTILE: f64 = 0.99;
 /// feature store and the prompt view apply the same number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MassiveNorm {
+    /// the residual-stream hook whose norm is compared (`blocks.L.hook_resid_*`)
     pub hook: String,
+    /// rows with a Euclidean norm above this are massive
     pub threshold: f32,
 }
 
@@ -140,6 +142,8 @@ impl MassiveNorm {
         Self::from_json(cfg.get("metadata")?.get(Self::CFG_KEY)?)
     }
 
+    /// Reads [`to_json`](Self::to_json)'s object; `None` unless it has a `hook` and a
+    /// finite positive `threshold`.
     pub fn from_json(v: &serde_json::Value) -> Option<Self> {
         let threshold = v.get("threshold")?.as_f64()? as f32;
         let hook = v.get("hook")?.as_str()?.to_string();

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 /// Token ids for a batch of sequences of equal (padded) length.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// token ids `[batch, seq]`, every row the same length
     pub tokens: Vec<Vec<u32>>,
     /// `false` marks padding; `None` means every token is real.
     pub attention_mask: Option<Vec<Vec<bool>>>,
@@ -18,13 +19,18 @@ pub struct Batch {
     pub position_ids: Option<Vec<Vec<u32>>>,
 }
 
+/// Where [`Batch::padded`] puts the padding of the shorter sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaddingSide {
+    /// before the tokens: every sequence ends at the last position (generation, last-token
+    /// readouts)
     Left,
+    /// after the tokens: every sequence starts at position 0
     Right,
 }
 
 impl Batch {
+    /// Sequences of equal length, every token real, positions counted from 0.
     pub fn new(tokens: Vec<Vec<u32>>) -> Self {
         Batch {
             tokens,
@@ -33,11 +39,14 @@ impl Batch {
         }
     }
 
+    /// A batch of one sequence.
     pub fn single(tokens: &[u32]) -> Self {
         Batch::new(vec![tokens.to_vec()])
     }
 
-    /// Pads sequences of different lengths to the longest one.
+    /// Pads sequences of different lengths to the longest one with `pad_id`, masked out
+    /// in [`attention_mask`](Self::attention_mask). Positions count real tokens only, so
+    /// a left-padded sequence sees the same positions as unpadded.
     pub fn padded(seqs: &[Vec<u32>], pad_id: u32, side: PaddingSide) -> Self {
         let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
         let mut tokens = Vec::with_capacity(seqs.len());
@@ -73,10 +82,12 @@ impl Batch {
         }
     }
 
+    /// Number of sequences.
     pub fn batch_size(&self) -> usize {
         self.tokens.len()
     }
 
+    /// Length of the (first) sequence, padding included; 0 for an empty batch.
     pub fn seq_len(&self) -> usize {
         self.tokens.first().map_or(0, Vec::len)
     }
@@ -93,7 +104,8 @@ impl Batch {
         Self::from_tensor(ids)
     }
 
-    /// Reads an int64 `input_ids` `[batch, seq]` tensor.
+    /// Reads an integer `input_ids` tensor, `[batch, seq]` (or `[seq]`, one sequence);
+    /// [`ModelError::BadInput`] for another rank or an id that is not a `u32`.
     pub fn from_tensor(ids: &Tensor) -> Result<Self> {
         let ids = match ids.rank() {
             1 => ids.unsqueeze(0)?,
@@ -180,16 +192,21 @@ impl Batch {
 /// and the activation and returns the (possibly edited) activation.
 pub type HookFn<'h> = Box<dyn FnMut(&str, Tensor) -> Result<Tensor> + 'h>;
 
+/// Which positions a pass unembeds ([`Run::logits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogitsMode {
+    /// every position: `[batch, seq, d_vocab]` (the default)
     #[default]
     All,
     /// only the last position of each row (generation)
     Last,
+    /// none: the final norm and the unembedding do not run (no `ln_final.*` hooks)
     None,
 }
 
-/// Options for one forward pass. Build with the methods; pass to `Transformer::run`.
+/// Options for one forward pass. Build with the methods; pass to
+/// [`Transformer::run`](crate::Transformer::run). `Run::new()` alone is a plain pass
+/// returning every position's logits.
 #[derive(Default)]
 pub struct Run<'h> {
     pub(crate) hooks: Vec<(HookFilter, HookFn<'h>)>,
@@ -201,15 +218,19 @@ pub struct Run<'h> {
 }
 
 impl<'h> Run<'h> {
+    /// A pass with no hooks, no cache and every position's logits.
     pub fn new() -> Self {
         Run::default()
     }
-    /// Cache every activation whose hook name `filter` matches.
+    /// Cache every activation whose hook name `filter` matches (after any hook or
+    /// intervention there has edited it), in [`RunOutput::cache`].
     pub fn cache(mut self, filter: HookFilter) -> Self {
         self.cache = Some(filter);
         self
     }
-    /// Call `f` at every hook point `filter` matches; what it returns flows on.
+    /// Call `f` at every hook point `filter` matches, with the hook name and the
+    /// activation; what it returns (of the same shape) flows on. Several hooks at one
+    /// point run in the order they were added.
     pub fn hook(
         mut self,
         filter: HookFilter,
@@ -223,7 +244,7 @@ impl<'h> Run<'h> {
         self.hook(filter, move |name, x| iv.apply(name, &x))
     }
     /// Track gradients with respect to the activations `filter` matches (read them with
-    /// `RunOutput::gradients`). Switches the pass to differentiable compositions of
+    /// [`RunOutput::gradients`]). Switches the pass to differentiable compositions of
     /// softmax and norms.
     pub fn grads(mut self, filter: HookFilter) -> Self {
         self.grads = Some(filter);
@@ -242,24 +263,32 @@ impl<'h> Run<'h> {
         self.start_at_layer = Some((layer, residual));
         self
     }
+    /// Which positions to unembed (default [`LogitsMode::All`]).
     pub fn logits(mut self, mode: LogitsMode) -> Self {
         self.logits = mode;
         self
     }
 }
 
+/// Activations by hook name (TransformerLens names, sorted), each in the shape
+/// [`hook_points`](crate::hook_points) lists.
 pub type ActivationCache = BTreeMap<String, Tensor>;
 
+/// What one forward pass returns.
 pub struct RunOutput {
-    /// `[batch, seq, vocab]` (or `[batch, 1, vocab]` with `LogitsMode::Last`)
+    /// `[batch, seq, vocab]` (or `[batch, 1, vocab]` with `LogitsMode::Last`); `None`
+    /// with `stop_at_layer` or [`LogitsMode::None`]
     pub logits: Option<Tensor>,
-    /// the residual stream after the last block run (before the final norm)
+    /// the residual stream after the last block run (before the final norm),
+    /// `[batch, seq, d_model]`
     pub residual: Tensor,
+    /// the activations the run's [`cache`](Run::cache) filter matched
     pub cache: ActivationCache,
     pub(crate) grad_vars: Vec<(String, Var)>,
 }
 
 impl RunOutput {
+    /// The logits; [`ModelError::BadInput`] when the run computed none.
     pub fn logits(&self) -> Result<&Tensor> {
         self.logits.as_ref().ok_or_else(|| {
             ModelError::BadInput(

@@ -20,12 +20,16 @@ pub enum StoredTensor {
     Dense(Tensor),
     /// GGUF quant blocks; `unpermute_heads` undoes llama.cpp's Q/K row interleave
     Quantized {
+        /// the quant blocks, as read from the file
         tensor: Arc<QTensor>,
+        /// the head count, when the rows must be un-interleaved after dequantizing
+        /// (llama Q and K); `None`: rows as stored
         unpermute_heads: Option<usize>,
     },
 }
 
 impl StoredTensor {
+    /// The shape (`[out, in]` for a linear map).
     pub fn dims(&self) -> Vec<usize> {
         match self {
             StoredTensor::Dense(t) => t.dims().to_vec(),
@@ -33,6 +37,7 @@ impl StoredTensor {
         }
     }
 
+    /// Whether it is already a dense f32 tensor (nothing to expand).
     pub fn is_f32(&self) -> bool {
         matches!(self, StoredTensor::Dense(t) if t.dtype() == DType::F32)
     }
@@ -210,14 +215,20 @@ pub fn expand_stacked(parts: &[&StoredTensor]) -> Result<Tensor> {
 pub struct SafetensorsFile {
     file: std::fs::File,
     data_start: u64,
+    /// every tensor the header lists (not `__metadata__`), in the header's order
     pub entries: Vec<(String, Entry)>,
 }
 
+/// One tensor of a safetensors header, checked against the file.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// the stored dtype (F64 is read as f32)
     pub dtype: DType,
+    /// the shape
     pub shape: Vec<usize>,
+    /// first byte, counted from the start of the data section (after the header)
     pub start: u64,
+    /// one past the last byte, counted like `start`
     pub end: u64,
 }
 

@@ -37,9 +37,13 @@ const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 
+/// A checkpoint's tokenizer (HF `tokenizers`) with the BOS rule and chat template that go
+/// with it.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// BOS: the model config's (HF directories) or `tokenizer.ggml.bos_token_id`
     pub bos_token_id: Option<u32>,
+    /// EOS: the model config's (HF directories) or `tokenizer.ggml.eos_token_id`
     pub eos_token_id: Option<u32>,
     /// Whether a whole prompt starts with BOS ([`encode_prompt`](Self::encode_prompt)),
     /// as HF's `tokenizer(text)` does: GGUF `tokenizer.ggml.add_bos_token` (Gemma: true;
@@ -52,6 +56,8 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// Reads a `tokenizer.json`, with no BOS/EOS ids, no BOS rule and no chat template:
+    /// [`load_model`](crate::load_model) fills those in from the directory's configs.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path)
             .map_err(|e| ModelError::bad_file(path, format!("cannot read tokenizer: {e}")))?;
@@ -166,6 +172,7 @@ impl TextTokenizer {
         format!("{} token{s}, {bos}", ids.len())
     }
 
+    /// The text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)
@@ -210,10 +217,14 @@ impl TextTokenizer {
         out
     }
 
+    /// The id of a token of the vocabulary, written as the vocabulary writes it
+    /// (`"<|im_end|>"`, `"Ġthe"`), not as text.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// The tokenizer's vocabulary size, added tokens included (it may differ from the
+    /// model's `d_vocab`).
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -12,8 +12,12 @@ use crate::weights::{BlockWeights, Linear, ModelWeights, Norm};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::BTreeMap;
 
+/// A model ready to run: its config and weights. [`Transformer::run`] is one forward
+/// pass with hooks; [`Transformer::generate`] samples with a KV cache.
 pub struct Transformer {
+    /// what the forward pass computes
     pub config: ModelConfig,
+    /// the weights, in HF orientation
     pub weights: ModelWeights,
 }
 
@@ -26,6 +30,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// An empty cache with a slot per layer of `cfg`.
     pub fn new(cfg: &ModelConfig) -> Self {
         KvCache {
             layers: vec![None; cfg.n_layers],
@@ -33,9 +38,13 @@ impl KvCache {
             key_pos: Vec::new(),
         }
     }
+
+    /// Positions cached so far (padding included).
     pub fn len(&self) -> usize {
         self.key_mask.first().map_or(0, Vec::len)
     }
+
+    /// Whether no position is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -272,11 +281,14 @@ impl MaskData {
 }
 
 impl Transformer {
+    /// A model from a config and weights that match it (the loaders check the shapes).
     pub fn new(config: ModelConfig, weights: ModelWeights) -> Self {
         Transformer { config, weights }
     }
 
-    /// One forward pass with the options in `run`.
+    /// One forward pass with the options in `run`. The batch is checked first: equal
+    /// lengths, ids below `d_vocab` ([`ModelError::TokenOutOfRange`]), at most `n_ctx`
+    /// positions ([`ModelError::TooLong`]).
     pub fn run(&self, batch: &Batch, run: &mut Run<'_>) -> Result<RunOutput> {
         self.forward(batch, run, None)
     }

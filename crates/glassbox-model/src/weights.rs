@@ -9,16 +9,21 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// A linear map in f32, `y = x · Wᵀ + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`
     pub weight: Tensor,
+    /// `[out]`, when the map has one
     pub bias: Option<Tensor>,
 }
 
+/// A norm's parameters in f32 (Gemma's `1 +` offset already folded into the weight).
 #[derive(Debug, Clone)]
 pub struct Norm {
+    /// the scale `[width]`
     pub weight: Tensor,
+    /// the shift `[width]` (LayerNorm only)
     pub bias: Option<Tensor>,
 }
 
@@ -27,10 +32,12 @@ pub struct Norm {
 pub struct StoredLinear {
     /// `[out, in]`
     pub weight: StoredTensor,
+    /// `[out]`, when the map has one
     pub bias: Option<Tensor>,
 }
 
 impl StoredLinear {
+    /// The map in f32.
     pub fn expand(&self) -> Result<Linear> {
         Ok(Linear {
             weight: self.weight.expand()?,
@@ -67,19 +74,29 @@ impl From<Linear> for StoredLinear {
 pub struct BlockParts {
     /// `None` where the architecture has no pre-norms (OLMo 2)
     pub ln1: Option<Norm>,
+    /// the norm before the MLP (`None` for OLMo 2)
     pub ln2: Option<Norm>,
+    /// the norm on the attention output (Gemma 2/3, OLMo 2)
     pub ln1_post: Option<Norm>,
+    /// the norm on the MLP output (Gemma 2/3, OLMo 2)
     pub ln2_post: Option<Norm>,
+    /// `W_Q` `[n_heads d_head, d_model]`
     pub q: StoredLinear,
+    /// `W_K` `[n_kv_heads d_head, d_model]`
     pub k: StoredLinear,
+    /// `W_V` `[n_kv_heads d_head, d_model]`
     pub v: StoredLinear,
     /// RMSNorm weights on queries and keys (`[d_head]` per head, or all heads' width)
     pub q_norm: Option<Norm>,
+    /// RMSNorm weights on keys (as `q_norm`)
     pub k_norm: Option<Norm>,
+    /// `W_O` `[d_model, n_heads d_head]`
     pub o: StoredLinear,
     /// up projection (gated) or the input projection (gpt2/neox)
     pub mlp_in: StoredLinear,
+    /// gate projection `[d_mlp, d_model]` of a gated MLP
     pub mlp_gate: Option<StoredLinear>,
+    /// down (output) projection `[d_model, d_mlp]`
     pub mlp_out: StoredLinear,
 }
 
@@ -97,6 +114,7 @@ impl BlockParts {
         .chain(self.mlp_gate.as_ref())
         .map(|l| &l.weight)
     }
+    /// Bytes the block's matrices take in f32 (norms and biases not counted).
     pub fn expanded_bytes(&self) -> usize {
         self.matrices().map(StoredTensor::expanded_bytes).sum()
     }
@@ -109,8 +127,11 @@ impl BlockParts {
 /// keep expanded after first use), or stored and expanded each time it runs.
 #[derive(Debug)]
 pub enum Block {
+    /// f32 weights, used as they are
     Ready(BlockWeights),
+    /// weights in another precision, expanded when the block runs
     Stored {
+        /// the weights as stored
         parts: Box<BlockParts>,
         /// `Some`: expand once, on first use, and keep it
         keep: Option<std::sync::OnceLock<BlockWeights>>,
@@ -200,17 +221,25 @@ pub fn make_blocks(parts: Vec<BlockParts>, budget: usize) -> Result<Vec<Block>> 
 pub struct BlockWeights {
     /// `None` where the architecture has no pre-norms (OLMo 2)
     pub ln1: Option<Norm>,
+    /// the norm before the MLP (`None` for OLMo 2)
     pub ln2: Option<Norm>,
+    /// the norm on the attention output (Gemma 2/3, OLMo 2)
     pub ln1_post: Option<Norm>,
+    /// the norm on the MLP output (Gemma 2/3, OLMo 2)
     pub ln2_post: Option<Norm>,
     /// `[q; k; v]`: `[(n_heads + 2 n_kv_heads) d_head, d_model]`
     pub qkv: Linear,
+    /// RMSNorm weights on queries (`[d_head]` per head, or all heads' width)
     pub q_norm: Option<Norm>,
+    /// RMSNorm weights on keys (as `q_norm`)
     pub k_norm: Option<Norm>,
+    /// `W_O` `[d_model, n_heads d_head]`
     pub o: Linear,
     /// gated: `[gate; up]` `[2 d_mlp, d_model]`; plain: the input projection `[d_mlp, d_model]`
     pub mlp_in: Linear,
+    /// whether `mlp_in` stacks gate and up (llama family) or is one projection (gpt2, neox)
     pub gated: bool,
+    /// down (output) projection `[d_model, d_mlp]`
     pub mlp_out: Linear,
     q_rows: usize,
     kv_rows: usize,
@@ -278,9 +307,11 @@ impl BlockWeights {
     pub fn q(&self) -> Result<Linear> {
         rows(&self.qkv, 0, self.q_rows)
     }
+    /// `W_K` as `[n_kv_heads d_head, d_model]` (a view)
     pub fn k(&self) -> Result<Linear> {
         rows(&self.qkv, self.q_rows, self.kv_rows)
     }
+    /// `W_V` as `[n_kv_heads d_head, d_model]` (a view)
     pub fn v(&self) -> Result<Linear> {
         rows(&self.qkv, self.q_rows + self.kv_rows, self.kv_rows)
     }
@@ -302,13 +333,16 @@ impl BlockWeights {
     }
 }
 
+/// All of a model's weights, in HF orientation; matrices in their stored precision.
 #[derive(Debug)]
 pub struct ModelWeights {
     /// `[vocab, d_model]`, as stored (rows are expanded when looked up)
     pub embed: StoredTensor,
     /// `[n_ctx, d_model]` learned positions (gpt2)
     pub pos_embed: Option<Tensor>,
+    /// one per layer
     pub blocks: Vec<Block>,
+    /// the final norm, before the unembedding
     pub ln_final: Norm,
     /// `[vocab, d_model]`, as stored; shares storage with `embed` when tied
     pub unembed: StoredTensor,
@@ -330,10 +364,13 @@ pub struct TensorMap {
 }
 
 impl TensorMap {
+    /// The tensors by checkpoint name; a name asked for is also looked up behind each of
+    /// `prefixes` (`model.`, `transformer.`, …).
     pub fn new(tensors: HashMap<String, Tensor>, prefixes: &'static [&'static str]) -> Self {
         TensorMap { tensors, prefixes }
     }
 
+    /// Whether `name` (bare or behind a prefix) is still in the map.
     pub fn contains(&self, name: &str) -> bool {
         self.resolve(name).is_some()
     }
@@ -345,7 +382,9 @@ impl TensorMap {
             .find(|n| self.tensors.contains_key(n))
     }
 
-    /// Removes and returns the tensor, checking its shape.
+    /// Removes and returns the tensor in f32, checking its shape and that it is stored as
+    /// f32, bf16 or f16. Absent: [`ModelError::MissingTensor`]; another shape:
+    /// [`ModelError::ShapeMismatch`].
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let key = self
             .resolve(name)
@@ -404,6 +443,7 @@ impl TensorMap {
         )))
     }
 
+    /// [`take`](Self::take), `None` when the checkpoint has no such tensor.
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.contains(name) {
             self.take(name, shape).map(Some)
@@ -423,6 +463,7 @@ fn check_float(name: &str, t: &Tensor) -> Result<()> {
     )))
 }
 
+/// [`ModelError::ShapeMismatch`] unless tensor `name` has exactly `shape`.
 pub fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     if t.dims() != shape {
         return Err(ModelError::ShapeMismatch {
@@ -490,6 +531,9 @@ fn read_checkpoint(dir: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(tensors)
 }
 
+/// Reads a HF directory's safetensors weights for `cfg`, blocks kept expanded when they
+/// fit [`DEFAULT_KEEP_EXPANDED_BYTES`]. Every tensor must be used: one the config does
+/// not describe is an error, never ignored.
 pub fn load_hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
     load_hf_weights_with(dir, cfg, DEFAULT_KEEP_EXPANDED_BYTES)
 }
@@ -530,14 +574,21 @@ fn linear(
 
 /// A loader's result before the blocks are wrapped for expansion.
 pub struct LoadedWeights {
+    /// `[vocab, d_model]`, as stored
     pub embed: StoredTensor,
+    /// `[n_ctx, d_model]` learned positions (gpt2)
     pub pos_embed: Option<Tensor>,
+    /// one per layer, as read
     pub blocks: Vec<BlockParts>,
+    /// the final norm
     pub ln_final: Norm,
+    /// `[vocab, d_model]`, as stored (a clone of `embed` when tied)
     pub unembed: StoredTensor,
 }
 
 impl LoadedWeights {
+    /// The model's weights, blocks kept expanded after first use if all of them fit
+    /// `keep_expanded_bytes` in f32 ([`make_blocks`]); no unembedding bias.
     pub fn into_model(self, keep_expanded_bytes: usize) -> Result<ModelWeights> {
         Ok(ModelWeights {
             embed: self.embed,
