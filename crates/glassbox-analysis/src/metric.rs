@@ -64,6 +64,8 @@ pub fn single_token(tok: &TextTokenizer, text: &str) -> Result<u32> {
     }
 }
 
+/// Pearson correlation of two samples paired by index (up to the shorter one), in f64.
+/// NaN with fewer than two pairs or when either side is constant.
 pub fn pearson(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len()) as f64;
     if n < 2.0 {

@@ -13,6 +13,8 @@ use glassbox_model::{
 };
 use serde::Serialize;
 
+/// What one cell of a patching grid patches: a hook per layer, split by position or by
+/// head. Serialises as `resid_pre`, `attn_head`, `mlp_out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchSite {
@@ -25,6 +27,8 @@ pub enum PatchSite {
 }
 
 impl PatchSite {
+    /// Reads a site's name (`resid_pre`, `attn_head`, `mlp_out`: the CLI's `--site`);
+    /// any other is a [`BadInput`](crate::AnalysisError::BadInput) listing them.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "resid_pre" => Ok(PatchSite::ResidPre),
@@ -43,6 +47,7 @@ impl PatchSite {
             PatchSite::MlpOut => "mlp_out",
         }
     }
+    /// The hook this site patches at `layer`, e.g. `blocks.3.hook_resid_pre`.
     pub fn hook(self, layer: usize) -> String {
         match self {
             PatchSite::ResidPre => format!("blocks.{layer}.hook_resid_pre"),
@@ -57,7 +62,7 @@ impl PatchSite {
             PatchSite::MlpOut => "blocks.*.hook_mlp_out",
         }
     }
-    /// What the grid's columns are.
+    /// What the grid's columns are: `head` for [`PatchSite::AttnHead`], else `position`.
     pub fn columns(self) -> &'static str {
         match self {
             PatchSite::AttnHead => "head",
@@ -68,28 +73,40 @@ impl PatchSite {
 
 /// A clean/corrupted prompt pair and the two answers whose logit difference is measured.
 pub struct PatchProblem<'a> {
+    /// the model every run uses
     pub model: &'a Transformer,
+    /// the clean prompt's token ids (BOS included when the model wants it)
     pub clean: Vec<u32>,
+    /// the corrupted prompt's token ids, as many as `clean`
     pub corrupt: Vec<u32>,
+    /// the token whose logit counts positively (the clean answer)
     pub answer: u32,
+    /// the token whose logit is subtracted (in IOI the subject, e.g. `" John"`)
     pub wrong: u32,
     /// interventions applied in every run (clean, corrupted and patched), e.g. an
     /// ablation under which to patch, or a frozen norm scale
     pub context: Vec<(HookFilter, Intervention)>,
 }
 
+/// One patching grid and the baselines it is normalised by.
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchResult {
+    /// what each cell patched
     pub site: PatchSite,
+    /// `exact` or `attribution`
     pub method: &'static str,
+    /// `logit[answer] − logit[wrong]` at the last position of the clean run
     pub logit_diff_clean: f32,
+    /// the same for the corrupted run
     pub logit_diff_corrupt: f32,
     /// `grid[layer][position or head]`, normalised as (patched − corrupt)/(clean − corrupt)
     pub grid: Vec<Vec<f32>>,
+    /// what the columns are ([`PatchSite::columns`])
     pub columns: &'static str,
 }
 
 impl PatchProblem<'_> {
+    /// Refuses prompts of different lengths (cells would not line up) and empty ones.
     pub fn validate(&self) -> Result<()> {
         if self.clean.len() != self.corrupt.len() {
             return Err(bad(format!(
@@ -264,10 +281,15 @@ pub enum PatchMethod {
     Exact,
     /// the first-order estimate from one forward and backward pass; `compare` also runs
     /// exact patching and reports the grids' correlation
-    Attribution { compare: bool },
+    Attribution {
+        /// also run exact patching and correlate the two grids
+        compare: bool,
+    },
 }
 
 impl PatchMethod {
+    /// Reads `exact` or `attribution` (the CLI's `--method`); `compare` applies to
+    /// attribution only. Any other name is a [`BadInput`](crate::AnalysisError::BadInput).
     pub fn parse(name: &str, compare: bool) -> Result<PatchMethod> {
         match name {
             "exact" => Ok(PatchMethod::Exact),
@@ -283,22 +305,34 @@ impl PatchMethod {
 /// Python package's `glassbox.patch` returns.
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchReport {
+    /// the grid and its baselines (flattened into the report's JSON)
     #[serde(flatten)]
     pub result: PatchResult,
+    /// the model's file or folder ([`glassbox_model::Model::source`])
     pub model: std::path::PathBuf,
+    /// the clean prompt's text
     pub clean: String,
+    /// the corrupted prompt's text
     pub corrupt: String,
+    /// the answer token's text, e.g. `" Mary"`
     pub answer: String,
+    /// the wrong answer's text, e.g. `" John"`
     pub wrong: String,
+    /// the text of each clean token
     pub clean_tokens: Vec<String>,
+    /// the clean prompt's ids, as run
     pub clean_input_ids: Vec<u32>,
+    /// the corrupted prompt's ids, as run
     pub corrupt_input_ids: Vec<u32>,
+    /// how the clean ids begin: `added`, `in prompt` or `none`
+    /// ([`glassbox_model::TextTokenizer::bos_status`])
     pub bos: &'static str,
     /// `H0…` for heads, `position:token` otherwise
     pub column_labels: Vec<String>,
     /// attribution compared with exact patching
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exact_grid: Option<Vec<Vec<f32>>>,
+    /// Pearson correlation of the attribution grid with `exact_grid`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_with_exact: Option<f32>,
 }
@@ -332,7 +366,9 @@ pub fn column_labels(
 }
 
 /// Patches `clean`'s activations at `site` into the run of `corrupt`, measuring the
-/// logit difference `answer − wrong` (single tokens, e.g. `" Mary"`).
+/// logit difference `answer − wrong` (single tokens, e.g. `" Mary"`). Both prompts are
+/// tokenized by [`prompt_ids`] and must come out the same length. What `glassbox patch`
+/// and the Python package's `glassbox.patch` run; needs the model's tokenizer.
 pub fn patch_prompts(
     model: &glassbox_model::Model,
     clean: &str,

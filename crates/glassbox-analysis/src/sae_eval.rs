@@ -68,6 +68,7 @@ pub struct Hooks {
     pub hook_in: String,
     /// the hook the reconstruction replaces (= `hook_in` for an SAE; a transcoder's target)
     pub hook_out: String,
+    /// the dictionary is a transcoder (its output hook differs from its input hook)
     pub transcoder: bool,
 }
 
@@ -154,6 +155,8 @@ pub fn resolve_hooks(
     })
 }
 
+/// How [`evaluate`] runs. `Default`: the dictionary's own hooks, 4 windows per batch,
+/// 20 histogram bins, and [`RowRule::default`] (position 0 left out, no special tokens).
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
     /// the hook the encoder reads (default: the dictionary's `hook_name`)
@@ -185,13 +188,19 @@ impl Default for EvalOptions {
 /// `[log10_min + i·w, log10_min + (i+1)·w)`, the last bin includes `log10_max`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DensityHistogram {
+    /// the low end of the first bin (−10)
     pub log10_min: f64,
+    /// the high end of the last bin (0: a feature that fires on every token)
     pub log10_max: f64,
+    /// added to each frequency before log10 ([`DENSITY_EPSILON`])
     pub epsilon: f64,
+    /// features per bin; they sum to `d_sae`
     pub counts: Vec<u64>,
 }
 
 impl DensityHistogram {
+    /// The histogram of per-feature firing counts over `tokens` tokens, in `bins` bins
+    /// (at least 1). A dead feature lands in the first bin.
     pub fn of(firing_counts: &[u64], tokens: u64, bins: usize) -> Self {
         let (lo, hi) = (-10.0, 0.0);
         let bins = bins.max(1);
@@ -214,12 +223,19 @@ impl DensityHistogram {
 /// Every number of one evaluation. Serialises to the JSON `glassbox eval-sae` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct SaeEval {
+    /// the hook the encoder read
     pub hook: String,
+    /// the hook whose activation was reconstructed and spliced (= `hook` for an SAE)
     pub hook_out: String,
+    /// the dictionary is a transcoder
     pub transcoder: bool,
+    /// the dictionary's architecture (`standard`, `topk`, `jumprelu`, ...)
     pub architecture: String,
+    /// input width
     pub d_in: usize,
+    /// number of features
     pub d_sae: usize,
+    /// output width (= `d_in` for an SAE)
     pub d_out: usize,
     /// windows evaluated
     pub windows: usize,
@@ -250,7 +266,9 @@ pub struct SaeEval {
     pub mse: f64,
     /// Σ_d Var(x_d) over the evaluated tokens
     pub total_variance: f64,
+    /// fraction of variance unexplained: `mse / total_variance` (NaN when the variance is 0)
     pub fvu: f64,
+    /// 1 − `fvu`
     pub explained_variance: f64,
     /// mean over tokens of cos(x, x̂)
     pub cosine: f64,
@@ -258,13 +276,20 @@ pub struct SaeEval {
     pub dead_fraction: f64,
     /// fraction of features that fired on more than `dense_threshold` of the tokens
     pub dense_fraction: f64,
+    /// [`DENSE_THRESHOLD`]
     pub dense_threshold: f64,
+    /// the features' firing frequencies, log10-binned
     pub density_histogram: DensityHistogram,
     /// predictions scored for CE: the evaluated positions that have a next token
     pub ce_tokens: u64,
+    /// mean next-token cross-entropy of the plain model, in nats
     pub ce_clean: f64,
+    /// the same with the reconstruction spliced in at `hook_out`
     pub ce_spliced: f64,
+    /// the same with `hook_out` set to zero at the evaluated positions
     pub ce_zero_ablated: f64,
+    /// (CE_zero − CE_spliced) / (CE_zero − CE_clean): 1 is as good as the model, 0 no
+    /// better than zero ablation (NaN when the two baselines are equal)
     pub ce_recovered: f64,
     /// positions scored for KL: every evaluated token
     pub kl_tokens: u64,
@@ -272,6 +297,7 @@ pub struct SaeEval {
     pub kl_spliced: f64,
     /// mean KL(clean ‖ zero-ablated)
     pub kl_zero_ablated: f64,
+    /// 1 − KL_spliced / KL_zero (NaN when KL_zero is 0)
     pub kl_recovered: f64,
     /// per feature: on how many of the evaluated tokens it fired
     #[serde(skip)]

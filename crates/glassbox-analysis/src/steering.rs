@@ -18,12 +18,16 @@ pub const NEUTRAL_TEXTS: &[&str] = &[
     "Most of the books on the shelf were about history.",
 ];
 
-/// A direction added at one hook point.
+/// A direction added at one hook point: `x' = x + strength · direction` on the hook's
+/// last axis. Build it with [`Steering::new`], run it with [`Steering::run`].
 #[derive(Clone)]
 pub struct Steering {
+    /// the hook (or hook pattern) steered, e.g. `blocks.6.hook_resid_post`
     pub hook: String,
     /// `[width]` of the hook's last axis
     pub direction: Tensor,
+    /// the multiple of `direction` added (not normalised: a unit direction's strength
+    /// is in the activation's own units)
     pub strength: f64,
     /// absolute token positions (prompt positions); `None` = every position, including
     /// each generated token
@@ -31,6 +35,9 @@ pub struct Steering {
 }
 
 impl Steering {
+    /// Steering at every position. Refuses a non-finite strength, a direction that is
+    /// not 1-D and one holding NaN or infinite values. The width is checked against the
+    /// activation when the run reaches the hook.
     pub fn new(hook: &str, direction: Tensor, strength: f64) -> Result<Self> {
         if !strength.is_finite() {
             return Err(bad(format!(
@@ -56,41 +63,49 @@ impl Steering {
     }
 
     /// A run that applies the steering. Positions are counted across calls, so the same
-    /// run steers a prompt and then each generated token at its true position.
+    /// run steers a prompt and then each generated token at its true position. A width
+    /// mismatch fails the run with [`glassbox_model::ModelError::BadIntervention`].
     pub fn run<'h>(&self, model: &Transformer) -> Result<Run<'h>> {
         let filter = HookFilter::parse(&self.hook, &model.config)?;
-        let width = self.direction.dim(0)?;
-        let add = (&self.direction * self.strength)?;
-        let positions = self.positions.clone();
-        let hook = self.hook.clone();
+        let me = self.clone();
         let mut seen = 0usize;
         Ok(Run::new().hook(filter, move |_, x| {
-            let dims = x.dims().to_vec();
-            if dims.last() != Some(&width) {
-                return Err(glassbox_model::ModelError::BadIntervention {
-                    hook: hook.clone(),
-                    problem: format!(
-                        "steering vector has {width} entries, the activation's last axis has {:?}",
-                        dims.last()
-                    ),
-                });
-            }
-            let s = dims[1];
-            let out = match &positions {
-                None => x.broadcast_add(&add)?,
-                Some(ps) => {
-                    let sel: Vec<f32> = (seen..seen + s)
-                        .map(|p| if ps.contains(&p) { 1.0 } else { 0.0 })
-                        .collect();
-                    let sel = Tensor::from_vec(sel, (1, s, 1), &Device::Cpu)?;
-                    (x + sel
-                        .broadcast_mul(&add.reshape((1, 1, width))?)?
-                        .broadcast_as(dims.as_slice())?)?
-                }
-            };
+            let s = x.dim(1)?;
+            let out = me.apply(&x, seen)?;
             seen += s;
             Ok(out)
         }))
+    }
+
+    /// The steered activation `x` `[batch, seq, …, width]` whose first position is the
+    /// sequence's `first_position` (the model server steers each sequence of a batch
+    /// at its own positions).
+    pub fn apply(&self, x: &Tensor, first_position: usize) -> glassbox_model::Result<Tensor> {
+        let width = self.direction.dim(0)?;
+        let dims = x.dims().to_vec();
+        if dims.last() != Some(&width) {
+            return Err(glassbox_model::ModelError::BadIntervention {
+                hook: self.hook.clone(),
+                problem: format!(
+                    "steering vector has {width} entries, the activation's last axis has {:?}",
+                    dims.last()
+                ),
+            });
+        }
+        let add = (&self.direction * self.strength)?;
+        let s = dims[1];
+        Ok(match &self.positions {
+            None => x.broadcast_add(&add)?,
+            Some(ps) => {
+                let sel: Vec<f32> = (first_position..first_position + s)
+                    .map(|p| if ps.contains(&p) { 1.0 } else { 0.0 })
+                    .collect();
+                let mut shape = vec![1; dims.len()];
+                shape[1] = s;
+                let sel = Tensor::from_vec(sel, shape.as_slice(), &Device::Cpu)?;
+                (x + sel.broadcast_mul(&add)?.broadcast_as(dims.as_slice())?)?
+            }
+        })
     }
 }
 
@@ -166,7 +181,9 @@ pub fn load_pairs(path: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// Mean over pairs of (activation on the positive − on the negative prompt) at the last
-/// token: contrastive activation addition.
+/// token: contrastive activation addition. Each prompt is tokenized with BOS as the
+/// tokenizer asks. The result has the shape of one position of `hook`: `[width]` for a
+/// stream hook (ready for [`Steering::new`]), `[head, d_head]` for a per-head one.
 pub fn contrastive_direction(
     model: &Transformer,
     tok: &TextTokenizer,
@@ -204,8 +221,10 @@ pub fn contrastive_direction(
     Ok((sum / pairs.len() as f64)?)
 }
 
+/// What a steering does at the end of a prompt, and what it costs on neutral text.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SteeringEffect {
+    /// the steering's strength
     pub strength: f64,
     /// per target token: log p(target | prompt) steered − unsteered
     pub target_logprob_delta: Vec<f32>,
@@ -213,6 +232,10 @@ pub struct SteeringEffect {
     pub kl_neutral: f32,
 }
 
+/// Measures `steering` on `prompt` (token ids as the model runs them): the change of
+/// log p(target | prompt) at the last position for each of `targets`, and the mean KL
+/// from the unsteered to the steered model over [`NEUTRAL_TEXTS`], which are steered at
+/// every position whatever `steering.positions` says.
 pub fn effect(
     model: &Transformer,
     tok: &TextTokenizer,
@@ -253,13 +276,19 @@ pub fn effect(
 /// `x' = x + (value − f(x)[feature]) · W_dec[feature]`.
 #[derive(Clone)]
 pub struct FeatureClamp {
+    /// the hook the SAE reads and writes
     pub hook: String,
+    /// the SAE (a transcoder is refused)
     pub dictionary: std::sync::Arc<glassbox_sae::Dictionary>,
+    /// the feature's index, below `d_sae`
     pub feature: usize,
+    /// the activation the feature is set to, at every position
     pub value: f64,
 }
 
 impl FeatureClamp {
+    /// Refuses a non-finite value, a transcoder and a feature the dictionary does not
+    /// have.
     pub fn new(
         hook: &str,
         dictionary: std::sync::Arc<glassbox_sae::Dictionary>,
@@ -285,20 +314,30 @@ impl FeatureClamp {
         })
     }
 
+    /// A run that clamps the feature at every position of every forward pass.
     pub fn run<'h>(&self, model: &Transformer) -> Result<Run<'h>> {
         let filter = HookFilter::parse(&self.hook, &model.config)?;
         let me = self.clone();
-        let row = self.dictionary.decoder_row(self.feature)?;
-        Ok(Run::new().hook(filter, move |_, x| {
-            let f = me.dictionary.encode(&x).map_err(|e| {
-                glassbox_model::ModelError::BadIntervention {
-                    hook: me.hook.clone(),
-                    problem: e.to_string(),
-                }
-            })?;
-            let current = f.narrow(candle_core::D::Minus1, me.feature, 1)?;
-            let delta = ((current * -1.0)? + me.value)?.broadcast_mul(&row)?;
-            Ok((x + delta)?)
-        }))
+        Ok(Run::new().hook(filter, move |_, x| me.apply(&x)))
+    }
+
+    /// The activation `x` (any leading axes, the dictionary's width last) with the
+    /// feature clamped at every position.
+    pub fn apply(&self, x: &Tensor) -> glassbox_model::Result<Tensor> {
+        let row = self
+            .dictionary
+            .decoder_row(self.feature)
+            .map_err(|e| self.failed(e))?;
+        let f = self.dictionary.encode(x).map_err(|e| self.failed(e))?;
+        let current = f.narrow(candle_core::D::Minus1, self.feature, 1)?;
+        let delta = ((current * -1.0)? + self.value)?.broadcast_mul(&row)?;
+        Ok((x + delta)?)
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> glassbox_model::ModelError {
+        glassbox_model::ModelError::BadIntervention {
+            hook: self.hook.clone(),
+            problem: e.to_string(),
+        }
     }
 }

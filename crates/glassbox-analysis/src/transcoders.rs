@@ -16,16 +16,28 @@ use std::collections::HashMap;
 /// position 0, special tokens — keep their true activations and are not scored).
 #[derive(Debug, Clone, Serialize)]
 pub struct SpliceEval {
+    /// transcoders spliced together
     pub transcoders: usize,
+    /// windows evaluated
     pub windows: usize,
+    /// predictions scored for CE: the kept positions that have a next token
     pub ce_tokens: u64,
+    /// mean next-token cross-entropy of the clean model, in nats
     pub ce_clean: f64,
+    /// the same with every covered MLP output replaced, at the kept positions, by its
+    /// transcoder's prediction from the spliced model's own MLP input
     pub ce_spliced: f64,
+    /// the same with every covered MLP output set to zero at the kept positions
     pub ce_zero_ablated: f64,
+    /// (CE_zero − CE_spliced) / (CE_zero − CE_clean)
     pub ce_recovered: f64,
+    /// mean over kept positions of KL(clean ‖ spliced)
     pub kl_spliced: f64,
+    /// mean over kept positions of KL(clean ‖ zero-ablated)
     pub kl_zero_ablated: f64,
+    /// 1 − KL_spliced / KL_zero
     pub kl_recovered: f64,
+    /// always `false`: left-out positions keep their true activations
     pub first_position_spliced: bool,
 }
 
@@ -38,8 +50,11 @@ fn hooks_of(d: &Dictionary) -> Result<(String, String)> {
     }
 }
 
-/// Evaluates the transcoders together on `windows` (equal length, each starting with
-/// BOS), in batches of `batch_windows`; `rule` is the model's [`RowRule`], as in training.
+/// Evaluates the transcoders together on `windows` (equal length ≥ 3, each starting with
+/// BOS), in batches of `batch_windows`; `rule` is the model's [`RowRule`], as in training
+/// (its token rule only: no row is left out as massive here). Every dictionary of `set`
+/// must name `hook_name` and `hook_name_out`. `on_batch` gets the number of windows of
+/// each batch done. Three forward passes per batch: clean, spliced, zero-ablated.
 pub fn splice_all(
     model: &Transformer,
     set: &[Dictionary],

@@ -22,6 +22,8 @@ use glassbox_model::Transformer;
 use serde::Serialize;
 use std::time::Instant;
 
+/// How the graph is built. `Default`: 8192 feature nodes, logits up to 95 % of the
+/// probability but at most 10, batches of 256 targets.
 #[derive(Debug, Clone)]
 pub struct AttributionOptions {
     /// graph nodes for at most this many active features (the rest fold into errors)
@@ -30,9 +32,9 @@ pub struct AttributionOptions {
     pub logit_probability: f32,
     /// …but at most this many
     pub max_logits: usize,
-    /// explicit logit targets instead (token ids)
+    /// explicit logit targets instead (token ids; empty: chosen by probability as above)
     pub targets: Vec<u32>,
-    /// targets per batched backward pass
+    /// targets per batched backward pass (memory `batch × seq × d_model` floats)
     pub batch: usize,
 }
 
@@ -48,35 +50,56 @@ impl Default for AttributionOptions {
     }
 }
 
+/// What a graph node is (serialised with a `type` tag: `feature`, `error`, `token`,
+/// `logit`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum NodeKind {
+    /// an active transcoder latent: writes `activation · W_dec[feature]` into the
+    /// residual stream after block `layer`, reads its pre-activation through `ln2`
     Feature {
+        /// the block whose transcoder it belongs to
         layer: usize,
+        /// token position in the prompt
         position: usize,
+        /// latent index in that transcoder, `0..d_sae`
         feature: usize,
+        /// its activation on the prompt
         activation: f32,
     },
-    /// ‖error‖ at (layer, position)
+    /// what the transcoder misses at (layer, position), the folded features included
+    /// ([`ReplacementState::errors`]); `norm` is ‖error‖ (L2)
     Error {
+        /// the block whose MLP output it corrects
         layer: usize,
+        /// token position in the prompt
         position: usize,
+        /// L2 norm of the error vector
         norm: f32,
     },
+    /// the token embedding at `position` (`blocks.0.hook_resid_pre`)
     Token {
+        /// token position in the prompt
         position: usize,
+        /// the token id
         token: u32,
     },
-    /// `value`: the de-meaned logit the edges explain
+    /// a logit target at the last position; `value`: the de-meaned logit the edges
+    /// explain
     Logit {
+        /// the predicted token id
         token: u32,
+        /// its probability on the clean pass (the weight of its influence)
         probability: f32,
+        /// `logit[token] − mean_v logit[v]`
         value: f32,
     },
 }
 
+/// A graph node.
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {
+    /// what it is, and where
     #[serde(flatten)]
     pub kind: NodeKind,
 }
@@ -85,30 +108,42 @@ pub struct Node {
 /// logits; `adjacency[target · n + source]` is the direct effect of `source` on
 /// `target` (rows are targets, as in circuit-tracer).
 pub struct Attribution {
+    /// every node, in the order above
     pub nodes: Vec<Node>,
+    /// feature nodes (the first `n_features` of `nodes`)
     pub n_features: usize,
+    /// the model's layers (`n_layers × seq_len` error nodes follow the features)
     pub n_layers: usize,
+    /// prompt tokens (one token node each)
     pub seq_len: usize,
+    /// logit nodes (the last `n_logits` of `nodes`)
     pub n_logits: usize,
+    /// `[n, n]` row-major, target by source; zero where there is no direct path
     pub adjacency: Vec<f32>,
     /// active features folded into error nodes (position 0, or past the cap)
     pub features_folded: usize,
+    /// wall time of [`attribute`]
     pub seconds: f64,
 }
 
 impl Attribution {
+    /// Number of nodes.
     pub fn n(&self) -> usize {
         self.nodes.len()
     }
+    /// Node index of the error node at (`layer`, `position`).
     pub fn error_index(&self, layer: usize, position: usize) -> usize {
         self.n_features + layer * self.seq_len + position
     }
+    /// Node index of the token node at `position`.
     pub fn token_index(&self, position: usize) -> usize {
         self.n_features + self.n_layers * self.seq_len + position
     }
+    /// Node index of the `i`-th logit node (`0..n_logits`).
     pub fn logit_index(&self, i: usize) -> usize {
         self.token_index(self.seq_len) + i
     }
+    /// The direct effect of node `source` on node `target` (`adjacency[target · n + source]`).
     pub fn edge(&self, target: usize, source: usize) -> f32 {
         self.adjacency[target * self.n() + source]
     }
@@ -138,7 +173,10 @@ struct Target {
     direction: Vec<f32>,
 }
 
-/// Builds the graph for the prompt of `state`.
+/// Builds the graph for the prompt of `state`: its nodes, and every edge by batched
+/// hand-written backward passes. Errors: an unsupported architecture (parallel
+/// attention and MLP, no pre-norms) or a target token outside the vocabulary
+/// ([`crate::CircuitError::BadInput`]). Memory: `n²` floats for the adjacency.
 pub fn attribute(
     model: &Transformer,
     set: &TranscoderSet,
@@ -386,15 +424,15 @@ pub fn attribute(
     })
 }
 
-/// Gradient at the block's input residual from `g` at its attention output's residual
-/// (`resid_mid`), with the pattern and ln1 (and ln1_post) scales frozen: only the value
-/// path carries it.
 /// The tracer differentiates through the pre-norms; OLMo 2 has none (refused at load).
 fn pre_norm(n: &Option<glassbox_model::weights::Norm>) -> Result<&glassbox_model::weights::Norm> {
     n.as_ref()
         .ok_or_else(|| bad("circuit tracing needs pre-norms before attention and MLP"))
 }
 
+/// Gradient at the block's input residual from `g` at its attention output's residual
+/// (`resid_mid`), with the pattern and ln1 (and ln1_post) scales frozen: only the value
+/// path carries it.
 fn attention_backward(
     model: &Transformer,
     state: &ReplacementState,

@@ -1,71 +1,111 @@
 //! The graph file `glassbox trace` writes: close to circuit-tracer's JSON (metadata,
 //! nodes, links) so its conventions carry over. Node ids: features `{layer}_{feature}_{pos}`
-//! (Neuronpedia's form); the rest are listed at `node_id`.
+//! (Neuronpedia's form); the rest are listed at [`node_id`].
 
 use crate::attribution::{Attribution, NodeKind};
 use crate::prune::{PruneOptions, Pruned};
 use serde::Serialize;
 
+/// What a graph file's `metadata.format` says it is.
 pub const GRAPH_FORMAT: &str = "glassbox attribution graph 1";
 
+/// A graph file (`glassbox trace --out GRAPH.json`): the pruned graph with everything
+/// needed to show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct GraphJson {
+    /// the prompt, the model, the set, the thresholds and the scores
     pub metadata: Metadata,
+    /// the kept nodes, in graph order (features, errors, embeddings, logits)
     pub nodes: Vec<NodeJson>,
+    /// the kept edges, by target then source
     pub links: Vec<LinkJson>,
 }
 
+/// The graph file's `metadata`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Metadata {
+    /// [`GRAPH_FORMAT`]
     pub format: &'static str,
+    /// the prompt as given
     pub prompt: String,
+    /// the display text of each prompt token
     pub prompt_tokens: Vec<String>,
+    /// the prompt's token ids
     pub prompt_token_ids: Vec<u32>,
+    /// the model as the caller named it
     pub model: String,
+    /// the transcoder set's folder as the caller named it
     pub transcoders: String,
+    /// the model's layers (logit nodes have this `layer`)
     pub n_layers: usize,
+    /// the pruning's node threshold ([`PruneOptions::node_threshold`])
     pub node_threshold: f32,
+    /// the pruning's edge threshold ([`PruneOptions::edge_threshold`])
     pub edge_threshold: f32,
+    /// [`Pruned::replacement_score`]
     pub replacement_score: f32,
+    /// [`Pruned::completeness_score`]
     pub completeness_score: f32,
+    /// [`Pruned::kept_influence`]
     pub kept_influence: f32,
+    /// [`Pruned::final_influence`]
     pub final_influence: f32,
-    /// unpruned graph: nodes by kind, non-zero edges
+    /// feature nodes of the unpruned graph
     pub unpruned_features: usize,
+    /// nodes of the unpruned graph, all kinds
     pub unpruned_nodes: usize,
+    /// non-zero edges of the unpruned graph
     pub unpruned_edges: usize,
+    /// active features folded into error nodes (position 0, past the node budget)
     pub features_folded_into_errors: usize,
+    /// wall time of the attribution alone ([`Attribution::seconds`])
     pub attribution_seconds: f64,
 }
 
+/// One kept node of the graph file; fields that do not apply to its kind are `null`.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeJson {
+    /// its id ([`node_id`]), what [`LinkJson`] refers to
     pub node_id: String,
     /// "transcoder" | "mlp reconstruction error" | "embedding" | "logit"
     pub feature_type: &'static str,
     /// the block index, or -1 for embeddings and `n_layers` for logits
     pub layer: i64,
+    /// token position (the last one for logits)
     pub ctx_idx: usize,
+    /// the latent index (features)
     pub feature: Option<usize>,
+    /// the token id (embeddings and logits)
     pub token: Option<u32>,
-    /// the token at `ctx_idx` (embeddings) or the predicted token (logits)
+    /// the token at `ctx_idx` (features, errors, embeddings) or the predicted token
+    /// (logits)
     pub token_str: String,
+    /// the feature's activation (features)
     pub activation: Option<f32>,
+    /// ‖error‖ (errors)
     pub error_norm: Option<f32>,
+    /// the token's probability on the clean pass (logits)
     pub token_prob: Option<f32>,
+    /// the de-meaned logit (logits)
     pub logit: Option<f32>,
+    /// influence on the logits in the unpruned graph ([`Pruned::influence`])
     pub influence: f32,
 }
 
+/// One kept edge of the graph file.
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkJson {
+    /// the source's `node_id`
     pub source: String,
+    /// the target's `node_id`
     pub target: String,
+    /// the direct effect of the source on the target ([`Attribution::edge`])
     pub weight: f32,
 }
 
-/// Node ids: `{layer}_{feature}_{pos}` for features, `ERR_{layer}_{pos}` for errors,
-/// `E_{token}_{pos}` for embeddings, `L_{token}_{pos}` for logits.
+/// A node's id in the graph file: `{layer}_{feature}_{pos}` for features,
+/// `ERR_{layer}_{pos}` for errors, `E_{token}_{pos}` for embeddings, `L_{token}_{pos}`
+/// for logits (`pos` is then `last_pos`, the prompt's last position).
 pub fn node_id(kind: &NodeKind, last_pos: usize) -> String {
     match *kind {
         NodeKind::Feature {
@@ -82,14 +122,21 @@ pub fn node_id(kind: &NodeKind, last_pos: usize) -> String {
     }
 }
 
+/// What the graph file records beyond the graph itself.
 pub struct GraphContext<'a> {
+    /// the prompt as given ([`Metadata::prompt`])
     pub prompt: &'a str,
+    /// the model as the caller named it ([`Metadata::model`])
     pub model: &'a str,
+    /// the transcoder set's folder ([`Metadata::transcoders`])
     pub transcoders: &'a str,
+    /// the display text of a token id
     pub token_text: &'a dyn Fn(u32) -> String,
 }
 
-/// The pruned graph as JSON-ready data.
+/// The pruned graph as JSON-ready data: the nodes `pruned.node_mask` keeps and the
+/// edges of `pruned.edges`, with `opts` (the thresholds `pruned` was made with)
+/// recorded in the metadata.
 pub fn graph_json(
     g: &Attribution,
     pruned: &Pruned,

@@ -18,6 +18,7 @@ use glassbox_model::{Batch, HookFilter, ModelError, Run, Transformer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// What an edit does to a feature's activation (JSON: `{"set": 2.5}`, `{"scale": 0}`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EditValue {
@@ -27,50 +28,74 @@ pub enum EditValue {
     Scale(f32),
 }
 
+/// One edit: a transcoder feature at one token position.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FeatureEdit {
+    /// the block whose transcoder holds the feature (it must have one)
     pub layer: usize,
+    /// token position in the prompt
     pub position: usize,
+    /// latent index, `0..d_sae`
     pub feature: usize,
+    /// the new activation, or its scale (finite)
     pub value: EditValue,
 }
 
+/// Which model the edits run in (the module doc says how they differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InterventionMode {
+    /// the local replacement model: patterns, norm scales and error nodes pinned at
+    /// their clean values
     Frozen,
+    /// the real model, with each edit's decoder difference added to its layer's MLP
+    /// output
     Live,
 }
 
+/// A token's probability and logit at the last position.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenProb {
+    /// the token id
     pub token: u32,
+    /// its softmax probability
     pub prob: f32,
+    /// its raw logit
     pub logit: f32,
 }
 
+/// What the edits did to the output distribution at the last position.
 #[derive(Debug, Clone, Serialize)]
 pub struct InterventionOutcome {
+    /// the model the edits ran in
     pub mode: InterventionMode,
-    /// the top tokens at the last position, clean and after the edits
+    /// the top tokens at the last position on the clean pass (the `top` most probable)
     pub before: Vec<TokenProb>,
+    /// the top tokens after the edits (the `top` most probable)
     pub after: Vec<TokenProb>,
     /// KL(clean ‖ edited) at the last position, nats
     pub kl: f64,
     /// the edits with the activation each feature had before them
     pub edits: Vec<AppliedEdit>,
-    /// full distributions are kept for callers that track given tokens
+    /// full distributions are kept for callers that track given tokens: the clean
+    /// one, `[vocab]`
     #[serde(skip)]
     pub probs_before: Vec<f32>,
+    /// the edited distribution, `[vocab]`
     #[serde(skip)]
     pub probs_after: Vec<f32>,
 }
 
+/// An edit as applied.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppliedEdit {
+    /// the edit asked for
     #[serde(flatten)]
     pub edit: FeatureEdit,
+    /// the feature's activation in this run just before the edit (the clean one unless
+    /// an earlier layer's edit moved it)
     pub clean_activation: f32,
+    /// its activation after the edit
     pub new_activation: f32,
 }
 
@@ -124,8 +149,11 @@ fn check_edits(set: &TranscoderSet, state: &ReplacementState, edits: &[FeatureEd
     Ok(())
 }
 
-/// Applies `edits` to the prompt of `state` and compares the last position's output
-/// distribution with the clean one.
+/// Applies `edits` to the prompt of `state` in `mode` and compares the last position's
+/// output distribution with the clean one; `top` is how many tokens `before` and
+/// `after` list. No edits: the clean distribution back (KL ≈ 0 in both modes). Errors:
+/// an edit at a layer without a transcoder, past the prompt or the transcoder's
+/// width, or with a value that is not finite.
 pub fn intervene(
     model: &Transformer,
     set: &TranscoderSet,

@@ -15,13 +15,21 @@ use glassbox_model::{ActivationCache, Batch, HookFilter, NormKind, Run, Transfor
 /// An active transcoder feature that is a node of the graph.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActiveFeature {
+    /// the block whose transcoder it belongs to
     pub layer: usize,
+    /// token position in the prompt (never 0)
     pub position: usize,
+    /// latent index in that transcoder, `0..d_sae`
     pub feature: usize,
+    /// its activation on the clean pass (non-zero)
     pub activation: f32,
 }
 
+/// A prompt's clean pass and the local replacement model built on it: what
+/// [`attribute`](crate::attribute) and [`intervene`](crate::intervene) read. Tensors are
+/// on the CPU, without the batch axis.
 pub struct ReplacementState {
+    /// the prompt's token ids
     pub tokens: Vec<u32>,
     /// the clean pass's cache: patterns, norm scales, MLP inputs and outputs
     pub cache: ActivationCache,
@@ -93,8 +101,10 @@ pub(crate) fn check_supported(model: &Transformer) -> Result<()> {
 impl ReplacementState {
     /// Runs the model on `tokens` and encodes every layer's MLP input with its
     /// transcoder. Features at position 0 (the BOS sink, excluded when training) and,
-    /// past `max_feature_nodes`, those with the smallest `activation × ‖W_dec row‖`
-    /// are folded into the error nodes instead of becoming nodes.
+    /// past `max_feature_nodes`, those with the smallest `|activation| × ‖W_dec row‖`
+    /// are folded into the error nodes instead of becoming nodes. Errors: fewer than 2
+    /// tokens, a set with another number of layers, or an architecture the tracer does
+    /// not support (parallel attention and MLP, no pre-norms).
     pub fn new(
         model: &Transformer,
         set: &TranscoderSet,
@@ -193,11 +203,17 @@ impl ReplacementState {
         })
     }
 
+    /// Prompt length, in tokens.
     pub fn seq_len(&self) -> usize {
         self.tokens.len()
     }
 
-    /// A cached activation of the clean pass (batch axis removed).
+    /// A cached activation of the clean pass (batch axis removed), by TransformerLens
+    /// name: `blocks.0.hook_resid_pre`, `blocks.L.attn.hook_pattern` `[heads, q, k]`,
+    /// `blocks.L.ln1.hook_scale`, `blocks.L.ln2.hook_scale`,
+    /// `blocks.L.ln2.hook_normalized` and `blocks.L.hook_mlp_out` `[seq, d_model]`,
+    /// `ln_final.hook_scale` (and `blocks.L.ln1_post.hook_scale` with post-sublayer
+    /// norms). Any other name is an error.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         cached(&self.cache, name)
     }

@@ -6,6 +6,7 @@ use glassbox_model::ModelConfig;
 use glassbox_sae::Dictionary;
 use std::path::{Path, PathBuf};
 
+/// The set's index file, inside the set's folder ([`SetIndex`]).
 pub const SET_INDEX: &str = "index.json";
 
 /// What `index.json` says it is (`format`).
@@ -16,18 +17,24 @@ pub const SET_FORMAT: &str = "glassbox transcoder set 1";
 /// optional so that sets written by hand (or by older versions) still read.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SetIndex {
+    /// [`SET_FORMAT`] in sets glassbox writes
     #[serde(default)]
     pub format: Option<String>,
     /// the model label the set was trained on
     #[serde(default)]
     pub model: Option<String>,
+    /// the transcoders' training architecture (`topk`, `standard`, …)
     #[serde(default)]
     pub arch: Option<String>,
+    /// whether the transcoders have a linear skip connection (`W_skip`)
     #[serde(default)]
     pub skip: Option<bool>,
+    /// one entry per layer that has a transcoder; sorted by layer once read
     pub layers: Vec<SetLayer>,
+    /// training rows (tokens) each transcoder saw
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_tokens: Option<u64>,
+    /// wall time of the whole training run
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_seconds: Option<f64>,
     /// held-out rows the per-layer FVUs were measured on
@@ -39,6 +46,7 @@ pub struct SetIndex {
     /// the set's one massive-activation rule (`glassbox_model::MassiveNorm::to_json`)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub massive_norm: Option<serde_json::Value>,
+    /// training rows the massive-activation rule left out
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_massive_rows_excluded: Option<u64>,
 }
@@ -46,22 +54,30 @@ pub struct SetIndex {
 /// One layer's entry in [`SetIndex`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SetLayer {
+    /// the block whose MLP the transcoder replaces
     pub layer: usize,
     /// the transcoder's folder, relative to the set's
     pub path: String,
+    /// the hook it reads (`blocks.L.ln2.hook_normalized`); informational, the loader
+    /// checks the transcoder's own `cfg.json`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_in: Option<String>,
+    /// the hook it predicts (`blocks.L.hook_mlp_out`)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_out: Option<String>,
+    /// number of latents
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub d_sae: Option<usize>,
+    /// fraction of variance of `hook_out` left unexplained on held-out rows
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_fvu: Option<f64>,
 }
 
 impl SetIndex {
     /// `dir/index.json`, parsed and checked: layers listed once each, with relative
-    /// paths inside the set. `Ok(None)` when the folder has no index.
+    /// paths inside the set. `Ok(None)` when the folder has no index;
+    /// [`CircuitError::BadInput`] when it is not JSON of this shape, lists a layer twice
+    /// or has a path that leaves the folder.
     pub fn read(dir: &Path) -> Result<Option<SetIndex>> {
         let path = dir.join(SET_INDEX);
         if !path.is_file() {
@@ -101,19 +117,19 @@ impl SetIndex {
 
     /// Writes `dir/index.json` atomically (a temporary sibling, then a rename).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(SET_INDEX);
-        let tmp = dir.join(format!(".{SET_INDEX}.tmp"));
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| bad(format!("cannot encode the set index: {e}")))?;
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| CircuitError::Io(format!("cannot write {}", path.display()), e))
+        Ok(glassbox_atomic::write(
+            &dir.join(SET_INDEX),
+            text.as_bytes(),
+        )?)
     }
 }
 
 /// Transcoders by layer; a layer without one keeps its true MLP, which the graph shows as
 /// that layer's error nodes.
 pub struct TranscoderSet {
+    /// the folder the set was read from (empty for [`TranscoderSet::from_dictionaries`])
     pub dir: PathBuf,
     /// `by_layer[l]`: the transcoder standing in for block `l`'s MLP
     pub by_layer: Vec<Option<Dictionary>>,
@@ -166,7 +182,8 @@ impl TranscoderSet {
         })
     }
 
-    /// A set built in memory (tests, freshly trained transcoders).
+    /// A set built in memory (tests, freshly trained transcoders): one slot per layer of
+    /// `cfg`, each checked as [`TranscoderSet::load`] does.
     pub fn from_dictionaries(by_layer: Vec<Option<Dictionary>>, cfg: &ModelConfig) -> Result<Self> {
         if by_layer.len() != cfg.n_layers {
             return Err(bad(format!(
@@ -187,6 +204,7 @@ impl TranscoderSet {
         })
     }
 
+    /// The layers that have a transcoder, ascending.
     pub fn layers_covered(&self) -> Vec<usize> {
         (0..self.by_layer.len())
             .filter(|&l| self.by_layer[l].is_some())

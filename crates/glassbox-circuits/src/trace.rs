@@ -21,15 +21,19 @@ pub struct TraceOptions {
     /// attribution: the feature-node budget, target selection and batching
     /// (`targets` there is filled from the texts above)
     pub attribution: AttributionOptions,
+    /// the node and edge thresholds of the pruned graph
     pub prune: PruneOptions,
-    /// refuse longer prompts
+    /// refuse longer prompts (the CLI and Python default: [`MAX_TRACE_TOKENS`])
     pub max_tokens: usize,
 }
 
 /// A finished trace.
 pub struct Trace {
+    /// the prompt's token ids, as traced
     pub tokens: Vec<u32>,
+    /// the unpruned graph
     pub graph: Attribution,
+    /// what pruning kept, the influences and the scores
     pub pruned: Pruned,
     /// the pruned graph, as `glassbox trace --out` writes it
     pub json: GraphJson,
@@ -90,7 +94,10 @@ pub fn prompt_tokens(
 }
 
 /// Traces `prompt` through `set` (read from `set_dir`); `model_spec` is recorded in the
-/// graph's metadata.
+/// graph's metadata. Errors: the prompt is under 2 or over `opts.max_tokens` tokens, a
+/// target is not one token, or the set does not fit the model ([`CircuitError::BadInput`]).
+///
+/// [`CircuitError::BadInput`]: crate::CircuitError::BadInput
 pub fn trace_prompt(
     model: &Model,
     model_spec: &str,

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 /// The documents of a corpus and what reading it skipped.
 #[derive(Debug, Clone, Default)]
 pub struct Corpus {
+    /// the documents kept, in path order (a leading byte-order mark removed, duplicates
+    /// dropped)
     pub texts: Vec<String>,
+    /// what was read and skipped
     pub report: CorpusReport,
 }
 

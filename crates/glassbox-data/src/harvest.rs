@@ -30,7 +30,10 @@ impl HarvestOptions {
 pub struct Harvest {
     /// per hook, `[n_rows, widths[h]]` row-major
     pub rows: Vec<Vec<f32>>,
+    /// each hook's row width (e.g. `d_model` for `hook_resid_post`, `d_mlp` for
+    /// `mlp.hook_post`, `n_heads × d_head` for `attn.hook_z`), in the order of the hooks
     pub widths: Vec<usize>,
+    /// rows per hook (the same for every hook)
     pub n_rows: usize,
     /// rows the token rule kept but the massive-activation rule left out
     pub n_massive: usize,

@@ -1,9 +1,59 @@
-//! glassbox-data: text corpora (txt, JSON lines, Parquet), packing them into fixed
-//! context windows, harvesting hook activations over those windows, and the
-//! activation store that serves shuffled rows to dictionary training.
+//! glassbox-data: text corpora (txt, JSON lines, Parquet: [`read_corpus`]), packing
+//! them into fixed context windows ([`pack`]), harvesting hook activations over those
+//! windows ([`harvest`], [`harvest_hooks`]), and the activation store that serves
+//! shuffled rows to dictionary training ([`ActivationStore`], see [`store`] for its
+//! design).
 //!
 //! This crate knows the model only as "give me the activations at hook H": it asks the
 //! runtime for a forward pass with a cache filter and never looks at weights.
+//!
+//! ```
+//! # fn main() -> glassbox_data::Result<()> {
+//! use glassbox_data::{harvest, ActivationStore, StoreOptions};
+//! use std::path::Path;
+//!
+//! let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny-llama");
+//! let fixture = Path::new(fixture);
+//! let model = glassbox_model::load_model(fixture)?;
+//! // HF transformers' input ids [2, 16] and activations [2, 16, 64] of the tiny Llama
+//! let reference = candle_core::safetensors::load(
+//!     fixture.join("reference.safetensors"),
+//!     &candle_core::Device::Cpu,
+//! )?;
+//! let windows: Vec<Vec<u32>> = reference["input_ids"]
+//!     .to_dtype(candle_core::DType::U32)?
+//!     .to_vec2()?;
+//! let hook = "blocks.1.hook_resid_post";
+//!
+//! // one row per token but position 0 (the attention sink) and BOS/EOS (none here):
+//! // 2 × 15 rows of 64
+//! let (rows, width) = harvest(&model, &windows, hook, 8, |_| {})?;
+//! assert_eq!((width, rows.len() / width), (64, 2 * 15));
+//! let want: Vec<f32> = reference[hook].narrow(1, 1, 15)?.flatten_all()?.to_vec1()?;
+//! let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+//! let err = rows.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+//! assert!(err < 1e-4 * scale, "HF reference differs by {err}");
+//!
+//! // the store serves the same 30 rows, shuffled, in batches
+//! let mut opts = StoreOptions::new(vec![hook.to_string()]);
+//! opts.rows = glassbox_model::RowRule::for_model(&model);
+//! let mut store = ActivationStore::new(&model, windows, opts)?;
+//! assert_eq!(store.total_rows(), 30);
+//! let mut batch = vec![Vec::new()]; // one buffer per hook
+//! assert_eq!(store.next_batch(20, &mut batch)?, 20);
+//! let mut served = batch[0].clone();
+//! assert_eq!(store.next_batch(20, &mut batch)?, 10);
+//! served.extend(&batch[0]);
+//! let sorted = |v: &[f32]| {
+//!     let mut r: Vec<&[f32]> = v.chunks(64).collect();
+//!     r.sort_by(|a, b| a[0].total_cmp(&b[0]));
+//!     r.concat()
+//! };
+//! assert_eq!(sorted(&served), sorted(&rows));
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
 
 use glassbox_model::Model;
 use rand::rngs::StdRng;
@@ -22,16 +72,23 @@ pub use harvest::{
 };
 pub use store::{ActivationStore, StoreOptions};
 
+/// Why a corpus could not be read, packed or harvested.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// Options, windows or hooks that cannot be used as they are (a context size
+    /// outside 2..=n_ctx, too few windows, an unknown or pattern hook, …); the message
+    /// says what to change.
     #[error("{0}")]
     BadInput(String),
     /// A corpus that cannot be used as it is; the message says what to change.
     #[error("{0}")]
     Corpus(String),
+    /// A file or folder that could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {
+        /// the file or folder
         path: PathBuf,
+        /// the operating system's error
         source: std::io::Error,
     },
     /// Harvested activations that are NaN or infinite: training on them would
@@ -40,17 +97,33 @@ pub enum DataError {
         "the activations at `{hook}` hold NaN or Inf ({place}): the model overflowed or its \
          weights are broken; check the model file (run it on a short prompt) before training"
     )]
-    NonFinite { hook: String, place: String },
+    NonFinite {
+        /// the hook whose activations are not finite
+        hook: String,
+        /// where: the windows of the batch and the position within it
+        place: String,
+    },
     /// The activation cache folder cannot be used at all (single shards that fail are
     /// regenerated with a warning instead).
     #[error("activation cache {}: {message}", path.display())]
-    Cache { path: PathBuf, message: String },
+    Cache {
+        /// the cache folder, or the shard file being written
+        path: PathBuf,
+        /// what went wrong, and what to do about it
+        message: String,
+    },
+    /// An output file that could not be written whole (the old one is kept).
+    #[error(transparent)]
+    Write(#[from] glassbox_atomic::Error),
+    /// The model could not run the windows (or has no tokenizer for [`pack`]).
     #[error(transparent)]
     Model(#[from] glassbox_model::ModelError),
+    /// A tensor operation on the activations failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
 
+/// `Result` with a [`DataError`].
 pub type Result<T> = std::result::Result<T, DataError>;
 
 pub(crate) fn bad(m: impl Into<String>) -> DataError {

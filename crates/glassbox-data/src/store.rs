@@ -189,7 +189,7 @@ impl<'m> ActivationStore<'m> {
                     "cannot create the folder ({e}); pass another cache folder or none"
                 ),
             })?;
-            remove_orphan_temp_files(&folder);
+            glassbox_atomic::remove_orphans(&folder);
             store.write_description(&folder);
             store.cache = Some(folder);
         }
@@ -262,6 +262,8 @@ impl<'m> ActivationStore<'m> {
     pub fn widths(&self) -> &[usize] {
         &self.plan.widths[..self.n_served_hooks]
     }
+    /// The hooks served, as in `StoreOptions::hooks` (without the massive rule's
+    /// residual hook when it only rides along).
     pub fn hooks(&self) -> &[String] {
         &self.plan.hooks[..self.n_served_hooks]
     }
@@ -277,12 +279,16 @@ impl<'m> ActivationStore<'m> {
     pub fn total_rows(&self) -> u64 {
         self.chunk_start[self.chunk_start.len() - 1]
     }
+    /// Rows left in this pass: [`total_rows`](Self::total_rows) minus
+    /// [`rows_served`](Self::rows_served) (massive rows passed over included).
     pub fn remaining(&self) -> u64 {
         self.total_rows() - self.served
     }
+    /// Chunks the windows are cut into (each harvested whole, one in memory at a time).
     pub fn n_chunks(&self) -> usize {
         self.chunk_start.len() - 1
     }
+    /// Tokens per window (every window has the same length).
     pub fn context_size(&self) -> usize {
         self.context_size
     }
@@ -513,7 +519,7 @@ impl<'m> ActivationStore<'m> {
             "exclude_tokens": self.rule.excluded_tokens(),
         });
         let text = serde_json::to_string_pretty(&desc).unwrap_or_default();
-        let _ = write_atomic(&path, |tmp| {
+        let _ = glassbox_atomic::write_with(&path, |tmp| {
             std::fs::write(tmp, text.as_bytes()).map_err(io_err(tmp))
         });
     }
@@ -583,7 +589,7 @@ fn write_shard(
             shape: [n_rows, w],
         })
         .collect();
-    write_atomic(path, |tmp| {
+    glassbox_atomic::write_with(path, |tmp| {
         safetensors::serialize_to_file(
             hooks.iter().zip(&views),
             Some(shard_metadata(key, chunk)),
@@ -594,54 +600,6 @@ fn write_shard(
             message: e.to_string(),
         })
     })
-}
-
-/// Writes through a temp file in the same folder, flushed, then renamed over `path`:
-/// readers see the old file or the whole new one, never a part.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = path.with_file_name(format!(".{name}.{}.{nonce}.tmp", std::process::id()));
-    let result = write(&tmp).and_then(|()| {
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Deletes temp files left by writers that died mid-write (their process is gone);
-/// files of live processes are left alone. Only where `/proc` tells.
-fn remove_orphan_temp_files(folder: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(folder) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
-            continue;
-        };
-        // `.{name}.{pid}.{nonce}.tmp`
-        let mut parts = rest.rsplit('.');
-        let (_nonce, pid) = (parts.next(), parts.next());
-        if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
 }
 
 fn read_shard(

@@ -29,6 +29,7 @@ pub struct Example {
     pub act: f32,
     /// index of the window in the analysed list
     pub window: u32,
+    /// the token's position in its window
     pub position: u32,
     /// the token id at `position`
     pub token: u32,
@@ -134,6 +135,7 @@ impl UnitState {
 pub struct BatchActs<'a> {
     /// `[rows, width]` row-major: one row per kept token
     pub acts: &'a [f32],
+    /// units per row (the group's number of units)
     pub width: usize,
     /// per row: (index of the window in the analysed list, position, token id)
     pub rows: &'a [(u32, u32, u32)],
@@ -166,18 +168,26 @@ impl BatchActs<'_> {
 /// Options of a group (copied from [`crate::BuildOptions`]).
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
+    /// top activating examples kept per unit
     pub top_k: usize,
+    /// tokens of context kept on each side of an example's token
     pub context_radius: usize,
+    /// bands of `(0, max]`, by fraction of the unit's maximum
     pub bands: usize,
+    /// samples kept per band
     pub per_band: usize,
+    /// seed of the band samples' hash keys
     pub seed: u64,
 }
 
 /// The streaming statistics of every unit of one kind.
 #[derive(Debug, Clone)]
 pub struct UnitGroup {
+    /// features or neurons
     pub kind: UnitKind,
+    /// per unit, by id
     pub units: Vec<UnitState>,
+    /// what each unit keeps
     pub opts: GroupOptions,
     /// statistics rows seen (tokens evaluated)
     pub tokens: u64,
@@ -194,6 +204,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl UnitGroup {
+    /// `n_units` units that have seen nothing yet.
     pub fn new(kind: UnitKind, n_units: usize, opts: GroupOptions) -> Self {
         UnitGroup {
             kind,
@@ -203,7 +214,8 @@ impl UnitGroup {
         }
     }
 
-    /// Adds one batch. `batch.width` must equal the number of units.
+    /// Adds one batch (only activations > 0 count). Panics unless `batch.width` equals
+    /// the number of units and `batch.acts` holds `rows × width` values.
     pub fn observe(&mut self, batch: &BatchActs) {
         assert_eq!(batch.width, self.units.len(), "batch width ≠ units");
         assert_eq!(batch.acts.len(), batch.rows.len() * batch.width);

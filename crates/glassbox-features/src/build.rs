@@ -16,9 +16,12 @@ use std::time::Instant;
 
 /// What a build reads.
 pub struct BuildInput<'a> {
+    /// the model the windows run through
     pub model: &'a Transformer,
+    /// the dictionary (SAE or transcoder) whose features are described
     pub dict: &'a Dictionary,
-    /// the hook the dictionary reads
+    /// the hook the dictionary reads (one TransformerLens name, e.g.
+    /// `blocks.3.hook_resid_post`)
     pub hook: &'a str,
     /// held-out token windows, all the same length
     pub windows: &'a [Vec<u32>],
@@ -31,27 +34,40 @@ pub struct BuildInput<'a> {
 /// What a build did.
 #[derive(Debug)]
 pub struct BuildReport {
+    /// the store written
     pub path: PathBuf,
+    /// statistics rows (tokens) evaluated: the windows' tokens less the left-out ones
     pub tokens: u64,
+    /// windows run
     pub windows: usize,
     /// wall time of the whole build
     pub seconds: f64,
     /// (phase, seconds): pass (of which: forward, encode, feature stats, neuron
     /// stats), logit effects, neighbours, summaries, write
     pub phases: Vec<(&'static str, f64)>,
+    /// the features-vs-neurons numbers of the `comparison` table
+    /// ([`compare`](crate::describe::compare))
     pub comparison: Vec<(String, f64)>,
+    /// the streaming pass's statistics
     pub analysis: Analysis,
+    /// per feature: its top examples' tokens
     pub feature_summaries: Vec<Summary>,
+    /// per neuron, when neurons were analysed
     pub neuron_summaries: Option<Vec<Summary>>,
+    /// per feature, its direct logit effects (`None`: the dictionary's output width is
+    /// not the model's, or `logit_effects` is 0)
     pub logit_effects: Option<Vec<TokenEffects>>,
+    /// per feature, its nearest features by decoder cosine: (id, cosine)
     pub neighbours: Vec<Vec<(u32, f32)>>,
     /// the MLP neurons' own, from their output weights (with neurons)
     pub neuron_logit_effects: Option<Vec<TokenEffects>>,
+    /// per neuron, its nearest neurons by output-weight cosine (empty without neurons)
     pub neuron_neighbours: Vec<Vec<(u32, f32)>>,
 }
 
 /// Builds the feature store at `out` (atomically). A dictionary that does not fit the
-/// hook fails before any work.
+/// hook fails before any work. `on_batch` gets the number of windows of each finished
+/// batch.
 pub fn build(
     input: &BuildInput,
     opts: &BuildOptions,

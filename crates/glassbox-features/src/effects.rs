@@ -22,7 +22,8 @@ pub struct TokenEffects {
 }
 
 /// The `n` largest entries of `row` as (index, value), largest first, ties to the
-/// smaller index; with `largest = false`, the `n` smallest, smallest first.
+/// smaller index; with `largest = false`, the `n` smallest, smallest first. `skip`: an
+/// index left out (a unit's own, among its neighbours).
 pub fn extremes(row: &[f32], n: usize, largest: bool, skip: Option<usize>) -> Vec<(u32, f32)> {
     let better = |a: &usize, b: &usize| {
         let o = if largest {

@@ -12,15 +12,19 @@ use std::path::{Path, PathBuf};
 
 /// The held-out text a store is built over, and what its `meta` table records.
 pub struct HeldOutStore<'a> {
+    /// the model, with its tokenizer (it packs the corpus and shows the tokens)
     pub model: &'a Model,
     /// the model as given (what `serve` reopens; recorded as `model_spec`)
     pub model_spec: String,
+    /// the dictionary whose features are described
     pub dict: &'a Dictionary,
     /// the folder the dictionary was read from (recorded as `sae_dir`)
     pub dict_dir: PathBuf,
     /// the hook the dictionary reads
     pub hook: String,
+    /// the training corpus: a .txt/.jsonl/.parquet file or folder
     pub corpus: PathBuf,
+    /// the JSONL field or Parquet column holding the text
     pub text_field: String,
     /// tokens per window, BOS first (the training run's)
     pub context_size: usize,

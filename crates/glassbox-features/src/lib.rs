@@ -14,6 +14,54 @@
 //!
 //! Position 0 of every window (the attention sink) and the caller's excluded tokens
 //! (BOS/EOS) are left out of every statistic; in example contexts they show 0.
+//!
+//! [`build`] is the whole job on given windows; [`build_held_out`] and [`build_for_run`]
+//! pick the training run's held-out windows first (what `glassbox features build`
+//! runs); [`store::FeatureStore`] reads the file back. On the tiny llama fixture with
+//! the TopK SAE SAELens wrote for its `blocks.0.hook_resid_post`:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use glassbox_features::store::{FeatureStore, Order};
+//! use glassbox_features::{build, BuildInput, BuildOptions, UnitKind};
+//!
+//! let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+//! let model = glassbox_model::load_model(format!("{fixtures}/tiny-llama").as_ref())?;
+//! let dict = glassbox_sae::format::load(format!("{fixtures}/saelens/sae-topk").as_ref())?;
+//! // 6 windows of 16 token ids, BOS (1) first: the tiny model has no tokenizer
+//! let windows: Vec<Vec<u32>> = (0..6u32)
+//!     .map(|w| std::iter::once(1).chain((1..16).map(|p| 3 + (w * 31 + p * 7) % 200)).collect())
+//!     .collect();
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join(glassbox_features::STORE_FILE);
+//! let input = BuildInput {
+//!     model: &model.transformer,
+//!     dict: &dict,
+//!     hook: "blocks.0.hook_resid_post",
+//!     windows: &windows,
+//!     token_text: &|t| format!(" t{t}"),
+//!     meta: vec![("model".into(), "tiny-llama".into())],
+//! };
+//! let opts = BuildOptions {
+//!     rows: glassbox_model::RowRule::new([1, 2]), // BOS and EOS left out
+//!     ..BuildOptions::default()
+//! };
+//! let report = build(&input, &opts, &path, |_windows_done| {})?;
+//! assert_eq!(report.tokens, 6 * 15); // position 0 of each window is not a row
+//!
+//! let store = FeatureStore::open(&path)?;
+//! assert_eq!(store.count(UnitKind::Feature)?, 256); // the SAE's d_sae
+//! assert_eq!(store.count(UnitKind::Neuron)?, 176); // blocks.0.mlp.hook_post
+//! // the densest feature: its strongest top example is its maximum
+//! let densest = &store.units(UnitKind::Feature, Order::Density, true, 1, 0)?[0];
+//! let detail = store.unit(UnitKind::Feature, densest.id)?.unwrap();
+//! assert_eq!(detail.examples[0].band, -1);
+//! assert_eq!(detail.examples[0].act, densest.max_act);
+//! assert_eq!(detail.promoted.len(), 10); // logit effects: top 10 promoted tokens
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod accumulate;
 mod build;
@@ -46,11 +94,14 @@ pub const STORE_FILE: &str = "features.sqlite";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitKind {
+    /// a latent of the dictionary
     Feature,
+    /// an MLP neuron (`blocks.L.mlp.hook_post`) at the dictionary's layer
     Neuron,
 }
 
 impl UnitKind {
+    /// Both kinds, features first.
     pub const ALL: [UnitKind; 2] = [UnitKind::Feature, UnitKind::Neuron];
 
     /// The name in the `kind` columns.
@@ -61,6 +112,7 @@ impl UnitKind {
         }
     }
 
+    /// The kind named by [`UnitKind::as_str`]; `None` for any other text.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "feature" => Some(UnitKind::Feature),
@@ -115,6 +167,7 @@ impl Default for BuildOptions {
 /// Histogram of positive activations: `HIST_BINS` equal bins of log10(activation) over
 /// `[HIST_LOG10_MIN, HIST_LOG10_MAX]`; values outside fall into the end bins.
 pub const HIST_LOG10_MIN: f64 = -4.0;
+/// The upper end of the histogram, in log10 units ([`HIST_LOG10_MIN`]).
 pub const HIST_LOG10_MAX: f64 = 4.0;
 /// 10 bins a decade (4 were too coarse to see a distribution's shape)
 pub const HIST_BINS: usize = 80;
@@ -137,29 +190,37 @@ pub fn hist_edges() -> Vec<f64> {
         .collect()
 }
 
+/// Why a build, or reading a store, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FeaturesError {
+    /// the input cannot be used (windows of unequal length or past the model's context,
+    /// a dictionary that does not fit the hook, a missing store or run directory, a file
+    /// that is not a feature store); the message says what to change
     #[error("{0}")]
     BadInput(String),
-    #[error("cannot {what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// SQLite failed on a store being written or read
     #[error("feature store {}: {source}", path.display())]
     Sqlite {
+        /// the store (while building: its temporary sibling)
         path: PathBuf,
+        /// what SQLite said
         source: rusqlite::Error,
     },
+    /// the model runtime failed (a forward pass, the tokenizer)
     #[error(transparent)]
     Model(#[from] glassbox_model::ModelError),
+    /// the dictionary could not be read or used
     #[error(transparent)]
     Sae(#[from] glassbox_sae::SaeError),
+    /// a tensor operation failed
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// An output file that could not be written whole (the old one is kept).
+    #[error(transparent)]
+    Write(#[from] glassbox_atomic::Error),
 }
 
+/// This crate's results.
 pub type Result<T> = std::result::Result<T, FeaturesError>;
 
 pub(crate) fn bad(m: impl Into<String>) -> FeaturesError {

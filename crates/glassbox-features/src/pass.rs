@@ -89,8 +89,11 @@ pub fn check_hooks(
 /// The result of the pass.
 #[derive(Debug, Clone)]
 pub struct Analysis {
+    /// where the pass read
     pub hooks: Hooks,
+    /// the dictionary's features
     pub features: UnitGroup,
+    /// the MLP neurons at its layer (`None` without [`BuildOptions::neurons`])
     pub neurons: Option<UnitGroup>,
     /// statistics rows (tokens) evaluated
     pub tokens: u64,

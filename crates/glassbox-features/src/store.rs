@@ -10,16 +10,25 @@ use std::path::{Path, PathBuf};
 /// One row of `units`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unit {
+    /// feature or neuron
     pub kind: UnitKind,
+    /// the feature's or neuron's index
     pub id: u32,
+    /// fraction of evaluated tokens with activation > 0 (0: dead)
     pub density: f64,
+    /// largest activation (0 if it never fired)
     pub max_act: f64,
+    /// mean activation over the tokens where it fired
     pub mean_act: f64,
+    /// the automatic label ([`crate::describe::label`])
     pub label: String,
     /// (token text, count) over the top examples
     pub top_tokens: Vec<(String, u64)>,
+    /// share of the top examples on the most common token
     pub concentration: f64,
+    /// the histogram's bin edges, log10 units (`histogram.len() + 1` of them)
     pub log10_edges: Vec<f64>,
+    /// counts of positive activations per log10 bin
     pub histogram: Vec<u64>,
 }
 
@@ -28,19 +37,27 @@ pub struct Unit {
 pub struct StoredExample {
     /// -1: top activations; 0..: band
     pub band: i64,
+    /// order within its band (0: strongest among top activations)
     pub rank: u32,
+    /// the unit's activation at the example's token
     pub act: f64,
+    /// the window's id in the store
     pub window: u32,
+    /// the token's position in its window
     pub position: u32,
+    /// the first position shown
     pub context_start: u32,
     /// the shown tokens, from `context_start`
     pub tokens: Vec<String>,
+    /// the unit's activation at each shown token, rounded to 4 significant digits
+    /// (0 at left-out positions)
     pub acts: Vec<f64>,
 }
 
 /// A unit with everything the store holds about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitDetail {
+    /// its summary row
     pub unit: Unit,
     /// top examples (band -1) first, then bands in order, each by rank
     pub examples: Vec<StoredExample>,
@@ -55,13 +72,16 @@ pub struct UnitDetail {
     pub effects_available: bool,
     /// the ids before and after this one that exist (for paging through units)
     pub prev: Option<u32>,
+    /// the next id of this kind in the store, if any
     pub next: Option<u32>,
 }
 
 /// A unit's neighbour.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Neighbour {
+    /// the neighbour's id (same kind)
     pub id: u32,
+    /// cosine of the two units' decoder (or output-weight) directions
     pub cosine: f64,
     /// its label, if the store has that unit
     pub label: Option<String>,
@@ -70,27 +90,35 @@ pub struct Neighbour {
 /// A search over the unit list.
 #[derive(Debug, Clone)]
 pub struct UnitQuery<'a> {
+    /// which units
     pub kind: UnitKind,
     /// matched case-insensitively as a substring of the label or the top tokens; a
     /// number (or `#number`) also matches the unit's id
     pub search: Option<&'a str>,
+    /// the sort column
     pub order: Order,
     /// largest first (ties by id, ascending)
     pub descending: bool,
+    /// units per page
     pub limit: usize,
+    /// matching units skipped before the page
     pub offset: usize,
 }
 
 /// Summary statistics of one kind of unit (what the comparison page shows).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KindStats {
+    /// units of the kind
     pub count: u64,
     /// units that never fired
     pub dead: u64,
+    /// mean density over all units of the kind, dead ones included (`None`: no units)
     pub mean_density: Option<f64>,
     /// means over units that fired
     pub mean_concentration: Option<f64>,
+    /// mean of the units' maximum activation, over units that fired
     pub mean_max_act: Option<f64>,
+    /// mean of the units' mean activation, over units that fired
     pub mean_mean_act: Option<f64>,
 }
 
@@ -98,6 +126,7 @@ pub struct KindStats {
 /// [`FeatureStore::search`] (the direction is the query's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
+    /// by id (ascending in [`FeatureStore::units`])
     Id,
     /// densest first
     Density,
@@ -160,6 +189,7 @@ fn like_pattern(q: &str) -> String {
 /// An open, read-only feature store.
 pub struct FeatureStore {
     conn: Connection,
+    /// the `features.sqlite` file
     pub path: PathBuf,
     neuron_effects: bool,
 }

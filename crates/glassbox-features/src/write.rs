@@ -6,28 +6,34 @@ use crate::accumulate::{Example, UnitGroup};
 use crate::describe::{label, Summary};
 use crate::effects::TokenEffects;
 use crate::pass::Analysis;
-use crate::{hist_edges, sql_err, FeaturesError, Result, SCHEMA, STORE_VERSION};
+use crate::{hist_edges, sql_err, Result, SCHEMA, STORE_VERSION};
 use rusqlite::{params, Connection};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Everything the store holds.
 pub struct StoreInput<'a> {
+    /// the pass's statistics: units, examples, options, hooks
     pub analysis: &'a Analysis,
     /// per feature
     pub feature_summaries: &'a [Summary],
     /// per neuron (when the analysis has neurons)
     pub neuron_summaries: Option<&'a [Summary]>,
+    /// per feature, its direct logit effects (`None`: table `logit_effects` left empty)
     pub logit_effects: Option<&'a [TokenEffects]>,
+    /// per feature, its nearest features: (id, cosine)
     pub neighbours: &'a [Vec<(u32, f32)>],
     /// the same for MLP neurons, from their output weights (tables `neuron_…`)
     pub neuron_logit_effects: Option<&'a [TokenEffects]>,
+    /// per neuron, its nearest neurons (empty without neurons)
     pub neuron_neighbours: &'a [Vec<(u32, f32)>],
+    /// the `comparison` table's rows: (key, value)
     pub comparison: &'a [(String, f64)],
     /// the analysed windows (the `window` of every example indexes them)
     pub windows: &'a [Vec<u32>],
+    /// the display text of a token id (stored in `windows`, `top_tokens`, effects)
     pub token_text: &'a dyn Fn(u32) -> String,
     /// extra `meta` entries (model, sae_dir, corpus, ...); they win over computed ones
     pub meta: Vec<(String, String)>,
@@ -38,50 +44,7 @@ pub struct StoreInput<'a> {
 /// Writes `path` atomically (temporary sibling + rename). On any error nothing is left
 /// behind and an existing `path` is untouched.
 pub fn write_store(path: &Path, input: &StoreInput) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|source| FeaturesError::Io {
-        what: "create",
-        path: dir.clone(),
-        source,
-    })?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| crate::bad(format!("{} has no file name", path.display())))?
-        .to_string_lossy()
-        .to_string();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let cleanup = |tmp: &Path| {
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            let mut p = tmp.as_os_str().to_owned();
-            p.push(suffix);
-            let _ = std::fs::remove_file(PathBuf::from(p));
-        }
-    };
-    cleanup(&tmp);
-    let result = fill(&tmp, input)
-        .and_then(|_| {
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| FeaturesError::Io {
-                    what: "sync",
-                    path: tmp.clone(),
-                    source,
-                })
-        })
-        .and_then(|_| {
-            std::fs::rename(&tmp, path).map_err(|source| FeaturesError::Io {
-                what: "move the finished store to",
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if result.is_err() {
-        cleanup(&tmp);
-    }
-    result
+    glassbox_atomic::write_with(path, |tmp| fill(tmp, input))
 }
 
 /// Activations for display: 4 significant digits.

@@ -1,5 +1,28 @@
 //! Test support shared by the workspace's test suites: the reference fixtures in the
 //! repository, the default model when it has been fetched, and tensor comparisons.
+//!
+//! [`tiny_dir`] finds a tiny HF checkpoint (`fixtures/tiny-llama`, `tiny-gpt2`, …: a
+//! `config.json`, `model.safetensors` and a `reference.safetensors` of HF transformers'
+//! `input_ids`, `logits` and activations under TransformerLens hook names), which
+//! [`load_reference`] reads; [`max_abs_diff`] and [`rel_err`] compare glassbox's tensors
+//! with it. [`default_gguf`] and [`gemma3_gguf`] find the fetched GGUF models, or skip.
+//!
+//! ```
+//! # fn main() -> candle_core::Result<()> {
+//! use glassbox_fixtures::{load_reference, max_abs_diff, rel_err, tiny_dir};
+//!
+//! let r = load_reference(&tiny_dir("llama").join("reference.safetensors"));
+//! let logits = &r["logits"]; // [batch, seq, d_vocab]
+//! assert_eq!(logits.dims(), &[2, 16, 512]);
+//! assert_eq!(r["blocks.1.hook_resid_post"].dims(), &[2, 16, 64]);
+//! assert_eq!(max_abs_diff(logits, logits), 0.0);
+//! // doubling every logit moves each by |x|: the largest move is max |x|, so rel_err is 1
+//! let doubled = (logits * 2.0)?;
+//! assert!((rel_err(&doubled, logits) - 1.0).abs() < 1e-6);
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
@@ -15,11 +38,14 @@ pub fn tiny_dir(family: &str) -> PathBuf {
     fixtures().join(format!("tiny-{family}"))
 }
 
+/// Every tensor of a safetensors file (a fixture's `reference.safetensors`), on the CPU,
+/// by name. Panics when the file cannot be read.
 pub fn load_reference(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).expect("reference safetensors")
 }
 
-/// max |a − b|
+/// max |a − b| over all elements. Panics when the shapes differ or the tensors are not
+/// f32.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     (a - b)
@@ -34,7 +60,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-/// max |a − b| / max |b|
+/// max |a − b| / max |b|: the largest error relative to the reference `b`'s scale (the
+/// scale floored at 1e-12). Panics like [`max_abs_diff`].
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let scale = b
         .abs()

@@ -8,6 +8,24 @@
 //!
 //! Both install [`alloc::CountingAlloc`] and refuse any single allocation over
 //! [`alloc::limit_for`] of the input.
+//!
+//! [`TARGETS`] lists the targets ([`target`] finds one by name), [`seeds::seeds`] builds
+//! a target's seed inputs, [`regressions`] reads its saved crash inputs, and
+//! [`mutate::mutate`] derives the smoke's inputs from both. A target is a plain
+//! function; errors are its expected answer, a panic is a bug. The `config_json` seeds
+//! are the tiny fixtures' own `config.json` files:
+//!
+//! ```
+//! let t = glassbox_fuzz::target("config_json").expect("a target of that name");
+//! let seeds = glassbox_fuzz::seeds::seeds(t.name);
+//! assert!(seeds.len() >= 6);
+//! // every seed reaches the parser and is accepted ...
+//! assert!(seeds.iter().all(|s| (t.run)(s)));
+//! // ... and broken input is refused, not a crash
+//! assert!(!(t.run)(b"{\"model_type\": "));
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod alloc;
 pub mod mutate;
@@ -17,7 +35,9 @@ pub mod targets;
 /// A fuzz target: a name (the `regressions/` folder and the harness's
 /// `GLASSBOX_FUZZ_TARGET`), what it reads, and the function.
 pub struct Target {
+    /// the function's name in [`targets`], also its `regressions/` and seed folder
     pub name: &'static str,
+    /// what an input is, and which API reads it (`glassbox-fuzz list` prints it)
     pub reads: &'static str,
     /// Runs one input; returns whether the parser accepted it.
     pub run: fn(&[u8]) -> bool,

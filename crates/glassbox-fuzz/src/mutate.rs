@@ -5,10 +5,13 @@
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator whose sequence depends only on `seed` (any value: it is mixed and
+    /// made odd, so the state is never the all-zero one xorshift cannot leave).
     pub fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// The next 64 pseudo-random bits.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;

@@ -34,36 +34,76 @@ const OPTIONAL: &str = "sparsity.safetensors";
 /// Folders named in an error before "and N more".
 const LISTED: usize = 8;
 
+/// Why a dictionary spec could not be turned into a local folder. Every message names
+/// the spec and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum DictionaryError {
+    /// an `hf:` spec that is not `hf:ORG/REPO[/SUB/FOLDER]` ([`HubDictionary::parse`])
     #[error("`{spec}` is not a hub dictionary: {problem}. Expected {SPEC_FORM}")]
-    BadSpec { spec: String, problem: String },
+    BadSpec {
+        /// the spec as given
+        spec: String,
+        /// what is wrong with it
+        problem: String,
+    },
+    /// not in the cache, and the hub (or proxy) did not take a TCP connection within
+    /// 6 s, or `HF_HUB_OFFLINE=1`
     #[error("cannot reach {target} ({reason}) to fetch `{spec}`; glassbox is offline. Use a local dictionary folder (cfg.json + sae_weights.safetensors or sae.safetensors), or fetch it once while online: it is then kept in {cache}")]
     Offline {
+        /// the spec, `hf:ORG/REPO[/SUB]`
         spec: String,
+        /// what was dialled: the endpoint, or `the proxy URL`
         target: String,
+        /// why it did not answer
         reason: String,
+        /// the HF cache folder, where a dictionary fetched once is kept
         cache: String,
     },
+    /// the hub answered HTTP 401, 403 or 404 for the repo's file list: no such repo, or
+    /// a private or gated one without a token
     #[error("`{spec}`: {endpoint} has no model repo `{repo}` (HTTP {status}); check the name, and for a private or gated repo set HF_TOKEN or run `huggingface-cli login`")]
     NoRepo {
+        /// the spec, `hf:ORG/REPO[/SUB]`
         spec: String,
+        /// the hub asked ([`HubSettings::endpoint`])
         endpoint: String,
+        /// `ORG/REPO`
         repo: String,
+        /// the HTTP status
         status: u16,
     },
+    /// the repo exists but the named folder holds neither layout (`cfg.json` with
+    /// `sae_weights.safetensors` or `sae.safetensors`)
     #[error("`{spec}`: no dictionary in {place}: looked for cfg.json with sae_weights.safetensors (SAELens) or sae.safetensors (sparsify){found}")]
     NoDictionary {
+        /// the spec, `hf:ORG/REPO[/SUB]`
         spec: String,
+        /// the folder looked in, for the message (`` `SUB/` of ORG/REPO``, or
+        /// `the root of ORG/REPO`)
         place: String,
+        /// the end of the message: whether `cfg.json` alone was there, and up to 8
+        /// specs of the repo's folders that do hold a dictionary
         found: String,
     },
+    /// a spec without `hf:` that is no existing path but reads as `ORG/REPO`: the
+    /// message suggests `hf:ORG/REPO`
     #[error("no dictionary folder `{path}`; to fetch the HF repo of that name write hf:{path}")]
-    LooksLikeRepo { path: String },
+    LooksLikeRepo {
+        /// the spec as given
+        path: String,
+    },
+    /// any other failure of the fetch: setting up hf-hub, listing the repo, an HTTP
+    /// status other than 401/403/404, a download, or a repo that changed mid-fetch
     #[error("`{spec}`: {message}")]
-    Fetch { spec: String, message: String },
+    Fetch {
+        /// the spec, `hf:ORG/REPO[/SUB]`
+        spec: String,
+        /// what failed
+        message: String,
+    },
 }
 
+/// A result whose error is a [`DictionaryError`].
 pub type Result<T> = std::result::Result<T, DictionaryError>;
 
 /// A parsed `hf:ORG/REPO[/SUB/FOLDER]`.
@@ -158,6 +198,11 @@ fn env_nonempty(name: &str) -> Option<String> {
 }
 
 impl HubSettings {
+    /// The settings the environment gives, as Python's `huggingface_hub` reads them: the
+    /// cache from `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`
+    /// (`$GLASSBOX_HOME/huggingface/hub` without `$HOME`); `$HF_ENDPOINT` (trailing `/`
+    /// dropped); `HF_HUB_OFFLINE=1`; the first proxy variable set; `$HF_TOKEN`, else the
+    /// token file next to the cache. Empty variables count as unset.
     pub fn from_env() -> Self {
         let cache = env_nonempty("HF_HUB_CACHE")
             .map(PathBuf::from)

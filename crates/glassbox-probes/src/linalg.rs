@@ -1,13 +1,16 @@
 //! The little dense linear algebra probes need: dot products and a Cholesky solve.
 
+/// `a·b` (over the shorter length when they differ).
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The Euclidean norm `‖a‖`.
 pub fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
 }
 
+/// Cosine similarity `a·b / (‖a‖ ‖b‖)`; 0 when either vector is zero.
 pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot(a, b) / (norm(a) * norm(b)).max(1e-300)
 }

@@ -1,7 +1,9 @@
-//! Accuracy and AUROC.
+//! Accuracy and AUROC of probe scores against 0/1 labels (1 true).
 
 /// Area under the ROC curve: the probability that a random positive scores above a
-/// random negative (ties count one half). `None` when a class is missing.
+/// random negative (ties count one half), computed from average ranks
+/// (Mann–Whitney U). Labels are 1 for positive, anything else negative. `None` when a
+/// class is missing.
 pub fn auroc(scores: &[f64], labels: &[u8]) -> Option<f64> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
@@ -33,7 +35,8 @@ pub fn auroc(scores: &[f64], labels: &[u8]) -> Option<f64> {
     Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
 
-/// Fraction of `scores > threshold` that agree with the labels.
+/// The fraction of examples whose prediction `score > threshold` agrees with the label
+/// (1 true); 0 for no examples. Probabilities from a probe use threshold 0.5.
 pub fn accuracy(scores: &[f64], labels: &[u8], threshold: f64) -> f64 {
     let right = scores
         .iter()

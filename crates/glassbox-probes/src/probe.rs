@@ -9,13 +9,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+/// How a probe is trained; serialised (probe files, JSON reports) under the names of
+/// [`Method::NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
+    /// L2-regularised logistic regression on standardised inputs ([`train_lr`])
     Lr,
+    /// the difference of the class means, calibrated ([`train_mass_mean`])
     MassMean,
     /// mass-mean with the within-class covariance (Σ + λI)⁻¹ correction
     MassMeanCov,
+    /// Contrast-Consistent Search on contrast pairs, unsupervised but for its sign
+    /// ([`train_ccs`])
     Ccs,
 }
 
@@ -28,6 +34,8 @@ impl Method {
         ("ccs", Method::Ccs),
     ];
 
+    /// One of the names in [`Method::NAMES`]; anything else is
+    /// [`ProbeError::BadInput`](crate::ProbeError::BadInput).
     pub fn parse(s: &str) -> Result<Self> {
         Self::NAMES
             .iter()
@@ -49,11 +57,15 @@ impl Method {
     }
 }
 
-/// A linear probe in raw activation space.
+/// A linear probe in raw activation space: `score(x) = weight·x + bias`,
+/// `p(true) = σ(score)`. Any input standardisation is already folded in.
 #[derive(Debug, Clone)]
 pub struct Probe {
+    /// how it was trained
     pub method: Method,
+    /// `[d]`, one per activation dimension (the hook's row width)
     pub weight: Vec<f64>,
+    /// added to `weight·x`
     pub bias: f64,
 }
 
@@ -62,6 +74,7 @@ fn sigmoid(z: f64) -> f64 {
 }
 
 impl Probe {
+    /// The logit `weight·x + bias` of activation row `x` (`[d]`): positive means true.
     pub fn score(&self, x: &[f32]) -> f64 {
         self.weight
             .iter()
@@ -70,6 +83,7 @@ impl Probe {
             .sum::<f64>()
             + self.bias
     }
+    /// P(true) of activation row `x`: `σ(score(x))`.
     pub fn prob(&self, x: &[f32]) -> f64 {
         sigmoid(self.score(x))
     }
@@ -80,13 +94,17 @@ impl Probe {
     }
 }
 
-/// Per-feature mean and standard deviation of a training set.
+/// Per-feature mean and standard deviation of a training set, for `z = (x − μ)/σ`.
 pub struct Standardiser {
+    /// μ, `[d]`
     pub mean: Vec<f64>,
+    /// σ, `[d]`: the population standard deviation, floored at 1e-6 so constant
+    /// features do not divide by zero
     pub std: Vec<f64>,
 }
 
 impl Standardiser {
+    /// Measures μ and σ over the rows `x` (each `[d]`). Panics when `x` is empty.
     pub fn fit(x: &[&[f32]]) -> Self {
         let d = x[0].len();
         let n = x.len() as f64;
@@ -107,6 +125,7 @@ impl Standardiser {
             std: var.into_iter().map(|v| v.sqrt().max(1e-6)).collect(),
         }
     }
+    /// `(x − μ)/σ` of one row.
     pub fn apply(&self, x: &[f32]) -> Vec<f64> {
         x.iter()
             .zip(&self.mean)
@@ -143,7 +162,11 @@ fn check(x: &[&[f32]], y: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// L2-regularised logistic regression by Newton's method on standardised inputs.
+/// L2-regularised logistic regression by Newton's method (at most 25 steps) on
+/// standardised inputs, folded back into raw space. `x` holds one row `[d]` per
+/// example, `y` its label (1 true, 0 false); `l2` is the penalty on the standardised
+/// weights (the bias is not penalised; the sweeps use 1.0). Errors: no examples, a
+/// length mismatch, a single class, a singular Hessian.
 pub fn train_lr(x: &[&[f32]], y: &[u8], l2: f64) -> Result<Probe> {
     check(x, y)?;
     let st = Standardiser::fit(x);
@@ -226,8 +249,12 @@ fn calibrate(s: &[f64], y: &[u8]) -> (f64, f64) {
     (a, c)
 }
 
-/// Difference of class means in raw space (with `covariance`, solved against the
-/// within-class covariance plus `ridge`·I), then calibrated.
+/// Mass-mean probe: the difference of the class means in raw space (with
+/// `covariance`, solved against the pooled within-class covariance plus `ridge` times
+/// its mean variance on the diagonal), then calibrated by a 1-D logistic fit of the
+/// projections so that `prob` is a probability and 0.5 a threshold. The sweeps use
+/// `ridge` 0.1. Errors: no examples, a length mismatch, a single class, a covariance
+/// that is not positive definite.
 pub fn train_mass_mean(x: &[&[f32]], y: &[u8], covariance: bool, ridge: f64) -> Result<Probe> {
     check(x, y)?;
     let d = x[0].len();
@@ -305,15 +332,21 @@ pub fn ccs_loss(p_pos: f64, p_neg: f64) -> f64 {
 
 /// A CCS probe: `p(true) = ½(p⁺ + 1 − p⁻)`, with `p± = σ(θ·norm±(x±) + b)`.
 pub struct CcsProbe {
+    /// θ, `[d]`, on standardised activations
     pub theta: Vec<f64>,
+    /// b
     pub bias: f64,
+    /// standardises the "… This statement is true." completions (`norm⁺`)
     pub norm_pos: Standardiser,
+    /// standardises the "… This statement is false." completions (`norm⁻`)
     pub norm_neg: Standardiser,
     /// mean CCS loss on the training pairs
     pub loss: f64,
 }
 
 impl CcsProbe {
+    /// P(true) of one contrast pair, from the activation rows of its true (`pos`) and
+    /// false (`neg`) completions.
     pub fn prob(&self, pos: &[f32], neg: &[f32]) -> f64 {
         let pp = sigmoid(dot(&self.theta, &self.norm_pos.apply(pos)) + self.bias);
         let pn = sigmoid(dot(&self.theta, &self.norm_neg.apply(neg)) + self.bias);
@@ -325,8 +358,13 @@ impl CcsProbe {
     }
 }
 
-/// Trains CCS on contrast pairs without labels (Adam, several seeded restarts, lowest
-/// loss kept), then fixes the sign with `sign_labels` (index, label) pairs.
+/// Trains CCS (Burns et al. 2022) on contrast pairs without labels: `pos[i]` and
+/// `neg[i]` are the activation rows of pair `i`'s true and false completions
+/// ([`contrast_pair`](crate::dataset::contrast_pair)), each side standardised on its
+/// own. Adam (learning rate 0.01, 800 steps) from 5 restarts seeded by `seed`, the
+/// lowest mean [`ccs_loss`] kept; then the sign is flipped if most of `sign_labels`
+/// (`(pair index, label)`) disagree with it. Errors: fewer than two pairs, or unequal
+/// `pos` and `neg`.
 pub fn train_ccs(
     pos: &[&[f32]],
     neg: &[&[f32]],

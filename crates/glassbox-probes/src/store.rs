@@ -10,23 +10,37 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// What `probe.json` records: the model and hook a probe reads (checked by
+/// [`check_compatible`] before it is applied), how it was trained and how it scored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeMeta {
     /// the model's file or directory name
     pub model: String,
+    /// the model's HF `model_type` ([`glassbox_model::Architecture::name`]), e.g. `llama`
     pub architecture: String,
+    /// the model's residual width
     pub d_model: usize,
+    /// the model's number of blocks
     pub n_layers: usize,
+    /// the exact hook read, e.g. `blocks.3.hook_resid_post`
     pub hook: String,
+    /// the layer of `hook`
     pub layer: usize,
+    /// which token's activation stands for a statement
     pub position: Position,
+    /// how the probe was trained
     pub method: Method,
     /// how inputs are normalised before `weight`
     pub normalisation: String,
+    /// the training dataset's name ([`Dataset::name`](crate::dataset::Dataset::name))
     pub data: String,
+    /// [`Dataset::hash`](crate::dataset::Dataset::hash) of the training data
     pub data_hash: String,
+    /// how the held-out split was drawn, e.g. `stratified 75/25, seed 0`
     pub split: String,
+    /// accuracy on the held-out split, threshold 0.5
     pub test_accuracy: f64,
+    /// AUROC on the held-out split (NaN when it held one class)
     pub test_auroc: f64,
 }
 
@@ -35,6 +49,8 @@ pub fn model_name(model: &Model) -> String {
     model.label()
 }
 
+/// Writes `probe` and `meta` to `dir` (created if missing) as `probe.safetensors`
+/// (f32) and `probe.json`, each file atomically, the weights first.
 pub fn save(dir: &Path, probe: &Probe, meta: &ProbeMeta) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
@@ -47,21 +63,20 @@ pub fn save(dir: &Path, probe: &Probe, meta: &ProbeMeta) -> Result<()> {
             Tensor::from_vec(vec![probe.bias as f32], 1, &Device::Cpu)?,
         ),
     ]);
-    // write both files beside their final names, then rename: never a half-written probe
-    let (st, js) = (dir.join("probe.safetensors"), dir.join("probe.json"));
-    candle_core::safetensors::save(&tensors, dir.join(".probe.safetensors.tmp"))?;
-    std::fs::write(
-        dir.join(".probe.json.tmp"),
-        serde_json::to_string_pretty(meta).expect("serialisable"),
-    )
-    .map_err(|e| bad(format!("cannot write {}: {e}", js.display())))?;
-    std::fs::rename(dir.join(".probe.safetensors.tmp"), &st)
-        .map_err(|e| bad(format!("cannot write {}: {e}", st.display())))?;
-    std::fs::rename(dir.join(".probe.json.tmp"), &js)
-        .map_err(|e| bad(format!("cannot write {}: {e}", js.display())))?;
-    Ok(())
+    // the pair is replaced together: a failed save leaves the old probe whole
+    let text = serde_json::to_string_pretty(meta).expect("serialisable");
+    let (weights, json) = (dir.join("probe.safetensors"), dir.join("probe.json"));
+    glassbox_atomic::write_many(&[&weights, &json], |tmps| {
+        candle_core::safetensors::save(&tensors, &tmps[0])?;
+        std::fs::write(&tmps[1], &text)
+            .map_err(|e| glassbox_atomic::Error::writing(&tmps[1], e))?;
+        Ok::<_, crate::ProbeError>(())
+    })
 }
 
+/// Reads a probe directory written by [`save`]. Errors name the file: no `probe.json`
+/// (not a probe directory), JSON that is not a [`ProbeMeta`], no `weight` or `bias`
+/// tensor, a `bias` that is not one value.
 pub fn load(dir: &Path) -> Result<(Probe, ProbeMeta)> {
     let js = dir.join("probe.json");
     let text = std::fs::read_to_string(&js).map_err(|e| {
@@ -109,7 +124,9 @@ pub fn load(dir: &Path) -> Result<(Probe, ProbeMeta)> {
     ))
 }
 
-/// Refuses a probe trained on another model, hook or width.
+/// Refuses a probe trained on another model shape (architecture, `d_model`, layers),
+/// a hook `model` lacks, or a hook whose width is not the probe's. A probe from a
+/// model of another name but the same shape is allowed, with a note on stderr.
 pub fn check_compatible(meta: &ProbeMeta, probe: &Probe, model: &Model) -> Result<()> {
     let c = model.config();
     let name = model_name(model);

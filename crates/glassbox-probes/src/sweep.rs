@@ -10,24 +10,37 @@ use glassbox_model::Model;
 use serde::Serialize;
 use std::path::PathBuf;
 
+/// Where a probe reads and how it is trained and judged; [`ProbeSpec::new`] fills in
+/// the defaults.
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
     /// hook name with `{L}` for the layer
     pub hook: String,
+    /// which token's activation stands for a statement
     pub position: Position,
+    /// how the probe is trained
     pub method: Method,
+    /// seeds the train/test split and CCS's restarts
     pub seed: u64,
+    /// share of each dataset (of each label) held out for testing (0.25)
     pub test_fraction: f64,
+    /// where activations are cached between runs ([`collect`]); `None`: no cache
     pub cache_dir: Option<PathBuf>,
 }
 
 /// A dataset's activations, and for CCS those of its contrast pairs.
 pub struct Features {
+    /// the layers, in the order of the activations' first index
     pub layers: Vec<usize>,
+    /// the statements' own activations
     pub plain: Activations,
+    /// for [`Method::Ccs`], the activations of each statement's
+    /// [`contrast_pair`]: (true completions, false completions); `None` otherwise
     pub pairs: Option<(Activations, Activations)>,
 }
 
+/// Runs the model over `data`'s statements (and, for CCS, their contrast pairs) at
+/// `spec`'s hook and position for each of `layers`; see [`collect`].
 pub fn features(
     model: &Model,
     data: &Dataset,
@@ -53,8 +66,11 @@ pub fn features(
     })
 }
 
+/// A trained probe as [`fit`] returns it.
 pub enum Fitted {
+    /// logistic regression or mass-mean: one linear map on a statement's activation
     Linear(Probe),
+    /// CCS: reads a statement's two contrast completions
     Ccs(CcsProbe),
 }
 
@@ -73,6 +89,11 @@ fn rows<'a>(a: &'a [Vec<f32>], idx: &[usize]) -> Vec<&'a [f32]> {
     idx.iter().map(|&i| a[i].as_slice()).collect()
 }
 
+/// Trains `spec.method` on the statements `idx` (indices into the dataset, e.g. the
+/// training half of [`Dataset::split`]) at layer position `li` of `f.layers`, with
+/// the dataset's `labels`. The fixed settings: logistic regression with L2 1.0,
+/// covariance-corrected mass-mean with ridge 0.1, CCS oriented by the labels of the
+/// first 8 statements of `idx`. Panics for CCS when `f` has no contrast pairs.
 pub fn fit(
     f: &Features,
     li: usize,
@@ -103,7 +124,7 @@ pub fn fit(
     })
 }
 
-/// P(true) for each statement in `idx`.
+/// P(true) for each statement in `idx`, by `fitted` at layer position `li` of `f`.
 pub fn predict(fitted: &Fitted, f: &Features, li: usize, idx: &[usize]) -> Vec<f64> {
     match fitted {
         Fitted::Linear(p) => idx.iter().map(|&i| p.prob(&f.plain[li][i])).collect(),
@@ -114,9 +135,12 @@ pub fn predict(fitted: &Fitted, f: &Features, li: usize, idx: &[usize]) -> Vec<f
     }
 }
 
+/// How well a probe's probabilities match the labels.
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
+    /// share right at threshold 0.5
     pub accuracy: f64,
+    /// [`auroc`]; NaN when the statements scored hold one class
     pub auroc: f64,
 }
 
@@ -128,15 +152,22 @@ fn score(probs: &[f64], labels: &[u8], idx: &[usize]) -> Score {
     }
 }
 
+/// A probe trained at one layer, scored on both halves of the split.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerResult {
+    /// the layer
     pub layer: usize,
+    /// the hook read there, e.g. `blocks.3.hook_resid_post`
     pub hook: String,
+    /// on the statements it was trained on
     pub train: Score,
+    /// on the held-out statements
     pub test: Score,
 }
 
-/// Held-out accuracy and AUROC of a probe trained at each layer.
+/// Trains a probe at each of `layers` on `data`'s training split and scores it on
+/// both halves ([`Dataset::split`] with `spec`'s fraction and seed); one result per
+/// layer, in order.
 pub fn sweep(
     model: &Model,
     data: &Dataset,
@@ -229,10 +260,13 @@ pub struct SweepReport {
     pub data: String,
     /// its statements
     pub statements: usize,
+    /// how the probes were trained
     pub method: Method,
+    /// which token's activation stood for a statement
     pub position: Position,
-    /// how the held-out split was drawn
+    /// how the held-out split was drawn, e.g. `stratified 75/25, seed 0`
     pub split: String,
+    /// one result per layer swept, in order
     pub layers: Vec<LayerResult>,
 }
 

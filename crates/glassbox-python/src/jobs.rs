@@ -273,11 +273,6 @@ pub fn build_features(
             )
         })
         .map_err(|e| match &e {
-            glassbox_features::FeaturesError::Io { source, .. }
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                PyFileNotFoundError::new_err(e.to_string())
-            }
             glassbox_features::FeaturesError::BadInput(_)
             | glassbox_features::FeaturesError::Model(_) => PyValueError::new_err(e.to_string()),
             _ => PyRuntimeError::new_err(e.to_string()),

@@ -478,16 +478,19 @@ fn take_hook_error() -> Option<PyErr> {
     HOOK_ERROR.with(|e| e.borrow_mut().take())
 }
 
-/// Calls a Python hook with the GIL held for that call only; `None` leaves the
-/// activation as it was, an array replaces it (same shape).
+/// Calls a Python hook with the GIL held for that call only. An array returned replaces
+/// the activation (same shape); `None` keeps the array the hook was given, edits made in
+/// place included — TransformerLens' hooks often write `act[:, :, h] = 0` and return
+/// nothing, and those edits must count.
 fn call_hook(f: &Py<PyAny>, name: &str, x: Tensor) -> glassbox_model::Result<Tensor> {
-    let result = Python::attach(|py| -> PyResult<Option<Tensor>> {
+    let result = Python::attach(|py| -> PyResult<Tensor> {
         let arr = to_numpy(py, &x)?;
-        let back = f.call1(py, (arr, name))?;
-        if back.is_none(py) {
-            return Ok(None);
-        }
-        let t = from_numpy(back.bind(py))?;
+        let back = f.call1(py, (&arr, name))?;
+        let t = if back.is_none(py) {
+            from_numpy(arr.as_any())?
+        } else {
+            from_numpy(back.bind(py))?
+        };
         if t.dims() != x.dims() {
             return Err(PyValueError::new_err(format!(
                 "the hook at `{name}` returned shape {:?}; the activation is {:?}",
@@ -495,11 +498,10 @@ fn call_hook(f: &Py<PyAny>, name: &str, x: Tensor) -> glassbox_model::Result<Ten
                 x.dims()
             )));
         }
-        Ok(Some(t))
+        Ok(t)
     });
     match result {
-        Ok(Some(t)) => Ok(t),
-        Ok(None) => Ok(x),
+        Ok(t) => Ok(t),
         Err(e) => {
             HOOK_ERROR.with(|slot| *slot.borrow_mut() = Some(e));
             Err(ModelError::BadIntervention {

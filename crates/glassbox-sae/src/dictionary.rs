@@ -8,16 +8,27 @@ use crate::{Result, SaeError};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
+/// How pre-activations become feature activations (SAELens' `architecture`, without
+/// the transcoder suffix: a transcoder is told apart by [`Dictionary::is_transcoder`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
+    /// `ReLU(pre)`
     Standard,
+    /// the `k` largest pre-activations of each token, then ReLU; zeros elsewhere
     TopK,
+    /// `ReLU(pre)` where `pre > threshold` (per feature), zero elsewhere (Rajamanoharan
+    /// et al. 2024)
     JumpReLU,
+    /// a gate path (`sae_in·W_enc + b_gate > 0`) times a magnitude path
+    /// (`ReLU(sae_in·(W_enc ⊙ exp(r_mag)) + b_mag)`), sharing `W_enc` (Rajamanoharan et
+    /// al. 2024)
     Gated,
 }
 
 impl Architecture {
+    /// SAELens' name of the architecture (`standard`, `topk`, `jumprelu`, `gated`), as
+    /// `cfg.json` writes it for an SAE.
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Standard => "standard",
@@ -28,14 +39,25 @@ impl Architecture {
     }
 }
 
+/// A sparse dictionary — an SAE or a transcoder — with its weights in SAELens' layout
+/// (f32 on the CPU as [`crate::format::load`] reads them). Written by
+/// [`crate::format::save_saelens`], made by [`crate::train::Trainer::to_dictionary`];
+/// the fields are public so tests and converters can build one by hand.
 #[derive(Debug, Clone)]
 pub struct Dictionary {
+    /// how pre-activations become feature activations
     pub architecture: Architecture,
+    /// input width (the width of the hook it reads)
     pub d_in: usize,
+    /// number of features (latents)
     pub d_sae: usize,
     /// output width: `d_in` for an SAE, the target's width for a transcoder
     pub d_out: usize,
+    /// active features per token, used by [`Architecture::TopK`] only (`cfg.json`'s `k`,
+    /// or legacy `activation_fn_kwargs.k`)
     pub k: Option<usize>,
+    /// subtract `b_dec` from the input before encoding (SAELens' default `true`; ignored
+    /// for transcoders, whose `b_dec` is the output's bias)
     pub apply_b_dec_to_input: bool,
     /// `[d_in, d_sae]`
     pub w_enc: Tensor,
@@ -45,9 +67,14 @@ pub struct Dictionary {
     pub w_dec: Tensor,
     /// `[d_out]`
     pub b_dec: Tensor,
+    /// `[d_sae]`, jumprelu: a feature is active where its pre-activation exceeds this
     pub threshold: Option<Tensor>,
+    /// `[d_sae]`, gated: the gate path's bias
     pub b_gate: Option<Tensor>,
+    /// `[d_sae]`, gated: log scale of the magnitude path's encoder (`W_enc ⊙ exp(r_mag)`,
+    /// per feature)
     pub r_mag: Option<Tensor>,
+    /// `[d_sae]`, gated: the magnitude path's bias
     pub b_mag: Option<Tensor>,
     /// `[d_out, d_in]`, transcoders with a skip connection
     pub w_skip: Option<Tensor>,
@@ -55,8 +82,10 @@ pub struct Dictionary {
     pub hook_name: Option<String>,
     /// the hook a transcoder predicts (`metadata.hook_name_out`)
     pub hook_name_out: Option<String>,
+    /// the model it was trained on (`metadata.model_name`)
     pub model_name: Option<String>,
-    /// the cfg.json as read, kept so a save writes back what it did not understand
+    /// the cfg.json as read (its `architecture` names a transcoder; a save keeps its
+    /// `metadata` object and rewrites the rest)
     pub extra_cfg: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -89,7 +118,9 @@ impl Dictionary {
         Ok(())
     }
 
-    /// Feature activations `[.., d_sae]` for inputs `[.., d_in]`.
+    /// Feature activations `[.., d_sae]` for inputs `[.., d_in]` (any float dtype, read
+    /// as f32). [`SaeError::BadInput`] when the last dimension is not `d_in`, or the
+    /// architecture's tensors are missing.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         let x = x.to_dtype(DType::F32)?;
@@ -136,8 +167,9 @@ impl Dictionary {
         })
     }
 
-    /// Reconstruction `[.., d_out]` from feature activations (and, with a skip
-    /// connection, the input).
+    /// Reconstruction `[.., d_out]` from feature activations `f` `[.., d_sae]` (and, with
+    /// a skip connection, the input `x` `[.., d_in]`, else [`SaeError::BadInput`]; `x` is
+    /// ignored without one).
     pub fn decode(&self, f: &Tensor, x: Option<&Tensor>) -> Result<Tensor> {
         let mut out = f
             .broadcast_matmul(&self.w_dec)?

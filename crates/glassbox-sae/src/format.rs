@@ -76,7 +76,12 @@ fn usize_of(cfg: &Map<String, Value>, key: &str) -> Option<usize> {
     cfg.get(key).and_then(Value::as_u64).map(|v| v as usize)
 }
 
-/// Loads a dictionary directory in any of the supported formats.
+/// Loads a dictionary directory in any of the supported formats, told apart by its
+/// weights file (`sae_weights.safetensors`: SAELens, `sae.safetensors`: sparsify). The
+/// tensors are read as f32 on the CPU; a TopK `rescale_acts_by_decoder_norm` is folded
+/// into the weights. [`SaeError::BadFile`] when a file is missing or corrupt, a tensor
+/// is absent or misshapen, or the config asks for what is not supported (another
+/// architecture, `normalize_activations` other than `none`).
 pub fn load(dir: &Path) -> Result<Dictionary> {
     let cfg_path = dir.join("cfg.json");
     if !cfg_path.exists() {
@@ -317,7 +322,10 @@ fn load_sparsify(dir: &Path, mut cfg: Map<String, Value>) -> Result<Dictionary> 
     })
 }
 
-/// Writes SAELens v6 files into `dir`, each through a temporary file and a rename.
+/// Writes SAELens v6 files into `dir` (created if needed): `sae_weights.safetensors`
+/// and `cfg.json`, replaced together ([`glassbox_atomic::write_many`]), so a failed save
+/// leaves the dictionary that was there whole. Transcoders get SAELens' architecture names (`transcoder`,
+/// `skip_transcoder`, `jumprelu_transcoder`, …) and `d_out`.
 pub fn save_saelens(d: &Dictionary, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| bad(dir, e.to_string()))?;
     let mut tensors = HashMap::from([
@@ -374,13 +382,12 @@ pub fn save_saelens(d: &Dictionary, dir: &Path) -> Result<()> {
         cfg["architecture"] = json!(format!("{base}{skip}transcoder"));
         cfg["d_out"] = json!(d.d_out);
     }
-    let wtmp = dir.join(".sae_weights.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &wtmp)?;
-    let ctmp = dir.join(".cfg.json.tmp");
-    std::fs::write(&ctmp, serde_json::to_string_pretty(&cfg).expect("json"))
-        .map_err(|e| bad(&ctmp, e.to_string()))?;
-    std::fs::rename(&wtmp, dir.join("sae_weights.safetensors"))
-        .map_err(|e| bad(dir, e.to_string()))?;
-    std::fs::rename(&ctmp, dir.join("cfg.json")).map_err(|e| bad(dir, e.to_string()))?;
-    Ok(())
+    let text = serde_json::to_string_pretty(&cfg).expect("json");
+    let (weights, cfg_json) = (dir.join("sae_weights.safetensors"), dir.join("cfg.json"));
+    glassbox_atomic::write_many(&[&weights, &cfg_json], |tmps| {
+        candle_core::safetensors::save(&tensors, &tmps[0])?;
+        std::fs::write(&tmps[1], &text)
+            .map_err(|e| glassbox_atomic::Error::writing(&tmps[1], e))?;
+        Ok::<_, SaeError>(())
+    })
 }

@@ -8,18 +8,27 @@ use candle_core::{Device, Tensor};
 /// of a `d`-wide model. Weights are uniform in ±scale/2.
 #[derive(Debug, Clone)]
 pub struct RandomTranscoder {
+    /// the block it reads and writes (names its hooks)
     pub layer: usize,
+    /// the model's `d_model`: input and output width
     pub d: usize,
+    /// number of features
     pub d_sae: usize,
     /// `Some(k)`: TopK; `None`: standard (ReLU)
     pub k: Option<usize>,
+    /// add a skip connection `W_skip` `[d, d]` (uniform in ±0.05)
     pub skip: bool,
+    /// width of `W_enc`'s uniform range (default 1.0)
     pub enc_scale: f32,
+    /// width of `W_dec`'s uniform range (default 0.3)
     pub dec_scale: f32,
+    /// the LCG's seed: the same seed, the same weights
     pub seed: u64,
 }
 
 impl RandomTranscoder {
+    /// A standard (ReLU) transcoder without a skip connection, at the default scales;
+    /// set the fields to change that before [`RandomTranscoder::build`].
     pub fn new(layer: usize, d: usize, d_sae: usize, seed: u64) -> Self {
         RandomTranscoder {
             layer,
@@ -33,6 +42,9 @@ impl RandomTranscoder {
         }
     }
 
+    /// The dictionary: `W_enc`, then `b_enc` (±0.1), `W_dec`, `b_dec` (±0.05) and
+    /// `W_skip` drawn in that order from one stream; f32 on the CPU,
+    /// `apply_b_dec_to_input` off (a transcoder).
     pub fn build(&self) -> Result<Dictionary> {
         let (d, m) = (self.d, self.d_sae);
         let mut x = self.seed;

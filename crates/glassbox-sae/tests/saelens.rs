@@ -171,23 +171,31 @@ fn malformed_configs_are_refused_with_reasons() {
     }
 }
 
-/// A write that fails half-way (here: the temporary file cannot be created, as when a
-/// disk is full) leaves the dictionary already in the folder intact and loadable.
+/// A save that fails half-way (a full disk while writing either file) leaves the
+/// dictionary already in the folder whole: its weights and its cfg.json, loadable.
 #[test]
 fn a_failed_save_leaves_the_previous_dictionary_intact() {
-    let dir = tempfile::tempdir().unwrap();
-    let original = load(&fixtures().join("saelens/sae-standard")).unwrap();
-    glassbox_sae::format::save_saelens(&original, dir.path()).unwrap();
-    let before = std::fs::read(dir.path().join("sae_weights.safetensors")).unwrap();
-    std::fs::create_dir(dir.path().join(".sae_weights.safetensors.tmp")).unwrap();
-    let other = load(&fixtures().join("saelens/sae-topk")).unwrap();
-    assert!(glassbox_sae::format::save_saelens(&other, dir.path()).is_err());
-    assert_eq!(
-        std::fs::read(dir.path().join("sae_weights.safetensors")).unwrap(),
-        before
-    );
-    let back = load(dir.path()).unwrap();
-    assert_eq!(back.architecture, original.architecture);
+    for failing in ["sae_weights.safetensors", "cfg.json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let original = load(&fixtures().join("saelens/sae-standard")).unwrap();
+        glassbox_sae::format::save_saelens(&original, dir.path()).unwrap();
+        let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        let before = (read("sae_weights.safetensors"), read("cfg.json"));
+        glassbox_atomic::testing::fail_next_write_of(&dir.path().join(failing));
+        let other = load(&fixtures().join("saelens/sae-topk")).unwrap();
+        let err = glassbox_sae::format::save_saelens(&other, dir.path()).unwrap_err();
+        assert!(err.to_string().contains(failing), "{err}");
+        assert_eq!((read("sae_weights.safetensors"), read("cfg.json")), before);
+        assert_eq!(
+            load(dir.path()).unwrap().architecture,
+            original.architecture
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary left"
+        );
+    }
 }
 
 /// SAELens' TopK `rescale_acts_by_decoder_norm`: pre-activations scaled by the decoder

@@ -516,23 +516,22 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
         batch: 16,
         ..TrainConfig::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(cfg, 10).unwrap();
-    t.step(&sparse_data(16, 16, 1), None).unwrap();
-    checkpoint::save(&t, dir.path(), serde_json::json!({"rows": 16})).unwrap();
-    let saved = t.params.clone();
-    t.step(&sparse_data(16, 16, 2), None).unwrap();
-    // the next weights file cannot be written
-    std::fs::create_dir(dir.path().join(".checkpoint-000000002.safetensors.tmp")).unwrap();
-    let err = checkpoint::save(&t, dir.path(), serde_json::json!({"rows": 32})).unwrap_err();
-    assert!(
-        err.to_string().contains("cannot write the checkpoint"),
-        "{err}"
-    );
-    let (back, extra) = checkpoint::load(dir.path()).unwrap();
-    assert_eq!(back.step, 1);
-    assert_eq!(extra["rows"], 16);
-    assert_eq!(back.params, saved);
+    // a full disk while writing the new weights, or the checkpoint.json naming them
+    for failing in ["checkpoint-000000002.safetensors", "checkpoint.json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Trainer::new(cfg.clone(), 10).unwrap();
+        t.step(&sparse_data(16, 16, 1), None).unwrap();
+        checkpoint::save(&t, dir.path(), serde_json::json!({"rows": 16})).unwrap();
+        let saved = t.params.clone();
+        t.step(&sparse_data(16, 16, 2), None).unwrap();
+        glassbox_atomic::testing::fail_next_write_of(&dir.path().join(failing));
+        let err = checkpoint::save(&t, dir.path(), serde_json::json!({"rows": 32})).unwrap_err();
+        assert!(err.to_string().contains(failing), "{err}");
+        let (back, extra) = checkpoint::load(dir.path()).unwrap();
+        assert_eq!(back.step, 1);
+        assert_eq!(extra["rows"], 16);
+        assert_eq!(back.params, saved);
+    }
 }
 
 /// Resampling (ReLU family): a latent that never fires is re-initialised along a

@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 /// What an export wrote.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ExportSummary {
+    /// the export's directory, as given
     pub out_dir: PathBuf,
+    /// feature pages written
     pub features: usize,
+    /// neuron pages written
     pub neurons: usize,
+    /// files written in all (pages, assets and the export marker)
     pub files: usize,
 }
 

@@ -33,7 +33,9 @@ const STATES_KEPT: usize = 4;
 /// A transcoder set's `index.json`: its folder, model label and layers.
 #[derive(Debug, Clone)]
 pub struct SetIndex {
+    /// the set's folder (where `index.json` is)
     pub dir: PathBuf,
+    /// the model the set was trained on, as `index.json` records it
     pub model: Option<String>,
     /// (layer, folder relative to `dir`)
     pub layers: Vec<(usize, String)>,
@@ -129,6 +131,8 @@ pub struct Graphs {
 }
 
 impl Graphs {
+    /// The graphs of `dir` (in `dir/graphs/`; the folder may be absent), with
+    /// `set_index` when `dir` is a transcoder set. Reads nothing yet.
     pub fn new(dir: &Path, set_index: Option<SetIndex>) -> Self {
         Graphs {
             dir: dir.to_path_buf(),

@@ -5,6 +5,57 @@
 //! unit page. It also serves the attribution graphs of a transcoder set (or of a run's
 //! `graphs/` folder) with interventions on their features. The API is documented in this
 //! crate's README.
+//!
+//! [`App::open`] opens a directory, [`router`] is its HTTP API and pages, [`serve`] (what
+//! `glassbox serve DIR` runs) binds and serves them under [`Limits`], and
+//! [`export_static`] writes the pages as files instead.
+//!
+//! ```
+//! # fn main() -> anyhow::Result<()> {
+//! use glassbox_features::{build, BuildInput, BuildOptions};
+//! use glassbox_server::{export_static, App, STORE_FILE};
+//!
+//! // a run directory on the tiny llama fixture: a random 16-feature transcoder for
+//! // layer 1 and its feature store, built from a few token windows
+//! let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny-llama");
+//! let model = glassbox_model::load_model(fixture.as_ref())?;
+//! let dict = glassbox_sae::testing::RandomTranscoder::new(1, model.config().d_model, 16, 7)
+//!     .build()?;
+//! let run = tempfile::tempdir()?;
+//! glassbox_sae::format::save_saelens(&dict, run.path())?;
+//! // 4 windows of 12 tokens, BOS (id 1) first
+//! let window = |w: u32| -> Vec<u32> {
+//!     (0..12).map(|p| if p == 0 { 1 } else { 3 + (w * 37 + p * 11) % 500 }).collect()
+//! };
+//! let windows: Vec<Vec<u32>> = (0..4).map(window).collect();
+//! build(
+//!     &BuildInput {
+//!         model: &model.transformer,
+//!         dict: &dict,
+//!         hook: dict.hook_name.as_deref().unwrap(),
+//!         windows: &windows,
+//!         token_text: &|id| format!("t{id}"),
+//!         meta: vec![("model".into(), fixture.into())],
+//!     },
+//!     &BuildOptions { top_k: 4, context_radius: 3, ..Default::default() },
+//!     &run.path().join(STORE_FILE),
+//!     |_| {},
+//! )?;
+//!
+//! // what `glassbox serve` opens: every feature, and the 176 MLP neurons of layer 1
+//! let app = App::open(run.path())?;
+//! let counts = app.store.as_ref().unwrap().counts()?;
+//! assert_eq!((counts["feature"], counts["neuron"]), (16, 176));
+//!
+//! // what `glassbox serve --export` writes: a page per unit, openable from disk
+//! let site = run.path().join("site");
+//! let summary = export_static(run.path(), &site)?;
+//! assert_eq!((summary.features, summary.neurons), (16, 176));
+//! assert!(site.join("unit/feature/15.html").is_file());
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
 
 mod api;
 mod error;
@@ -31,8 +82,11 @@ use std::sync::Arc;
 
 /// The embedded web UI.
 pub mod assets {
+    /// The single page, with `{{ROOT}}` and `{{DATA}}` placeholders ([`page_html`] fills them).
     pub const INDEX_HTML: &str = include_str!("../assets/index.html");
+    /// The script that renders every page, served as `/static/app.js`.
     pub const APP_JS: &str = include_str!("../assets/app.js");
+    /// The stylesheet, served as `/static/style.css`.
     pub const STYLE_CSS: &str = include_str!("../assets/style.css");
 
     /// An embedded asset by its file name under `/static/`: (content type, body).
@@ -69,11 +123,13 @@ pub mod assets {
 /// and, lazily, the model) or a transcoder set (no store at its root); either may hold
 /// attribution graphs in `graphs/`.
 pub struct App {
+    /// the served directory
     pub run_dir: PathBuf,
     /// the run's feature store; `None` for a transcoder set
     pub store: Option<Store>,
     /// the run's live views; `None` for a transcoder set
     pub live: Option<Live>,
+    /// the attribution graphs in `graphs/` (and a transcoder set's layers)
     pub graphs: Graphs,
     /// what the server takes on at once and for how long ([`App::with_limits`])
     pub limits: Limits,
@@ -191,7 +247,16 @@ pub fn serve_listener(app: Arc<App>, listener: std::net::TcpListener) -> Result<
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::from_std(listener)?;
-        accept_loop(app, l).await
+        let limits = app.limits.clone();
+        let refusal = refusal(limits.max_connections);
+        accept_loop(
+            router(app),
+            l,
+            limits.max_connections,
+            limits.read_timeout,
+            refusal,
+        )
+        .await
     })
 }
 
@@ -213,12 +278,13 @@ fn refusal(max_connections: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Answers a connection beyond the limit with a 503 and closes it gracefully: no more
-/// writes, then what the client sends is read and dropped for up to a second, so that
-/// the kernel ends the connection with FIN, not with a reset that can lose the answer.
-async fn refuse(stream: tokio::net::TcpStream, max_connections: usize) {
+/// Answers a connection beyond the limit with `answer` (a whole HTTP response) and
+/// closes it gracefully: no more writes, then what the client sends is read and dropped
+/// for up to a second, so that the kernel ends the connection with FIN, not with a
+/// reset that can lose the answer.
+async fn refuse(stream: tokio::net::TcpStream, answer: Arc<Vec<u8>>) {
     // the answer is a few hundred bytes: a fresh socket's buffer takes it whole
-    let _ = stream.try_write(&refusal(max_connections));
+    let _ = stream.try_write(&answer);
     let Ok(std) = stream.into_std() else {
         return;
     };
@@ -240,11 +306,20 @@ async fn refuse(stream: tokio::net::TcpStream, max_connections: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
-async fn accept_loop(app: Arc<App>, listener: tokio::net::TcpListener) -> Result<()> {
+/// Serves `routes` on `listener` until the process ends (the dashboard's and the model
+/// server's loop; `axum::serve` sets neither limit): a connection's request headers must
+/// arrive within `read_timeout` (else it is closed), and a connection beyond
+/// `max_connections` is sent `refusal` (a whole HTTP response) and closed.
+pub async fn accept_loop(
+    routes: axum::Router,
+    listener: tokio::net::TcpListener,
+    max_connections: usize,
+    read_timeout: std::time::Duration,
+    refusal: Vec<u8>,
+) -> Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let limits = app.limits.clone();
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let routes = router(app);
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let refusal = Arc::new(refusal);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -256,11 +331,10 @@ async fn accept_loop(app: Arc<App>, listener: tokio::net::TcpListener) -> Result
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, limits.max_connections));
+            tokio::spawn(refuse(stream, refusal.clone()));
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(routes.clone());
-        let read_timeout = limits.read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let mut http = hyper::server::conn::http1::Builder::new();

@@ -32,13 +32,18 @@ pub const RETRY_AFTER_S: u64 = 2;
 /// The server's limits (`glassbox serve --help` lists them with these defaults).
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// largest request body (413 beyond; [`DEFAULT_MAX_BODY_BYTES`])
     pub max_body_bytes: usize,
     /// for the headers (the connection is closed) and for the body (408)
     pub read_timeout: Duration,
+    /// model-running requests that run at once ([`DEFAULT_LIVE_CONCURRENCY`])
     pub live_concurrency: usize,
+    /// model-running requests that may wait for a slot; more get a 429
+    /// ([`DEFAULT_LIVE_QUEUE`])
     pub live_queue: usize,
     /// for one model-running request, from its arrival (waiting for a slot included)
     pub live_timeout: Duration,
+    /// open connections; more are answered 503 and closed ([`DEFAULT_MAX_CONNECTIONS`])
     pub max_connections: usize,
 }
 
@@ -84,6 +89,7 @@ pub struct Cancel {
 }
 
 impl Cancel {
+    /// A cancel whose deadline is `timeout` from now.
     pub fn new(timeout: Duration) -> Self {
         Cancel {
             deadline: Instant::now() + timeout,
@@ -97,6 +103,7 @@ impl Cancel {
         Self::new(Duration::from_secs(365 * 24 * 3600))
     }
 
+    /// Whether the work should stop: the deadline has passed or the client has gone.
     pub fn stopped(&self) -> bool {
         self.gone.load(Ordering::Relaxed) || Instant::now() >= self.deadline
     }
@@ -150,6 +157,8 @@ pub struct LiveGate {
 }
 
 impl LiveGate {
+    /// A gate of `limits.live_concurrency` slots, `limits.live_queue` waiting places and
+    /// `limits.live_timeout` per request.
     pub fn new(limits: &Limits) -> Self {
         LiveGate {
             slots: Arc::new(Semaphore::new(limits.live_concurrency)),

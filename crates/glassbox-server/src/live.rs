@@ -28,7 +28,9 @@ pub const MAX_STEER_FEATURES: usize = 16;
 
 /// The dictionary (loaded when the server starts) and the model (loaded on first use).
 pub struct Live {
+    /// the run's dictionary (SAE or transcoder)
     pub dictionary: Arc<Dictionary>,
+    /// the folder it was loaded from
     pub dictionary_dir: PathBuf,
     /// the model spec from config.toml (or the store's meta), if any
     pub model_spec: Option<String>,
@@ -63,6 +65,8 @@ fn model_err(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Live {
+    /// The live views of `dictionary` (loaded from `dictionary_dir`) on the model
+    /// `model_spec` names; nothing is loaded yet.
     pub fn new(
         dictionary: Dictionary,
         dictionary_dir: PathBuf,
@@ -76,6 +80,7 @@ impl Live {
         }
     }
 
+    /// Whether the model has been loaded (by an earlier live request).
     pub fn model_loaded(&self) -> bool {
         self.model.lock().map(|m| m.is_some()).unwrap_or(false)
     }
@@ -374,9 +379,6 @@ impl Live {
     }
 }
 
-/// A run that adds `direction` (`[n_heads · d_head]`, a per-head dictionary's decoder
-/// rows) at a per-head hook `[batch, pos, head, d_head]` at every position, split into
-/// its heads as the dictionary flattened them.
 /// KL(plain ‖ steered) of the next-token distributions and the tokens that move: the
 /// five likeliest before and after, with both probabilities and Δ log p.
 fn next_token_effect(tok: &glassbox_model::TextTokenizer, plain: &[f32], steered: &[f32]) -> Value {
@@ -411,6 +413,9 @@ fn next_token_effect(tok: &glassbox_model::TextTokenizer, plain: &[f32], steered
     json!({ "kl": kl.max(0.0), "tokens": tokens })
 }
 
+/// A run that adds `direction` (`[n_heads · d_head]`, a per-head dictionary's decoder
+/// rows) at a per-head hook `[batch, pos, head, d_head]` at every position, split into
+/// its heads as the dictionary flattened them.
 fn per_head_steering<'h>(
     m: &glassbox_model::Transformer,
     hook: &str,

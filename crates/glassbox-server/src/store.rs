@@ -18,13 +18,18 @@ pub use glassbox_features::UnitKind as Kind;
 /// A query over the unit list.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
+    /// features or neurons
     pub kind: Kind,
     /// matched (case-insensitively, as a substring) against the label and the top
     /// tokens; a number also matches the unit's id
     pub q: Option<String>,
+    /// the order of the list
     pub sort: Sort,
+    /// largest first
     pub descending: bool,
+    /// units per page (the API takes 1 to 1000, 50 by default)
     pub limit: usize,
+    /// units skipped before the page
     pub offset: usize,
 }
 
@@ -34,6 +39,7 @@ pub use glassbox_features::STORE_FILE;
 /// An open feature store.
 pub struct Store {
     inner: Mutex<FeatureStore>,
+    /// the `features.sqlite` file
     pub path: PathBuf,
 }
 
@@ -83,6 +89,7 @@ impl Store {
         Store::open(&path)
     }
 
+    /// Opens a feature store read-only: a `features.sqlite` file, or a folder holding one.
     pub fn open(path: &Path) -> Result<Store> {
         let inner = FeatureStore::open(path)?;
         Ok(Store {
@@ -159,6 +166,7 @@ impl Store {
         Ok(found.into_iter().map(|(k, v)| (k as i64, v)).collect())
     }
 
+    /// A unit's summary fields (those of the list); `None` if the store has no such unit.
     pub fn summary(&self, kind: Kind, id: i64) -> Result<Option<Value>> {
         let Ok(id) = u32::try_from(id) else {
             return Ok(None);

@@ -532,11 +532,10 @@ fn export_activations(
             candle_core::Tensor::from_slice(&eval, (eval.len() / d, d), dev)?,
         ),
     ]);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".export-acts.tmp-{}", std::process::id()));
-    candle_core::safetensors::save(&t, &tmp)
-        .and_then(|_| Ok(std::fs::rename(&tmp, path)?))
-        .with_context(|| format!("cannot write activations to {}", path.display()))?;
+    glassbox_atomic::write_with(path, |tmp| -> Result<()> {
+        Ok(candle_core::safetensors::save(&t, tmp)?)
+    })
+    .with_context(|| format!("cannot write activations to {}", path.display()))?;
     progress.note(&format!(
         "wrote {} training and {} held-out rows to {}",
         train.len() / d,

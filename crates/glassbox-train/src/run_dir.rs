@@ -90,7 +90,10 @@ impl RunConfig {
     /// Writes `dir/config.toml` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let text = toml::to_string_pretty(self).context("cannot serialise config.toml")?;
-        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+        Ok(glassbox_atomic::write(
+            &dir.join(CONFIG_FILE),
+            text.as_bytes(),
+        )?)
     }
 }
 
@@ -150,7 +153,7 @@ impl MetricsLog {
             .filter(|l| l.step < step)
             .map(|l| serde_json::to_string(&l).map(|s| s + "\n"))
             .collect::<Result<_, _>>()?;
-        write_atomic(&path, kept.as_bytes())?;
+        glassbox_atomic::write(&path, kept.as_bytes())?;
         Self::append_to(path)
     }
 
@@ -220,30 +223,12 @@ pub struct RunMetrics {
 impl RunMetrics {
     /// Writes `dir/metrics.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        write_atomic(
+        let text = serde_json::to_string_pretty(self)?;
+        Ok(glassbox_atomic::write(
             &dir.join(METRICS_FILE),
-            serde_json::to_string_pretty(self)?.as_bytes(),
-        )
+            text.as_bytes(),
+        )?)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary sibling and a rename, so a reader (or a
-/// kill) never sees half a file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .with_context(|| format!("cannot write {}", path.display()));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ mod set_checkpoint {
             rows_served: rows,
             folder: folder.clone(),
         };
-        crate::run_dir::write_atomic(
+        glassbox_atomic::write(
             &root.join("set.json"),
             serde_json::to_string_pretty(&pointer)?.as_bytes(),
         )?;

@@ -120,29 +120,12 @@ fn short_quote(text: &str) -> String {
     format!("{cut:?}")
 }
 
-/// Writes a file atomically: a temporary sibling, then a rename.
+/// Writes a file atomically ([`glassbox_atomic::write_with`]) with an `anyhow` writer.
 pub fn atomic_write(
     path: &std::path::Path,
     write: impl FnOnce(&std::path::Path) -> Result<()>,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .context("output path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write(&tmp).and_then(|_| {
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move output to {}", path.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    glassbox_atomic::write_with(path, write)
 }
 
 /// Runs `work` under a spinner on stderr (hidden when stderr is not a terminal).

@@ -4,17 +4,25 @@
 use super::params::Params;
 use rayon::prelude::*;
 
+/// Adam (Kingma & Ba 2015) over a [`Params`]: one first and one second moment per
+/// parameter, shaped like it.
 pub struct Adam {
+    /// first-moment decay
     pub beta1: f32,
+    /// second-moment decay
     pub beta2: f32,
+    /// added to `√v̂` in the denominator (1e-8)
     pub eps: f32,
     /// steps taken (bias correction)
     pub t: i32,
+    /// first moments (running mean of the gradients)
     pub m: Params,
+    /// second moments (running mean of the squared gradients)
     pub v: Params,
 }
 
 impl Adam {
+    /// Zero moments shaped like `params`, no steps taken.
     pub fn new(params: &Params, beta1: f32, beta2: f32) -> Self {
         Adam {
             beta1,

@@ -39,6 +39,7 @@ fn bytes_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Whether `dir` holds a checkpoint (its `checkpoint.json`), i.e. a run to resume.
 pub fn exists(dir: &Path) -> bool {
     dir.join("checkpoint.json").is_file()
 }
@@ -74,11 +75,12 @@ pub fn save(t: &Trainer, dir: &Path, extra: serde_json::Value) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let weights = format!("checkpoint-{:09}.safetensors", t.step);
-    let tmp = dir.join(format!(".{weights}.tmp"));
-    safetensors::serialize_to_file(views, None, &tmp)
-        .map_err(|e| bad(&tmp, format!("cannot write the checkpoint: {e}")))?;
-    super::kill_point::kill_point("checkpoint-weights");
-    std::fs::rename(&tmp, dir.join(&weights)).map_err(|e| bad(dir, e.to_string()))?;
+    glassbox_atomic::write_with(&dir.join(&weights), |tmp| {
+        safetensors::serialize_to_file(views, None, tmp)
+            .map_err(|e| bad(tmp, format!("cannot write the checkpoint: {e}")))?;
+        super::kill_point::kill_point("checkpoint-weights");
+        Ok::<_, crate::SaeError>(())
+    })?;
     let state = State {
         format: 1,
         step: t.step,
@@ -92,11 +94,12 @@ pub fn save(t: &Trainer, dir: &Path, extra: serde_json::Value) -> Result<()> {
         extra,
     };
     let json = dir.join("checkpoint.json");
-    let tmp = dir.join(".checkpoint.json.tmp");
     let text = serde_json::to_string_pretty(&state).map_err(|e| bad(&json, e.to_string()))?;
-    std::fs::write(&tmp, text).map_err(|e| bad(&tmp, format!("cannot write: {e}")))?;
-    super::kill_point::kill_point("checkpoint-state");
-    std::fs::rename(&tmp, &json).map_err(|e| bad(dir, e.to_string()))?;
+    glassbox_atomic::write_with(&json, |tmp| {
+        std::fs::write(tmp, &text).map_err(|e| glassbox_atomic::Error::writing(tmp, e))?;
+        super::kill_point::kill_point("checkpoint-state");
+        Ok::<_, crate::SaeError>(())
+    })?;
     // older weights are now unreferenced
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The architecture to train (`--arch`; serialised lowercase, e.g. `batchtopk`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainArch {
@@ -11,7 +12,7 @@ pub enum TrainArch {
     /// k × batch largest over the whole batch (Bussmann et al. 2024); saved as JumpReLU
     /// with the running threshold
     BatchTopK,
-    /// ReLU with an L1 penalty (see `L1Recipe`)
+    /// ReLU with an L1 penalty (see [`L1Recipe`])
     Standard,
     /// ReLU gated by a learned threshold, L0 penalty with straight-through gradients
     /// (Rajamanoharan et al. 2024, Gemma Scope)
@@ -21,6 +22,9 @@ pub enum TrainArch {
 }
 
 impl TrainArch {
+    /// The architecture named `s`, case-insensitive: `topk`, `batchtopk` (also
+    /// `batch-topk`, `batch_topk`), `standard` (or `relu`), `jumprelu`, `gated`; `None`
+    /// for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s.to_ascii_lowercase().as_str() {
             "topk" => TrainArch::TopK,
@@ -32,12 +36,14 @@ impl TrainArch {
         })
     }
 
+    /// Whether it selects `k` latents per token (TopK, BatchTopK): these use `k` and
+    /// AuxK, the others a sparsity penalty and resampling.
     pub fn uses_k(self) -> bool {
         matches!(self, TrainArch::TopK | TrainArch::BatchTopK)
     }
 }
 
-/// The two common ReLU + L1 recipes.
+/// The two common ReLU + L1 recipes ([`TrainArch::Standard`] only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum L1Recipe {
@@ -49,11 +55,17 @@ pub enum L1Recipe {
     UnitNorm,
 }
 
+/// How [`Trainer::prepare`](super::Trainer::prepare) initialises `b_dec` from sample
+/// rows of the target (the input for an SAE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BDecInit {
+    /// all zeros
     Zeros,
+    /// the rows' mean
     Mean,
+    /// the geometric median of the first 8192 rows, by at most 50 Weiszfeld iterations
+    /// ([`geometric_median`](super::params::geometric_median))
     GeometricMedian,
 }
 
@@ -62,30 +74,43 @@ pub enum BDecInit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Normalize {
+    /// train on the activations as they are
     None,
+    /// scale inputs (and a transcoder's targets, by their own factor) to E‖x‖ = √width
     ExpectedAverageOnlyIn,
 }
 
+/// Everything a training run fixes about the dictionary and its optimisation. Every
+/// field has a default ([`TrainConfig::default`]; [`TrainConfig::for_run`] gives the
+/// recommended one for a run's length); unknown fields are an error on reading.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// the architecture (default TopK)
     pub arch: TrainArch,
+    /// input width (the hook's width; 0 by default, so it must be set)
     pub d_in: usize,
     /// the target's width for a transcoder; `None` for an SAE (target = input)
     pub d_out: Option<usize>,
+    /// number of latents (default 4096)
     pub d_sae: usize,
     /// active latents per token (topk, batchtopk)
     pub k: usize,
+    /// which ReLU + L1 recipe (standard only; default Anthropic)
     pub l1_recipe: L1Recipe,
     /// L1 coefficient (standard, gated) or L0 coefficient (jumprelu)
     pub sparsity_coefficient: f32,
     /// the sparsity coefficient rises linearly from 0 over these steps
     pub sparsity_warmup_steps: usize,
+    /// Adam's learning rate after warm-up and before decay
     pub lr: f32,
+    /// the learning rate rises linearly from `lr / lr_warmup_steps` over these steps
     pub lr_warmup_steps: usize,
     /// the learning rate falls linearly to 0 over the last fraction of steps
     pub lr_decay_fraction: f32,
+    /// Adam's first-moment decay (default 0.9)
     pub adam_beta1: f32,
+    /// Adam's second-moment decay (default 0.999)
     pub adam_beta2: f32,
     /// clip the global gradient norm to this (0 = no clipping)
     pub grad_clip: f32,
@@ -97,13 +122,21 @@ pub struct TrainConfig {
     pub dead_window_tokens: u64,
     /// standard/gated/jumprelu: re-initialise dead latents every N steps (0 = never)
     pub resample_every_steps: usize,
+    /// jumprelu: width ε of the rectangle kernel of the straight-through threshold
+    /// gradient (Rajamanoharan et al. 2024)
     pub jumprelu_bandwidth: f32,
+    /// jumprelu: every latent's threshold θ at initialisation
     pub jumprelu_init_threshold: f32,
+    /// how `b_dec` is initialised (default the geometric median)
     pub b_dec_init: BDecInit,
+    /// input normalisation during training (default `expected_average_only_in`)
     pub normalize: Normalize,
     /// transcoders: a linear skip connection `W_skip x`
     pub skip: bool,
+    /// tokens (rows) per step
     pub batch: usize,
+    /// seed of the initialisation and of resampling (glassbox-train also seeds its
+    /// window shuffle, held-out split and activation store with it)
     pub seed: u64,
     /// ReLU-family steps switch from sparse kernels to dense GEMMs above this density
     pub dense_above: f32,
@@ -168,10 +201,12 @@ impl TrainConfig {
         }
     }
 
+    /// The output width: `d_out`, or `d_in` for an SAE.
     pub fn d_out(&self) -> usize {
         self.d_out.unwrap_or(self.d_in)
     }
 
+    /// Whether it trains a transcoder (`d_out` is set), predicting another hook.
     pub fn is_transcoder(&self) -> bool {
         self.d_out.is_some()
     }
@@ -181,6 +216,7 @@ impl TrainConfig {
         !self.is_transcoder()
     }
 
+    /// Latents AuxK uses per token: `aux_k`, or `d_in / 2`, within `1..=d_sae`.
     pub fn aux_k(&self) -> usize {
         self.aux_k.unwrap_or(self.d_in / 2).clamp(1, self.d_sae)
     }

@@ -1,9 +1,10 @@
 //! Training sparse dictionaries (SAEs and transcoders) with hand-written CPU kernels.
 //!
-//! `Trainer` owns the parameters, Adam, the schedules (learning-rate warm-up and
+//! [`Trainer`] owns the parameters, Adam, the schedules (learning-rate warm-up and
 //! decay, sparsity-coefficient warm-up), dead-latent tracking (AuxK for TopK-style,
 //! resampling for ReLU-style), input normalisation (folded into the weights on save)
-//! and checkpoints that resume bit-for-bit. The kernels are in `step`.
+//! and checkpoints that resume bit-for-bit ([`checkpoint`]). The kernels are in
+//! [`step`]; what a run is, in [`TrainConfig`].
 
 pub mod adam;
 pub mod checkpoint;
@@ -32,18 +33,31 @@ pub fn encoder_gemm(out: &mut [f32], x: &[f32], w: &[f32], b: usize, d: usize, m
     );
 }
 
+/// Why a trainer could not be made or a step could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// the configuration is inconsistent ([`TrainConfig::validate`]'s message, which says
+    /// what to change), or a transcoder step was given no targets
     #[error("{0}")]
     Config(String),
+    /// the loss or the gradient norm is NaN or infinite; the parameters are unchanged
     #[error("step {step}: the {what} is {value} (NaN or infinite); training stopped before the update, the last checkpoint is intact. Lower the learning rate, enable --grad-clip, or check the activations for NaN/Inf")]
     NonFinite {
+        /// the step that stopped (counted from 0)
         step: usize,
+        /// `"loss"` or `"gradient norm"`
         what: &'static str,
+        /// the offending value
         value: f32,
     },
+    /// a batch of inputs or targets of the wrong length
     #[error("batch has {got} values; expected {want} (batch × width)")]
-    Shape { got: usize, want: usize },
+    Shape {
+        /// values given
+        got: usize,
+        /// values expected: `batch × d_in` (inputs) or `batch × d_out` (targets)
+        want: usize,
+    },
 }
 
 fn check_len(v: &[f32], want: usize) -> Result<(), TrainError> {
@@ -57,29 +71,50 @@ fn check_len(v: &[f32], want: usize) -> Result<(), TrainError> {
 /// What one step did, for progress bars and the metrics log.
 #[derive(Debug, Clone, Copy)]
 pub struct StepReport {
+    /// the step, counted from 0
     pub step: usize,
+    /// the loss terms, in normalised units (inputs times [`Trainer::scale_in`])
     pub losses: Losses,
     /// this batch's fraction of variance unexplained
     pub fvu: f32,
+    /// fraction of latents that have not fired within `dead_window_tokens`, after this
+    /// step
     pub dead_fraction: f32,
+    /// the learning rate of this step
     pub lr: f32,
+    /// the sparsity coefficient of this step (after warm-up)
     pub sparsity_coefficient: f32,
+    /// the global gradient L2 norm, before clipping
     pub grad_norm: f32,
+    /// whether the step used dense GEMMs (dense activity) rather than sparse kernels
     pub dense_kernels: bool,
+    /// dead latents re-initialised after this step (ReLU-family, every
+    /// `resample_every_steps`)
     pub resampled: usize,
 }
 
+/// Trains one dictionary: its parameters, Adam's state, the schedules and the
+/// dead-latent counters. [`Trainer::prepare`] on sample rows, then [`Trainer::step`] on
+/// raw batches; [`checkpoint`] saves and restores it, [`Trainer::to_dictionary`] gives
+/// the result in SAELens' layout.
 pub struct Trainer {
+    /// the run's configuration
     pub cfg: TrainConfig,
+    /// the trainable parameters, in normalised units (see `scale_in`, `scale_out`)
     pub params: Params,
+    /// Adam's moments and step count
     pub opt: adam::Adam,
     ws: Workspace,
+    /// the run's length in steps (where the learning-rate decay ends; at least 1)
     pub total_steps: usize,
+    /// steps done: the index of the next step
     pub step: usize,
     /// per latent: training tokens since it last fired
     pub since_fired: Vec<u64>,
-    /// normalisation factors applied to inputs and targets during training
+    /// the factor inputs are multiplied by during training (1 unless
+    /// [`Normalize::ExpectedAverageOnlyIn`])
     pub scale_in: f32,
+    /// the factor targets are multiplied by (a transcoder's own; an SAE's is `scale_in`)
     pub scale_out: f32,
     /// batchtopk: running mean of the smallest selected activation (the inference
     /// threshold)
@@ -90,6 +125,9 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// A fresh trainer for a run of `total_steps` steps: parameters from [`Params::init`],
+    /// Adam's moments at zero, no normalisation yet. [`TrainError::Config`] when
+    /// [`TrainConfig::validate`] finds an inconsistency.
     pub fn new(cfg: TrainConfig, total_steps: usize) -> Result<Self, TrainError> {
         cfg.validate().map_err(TrainError::Config)?;
         let params = Params::init(&cfg);
@@ -144,6 +182,9 @@ impl Trainer {
         };
     }
 
+    /// The learning rate at `step` (from 0): `lr` times a linear warm-up
+    /// (`(step + 1) / lr_warmup_steps`, at most 1) times a linear decay to 0 over the last
+    /// `lr_decay_fraction` of `total_steps`.
     pub fn lr_at(&self, step: usize) -> f32 {
         let c = &self.cfg;
         let warm = if c.lr_warmup_steps > 0 {
@@ -161,6 +202,8 @@ impl Trainer {
         c.lr * warm * decay
     }
 
+    /// The sparsity coefficient at `step` (from 0): `sparsity_coefficient` times a linear
+    /// warm-up (`(step + 1) / sparsity_warmup_steps`, at most 1).
     pub fn sparsity_at(&self, step: usize) -> f32 {
         let c = &self.cfg;
         if c.sparsity_warmup_steps == 0 {
@@ -372,9 +415,9 @@ impl Trainer {
             .collect()
     }
 
-    /// Forward pass only (no update) on a raw batch of the training batch size:
-    /// losses, plus each token's selections through `on_row(row, latents, values)`
-    /// when the step used sparse kernels.
+    /// Forward pass only (no update) on a raw batch of the training batch size, at the
+    /// full sparsity coefficient and without AuxK: the losses. Each token's selections
+    /// are then at [`Trainer::row_selection`] when the pass used sparse kernels.
     pub fn evaluate(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<Losses, TrainError> {
         self.load_batch(x, y)?;
         let coefs = StepCoefficients {

@@ -19,14 +19,15 @@ pub struct Params {
     pub b_dec: Vec<f32>,
     /// jumprelu: `[d_sae]`, the threshold is `exp(log_threshold)`
     pub log_threshold: Vec<f32>,
-    /// gated: `[d_sae]` each
+    /// gated: `[d_sae]`, log scale of the magnitude path's encoder
     pub r_mag: Vec<f32>,
+    /// gated: `[d_sae]`, the magnitude path's bias
     pub b_mag: Vec<f32>,
     /// transcoders with a skip connection: `[d_out, d_in]`
     pub w_skip: Vec<f32>,
 }
 
-/// Names used in checkpoints, in `Params::tensors` order.
+/// Names used in checkpoints, in [`Params::tensors`] order.
 pub const PARAM_NAMES: [&str; 8] = [
     "W_enc_T",
     "b_enc",
@@ -39,6 +40,7 @@ pub const PARAM_NAMES: [&str; 8] = [
 ];
 
 impl Params {
+    /// Every buffer, in [`PARAM_NAMES`] order (empty ones included).
     pub fn tensors(&self) -> [&Vec<f32>; 8] {
         [
             &self.w_enc_t,
@@ -52,6 +54,7 @@ impl Params {
         ]
     }
 
+    /// Every buffer, mutably, in [`PARAM_NAMES`] order.
     pub fn tensors_mut(&mut self) -> [&mut Vec<f32>; 8] {
         [
             &mut self.w_enc_t,

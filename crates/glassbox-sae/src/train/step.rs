@@ -27,8 +27,13 @@ pub struct StepCoefficients<'a> {
 pub struct Losses {
     /// mean over tokens of ‖ŷ − y‖²
     pub mse: f32,
+    /// the sparsity penalty: λ Σ a‖W_dec‖ (standard; unit-norm recipe: norms are 1),
+    /// λ Σ ReLU(π_gate)‖W_dec‖ (gated) or λ L0 (jumprelu), per token; 0 for topk-style
     pub sparsity: f32,
+    /// the auxiliary loss: AuxK (topk-style, weighted by `aux_k_coefficient`; Gao et al.
+    /// 2024) or gated's gate-path reconstruction; 0 otherwise
     pub aux: f32,
+    /// `mse + sparsity + aux`
     pub total: f32,
     /// mean active latents per token
     pub l0: f32,
@@ -60,7 +65,10 @@ impl Csr {
     }
 }
 
+/// A step's buffers (pre-activations, selections, errors, gradients), sized for one
+/// configuration and allocated once; [`forward`] and [`backward`] reuse them every step.
 pub struct Workspace {
+    /// rows per step (the training batch size)
     pub batch: usize,
     sae_in: Vec<f32>,
     pre: Vec<f32>,
@@ -92,6 +100,7 @@ pub struct Workspace {
     acc1: Vec<f32>,
     acc2: Vec<f32>,
     hist: Vec<Vec<u32>>,
+    /// the gradients of the last [`backward`], shaped like the parameters
     pub grads: Params,
     /// per latent: tokens it fired on in the last step
     pub fired: Vec<u32>,
@@ -100,6 +109,7 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// Buffers for `cfg`'s batch and widths (the dense ones come on first use).
     pub fn new(cfg: &TrainConfig, params: &Params) -> Self {
         let (b, d, m, o) = (cfg.batch, cfg.d_in, cfg.d_sae, cfg.d_out());
         let threads = rayon::current_num_threads().max(1);
@@ -701,7 +711,7 @@ fn row_pass(
     }
 }
 
-/// Gradients of `Losses::total` into `ws.grads` (after `forward` on the same batch).
+/// Gradients of [`Losses::total`] into `ws.grads` (after [`forward`] on the same batch).
 pub fn backward(
     cfg: &TrainConfig,
     p: &Params,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(long)]
     model: String,
-    /// safetensors file with the steering vector ([d_model])
+    /// safetensors file with the steering vector (one vector of d_model values)
     #[arg(long)]
     vector: Option<PathBuf>,
     /// contrastive pairs: `positive<TAB>negative` per line, or JSONL {positive, negative}
