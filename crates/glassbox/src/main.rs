@@ -77,6 +77,8 @@ enum Command {
     },
     /// Browse a run's feature dashboards: JSON API + web UI (or --export static HTML)
     Serve(commands::serve::Args),
+    /// Serve the model over an OpenAI-compatible API, with a policy's edits and monitors
+    ServeModel(commands::serve_model::Args),
     /// Throughput benchmarks
     Bench {
         #[command(subcommand)]
@@ -125,6 +127,7 @@ fn main() {
         Command::Sae { what } => commands::sae::run(what),
         Command::Features { what } => commands::features::run(what),
         Command::Serve(a) => commands::serve::run(a),
+        Command::ServeModel(a) => commands::serve_model::run(a),
         Command::Bench { what } => commands::bench::run(what),
     };
     if let Err(e) = result {

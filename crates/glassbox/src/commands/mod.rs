@@ -14,6 +14,7 @@ pub mod probe;
 pub mod quickstart;
 pub mod sae;
 pub mod serve;
+pub mod serve_model;
 pub mod steer;
 pub mod trace;
 pub mod train_sae;
