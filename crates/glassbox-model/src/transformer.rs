@@ -92,12 +92,16 @@ impl KvCache {
                     }
                     let (b, h, _, d) = x.dims4()?;
                     let zeros = Tensor::zeros((b, h, pad, d), x.dtype(), x.device())?;
-                    Ok(Tensor::cat(&[&zeros, x], 2)?)
+                    // the attention kernel reads [past, d_head] per head contiguously
+                    Ok(Tensor::cat(&[&zeros, x], 2)?.contiguous()?)
                 };
                 ks.push(left(k)?);
                 vs.push(left(v)?);
             }
-            out.layers[l] = Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
+            out.layers[l] = Some((
+                Tensor::cat(&ks, 0)?.contiguous()?,
+                Tensor::cat(&vs, 0)?.contiguous()?,
+            ));
         }
         for p in parts {
             let pad = t - p.len();
@@ -905,8 +909,10 @@ impl Transformer {
         };
         if let Some(slot) = layer_kv {
             if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+                // candle concatenates past dim 0 through a transpose; with several
+                // sequences the result is strided, and the fused kernel reads heads whole
+                k = Tensor::cat(&[pk, &k], 2)?.contiguous()?;
+                v = Tensor::cat(&[pv, &v], 2)?.contiguous()?;
             }
             *slot = Some((k.clone(), v.clone()));
         }
