@@ -380,9 +380,7 @@ fn common(st: &State, f: &Fields, prompt_text: &str, kind: Kind) -> ApiResult<Co
             max_new_tokens: max_new,
             temperature: f.f64("temperature", 0.0, 2.0)?.unwrap_or(1.0),
             top_p: match f.f64("top_p", 0.0, 1.0)? {
-                Some(p) if p == 0.0 => {
-                    return Err(ApiError::bad("`top_p` must be above 0", Some("top_p")))
-                }
+                Some(0.0) => return Err(ApiError::bad("`top_p` must be above 0", Some("top_p"))),
                 p => p.unwrap_or(1.0),
             },
             seed,

@@ -588,9 +588,10 @@ impl Worker {
         seq.text = text;
         if is_stop {
             seq.finish = Some(FinishReason::Stop);
-        } else if seq.finish.is_none() && seq.generated.len() >= p.max_new_tokens {
-            seq.finish = Some(FinishReason::Length);
-        } else if seq.finish.is_none() && seq.len + 1 > self.model.config().n_ctx {
+        } else if seq.finish.is_none()
+            && (seq.generated.len() >= p.max_new_tokens || seq.len + 1 > self.model.config().n_ctx)
+        {
+            // max_tokens, or no room left in the context for the token just sampled
             seq.finish = Some(FinishReason::Length);
         } else if seq.finish.is_none() && Instant::now() > p.deadline {
             seq.finish = Some(FinishReason::Timeout);
