@@ -168,20 +168,22 @@ pub fn serve(model: Model, policy: policy::Policy, opts: ServeOptions) -> Result
 
 /// Serves on a bound listener until the process ends.
 pub fn serve_listener(state: Arc<State>, listener: std::net::TcpListener) -> Result<()> {
-    listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_io()
-        .enable_time()
-        .build()
-        .context("cannot start the async runtime")?;
-    let refusal = {
-        let body = serde_json::json!({"error": {"message": format!("the server has {} connections open, its limit; retry in a moment", state.opts.max_connections), "type": "server_error", "param": null, "code": null}}).to_string();
-        format!("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).into_bytes()
-    };
+    let body = serde_json::json!({"error": {
+        "message": format!("the server has {} connections open, its limit; retry in a moment", state.opts.max_connections),
+        "type": "server_error", "param": null, "code": null,
+    }})
+    .to_string();
+    let refusal = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
     let (max_conn, read_timeout) = (state.opts.max_connections, state.opts.read_timeout);
-    rt.block_on(async move {
-        let l = tokio::net::TcpListener::from_std(listener)?;
-        glassbox_server::accept_loop(api::router(state), l, max_conn, read_timeout, refusal).await
-    })
+    glassbox_server::serve_routes(
+        api::router(state),
+        listener,
+        max_conn,
+        read_timeout,
+        refusal,
+    )
 }

@@ -348,29 +348,35 @@ fn check_hook(hook: &str, model: &Model) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))
 }
 
+/// The hook a dictionary edit or monitor acts at: the dictionary's own, or `given` when
+/// it agrees (a feature only means something where it was trained).
+fn dictionary_hook(given: Option<&String>, d: &Dictionary, model: &Model) -> Result<String> {
+    let hook = match (given, &d.hook_name) {
+        (Some(h), Some(dh)) if h != dh => bail!(
+            "hook `{h}` differs from the dictionary's hook `{dh}`, where its features were trained"
+        ),
+        (Some(h), _) => h.clone(),
+        (None, Some(dh)) => dh.clone(),
+        (None, None) => bail!("the dictionary names no hook; give `hook`"),
+    };
+    check_hook(&hook, model)?;
+    Ok(hook)
+}
+
+fn feature_in(feature: Option<usize>, d: &Dictionary) -> Result<usize> {
+    let f = feature.context("a dictionary edit or monitor needs `feature`")?;
+    if f >= d.d_sae {
+        bail!(
+            "feature {f} is beyond the dictionary's width ({} features, 0..{})",
+            d.d_sae,
+            d.d_sae.saturating_sub(1)
+        );
+    }
+    Ok(f)
+}
+
 fn load_edit(s: &EditSpec, base: &Path, model: &Model) -> Result<Edit> {
     let enabled = s.enabled.unwrap_or(true);
-    let sae_hook = |d: &Dictionary| -> Result<String> {
-        match (&s.hook, &d.hook_name) {
-            (Some(h), Some(dh)) if h != dh => bail!(
-                "hook `{h}` differs from the dictionary's hook `{dh}`; a feature only means something where it was trained"
-            ),
-            (Some(h), _) => Ok(h.clone()),
-            (None, Some(dh)) => Ok(dh.clone()),
-            (None, None) => bail!("the dictionary names no hook; give `hook`"),
-        }
-    };
-    let feature_of = |d: &Dictionary| -> Result<usize> {
-        let f = s.feature.context("a feature edit needs `feature`")?;
-        if f >= d.d_sae {
-            bail!(
-                "feature {f} is beyond the dictionary's width ({} features, 0..{})",
-                d.d_sae,
-                d.d_sae.saturating_sub(1)
-            );
-        }
-        Ok(f)
-    };
     let (hook, op) = match s.kind.as_str() {
         "steer" => {
             let hook = s.hook.clone().context("a steer edit needs `hook`")?;
@@ -403,9 +409,8 @@ fn load_edit(s: &EditSpec, base: &Path, model: &Model) -> Result<Edit> {
         }
         "clamp" | "ablate-feature" => {
             let d = open_sae(base, s.sae.as_deref().context("a feature edit needs `sae`")?)?;
-            let hook = sae_hook(&d)?;
-            check_hook(&hook, model)?;
-            let feature = feature_of(&d)?;
+            let hook = dictionary_hook(s.hook.as_ref(), &d, model)?;
+            let feature = feature_in(s.feature, &d)?;
             let value = match s.kind.as_str() {
                 "clamp" => s.value.context("a clamp edit needs `value`")?,
                 _ => 0.0,
@@ -504,23 +509,8 @@ fn load_monitor(s: &MonitorSpec, base: &Path, model: &Model, edits: &[Edit]) -> 
         }
         (None, Some(p)) => {
             let d = open_sae(base, p)?;
-            let f = s.feature.context("a feature monitor needs `feature`")?;
-            if f >= d.d_sae {
-                bail!(
-                    "feature {f} is beyond the dictionary's width ({} features, 0..{})",
-                    d.d_sae,
-                    d.d_sae.saturating_sub(1)
-                );
-            }
-            let hook = match (&s.hook, &d.hook_name) {
-                (Some(h), Some(dh)) if h != dh => {
-                    bail!("the monitor reads `{h}` but the dictionary was trained at `{dh}`")
-                }
-                (Some(h), _) => h.clone(),
-                (None, Some(dh)) => dh.clone(),
-                (None, None) => bail!("the dictionary names no hook; give `hook`"),
-            };
-            check_hook(&hook, model)?;
+            let f = feature_in(s.feature, &d)?;
+            let hook = dictionary_hook(s.hook.as_ref(), &d, model)?;
             (
                 hook,
                 Reader::Feature {

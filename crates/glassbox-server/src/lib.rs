@@ -238,6 +238,26 @@ impl App {
 /// a connection's request headers must arrive within `read_timeout` (else it is closed),
 /// connections beyond `max_connections` get a 503 and are closed.
 pub fn serve_listener(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
+    let limits = app.limits.clone();
+    let refusal = refusal(limits.max_connections);
+    serve_routes(
+        router(app),
+        listener,
+        limits.max_connections,
+        limits.read_timeout,
+        refusal,
+    )
+}
+
+/// Serves `routes` on a bound listener until the process ends, on a two-thread runtime,
+/// with [`accept_loop`]'s limits (the dashboard's and the model server's).
+pub fn serve_routes(
+    routes: axum::Router,
+    listener: std::net::TcpListener,
+    max_connections: usize,
+    read_timeout: std::time::Duration,
+    refusal: Vec<u8>,
+) -> Result<()> {
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -247,16 +267,7 @@ pub fn serve_listener(app: Arc<App>, listener: std::net::TcpListener) -> Result<
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::from_std(listener)?;
-        let limits = app.limits.clone();
-        let refusal = refusal(limits.max_connections);
-        accept_loop(
-            router(app),
-            l,
-            limits.max_connections,
-            limits.read_timeout,
-            refusal,
-        )
-        .await
+        accept_loop(routes, l, max_connections, read_timeout, refusal).await
     })
 }
 
