@@ -35,6 +35,9 @@ impl Default for SamplingOptions {
     }
 }
 
+/// Tokens sorted up front when sampling; the rest only when a walk reaches them.
+const SORTED_HEAD: usize = 256;
+
 /// Picks the next token from one row of logits.
 pub struct Sampler {
     rng: StdRng,
@@ -87,21 +90,39 @@ impl Sampler {
             .collect();
         let total: f64 = probs.iter().map(|p| p.1).sum();
         probs.iter_mut().for_each(|p| p.1 /= total);
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Most probable first, ties by id (what a stable sort gives). Sorting a whole
+        // vocabulary per token is the decode loop's largest CPU cost after the model, and
+        // the walks below rarely leave the head: sort the head, the rest only if needed.
+        let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let head = SORTED_HEAD.min(probs.len());
+        if head < probs.len() {
+            probs.select_nth_unstable_by(head - 1, order);
+        }
+        probs[..head].sort_by(order);
+        let mut whole = head == probs.len();
+        let mut sort_rest = |probs: &mut [(usize, f64)], i: usize| {
+            if i == head && !whole {
+                probs[head..].sort_by(order);
+                whole = true;
+            }
+        };
         let mut kept = 0;
         let mut mass = 0.0;
-        for p in &probs {
+        for i in 0..probs.len() {
+            sort_rest(&mut probs, i);
             kept += 1;
-            mass += p.1;
+            mass += probs[i].1;
             if mass >= self.top_p {
                 break;
             }
         }
-        let probs = &probs[..kept];
+        let probs = &mut probs[..kept];
         let mut r = self.rng.gen::<f64>() * mass;
-        for &(i, p) in probs {
+        for i in 0..probs.len() {
+            sort_rest(probs, i);
+            let (id, p) = probs[i];
             if r < p {
-                return i as u32;
+                return id as u32;
             }
             r -= p;
         }
@@ -189,6 +210,59 @@ mod tests {
         // token 2 holds > 50% of the mass: the nucleus is that token alone
         for _ in 0..50 {
             assert_eq!(s.sample(&[0.0, 0.0, 5.0, 0.0]), 2);
+        }
+    }
+
+    /// The head-first sort draws exactly the tokens a whole stable sort draws, also
+    /// when the draw or the nucleus reaches past the sorted head (a flat distribution).
+    #[test]
+    fn sorting_only_the_head_draws_what_a_whole_sort_draws() {
+        fn reference(rng: &mut StdRng, logits: &[f32], temperature: f64, top_p: f64) -> u32 {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut probs: Vec<(usize, f64)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i, (((l - max) as f64) / temperature).exp()))
+                .collect();
+            let total: f64 = probs.iter().map(|p| p.1).sum();
+            probs.iter_mut().for_each(|p| p.1 /= total);
+            probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let (mut kept, mut mass) = (0, 0.0);
+            for p in &probs {
+                kept += 1;
+                mass += p.1;
+                if mass >= top_p {
+                    break;
+                }
+            }
+            let mut r = rng.gen::<f64>() * mass;
+            for &(i, p) in &probs[..kept] {
+                if r < p {
+                    return i as u32;
+                }
+                r -= p;
+            }
+            probs[kept - 1].0 as u32
+        }
+        let mut gen = StdRng::seed_from_u64(11);
+        for (vocab, spread, top_p) in [
+            (5000, 8.0, 1.0),
+            (5000, 0.01, 1.0),
+            (5000, 0.01, 0.9),
+            (300, 2.0, 0.5),
+        ] {
+            let logits: Vec<f32> = (0..vocab).map(|_| gen.gen::<f32>() * spread).collect();
+            let opts = SamplingOptions {
+                temperature: 0.8,
+                top_p,
+                seed: 5,
+                ..Default::default()
+            };
+            let mut s = Sampler::new(&opts).unwrap();
+            let mut rng = StdRng::seed_from_u64(5);
+            for _ in 0..200 {
+                assert_eq!(s.sample(&logits), reference(&mut rng, &logits, 0.8, top_p));
+            }
         }
     }
 
