@@ -106,14 +106,19 @@ impl Sampler {
                 whole = true;
             }
         };
-        let mut kept = 0;
-        let mut mass = 0.0;
-        for i in 0..probs.len() {
-            sort_rest(&mut probs, i);
-            kept += 1;
-            mass += probs[i].1;
-            if mass >= self.top_p {
-                break;
+        // the nucleus: the most probable tokens whose mass first reaches top_p; with
+        // top_p = 1 every token, mass 1 (the sum can round below 1, and walking the whole
+        // vocabulary to find that out would sort it all)
+        let (mut kept, mut mass) = (probs.len(), 1.0);
+        if self.top_p < 1.0 {
+            (kept, mass) = (0, 0.0);
+            for i in 0..probs.len() {
+                sort_rest(&mut probs, i);
+                kept += 1;
+                mass += probs[i].1;
+                if mass >= self.top_p {
+                    break;
+                }
             }
         }
         let probs = &mut probs[..kept];
@@ -213,8 +218,9 @@ mod tests {
         }
     }
 
-    /// The head-first sort draws exactly the tokens a whole stable sort draws, also
-    /// when the draw or the nucleus reaches past the sorted head (a flat distribution).
+    /// The head-first sort draws exactly the tokens a whole stable sort draws (with
+    /// top_p = 1 meaning every token, mass 1), also when the draw or the nucleus reaches
+    /// past the sorted head (a flat distribution).
     #[test]
     fn sorting_only_the_head_draws_what_a_whole_sort_draws() {
         fn reference(rng: &mut StdRng, logits: &[f32], temperature: f64, top_p: f64) -> u32 {
@@ -227,12 +233,15 @@ mod tests {
             let total: f64 = probs.iter().map(|p| p.1).sum();
             probs.iter_mut().for_each(|p| p.1 /= total);
             probs.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let (mut kept, mut mass) = (0, 0.0);
-            for p in &probs {
-                kept += 1;
-                mass += p.1;
-                if mass >= top_p {
-                    break;
+            let (mut kept, mut mass) = (probs.len(), 1.0);
+            if top_p < 1.0 {
+                (kept, mass) = (0, 0.0);
+                for p in &probs {
+                    kept += 1;
+                    mass += p.1;
+                    if mass >= top_p {
+                        break;
+                    }
                 }
             }
             let mut r = rng.gen::<f64>() * mass;

@@ -763,6 +763,21 @@ impl Transformer {
         let u = &self.weights.unembed;
         if let StoredTensor::Dense(w) = u {
             if w.dtype() == DType::F32 {
+                let (n, d) = x.dims2()?;
+                if !differentiable && n <= crate::kernels::FEW_ROWS && w.is_contiguous() {
+                    // decoding: a few rows against the whole vocabulary, without packing it
+                    let vocab = w.dim(0)?;
+                    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                    let (storage, layout) = w.storage_and_layout();
+                    let candle_core::Storage::Cpu(cpu) = &*storage else {
+                        return Ok(x.matmul(&w.t()?)?);
+                    };
+                    let all = cpu.as_slice::<f32>()?;
+                    let ws = &all[layout.start_offset()..layout.start_offset() + vocab * d];
+                    let mut logits = vec![0f32; n * vocab];
+                    crate::kernels::few_rows_nt(&mut logits, &xs, n, d, ws, vocab);
+                    return Ok(Tensor::from_vec(logits, (n, vocab), &Device::Cpu)?);
+                }
                 return Ok(x.matmul(&w.t()?)?);
             }
         }

@@ -12,6 +12,70 @@ pub enum What {
     /// Adam; median of 5 steps after a warm-up), as ../shared/bench/saelens_train_step.py
     #[command(alias = "sae-step")]
     Sae(SaeArgs),
+    /// Batched decoding (the model server's inner loop without HTTP): B sequences with a
+    /// 16-token prompt each, joined into one KV cache, then one forward per new token
+    Decode(DecodeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DecodeArgs {
+    #[arg(long)]
+    model: String,
+    /// Batch sizes to time, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    batch: Vec<usize>,
+    /// New tokens per sequence
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+}
+
+fn decode(a: DecodeArgs) -> Result<()> {
+    use glassbox_model::{KvCache, LogitsMode};
+    anyhow::ensure!(
+        a.tokens > 0 && a.batch.iter().all(|&b| b > 0),
+        "--batch and --tokens must be positive"
+    );
+    let model = open_model(&a.model)?;
+    let t = &model.transformer;
+    let vocab = model.config().d_vocab as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    for &b in &a.batch {
+        let start = Instant::now();
+        let mut parts = Vec::new();
+        for _ in 0..b {
+            let prompt: Vec<u32> = (0..16).map(|_| rng.gen_range(0..vocab)).collect();
+            let mut kv = KvCache::new(model.config());
+            t.run_cached(
+                &Batch::single(&prompt),
+                &mut Run::new().logits(LogitsMode::Last),
+                &mut kv,
+            )?;
+            parts.push(kv);
+        }
+        let prefill = start.elapsed().as_secs_f64();
+        let mut kv = KvCache::concat(parts)?;
+        let mut steps = Vec::new();
+        for _ in 0..a.tokens {
+            let next: Vec<Vec<u32>> = (0..b).map(|_| vec![rng.gen_range(0..vocab)]).collect();
+            let s = Instant::now();
+            t.run_cached(
+                &Batch::new(next),
+                &mut Run::new().logits(LogitsMode::Last),
+                &mut kv,
+            )?;
+            steps.push(s.elapsed().as_secs_f64());
+        }
+        let total: f64 = steps.iter().sum();
+        steps.sort_by(f64::total_cmp);
+        println!(
+            "glassbox decode batch={b}: {:.1} tokens/s ({} steps, median step {:.3} s; {b} prefills {:.2} s)",
+            (b * a.tokens) as f64 / total,
+            a.tokens,
+            steps[steps.len() / 2],
+            prefill
+        );
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -157,6 +221,7 @@ pub fn run(what: What) -> Result<()> {
     match what {
         What::Forward(a) => forward(a),
         What::Sae(a) => sae(a),
+        What::Decode(a) => decode(a),
     }
 }
 
