@@ -831,7 +831,7 @@ async fn whole(
         "system_fingerprint": fingerprint(st),
         "choices": [choice],
         "usage": usage(&done),
-        "glassbox": glassbox_field(st, &done, &tokens),
+        "glassbox": glassbox_field(st, &done, &shown),
     });
     let mut r = axum::Json(body).into_response();
     let flagged: Vec<&str> = done

@@ -147,12 +147,23 @@ pub fn keep_freed_buffers_for_reuse() -> bool {
 /// `b [out]` (checked when it runs: a bias of another length is an error).
 pub struct LinearOp {
     bias: Option<Arc<Vec<f32>>>,
+    few_rows: bool,
 }
 
 impl LinearOp {
     /// The op, adding `bias` (`[out]`) to every row when given.
     pub fn new(bias: Option<Arc<Vec<f32>>>) -> Self {
-        LinearOp { bias }
+        LinearOp {
+            bias,
+            few_rows: false,
+        }
+    }
+
+    /// With `yes`, up to [`FEW_ROWS`] rows go through [`few_rows_nt`] instead of the GEMM
+    /// (decoding steps; other passes keep the GEMM's numbers).
+    pub fn few_rows(mut self, yes: bool) -> Self {
+        self.few_rows = yes;
+        self
     }
 }
 
@@ -179,7 +190,7 @@ impl CustomOp2 for LinearOp {
                 candle_core::bail!("linear: bias of length {} for {out} outputs", b.len());
             }
         }
-        if n <= FEW_ROWS {
+        if self.few_rows && n <= FEW_ROWS {
             let mut dst = match &self.bias {
                 Some(b) => b.repeat(n),
                 None => vec![0f32; n * out],

@@ -166,6 +166,8 @@ struct Ctx<'r, 'h> {
     grad_filter: Option<&'r HookFilter>,
     cache: BTreeMap<String, Tensor>,
     grad_vars: Vec<(String, Var)>,
+    /// one new token per sequence against a KV cache (generation's steps)
+    decoding: bool,
     /// use differentiable compositions instead of fused kernels
     differentiable: bool,
 }
@@ -218,7 +220,9 @@ impl Ctx<'_, '_> {
 
 /// `x [n, in] · Wᵀ + b`. The differentiable path must use candle's matmul (it has a
 /// backward); the fast path writes the GEMM straight into its output.
-fn linear(x: &Tensor, l: &Linear, differentiable: bool) -> Result<Tensor> {
+/// `x · Wᵀ (+ b)`; `decoding` (one new token per sequence, with a KV cache) takes the
+/// few-rows kernel, so a sequence's numbers do not depend on the batch it decodes in.
+fn linear(x: &Tensor, l: &Linear, differentiable: bool, decoding: bool) -> Result<Tensor> {
     if !differentiable && l.weight.is_contiguous() {
         let bias = match &l.bias {
             Some(b) => Some(std::sync::Arc::new(b.to_vec1::<f32>()?)),
@@ -226,7 +230,7 @@ fn linear(x: &Tensor, l: &Linear, differentiable: bool) -> Result<Tensor> {
         };
         return Ok(x
             .contiguous()?
-            .apply_op2_no_bwd(&l.weight, &LinearOp::new(bias))?);
+            .apply_op2_no_bwd(&l.weight, &LinearOp::new(bias).few_rows(decoding))?);
     }
     let y = x.matmul(&l.weight.t()?)?;
     Ok(match &l.bias {
@@ -641,6 +645,7 @@ impl Transformer {
             cache: BTreeMap::new(),
             grad_vars: Vec::new(),
             differentiable: run.grads.is_some(),
+            decoding: kv.is_some() && batch.seq_len() == 1,
         };
 
         if run.start_at_layer.is_some() && kv.is_some() {
@@ -739,7 +744,8 @@ impl Transformer {
             };
             let x = self.norm(&x, &self.weights.ln_final, "ln_final", &mut ctx)?;
             let (bb, ss, d) = x.dims3()?;
-            let mut logits = self.unembed(&x.reshape((bb * ss, d))?, ctx.differentiable)?;
+            let mut logits =
+                self.unembed(&x.reshape((bb * ss, d))?, ctx.differentiable, ctx.decoding)?;
             if let Some(bias) = &self.weights.unembed_bias {
                 logits = logits.broadcast_add(bias)?;
             }
@@ -759,12 +765,13 @@ impl Transformer {
 
     /// `x [n, d_model] · W_Uᵀ`. A stored (bf16, quantized) unembedding is expanded a
     /// slice of the vocabulary at a time, straight into the logits buffer.
-    fn unembed(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    fn unembed(&self, x: &Tensor, differentiable: bool, decoding: bool) -> Result<Tensor> {
         let u = &self.weights.unembed;
         if let StoredTensor::Dense(w) = u {
             if w.dtype() == DType::F32 {
                 let (n, d) = x.dims2()?;
-                if !differentiable && n <= crate::kernels::FEW_ROWS && w.is_contiguous() {
+                if decoding && !differentiable && n <= crate::kernels::FEW_ROWS && w.is_contiguous()
+                {
                     // decoding: a few rows against the whole vocabulary, without packing it
                     let vocab = w.dim(0)?;
                     let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
@@ -849,7 +856,12 @@ impl Transformer {
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
         let per_head = split.is_some();
         let qkv = match &split {
-            None => linear(&x.reshape((b * s, d))?, &w.qkv, ctx.differentiable)?,
+            None => linear(
+                &x.reshape((b * s, d))?,
+                &w.qkv,
+                ctx.differentiable,
+                ctx.decoding,
+            )?,
             Some([qx, kx, vx]) => Tensor::cat(
                 &[
                     per_head_linear(qx, &w.q()?)?,
@@ -995,6 +1007,7 @@ impl Transformer {
             &z.contiguous()?.reshape((b * s, h * dh))?,
             &w.o,
             ctx.differentiable,
+            ctx.decoding,
         )?
         .reshape((b, s, d))
         .map_err(Into::into)
@@ -1029,7 +1042,7 @@ impl Transformer {
         let (b, s, d) = x.dims3()?;
         let m = self.config.d_mlp;
         let x2 = x.reshape((b * s, d))?;
-        let proj = linear(&x2, &w.mlp_in, ctx.differentiable)?;
+        let proj = linear(&x2, &w.mlp_in, ctx.differentiable, ctx.decoding)?;
         let post = if w.gated {
             let hooked = ctx.active()
                 && (ctx.wants(&format!("blocks.{l}.mlp.hook_pre"))
@@ -1055,10 +1068,13 @@ impl Transformer {
             self.activation(&pre)?
         };
         let post = ctx.hook(|| format!("blocks.{l}.mlp.hook_post"), post)?;
-        Ok(
-            linear(&post.reshape((b * s, m))?, &w.mlp_out, ctx.differentiable)?
-                .reshape((b, s, d))?,
-        )
+        Ok(linear(
+            &post.reshape((b * s, m))?,
+            &w.mlp_out,
+            ctx.differentiable,
+            ctx.decoding,
+        )?
+        .reshape((b, s, d))?)
     }
 }
 
