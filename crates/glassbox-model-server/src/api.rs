@@ -377,30 +377,25 @@ fn common(st: &State, f: &Fields, prompt_text: &str, kind: Kind) -> ApiResult<Co
         include_usage,
         params: SeqParams {
             prompt,
-            max_new_tokens: max_new,
-            temperature: f.f64("temperature", 0.0, 2.0)?.unwrap_or(1.0),
-            top_p: match f.f64("top_p", 0.0, 1.0)? {
-                Some(0.0) => return Err(ApiError::bad("`top_p` must be above 0", Some("top_p"))),
-                p => p.unwrap_or(1.0),
+            sampling: glassbox_model::SamplingOptions {
+                max_new_tokens: max_new,
+                temperature: f.f64("temperature", 0.0, 2.0)?.unwrap_or(1.0),
+                top_p: match f.f64("top_p", 0.0, 1.0)? {
+                    Some(0.0) => {
+                        return Err(ApiError::bad("`top_p` must be above 0", Some("top_p")))
+                    }
+                    p => p.unwrap_or(1.0),
+                },
+                seed,
+                stop_tokens: tok.stop_tokens(),
             },
-            seed,
-            stop_tokens: tok.stop_tokens(),
             stop_strings,
             top_logprobs,
-            edits_on: Vec::new(),
-            monitors_on: Vec::new(),
+            edits_on,
+            monitors_on,
             deadline: Instant::now() + st.opts.request_timeout,
-        }
-        .with_switches(edits_on, monitors_on),
+        },
     })
-}
-
-impl SeqParams {
-    fn with_switches(mut self, edits_on: Vec<bool>, monitors_on: Vec<bool>) -> Self {
-        self.edits_on = edits_on;
-        self.monitors_on = monitors_on;
-        self
-    }
 }
 
 /// The policy's defaults, changed by the request's `glassbox` field (`extra_body` in the
@@ -584,8 +579,8 @@ async fn respond(st: Arc<State>, headers: HeaderMap, body: Body, kind: Kind) -> 
         Kind::Text => "completions",
     };
     let r = match start(&st, &headers, body, kind).await {
-        Ok((c, rx, id)) if c.stream => stream(st.clone(), c, rx, id, kind, t0),
-        Ok((c, rx, id)) => whole(&st, c, rx, id, kind, t0)
+        Ok((c, rx, id)) if c.stream => stream(st.clone(), c, rx, id, kind),
+        Ok((c, rx, id)) => whole(&st, c, rx, id, kind)
             .await
             .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
@@ -793,7 +788,6 @@ async fn whole(
     mut rx: UnboundedReceiver<Event>,
     id: String,
     kind: Kind,
-    _t0: Instant,
 ) -> ApiResult<Response> {
     let mut tokens: Vec<TokenInfo> = Vec::new();
     let done = loop {
@@ -866,7 +860,6 @@ fn stream(
     rx: UnboundedReceiver<Event>,
     id: String,
     kind: Kind,
-    _t0: Instant,
 ) -> Response {
     let created = now_s();
     let object = if kind == Kind::Chat {

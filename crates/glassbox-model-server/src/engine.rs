@@ -25,16 +25,9 @@ use tokio::sync::mpsc::UnboundedSender;
 pub struct SeqParams {
     /// the prompt's token ids (BOS included where the model wants it)
     pub prompt: Vec<u32>,
-    /// the most tokens to generate
-    pub max_new_tokens: usize,
-    /// 0: greedy
-    pub temperature: f64,
-    /// nucleus mass
-    pub top_p: f64,
-    /// the sampler's seed (equal seeds, equal tokens)
-    pub seed: u64,
-    /// tokens that end the completion (not part of its text)
-    pub stop_tokens: Vec<u32>,
+    /// how tokens are picked and when generation stops (`generate`'s own options:
+    /// equal options, equal tokens)
+    pub sampling: SamplingOptions,
     /// strings that end the completion (not part of its text)
     pub stop_strings: Vec<String>,
     /// `Some(n)`: each token's log-probability and the `n` most probable alternatives
@@ -341,14 +334,7 @@ impl Worker {
             ));
             return None;
         }
-        let opts = SamplingOptions {
-            max_new_tokens: job.params.max_new_tokens,
-            temperature: job.params.temperature,
-            top_p: job.params.top_p,
-            seed: job.params.seed,
-            stop_tokens: job.params.stop_tokens.clone(),
-        };
-        let sampler = match Sampler::new(&opts) {
+        let sampler = match Sampler::new(&job.params.sampling) {
             Ok(s) => s,
             Err(e) => {
                 let _ = job.events.send(Event::Failed(e.to_string()));
@@ -558,7 +544,7 @@ impl Worker {
             }
             None => (None, Vec::new()),
         };
-        let is_stop = p.stop_tokens.contains(&t);
+        let is_stop = p.sampling.stop_tokens.contains(&t);
         seq.pending.push(TokenInfo {
             id: t,
             text: if is_stop {
@@ -589,7 +575,8 @@ impl Worker {
         if is_stop {
             seq.finish = Some(FinishReason::Stop);
         } else if seq.finish.is_none()
-            && (seq.generated.len() >= p.max_new_tokens || seq.len + 1 > self.model.config().n_ctx)
+            && (seq.generated.len() >= p.sampling.max_new_tokens
+                || seq.len + 1 > self.model.config().n_ctx)
         {
             // max_tokens, or no room left in the context for the token just sampled
             seq.finish = Some(FinishReason::Length);
