@@ -160,7 +160,7 @@ impl LinearOp {
     }
 
     /// With `yes`, up to [`FEW_ROWS`] rows go through [`few_rows_nt`] instead of the GEMM
-    /// (decoding steps; other passes keep the GEMM's numbers).
+    /// (generation's passes, with a KV cache; other passes keep the GEMM's numbers).
     pub fn few_rows(mut self, yes: bool) -> Self {
         self.few_rows = yes;
         self
@@ -250,9 +250,49 @@ pub const FEW_ROWS: usize = 32;
 /// `dst[i, j] += x[i] · w[j]` for `x [n, k]`, `w [out, k]`, `dst [n, out]`, all
 /// row-major: each weight row is read once and dotted with every input row. Every
 /// output is the same dot product in the same order whatever `n` is, so a sequence
-/// decoded in a batch gets exactly the numbers it gets alone. AVX2 + FMA when the CPU
-/// has them (checked at run time), plain arithmetic otherwise.
+/// decoded in a batch gets exactly the numbers it gets alone (on one machine: AVX-512,
+/// else AVX2 + FMA, else plain arithmetic, checked at run time, each sum in its own
+/// order).
 pub fn few_rows_nt(dst: &mut [f32], x: &[f32], n: usize, k: usize, w: &[f32], out: usize) {
+    few_rows_nt_on(Isa::detect(), dst, x, n, k, w, out)
+}
+
+/// The instruction sets [`few_rows_nt`] has a kernel for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2Fma,
+    Plain,
+}
+
+impl Isa {
+    /// The widest the CPU has (checked at run time).
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Plain
+    }
+
+    /// This one and every narrower one the CPU can run (the tests try each).
+    #[cfg(test)]
+    fn available() -> Vec<Isa> {
+        let all = [Isa::Avx512, Isa::Avx2Fma, Isa::Plain];
+        let widest = all.iter().position(|&i| i == Isa::detect()).unwrap_or(2);
+        all[widest..].to_vec()
+    }
+}
+
+/// [`few_rows_nt`] on a given instruction set, which the CPU must have.
+fn few_rows_nt_on(isa: Isa, dst: &mut [f32], x: &[f32], n: usize, k: usize, w: &[f32], out: usize) {
     assert!(
         dst.len() == n * out && x.len() == n * k && w.len() == out * k,
         "few_rows_nt: slice sizes"
@@ -268,32 +308,33 @@ pub fn few_rows_nt(dst: &mut [f32], x: &[f32], n: usize, k: usize, w: &[f32], ou
         .for_each(|(c, tc)| {
             let j0 = c * ROWS_PER_TASK;
             let rows = tc.len() / n;
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // four weight rows at a time (the last block repeats its last row)
-                for r0 in (0..rows).step_by(4) {
-                    let pick = |r: usize| {
-                        let j = j0 + (r0 + r).min(rows - 1);
-                        &w[j * k..(j + 1) * k]
-                    };
-                    let mut block = [0f32; 4 * FEW_ROWS];
-                    // SAFETY: the CPU has the features; every slice is k long, x is n × k.
-                    unsafe {
-                        dots4_avx2_fma([pick(0), pick(1), pick(2), pick(3)], x, n, k, &mut block)
-                    };
-                    for r in 0..4.min(rows - r0) {
-                        tc[(r0 + r) * n..(r0 + r + 1) * n]
-                            .copy_from_slice(&block[r * n..(r + 1) * n]);
+            if isa == Isa::Plain {
+                for (r, row) in tc.chunks_mut(n).enumerate() {
+                    let wj = &w[(j0 + r) * k..(j0 + r + 1) * k];
+                    for (i, o) in row.iter_mut().enumerate() {
+                        *o = dot(wj, &x[i * k..(i + 1) * k]);
                     }
                 }
                 return;
             }
-            for (r, row) in tc.chunks_mut(n).enumerate() {
-                let wj = &w[(j0 + r) * k..(j0 + r + 1) * k];
-                for (i, o) in row.iter_mut().enumerate() {
-                    *o = dot(wj, &x[i * k..(i + 1) * k]);
+            // four weight rows at a time (the last block repeats its last row)
+            for r0 in (0..rows).step_by(4) {
+                let pick = |r: usize| {
+                    let j = j0 + (r0 + r).min(rows - 1);
+                    &w[j * k..(j + 1) * k]
+                };
+                let four = [pick(0), pick(1), pick(2), pick(3)];
+                let mut block = [0f32; 4 * FEW_ROWS];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa` is one the CPU has (detect); every slice is k long, x is n × k.
+                unsafe {
+                    match isa {
+                        Isa::Avx512 => dots4_avx512(four, x, n, k, &mut block),
+                        _ => dots4_avx2_fma(four, x, n, k, &mut block),
+                    }
+                }
+                for r in 0..4.min(rows - r0) {
+                    tc[(r0 + r) * n..(r0 + r + 1) * n].copy_from_slice(&block[r * n..(r + 1) * n]);
                 }
             }
         });
@@ -304,15 +345,44 @@ pub fn few_rows_nt(dst: &mut [f32], x: &[f32], n: usize, k: usize, w: &[f32], ou
     }
 }
 
-/// `out[r * n + i] = w[r] · x[i]` for four weight rows and `n ≤ FEW_ROWS` input rows:
-/// each step loads one 8-wide slice of an input row and does four FMAs with the weight
-/// rows, which stay in L1 while every input row passes. Each output's order of
-/// additions depends on `k` only.
+/// `out[r * n + i] = w[r] · x[i]` for four weight rows and `n ≤ FEW_ROWS` input rows,
+/// [`X_BLOCK`] input rows at a time (the last few one by one): each step loads the
+/// four weight slices once and meets every input slice of the block (a kernel that
+/// loads both operands for every FMA is bound by loads, not arithmetic). Each output is
+/// the same sequence of FMAs over 8 lanes and the same reduction in either block, so
+/// its value depends on `k` only, never on `n`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dots4_avx2_fma(w: [&[f32]; 4], x: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    assert!(x.len() >= n * k && out.len() >= 4 * n && w.iter().all(|r| r.len() == k));
+    let mut i = 0;
+    while i + X_BLOCK <= n {
+        dots4_block::<X_BLOCK>(w, x, i, n, k, out);
+        i += X_BLOCK;
+    }
+    while i < n {
+        dots4_block::<1>(w, x, i, n, k, out);
+        i += 1;
+    }
+}
+
+/// Input rows per block of [`dots4_avx2_fma`]: 4 × X_BLOCK accumulators, four weight
+/// registers and one input register must fit in the 16 AVX2 registers (three spill).
+#[cfg(target_arch = "x86_64")]
+const X_BLOCK: usize = 2;
+
+/// Rows `i..i + Q` of [`dots4_avx2_fma`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots4_block<const Q: usize>(
+    w: [&[f32]; 4],
+    x: &[f32],
+    i: usize,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    // iterators, not indices: no bounds or pointer checks in the loop, even in dev builds
     let hsum = |v: __m256| {
         // a fixed reduction: high half onto low, then pairs, then the last two
         let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -320,32 +390,104 @@ unsafe fn dots4_avx2_fma(w: [&[f32]; 4], x: &[f32], n: usize, k: usize, out: &mu
         _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)))
     };
     let k8 = k / 8 * 8;
-    for (i, xi) in x.chunks_exact(k).take(n).enumerate() {
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        let lanes = xi
-            .chunks_exact(8)
-            .zip(w[0].chunks_exact(8))
-            .zip(w[1].chunks_exact(8))
-            .zip(w[2].chunks_exact(8))
-            .zip(w[3].chunks_exact(8));
-        for ((((xc, c0), c1), c2), c3) in lanes {
-            let xv = _mm256_loadu_ps(xc.as_ptr());
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(c0.as_ptr()), xv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(c1.as_ptr()), xv, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(c2.as_ptr()), xv, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(c3.as_ptr()), xv, a3);
+    let wp = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
+    let rows: [*const f32; Q] = std::array::from_fn(|q| x[(i + q) * k..].as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); Q]; 4];
+    let mut c = 0;
+    while c < k8 {
+        // SAFETY (caller): c + 8 <= k8 <= k, every row pointer starts a k-long slice
+        let wv = [
+            _mm256_loadu_ps(wp[0].add(c)),
+            _mm256_loadu_ps(wp[1].add(c)),
+            _mm256_loadu_ps(wp[2].add(c)),
+            _mm256_loadu_ps(wp[3].add(c)),
+        ];
+        for q in 0..Q {
+            let xv = _mm256_loadu_ps(rows[q].add(c));
+            for r in 0..4 {
+                acc[r][q] = _mm256_fmadd_ps(wv[r], xv, acc[r][q]);
+            }
         }
-        for (r, acc) in [a0, a1, a2, a3].into_iter().enumerate() {
-            let mut sum = hsum(acc);
+        c += 8;
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (q, &a) in row.iter().enumerate() {
+            let xi = &x[(i + q) * k..(i + q + 1) * k];
+            let mut sum = hsum(a);
             for (wq, xq) in w[r][k8..].iter().zip(&xi[k8..]) {
                 sum = wq.mul_add(*xq, sum);
             }
-            out[r * n + i] = sum;
+            out[r * n + i + q] = sum;
+        }
+    }
+}
+
+/// [`dots4_avx2_fma`] with 16 lanes and 32 registers: four input rows per block (16
+/// accumulators), the last few one by one. Its sums differ from the AVX2 kernel's in
+/// the last bits (another order), but again depend on `k` only.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots4_avx512(w: [&[f32]; 4], x: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    assert!(x.len() >= n * k && out.len() >= 4 * n && w.iter().all(|r| r.len() == k));
+    let mut i = 0;
+    while i + 4 <= n {
+        dots4_block512::<4>(w, x, i, n, k, out);
+        i += 4;
+    }
+    while i < n {
+        dots4_block512::<1>(w, x, i, n, k, out);
+        i += 1;
+    }
+}
+
+/// Rows `i..i + Q` of [`dots4_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots4_block512<const Q: usize>(
+    w: [&[f32]; 4],
+    x: &[f32],
+    i: usize,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let k16 = k / 16 * 16;
+    let wp = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
+    let rows: [*const f32; Q] = std::array::from_fn(|q| x[(i + q) * k..].as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); Q]; 4];
+    let mut c = 0;
+    while c < k16 {
+        // SAFETY (caller): c + 16 <= k16 <= k, every row pointer starts a k-long slice
+        let wv = [
+            _mm512_loadu_ps(wp[0].add(c)),
+            _mm512_loadu_ps(wp[1].add(c)),
+            _mm512_loadu_ps(wp[2].add(c)),
+            _mm512_loadu_ps(wp[3].add(c)),
+        ];
+        for q in 0..Q {
+            let xv = _mm512_loadu_ps(rows[q].add(c));
+            for r in 0..4 {
+                acc[r][q] = _mm512_fmadd_ps(wv[r], xv, acc[r][q]);
+            }
+        }
+        c += 16;
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (q, &a) in row.iter().enumerate() {
+            let xi = &x[(i + q) * k..(i + q + 1) * k];
+            // a fixed reduction: 512 → 256 → 128 bits, then pairs, then the last two
+            let h = _mm256_add_ps(
+                _mm512_castps512_ps256(a),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)),
+            );
+            let v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+            let mut sum = _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+            for (wq, xq) in w[r][k16..].iter().zip(&xi[k16..]) {
+                sum = wq.mul_add(*xq, sum);
+            }
+            out[r * n + i + q] = sum;
         }
     }
 }
@@ -757,5 +899,58 @@ mod tests {
         assert!(worst < 5e-7, "worst relative error {worst}");
         assert!(fast_exp(-1000.0) < 1e-37);
         assert!(fast_exp(88.0).is_finite() && fast_exp(f32::NAN).is_nan());
+    }
+
+    /// A cheap deterministic pseudo-random fill in [-1, 1).
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn few_rows_product_is_right_and_the_same_whatever_the_batch() {
+        // widths with and without an 8-lane tail; outputs not a multiple of 4 or 64
+        for (isa, (k, out)) in Isa::available()
+            .into_iter()
+            .flat_map(|isa| [(37usize, 70usize), (64, 131), (576, 9)].map(|ko| (isa, ko)))
+        {
+            let w = fill(out * k, 1);
+            let x = fill(FEW_ROWS * k, 2);
+            let alone: Vec<Vec<f32>> = (0..FEW_ROWS)
+                .map(|i| {
+                    let mut d = vec![0f32; out];
+                    few_rows_nt_on(isa, &mut d, &x[i * k..(i + 1) * k], 1, k, &w, out);
+                    d
+                })
+                .collect();
+            for n in 1..=FEW_ROWS {
+                let mut d = vec![0.5f32; n * out]; // accumulates onto what is there
+                few_rows_nt_on(isa, &mut d, &x[..n * k], n, k, &w, out);
+                for i in 0..n {
+                    for j in 0..out {
+                        let exact: f64 = (0..k)
+                            .map(|c| w[j * k + c] as f64 * x[i * k + c] as f64)
+                            .sum::<f64>()
+                            + 0.5;
+                        let got = d[i * out + j];
+                        assert!(
+                            (got as f64 - exact).abs() < 1e-4,
+                            "{isa:?} k {k} n {n} [{i},{j}]"
+                        );
+                        // bitwise: the same row gets the same numbers in any batch
+                        assert_eq!(got, alone[i][j] + 0.5, "{isa:?} k {k} n {n} [{i},{j}]");
+                    }
+                }
+            }
+        }
     }
 }
