@@ -166,7 +166,8 @@ struct Ctx<'r, 'h> {
     grad_filter: Option<&'r HookFilter>,
     cache: BTreeMap<String, Tensor>,
     grad_vars: Vec<(String, Var)>,
-    /// one new token per sequence against a KV cache (generation's steps)
+    /// a pass with a KV cache (generation: its prompt and every step); up to
+    /// `FEW_ROWS` token rows then take the few-rows kernel instead of the GEMM
     decoding: bool,
     /// use differentiable compositions instead of fused kernels
     differentiable: bool,
@@ -220,8 +221,9 @@ impl Ctx<'_, '_> {
 
 /// `x [n, in] · Wᵀ + b`. The differentiable path must use candle's matmul (it has a
 /// backward); the fast path writes the GEMM straight into its output.
-/// `x · Wᵀ (+ b)`; `decoding` (one new token per sequence, with a KV cache) takes the
-/// few-rows kernel, so a sequence's numbers do not depend on the batch it decodes in.
+/// `x · Wᵀ (+ b)`; `decoding` (a pass with a KV cache) takes the few-rows kernel up to
+/// `FEW_ROWS` rows, so a sequence's numbers do not depend on the batch it decodes in and
+/// a short prompt does not pay for packing the weights.
 fn linear(x: &Tensor, l: &Linear, differentiable: bool, decoding: bool) -> Result<Tensor> {
     if !differentiable && l.weight.is_contiguous() {
         let bias = match &l.bias {
@@ -645,7 +647,9 @@ impl Transformer {
             cache: BTreeMap::new(),
             grad_vars: Vec::new(),
             differentiable: run.grads.is_some(),
-            decoding: kv.is_some() && batch.seq_len() == 1,
+            // generation's passes; the others keep the GEMM's numbers, which analyses
+            // compare exactly between runs of different shapes
+            decoding: kv.is_some(),
         };
 
         if run.start_at_layer.is_some() && kv.is_some() {
