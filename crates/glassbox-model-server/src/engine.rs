@@ -1,6 +1,7 @@
 //! The decoding engine: one thread owns the model and serves every request by
-//! continuous batching. A request joins between steps (its prompt is run alone, its KV
-//! cache then joins the batch's, left-padded), each step is one forward pass over the
+//! continuous batching. Requests join between steps (the prompts that arrived together
+//! run as one left-padded pass, their KV caches then join the batch's), each step is
+//! one forward pass over the
 //! newest token of every active sequence, and a finished sequence leaves between steps.
 //! Edits and monitors act per sequence, at the sequence's own positions: batching
 //! changes the speed, not the tokens (f32 summation order aside).
@@ -10,8 +11,9 @@ use crate::policy::{Action, Edit, EditOp, Policy, Reader};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use glassbox_model::{
-    Batch, HookFilter, KvCache, LogitsMode, Model, Run, Sampler, SamplingOptions,
+    Batch, HookFilter, KvCache, LogitsMode, Model, PaddingSide, Run, Sampler, SamplingOptions,
 };
+use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -236,6 +238,8 @@ struct Seq {
 
 /// Per row of a pass: where its positions start, what acts on it.
 struct RowPlan<'a> {
+    /// padding before the row's tokens in this pass (a prefill of unequal prompts)
+    pad: usize,
     first_position: usize,
     edits: Vec<&'a Edit>,
     monitors: Vec<usize>,
@@ -248,10 +252,10 @@ impl Worker {
         let mut active: Vec<Seq> = Vec::new();
         let mut kv: Option<KvCache> = None;
         loop {
-            // join: new requests between steps
-            let mut joined = Vec::new();
-            while active.len() + joined.len() < self.max_batch {
-                let job = if active.is_empty() && joined.is_empty() {
+            // join: the requests waiting between steps, their prompts in one pass
+            let mut waiting = Vec::new();
+            while active.len() + waiting.len() < self.max_batch {
+                let job = if active.is_empty() && waiting.is_empty() {
                     match rx.recv() {
                         Ok(j) => j,
                         Err(_) => return,
@@ -263,17 +267,17 @@ impl Worker {
                     }
                 };
                 self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                match self.prefill(job) {
-                    Some((seq, cache)) => joined.push((seq, cache)),
-                    None => continue,
-                }
+                waiting.extend(self.admit(job));
             }
-            if !joined.is_empty() {
-                let mut parts: Vec<KvCache> = kv.take().into_iter().collect();
-                for (seq, cache) in joined {
-                    active.push(seq);
+            let mut parts: Vec<KvCache> = Vec::new();
+            for group in prefill_groups(waiting) {
+                if let Some((seqs, cache)) = self.prefill(group) {
+                    active.extend(seqs);
                     parts.push(cache);
                 }
+            }
+            if !parts.is_empty() {
+                parts.splice(0..0, kv.take());
                 match KvCache::concat(parts) {
                     Ok(c) => kv = Some(c),
                     Err(e) => {
@@ -322,9 +326,9 @@ impl Worker {
         }
     }
 
-    /// Runs a new request's prompt alone and produces its first token; `None` when the
-    /// request is already over (cancelled, timed out, failed, or done in one token).
-    fn prefill(&self, job: Job) -> Option<(Seq, KvCache)> {
+    /// A new request's sequence, its prompt not yet run; `None` when the request is
+    /// already over (cancelled, timed out in the queue, or refused by the sampler).
+    fn admit(&self, job: Job) -> Option<Seq> {
         if job.events.is_closed() {
             return None;
         }
@@ -342,7 +346,7 @@ impl Worker {
             }
         };
         let n_mon = self.policy.monitors.len();
-        let mut seq = Seq {
+        Some(Seq {
             edits_on: job.params.edits_on.clone(),
             sampler,
             generated: Vec::new(),
@@ -356,28 +360,75 @@ impl Worker {
             first_token_s: None,
             finish: None,
             job,
+        })
+    }
+
+    /// Runs the prompts of `seqs` as one left-padded pass and samples each one's first
+    /// token; returns the sequences that go on and their KV cache (`None` when none
+    /// does). Padding is masked and every edit acts at the row's own positions, so a
+    /// prompt gets the numbers it gets alone (f32 summation order aside).
+    fn prefill(&self, mut seqs: Vec<Seq>) -> Option<(Vec<Seq>, KvCache)> {
+        let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.job.params.prompt.clone()).collect();
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let batch = if prompts.iter().all(|p| p.len() == longest) {
+            Batch::new(prompts.clone())
+        } else {
+            Batch::padded(&prompts, 0, PaddingSide::Left)
         };
+        let plans: Vec<RowPlan> = seqs
+            .iter()
+            .zip(&prompts)
+            .map(|(s, p)| RowPlan {
+                pad: longest - p.len(),
+                ..self.plan(s)
+            })
+            .collect();
         let mut cache = KvCache::new(self.model.config());
-        let prompt = seq.job.params.prompt.clone();
-        let result = self
-            .forward(&Batch::single(&prompt), &mut cache, &[self.plan(&seq)])
-            .and_then(|(logits, readings)| {
-                seq.len = prompt.len();
-                self.advance(&mut seq, &logits[0], &readings[0])
-            });
-        if let Err(e) = result {
-            let _ = seq.job.events.send(Event::Failed(e.to_string()));
+        let result = self.forward(&batch, &mut cache, &plans);
+        drop(plans);
+        let (logits, readings) = match result {
+            Ok(out) => out,
+            Err(e) => {
+                for s in &seqs {
+                    let _ = s.job.events.send(Event::Failed(e.to_string()));
+                }
+                return None;
+            }
+        };
+        let mut keep = Vec::with_capacity(seqs.len());
+        for (r, seq) in seqs.iter_mut().enumerate() {
+            seq.len = prompts[r].len();
+            match self.advance(seq, &logits[r], &readings[r]) {
+                Err(e) => {
+                    let _ = seq.job.events.send(Event::Failed(e.to_string()));
+                    keep.push(false);
+                }
+                Ok(()) if seq.finish.is_some() => {
+                    self.finish(seq);
+                    keep.push(false);
+                }
+                Ok(()) => keep.push(true),
+            }
+        }
+        if !keep.iter().any(|&k| k) {
             return None;
         }
-        if seq.finish.is_some() {
-            self.finish(&mut seq);
-            return None;
+        if keep.iter().any(|&k| !k) {
+            if let Err(e) = cache.retain(&keep) {
+                for (s, _) in seqs.iter().zip(&keep).filter(|(_, &k)| k) {
+                    let _ = s.job.events.send(Event::Failed(e.to_string()));
+                }
+                return None;
+            }
+            let mut flags = keep.iter();
+            seqs.retain(|_| *flags.next().unwrap_or(&false));
         }
-        Some((seq, cache))
+        Some((seqs, cache))
     }
 
     fn plan<'a>(&'a self, seq: &Seq) -> RowPlan<'a> {
         RowPlan {
+            pad: 0,
             first_position: seq.len,
             edits: self
                 .policy
@@ -399,10 +450,15 @@ impl Worker {
         let plans: Vec<RowPlan> = active.iter().map(|s| self.plan(s)).collect();
         let (logits, readings) = self.forward(&batch, kv, &plans)?;
         drop(plans);
-        for (r, seq) in active.iter_mut().enumerate() {
-            seq.len += 1;
-            self.advance(seq, &logits[r], &readings[r])?;
-        }
+        // sequences are independent: sample them in parallel (a softmax over the
+        // vocabulary each, a tenth of a step at 16 sequences)
+        active
+            .par_iter_mut()
+            .zip(logits.par_iter().zip(&readings))
+            .try_for_each(|(seq, (logits, readings))| {
+                seq.len += 1;
+                self.advance(seq, logits, readings)
+            })?;
         Ok(())
     }
 
@@ -441,13 +497,14 @@ impl Worker {
                 if edits.is_empty() && reads.is_empty() {
                     continue;
                 }
-                let firsts: Vec<usize> = plans.iter().map(|p| p.first_position).collect();
+                let starts: Vec<(usize, usize)> =
+                    plans.iter().map(|p| (p.pad, p.first_position)).collect();
                 let readings = &readings;
                 run = run.hook(filter.clone(), move |_, x| {
                     let x = if edits.is_empty() {
                         x
                     } else {
-                        apply_rows(x, &edits, &firsts)?
+                        apply_rows(x, &edits, &starts)?
                     };
                     let s = x.dim(1)?;
                     for &(r, m) in &reads {
@@ -671,22 +728,57 @@ impl Worker {
     }
 }
 
-/// `x` with each listed row's edits applied at that row's positions.
+/// `x` with each listed row's edits applied at that row's positions; `starts[r]` is
+/// the row's padding (left alone) and the position of its first real token.
 fn apply_rows(
     x: Tensor,
     edits: &[(usize, Vec<&EditOp>)],
-    firsts: &[usize],
+    starts: &[(usize, usize)],
 ) -> glassbox_model::Result<Tensor> {
-    let b = x.dim(0)?;
+    let (b, s) = (x.dim(0)?, x.dim(1)?);
     let mut rows: Vec<Tensor> = (0..b)
         .map(|r| x.narrow(0, r, 1))
         .collect::<Result<_, _>>()?;
     for (r, ops) in edits {
+        let (pad, first) = starts[*r];
+        let mut real = rows[*r].narrow(1, pad, s - pad)?;
         for op in ops {
-            rows[*r] = apply(op, &rows[*r], firsts[*r])?;
+            real = apply(op, &real, first)?;
         }
+        rows[*r] = if pad == 0 {
+            real
+        } else {
+            Tensor::cat(&[rows[*r].narrow(1, 0, pad)?, real], 1)?
+        };
     }
     Ok(Tensor::cat(&rows, 0)?)
+}
+
+/// Groups of waiting sequences whose prompts run together: by length, a group closing
+/// when padding would more than double its tokens or it would pass 4,096 positions.
+fn prefill_groups(mut seqs: Vec<Seq>) -> Vec<Vec<Seq>> {
+    const MAX_POSITIONS: usize = 4096;
+    seqs.sort_by_key(|s| s.job.params.prompt.len());
+    let mut groups: Vec<Vec<Seq>> = Vec::new();
+    let mut real = 0;
+    for seq in seqs {
+        let len = seq.job.params.prompt.len();
+        let fits = groups.last().is_some_and(|g| {
+            let padded = (g.len() + 1) * len; // sorted: the newcomer is the longest
+            padded <= 2 * (real + len) && padded <= MAX_POSITIONS
+        });
+        match groups.last_mut() {
+            Some(g) if fits => {
+                real += len;
+                g.push(seq);
+            }
+            _ => {
+                real = len;
+                groups.push(vec![seq]);
+            }
+        }
+    }
+    groups
 }
 
 /// One edit on one sequence's activation `[1, seq, …]`.
