@@ -387,7 +387,12 @@ fn common(st: &State, f: &Fields, prompt_text: &str, kind: Kind) -> ApiResult<Co
                     p => p.unwrap_or(1.0),
                 },
                 seed,
-                stop_tokens: tok.stop_tokens(),
+                // vLLM's extension: go on past end-of-sequence (benchmarks, min lengths)
+                stop_tokens: if f.bool("ignore_eos")?.unwrap_or(false) {
+                    Vec::new()
+                } else {
+                    tok.stop_tokens()
+                },
             },
             stop_strings,
             top_logprobs,
