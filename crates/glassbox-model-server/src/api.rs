@@ -42,11 +42,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// OpenAI's error object
+    fn body(&self) -> Value {
+        json!({"message": self.message, "type": self.kind, "param": self.param, "code": self.code})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
-        }});
+        let body = json!({ "error": self.body() });
         let mut r = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut()
@@ -654,6 +659,19 @@ fn submit(
     })
 }
 
+/// 504: the request's timeout passed while it waited for a place in the batch.
+fn queue_timeout() -> ApiError {
+    ApiError {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        kind: "timeout",
+        message: "the request timed out in the queue before it ran (--request-timeout); \
+                  the server is busy, retry later"
+            .into(),
+        param: None,
+        code: Some("queue_timeout"),
+    }
+}
+
 fn server_error(msg: String) -> ApiError {
     ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -800,6 +818,7 @@ async fn whole(
             Some(Event::Text { tokens: t, .. }) => tokens.extend(t),
             Some(Event::Done(d)) => break d,
             Some(Event::Failed(msg)) => return Err(server_error(msg)),
+            Some(Event::QueueTimeout) => return Err(queue_timeout()),
             None => return Err(server_error("the engine dropped the request".into())),
         }
     };
@@ -964,6 +983,10 @@ fn stream(
                 }
                 Some(Event::Failed(msg)) => {
                     lines.push(json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}}).to_string());
+                    s.over = true;
+                }
+                Some(Event::QueueTimeout) => {
+                    lines.push(json!({"error": queue_timeout().body()}).to_string());
                     s.over = true;
                 }
                 None => s.over = true,

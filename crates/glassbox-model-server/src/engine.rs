@@ -117,6 +117,8 @@ pub enum Event {
     Done(Box<Finished>),
     /// the request failed inside the model (the message says why)
     Failed(String),
+    /// the request waited in the queue past its deadline and never ran
+    QueueTimeout,
 }
 
 /// The end of a completion.
@@ -333,9 +335,7 @@ impl Worker {
             return None;
         }
         if Instant::now() > job.params.deadline {
-            let _ = job.events.send(Event::Failed(
-                "the request timed out in the queue; retry later".into(),
-            ));
+            let _ = job.events.send(Event::QueueTimeout);
             return None;
         }
         let sampler = match Sampler::new(&job.params.sampling) {
