@@ -25,11 +25,13 @@ fn engine(max_batch: usize) -> Option<Engine> {
     Some(e)
 }
 
+/// `seed` also sets the length, 8 + 2 · seed tokens: sequences leave the batch one
+/// by one.
 fn params(prompt: Vec<u32>, seed: u64, deadline: Instant) -> SeqParams {
     SeqParams {
         prompt,
         sampling: SamplingOptions {
-            max_new_tokens: 12,
+            max_new_tokens: 8 + 2 * seed as usize,
             temperature: 0.8,
             top_p: 0.95,
             seed,
@@ -93,7 +95,7 @@ fn sequences_decoded_together_get_the_tokens_each_gets_alone() {
         .collect();
     let together: Vec<_> = queued.into_iter().map(collect).collect();
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert_eq!(a.len(), 12, "sequence {i} generated all its tokens");
+        assert_eq!(a.len(), 8 + 2 * i, "sequence {i} generated all its tokens");
         let ids = |v: &[(u32, f64)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
         assert_eq!(ids(a), ids(t), "sequence {i}: batching changed its tokens");
         for ((_, la), (_, lt)) in a.iter().zip(t) {

@@ -23,17 +23,68 @@ pub struct Transformer {
 
 /// Keys and values of past positions, for generation.
 pub struct KvCache {
-    /// per layer: keys and values `[batch, kv_heads, past, d_head]`
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// per layer: keys and values of the positions cached so far
+    layers: Vec<Option<LayerKv>>,
     key_mask: Vec<Vec<bool>>,
     key_pos: Vec<Vec<u32>>,
+}
+
+/// One layer's keys and values: buffers `[batch, kv_heads, capacity, d_head]` whose
+/// first `len` positions are filled. A decoding step writes its one new position in
+/// place (the capacity doubles when full) instead of copying the whole past into a new
+/// tensor, which cost a tenth of a step at 16 sequences and 70 positions.
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerKv {
+    /// A layer holding exactly `k` and `v` (`[batch, kv_heads, t, d_head]`).
+    fn new(k: Tensor, v: Tensor) -> Result<Self> {
+        let len = k.dim(2)?;
+        Ok(LayerKv {
+            k: k.contiguous()?,
+            v: v.contiguous()?,
+            len,
+        })
+    }
+
+    /// The filled positions, as views of the buffers (each head's `[t, d_head]`
+    /// contiguous, which the attention kernel reads).
+    fn keys_values(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
+    }
+
+    /// Writes `k` and `v` (`[batch, kv_heads, s, d_head]`) after the filled positions.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let s = k.dim(2)?;
+        let cap = self.k.dim(2)?;
+        if self.len + s > cap {
+            let grown = |x: &Tensor| -> Result<Tensor> {
+                let (b, h, _, d) = x.dims4()?;
+                let new_cap = (self.len + s).max(2 * cap).max(16);
+                let buf = Tensor::zeros((b, h, new_cap, d), x.dtype(), x.device())?;
+                buf.slice_set(&x.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                Ok(buf)
+            };
+            (self.k, self.v) = (grown(&self.k)?, grown(&self.v)?);
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += s;
+        Ok(())
+    }
 }
 
 impl KvCache {
     /// An empty cache with a slot per layer of `cfg`.
     pub fn new(cfg: &ModelConfig) -> Self {
         KvCache {
-            layers: vec![None; cfg.n_layers],
+            layers: (0..cfg.n_layers).map(|_| None).collect(),
             key_mask: Vec::new(),
             key_pos: Vec::new(),
         }
@@ -73,18 +124,19 @@ impl KvCache {
         let n_layers = first.layers.len();
         let t = parts.iter().map(KvCache::len).max().unwrap_or(0);
         let mut out = KvCache {
-            layers: vec![None; n_layers],
+            layers: (0..n_layers).map(|_| None).collect(),
             key_mask: Vec::new(),
             key_pos: Vec::new(),
         };
         for l in 0..n_layers {
             let (mut ks, mut vs) = (Vec::new(), Vec::new());
             for p in &parts {
-                let Some((k, v)) = &p.layers[l] else {
+                let Some(layer) = &p.layers[l] else {
                     return Err(ModelError::BadInput(format!(
                         "a KV cache has no layer {l}: join only caches of whole passes"
                     )));
                 };
+                let (k, v) = layer.keys_values()?;
                 let pad = t - p.len();
                 let left = |x: &Tensor| -> Result<Tensor> {
                     if pad == 0 {
@@ -95,13 +147,10 @@ impl KvCache {
                     // the attention kernel reads [past, d_head] per head contiguously
                     Ok(Tensor::cat(&[&zeros, x], 2)?.contiguous()?)
                 };
-                ks.push(left(k)?);
-                vs.push(left(v)?);
+                ks.push(left(&k)?);
+                vs.push(left(&v)?);
             }
-            out.layers[l] = Some((
-                Tensor::cat(&ks, 0)?.contiguous()?,
-                Tensor::cat(&vs, 0)?.contiguous()?,
-            ));
+            out.layers[l] = Some(LayerKv::new(Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)?);
         }
         for p in parts {
             let pad = t - p.len();
@@ -141,13 +190,12 @@ impl KvCache {
             .count();
         let sel = Tensor::new(idx.as_slice(), &Device::Cpu)?;
         let len = self.len() - skip;
-        for (k, v) in self.layers.iter_mut().flatten() {
+        for layer in self.layers.iter_mut().flatten() {
+            // index_select reads whole (contiguous) buffers; the filled part is cut after
             let cut = |x: &Tensor| -> Result<Tensor> {
-                Ok(x.index_select(&sel, 0)?
-                    .narrow(2, skip, len)?
-                    .contiguous()?)
+                Ok(x.index_select(&sel, 0)?.narrow(2, skip, len)?)
             };
-            (*k, *v) = (cut(k)?, cut(v)?);
+            *layer = LayerKv::new(cut(&layer.k)?, cut(&layer.v)?)?;
         }
         for m in self.key_mask.iter_mut() {
             m.drain(..skip);
@@ -847,7 +895,7 @@ impl Transformer {
         input: AttnInput<'_>,
         mask: &MaskData,
         rope: Option<&Rope>,
-        layer_kv: Option<&mut Option<(Tensor, Tensor)>>,
+        layer_kv: Option<&mut Option<LayerKv>>,
         ctx: &mut Ctx,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -939,13 +987,16 @@ impl Transformer {
             )
         };
         if let Some(slot) = layer_kv {
-            if let Some((pk, pv)) = slot.as_ref() {
-                // candle concatenates past dim 0 through a transpose; with several
-                // sequences the result is strided, and the fused kernel reads heads whole
-                k = Tensor::cat(&[pk, &k], 2)?.contiguous()?;
-                v = Tensor::cat(&[pv, &v], 2)?.contiguous()?;
-            }
-            *slot = Some((k.clone(), v.clone()));
+            let layer = match slot.take() {
+                Some(mut layer) => {
+                    layer.append(&k, &v)?;
+                    layer
+                }
+                None => LayerKv::new(k, v)?,
+            };
+            // the filled positions, views of the cache (the fused kernel reads them as
+            // they are; the other path makes them contiguous)
+            (k, v) = slot.insert(layer).keys_values()?;
         }
         let t = k.dim(2)?;
         let g = h / kvh;
