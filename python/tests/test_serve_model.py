@@ -142,6 +142,36 @@ def test_two_concurrent_requests_give_the_tokens_each_gives_alone(server):
     assert together == alone + alone
 
 
+def test_many_clients_at_once_all_get_whole_answers(server):
+    # a small load test (scripts/load-test-serve-model is the 32 x 20 one): chat and
+    # completions, streamed and not, sharing the batch; greedy, so each answer must
+    # equal the same request sent alone
+    c = server.client()
+    before = server.get("/metrics")
+
+    def one(i):
+        kw = dict(model="default", max_tokens=6, temperature=0)
+        if i % 2:
+            r = c.chat.completions.create(messages=[{"role": "user", "content": f"Count to {i}."}], stream=i % 3 == 0, **kw)
+            parts = [ch.choices[0].delta.content or "" for ch in r if ch.choices] if i % 3 == 0 else [r.choices[0].message.content]
+        else:
+            r = c.completions.create(prompt=f"Item {i}:", stream=i % 3 == 0, **kw)
+            parts = [ch.choices[0].text for ch in r if ch.choices] if i % 3 == 0 else [r.choices[0].text]
+        return "".join(parts)
+
+    ids = list(range(12)) * 2
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        together = list(ex.map(one, ids))
+    alone = [one(i) for i in range(12)]
+    assert together == alone + alone
+    assert all(together), together
+
+    def served(metrics):
+        return sum(float(l.split()[-1]) for l in metrics.splitlines()
+                   if l.startswith("glassbox_requests_total") and 'status="200"' in l)
+    assert served(server.get("/metrics")) - served(before) == 36
+
+
 def test_bad_input_gets_openai_error_objects_and_the_server_goes_on(server):
     cases = [
         (b"{not json", 400, None),
@@ -262,6 +292,54 @@ allow = ["clamp-5"]
         assert clamped.choices[0].text == want_clamped
         assert clamped.model_extra["glassbox"]["edits"] == ["clamp-5"]
         assert want_clamped != want_plain, "the clamp should change the continuation"
+    finally:
+        s.close()
+
+
+def test_a_steer_action_switches_its_edit_on_and_a_flag_names_itself_in_a_header(tmp_path):
+    sae = random_sae(tmp_path / "sae")
+    policy = tmp_path / "policy.toml"
+    # a feature's activation is never below 0, so threshold -1 fires at the first token
+    policy.write_text(f'''
+[[edit]]
+name = "clamp-5"
+kind = "clamp"
+sae = "{sae}"
+feature = 5
+value = 40.0
+enabled = false
+[[monitor]]
+name = "always"
+sae = "{sae}"
+feature = 0
+threshold = -1.0
+action = "steer"
+edit = "clamp-5"
+[[monitor]]
+name = "watch"
+sae = "{sae}"
+feature = 1
+threshold = -1.0
+action = "flag"
+''')
+    s = Server("--policy", policy)
+    try:
+        prompt = "The weather today is"
+        status, headers, r = s.post("/completions", {"model": "default", "prompt": prompt, "max_tokens": 12,
+                                                     "temperature": 0, "logprobs": 1})
+        assert status == 200
+        g = r["glassbox"]
+        assert g["edits"] == ["clamp-5"], g
+        fired = {m["monitor"]: m for m in g["monitors"]}
+        assert fired["always"]["verdict"] == "fired" and fired["always"]["fired_at_token"] == 0
+        assert "watch" in headers.get("x-glassbox-flagged", ""), headers
+        out = cli("steer", "--model", "default", "--sae", sae, "--feature", 5, "--clamp", 40, "--strength", 0,
+                  "--prompt", prompt, "--max-tokens", 12)
+        plain = out.split("--- plain ---\n")[1].split("\n--- feature")[0].removeprefix(prompt)
+        # the first token comes before the monitor reads; the edit is on from then on
+        first = r["choices"][0]["logprobs"]["tokens"][0]
+        assert plain.startswith(first)
+        assert r["choices"][0]["text"] != plain, "switching the clamp on should change the continuation"
     finally:
         s.close()
 
