@@ -249,6 +249,17 @@ struct RowPlan<'a> {
 
 type Readings = Vec<Vec<Option<Vec<f32>>>>;
 
+/// What a client is told of an internal error: its first line (with `RUST_BACKTRACE`
+/// set, candle's errors carry a backtrace, which goes to the server's log instead).
+fn failure(e: impl std::fmt::Display) -> String {
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or("internal error").to_string();
+    if first.len() < full.len() {
+        eprintln!("serve-model: a request failed: {full}");
+    }
+    first
+}
+
 impl Worker {
     fn run(self, rx: Receiver<Job>) {
         let mut active: Vec<Seq> = Vec::new();
@@ -283,7 +294,7 @@ impl Worker {
                 match KvCache::concat(parts) {
                     Ok(c) => kv = Some(c),
                     Err(e) => {
-                        self.fail_all(&mut active, &format!("cannot join the batch: {e}"));
+                        self.fail_all(&mut active, &failure(format!("cannot join the batch: {e}")));
                         kv = None;
                         continue;
                     }
@@ -297,7 +308,7 @@ impl Worker {
                 .store(active.len() as u64, Ordering::Relaxed);
             if let Some(cache) = kv.as_mut() {
                 if let Err(e) = self.step(&mut active, cache) {
-                    self.fail_all(&mut active, &e.to_string());
+                    self.fail_all(&mut active, &failure(&e));
                     kv = None;
                     continue;
                 }
@@ -311,7 +322,7 @@ impl Worker {
                     if active.is_empty() {
                         kv = None;
                     } else if let Err(e) = cache.retain(&keep) {
-                        self.fail_all(&mut active, &e.to_string());
+                        self.fail_all(&mut active, &failure(&e));
                         kv = None;
                     }
                 }
@@ -341,7 +352,7 @@ impl Worker {
         let sampler = match Sampler::new(&job.params.sampling) {
             Ok(s) => s,
             Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
+                let _ = job.events.send(Event::Failed(failure(&e)));
                 return None;
             }
         };
@@ -390,7 +401,7 @@ impl Worker {
             Ok(out) => out,
             Err(e) => {
                 for s in &seqs {
-                    let _ = s.job.events.send(Event::Failed(e.to_string()));
+                    let _ = s.job.events.send(Event::Failed(failure(&e)));
                 }
                 return None;
             }
@@ -400,7 +411,7 @@ impl Worker {
             seq.len = prompts[r].len();
             match self.advance(seq, &logits[r], &readings[r]) {
                 Err(e) => {
-                    let _ = seq.job.events.send(Event::Failed(e.to_string()));
+                    let _ = seq.job.events.send(Event::Failed(failure(&e)));
                     keep.push(false);
                 }
                 Ok(()) if seq.finish.is_some() => {
@@ -416,7 +427,7 @@ impl Worker {
         if keep.iter().any(|&k| !k) {
             if let Err(e) = cache.retain(&keep) {
                 for (s, _) in seqs.iter().zip(&keep).filter(|(_, &k)| k) {
-                    let _ = s.job.events.send(Event::Failed(e.to_string()));
+                    let _ = s.job.events.send(Event::Failed(failure(&e)));
                 }
                 return None;
             }
@@ -814,4 +825,16 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
         .ln()
         + max;
     logits.iter().map(|&l| l as f64 - lse).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_told_the_first_line_of_an_internal_error_only() {
+        let e = "index-select only supports contiguous tensors\n   0: bt\n   1: f<u32, f32>";
+        assert_eq!(failure(e), "index-select only supports contiguous tensors");
+        assert_eq!(failure("one line"), "one line");
+    }
 }
