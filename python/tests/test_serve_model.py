@@ -263,10 +263,9 @@ action = "block"
         s.close()
 
 
-def test_a_clamp_policy_equals_glassbox_steer_clamp(tmp_path):
-    sae = random_sae(tmp_path / "sae")
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f'''
+def clamp_edit(sae):
+    """A policy's edit clamping feature 5 of `sae` to 40, off unless switched on."""
+    return f'''
 [[edit]]
 name = "clamp-5"
 kind = "clamp"
@@ -274,6 +273,23 @@ sae = "{sae}"
 feature = 5
 value = 40.0
 enabled = false
+'''
+
+
+def steer_clamp_cli(sae, prompt):
+    """`glassbox steer`'s greedy 12-token continuations of `prompt`: plain, and with
+    feature 5 clamped to 40."""
+    out = cli("steer", "--model", "default", "--sae", sae, "--feature", 5, "--clamp", 40, "--strength", 0,
+              "--prompt", prompt, "--max-tokens", 12)
+    plain = out.split("--- plain ---\n")[1].split("\n--- feature")[0].removeprefix(prompt)
+    clamped = out.split("clamped to 40 at blocks.3.hook_resid_post ---\n")[1].rstrip("\n").removeprefix(prompt)
+    return plain, clamped
+
+
+def test_a_clamp_policy_equals_glassbox_steer_clamp(tmp_path):
+    sae = random_sae(tmp_path / "sae")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(clamp_edit(sae) + f'''
 [requests]
 allow = ["clamp-5"]
 ''')
@@ -284,10 +300,7 @@ allow = ["clamp-5"]
         plain = c.completions.create(model="default", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
         clamped = c.completions.create(model="default", prompt=prompt, max_tokens=12, temperature=0,
                                        extra_body={"glassbox": {"edits": {"clamp-5": True}}})
-        out = cli("steer", "--model", "default", "--sae", sae, "--feature", 5, "--clamp", 40, "--strength", 0,
-                  "--prompt", prompt, "--max-tokens", 12)
-        want_plain = out.split("--- plain ---\n")[1].split("\n--- feature")[0].removeprefix(prompt)
-        want_clamped = out.split("clamped to 40 at blocks.3.hook_resid_post ---\n")[1].rstrip("\n").removeprefix(prompt)
+        want_plain, want_clamped = steer_clamp_cli(sae, prompt)
         assert plain == want_plain
         assert clamped.choices[0].text == want_clamped
         assert clamped.model_extra["glassbox"]["edits"] == ["clamp-5"]
@@ -300,14 +313,7 @@ def test_a_steer_action_switches_its_edit_on_and_a_flag_names_itself_in_a_header
     sae = random_sae(tmp_path / "sae")
     policy = tmp_path / "policy.toml"
     # a feature's activation is never below 0, so threshold -1 fires at the first token
-    policy.write_text(f'''
-[[edit]]
-name = "clamp-5"
-kind = "clamp"
-sae = "{sae}"
-feature = 5
-value = 40.0
-enabled = false
+    policy.write_text(clamp_edit(sae) + f'''
 [[monitor]]
 name = "always"
 sae = "{sae}"
@@ -333,9 +339,7 @@ action = "flag"
         fired = {m["monitor"]: m for m in g["monitors"]}
         assert fired["always"]["verdict"] == "fired" and fired["always"]["fired_at_token"] == 0
         assert "watch" in headers.get("x-glassbox-flagged", ""), headers
-        out = cli("steer", "--model", "default", "--sae", sae, "--feature", 5, "--clamp", 40, "--strength", 0,
-                  "--prompt", prompt, "--max-tokens", 12)
-        plain = out.split("--- plain ---\n")[1].split("\n--- feature")[0].removeprefix(prompt)
+        plain, _ = steer_clamp_cli(sae, prompt)
         # the first token comes before the monitor reads; the edit is on from then on
         first = r["choices"][0]["logprobs"]["tokens"][0]
         assert plain.startswith(first)
