@@ -348,6 +348,39 @@ action = "flag"
         s.close()
 
 
+def test_head_and_neuron_ablation_policies_equal_zeroing_them_in_a_hook(tmp_path, default_model):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('''
+[[edit]]
+name = "heads"
+kind = "ablate-heads"
+units = "3.0,3.2,3.4,L3.H6"
+[[edit]]
+name = "neurons"
+kind = "ablate-neurons"
+units = "5.10,5.200,L5.N1000"
+''')
+    prompt = "The weather today is"
+    s = Server("--policy", policy)
+    try:
+        r = s.client().completions.create(model="default", prompt=prompt, max_tokens=12, temperature=0)
+    finally:
+        s.close()
+    assert r.model_extra["glassbox"]["edits"] == ["heads", "neurons"]
+
+    def zero_heads(z, hook):
+        z[:, :, [0, 2, 4, 6]] = 0
+
+    def zero_neurons(post, hook):
+        post[:, :, [10, 200, 1000]] = 0
+
+    want = default_model.generate(prompt, max_new_tokens=12, fwd_hooks=[
+        ("blocks.3.attn.hook_z", zero_heads), ("blocks.5.mlp.hook_post", zero_neurons)])
+    plain = default_model.generate(prompt, max_new_tokens=12)
+    assert prompt + r.choices[0].text == want
+    assert want != plain, "the ablation should change the continuation"
+
+
 def test_a_bad_policy_refuses_to_start_and_names_the_line(tmp_path, probe_dir):
     sae = random_sae(tmp_path / "sae")
     for body, want in [
