@@ -116,8 +116,8 @@ pub struct AblationReport {
 
 /// Runs every prompt (token ids, at least two each) with and without the ablation of
 /// `units` (heads and neurons). Zero ablation sets each unit to 0; with `mean`, each is
-/// replaced by its mean over all tokens of the prompt set. Passing a
-/// [`Unit::Feature`] panics: features go through [`ablate_features`].
+/// replaced by its mean over all tokens of the prompt set. A [`Unit::Feature`] is an
+/// error: features go through [`ablate_features`], which has their dictionary.
 pub fn ablate(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -126,6 +126,12 @@ pub fn ablate(
 ) -> Result<AblationReport> {
     if units.is_empty() {
         return Err(bad("nothing to ablate: name heads or neurons"));
+    }
+    if units.iter().any(|u| matches!(u, Unit::Feature { .. })) {
+        return Err(bad(
+            "features are ablated through their dictionary: use ablate_features \
+             (`glassbox ablate --features … --sae DIR`)",
+        ));
     }
     if prompts.iter().any(|p| p.len() < 2) {
         return Err(bad(

@@ -295,6 +295,16 @@ fn bad_input_is_refused_with_a_reason() {
         .unwrap()
         .to_string();
     assert!(msg.contains("10 entries"), "{msg}");
+    // a feature given to the head/neuron ablation: an error, not a panic
+    let msg = ablate(
+        &m.transformer,
+        &[vec![1, 2, 3]],
+        &[Unit::Feature { index: 3 }],
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("ablate_features"), "{msg}");
 }
 
 fn tiny_sae(kind: &str) -> std::sync::Arc<glassbox_sae::Dictionary> {
