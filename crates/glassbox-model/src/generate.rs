@@ -166,6 +166,13 @@ impl Transformer {
                 "generation needs logits: do not set stop_at_layer".into(),
             ));
         }
+        if prompt.len() > self.config.n_ctx {
+            return Err(ModelError::BadInput(format!(
+                "the prompt has {} tokens; the model's context holds {}: shorten the prompt",
+                prompt.len(),
+                self.config.n_ctx
+            )));
+        }
         let mut sampler = Sampler::new(opts)?;
         let mut kv = KvCache::new(&self.config);
         let mut out = Vec::new();

@@ -423,3 +423,31 @@ fn a_linear_bias_of_the_wrong_length_is_refused() {
         .unwrap();
     assert_eq!(ok.to_vec2::<f32>().unwrap(), vec![vec![3.0f32; 4]; 5]);
 }
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_not_answered_with_nothing() {
+    let m = load_model(&tiny_dir("llama")).unwrap();
+    let n_ctx = m.config().n_ctx;
+    let prompt: Vec<u32> = (0..n_ctx as u32 + 1).map(|i| 1 + i % 100).collect();
+    let msg = err_text(m.transformer.generate(
+        &prompt,
+        &glassbox_model::SamplingOptions::default(),
+        &mut Run::new(),
+        |_| {},
+    ));
+    assert!(
+        msg.contains(&format!("{} tokens", n_ctx + 1)) && msg.contains("shorten"),
+        "{msg}"
+    );
+    // a prompt that fills the context exactly still gets an answer: one token
+    let fits = m
+        .transformer
+        .generate(
+            &prompt[..n_ctx],
+            &Default::default(),
+            &mut Run::new(),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(fits.len(), 1);
+}
