@@ -160,7 +160,13 @@ impl Dictionary {
                             .to_dtype(DType::F32)?;
                         pre.relu()?.mul(&keep)?
                     }
-                    Architecture::TopK => top_k_relu(&pre, self.k.unwrap_or(1))?,
+                    Architecture::TopK => {
+                        // never a silent default: k decides which features fire
+                        let k = self.k.ok_or_else(|| {
+                            SaeError::BadInput("a topk dictionary needs `k`".into())
+                        })?;
+                        top_k_relu(&pre, k)?
+                    }
                     Architecture::Gated => unreachable!("handled above"),
                 }
             }
@@ -191,7 +197,7 @@ impl Dictionary {
             return Err(SaeError::BadInput(format!(
                 "feature {feature} does not exist: this dictionary has {} features (0..{})",
                 self.d_sae,
-                self.d_sae - 1
+                self.d_sae.saturating_sub(1)
             )));
         }
         Ok(self.w_dec.get(feature)?)
@@ -217,4 +223,32 @@ fn top_k_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_vec(out, dims.as_slice(), pre.device())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::RandomTranscoder;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn a_topk_dictionary_without_k_is_an_error_not_a_default() {
+        let mut t = RandomTranscoder::new(0, 8, 16, 1);
+        t.k = Some(3);
+        let mut d = t.build().unwrap();
+        let x = Tensor::ones((2, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let f = d.encode(&x).unwrap();
+        let fired: Vec<f32> = f
+            .ne(0f32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(fired.iter().all(|&n| n <= 3.0), "{fired:?}");
+        d.k = None;
+        let msg = d.encode(&x).unwrap_err().to_string();
+        assert!(msg.contains("needs `k`"), "{msg}");
+    }
 }
