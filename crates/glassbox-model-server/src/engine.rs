@@ -1,8 +1,8 @@
 //! The decoding engine: one thread owns the model and serves every request by
 //! continuous batching. Requests join between steps (the prompts that arrived together
 //! run as one left-padded pass, their KV caches then join the batch's), each step is
-//! one forward pass over the
-//! newest token of every active sequence, and a finished sequence leaves between steps.
+//! one forward pass over the newest token of every active sequence, and a finished
+//! sequence leaves between steps.
 //! Edits and monitors act per sequence, at the sequence's own positions: batching
 //! changes the speed, not the tokens (f32 summation order aside).
 
@@ -400,8 +400,9 @@ impl Worker {
         let (logits, readings) = match result {
             Ok(out) => out,
             Err(e) => {
+                let msg = failure(&e);
                 for s in &seqs {
-                    let _ = s.job.events.send(Event::Failed(failure(&e)));
+                    let _ = s.job.events.send(Event::Failed(msg.clone()));
                 }
                 return None;
             }
@@ -426,8 +427,9 @@ impl Worker {
         }
         if keep.iter().any(|&k| !k) {
             if let Err(e) = cache.retain(&keep) {
+                let msg = failure(&e);
                 for (s, _) in seqs.iter().zip(&keep).filter(|(_, &k)| k) {
-                    let _ = s.job.events.send(Event::Failed(failure(&e)));
+                    let _ = s.job.events.send(Event::Failed(msg.clone()));
                 }
                 return None;
             }
