@@ -21,5 +21,8 @@
 
 pub mod client;
 pub mod context;
+pub mod explain;
+pub mod material;
+pub mod negatives;
 pub mod prompts;
 pub mod score;

@@ -72,7 +72,11 @@ pub fn parse_explanation(reply: &str) -> Result<String> {
         .find(|l| !l.is_empty())
         .unwrap_or("")
         .trim_matches('"');
-    if line.is_empty() {
+    // a word of two letters at least: "." or "1." is not an explanation
+    let has_word = line
+        .split(|c: char| !c.is_alphabetic())
+        .any(|w| w.chars().count() >= 2);
+    if !has_word {
         bail!("the explainer's reply holds no explanation: {reply:?}");
     }
     if line.chars().count() > MAX_EXPLANATION_CHARS {

@@ -63,19 +63,25 @@ pub fn detection_items(
     items
 }
 
+/// The share of a context's largest activation above which a token counts as activating
+/// when fuzzing marks it (so a context from a low quantile is marked at its own peak,
+/// not left out).
+pub const FUZZ_MARK_FRACTION: f32 = 0.3;
+
 /// Fuzzing's excerpts from activating `contexts`: alternately marked at the tokens above
-/// `threshold` (right) and at as many tokens chosen at random among the others (wrong),
-/// shuffled by `seed`. A context whose every token, or none, is above the threshold
-/// cannot be marked wrongly and is left out.
-pub fn fuzzing_items(contexts: &[Context], threshold: f32, seed: u64) -> Vec<Item> {
+/// `fraction` × the context's largest activation (right) and at as many tokens chosen at
+/// random among the others (wrong), shuffled by `seed`. A context whose every token, or
+/// none, is above its threshold cannot be marked wrongly and is left out.
+pub fn fuzzing_items(contexts: &[Context], fraction: f32, seed: u64) -> Vec<Item> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut items = Vec::new();
+    let marks = |c: &Context| c.active(fraction * c.max_act());
     let usable = contexts.iter().filter(|c| {
-        let k = c.active(threshold).iter().filter(|&&a| a).count();
+        let k = marks(c).iter().filter(|&&a| a).count();
         k > 0 && k < c.tokens.len()
     });
     for (i, c) in usable.enumerate() {
-        let right = c.active(threshold);
+        let right = marks(c);
         let item = if i % 2 == 0 {
             Item {
                 text: c.marked(&right),

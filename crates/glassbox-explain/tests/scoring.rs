@@ -207,6 +207,7 @@ fn replies_are_read_strictly() {
         "mentions of cats"
     );
     assert!(parse_explanation("Explanation:   ").is_err());
+    assert!(parse_explanation("Explanation: .").is_err());
     assert!(parse_explanation(&"x".repeat(500))
         .unwrap_err()
         .to_string()

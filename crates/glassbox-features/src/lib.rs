@@ -67,6 +67,7 @@ pub mod accumulate;
 mod build;
 pub mod describe;
 pub mod effects;
+pub mod explanations;
 pub mod held_out;
 mod pass;
 pub mod run_dir;

@@ -30,6 +30,8 @@ pub struct Unit {
     pub log10_edges: Vec<f64>,
     /// counts of positive activations per log10 bin
     pub histogram: Vec<u64>,
+    /// the feature's best explanation (`glassbox explain`), if it has one
+    pub explanation: Option<String>,
 }
 
 /// One example with the tokens it shows.
@@ -70,6 +72,8 @@ pub struct UnitDetail {
     /// whether the store holds logit effects and neighbours for this kind (neurons' only
     /// in stores built since session 6)
     pub effects_available: bool,
+    /// its explanations, best first (features explained by `glassbox explain`)
+    pub explanations: Vec<crate::explanations::Explanation>,
     /// the ids before and after this one that exist (for paging through units)
     pub prev: Option<u32>,
     /// the next id of this kind in the store, if any
@@ -92,8 +96,9 @@ pub struct Neighbour {
 pub struct UnitQuery<'a> {
     /// which units
     pub kind: UnitKind,
-    /// matched case-insensitively as a substring of the label or the top tokens; a
-    /// number (or `#number`) also matches the unit's id
+    /// matched case-insensitively as a substring of the label or the top tokens, and
+    /// as words (the last one a prefix, English stems matched) of a feature's
+    /// explanations; a number (or `#number`) also matches the unit's id
     pub search: Option<&'a str>,
     /// the sort column
     pub order: Order,
@@ -172,6 +177,11 @@ const REQUIRED_TABLES: [&str; 7] = [
 const UNIT_COLUMNS: &str =
     "kind, id, density, max_act, mean_act, label, top_tokens, concentration, histogram";
 
+/// The feature's best explanation, as a tenth column of a query over `units`.
+const BEST_EXPLANATION: &str = "(SELECT e.explanation FROM explanations e \
+     WHERE units.kind = 'feature' AND e.feature = units.id AND e.explanation IS NOT NULL \
+     ORDER BY e.detection IS NULL, e.detection DESC, e.created DESC, e.id DESC LIMIT 1)";
+
 /// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
 fn like_pattern(q: &str) -> String {
     let mut p = String::with_capacity(q.len() + 2);
@@ -192,6 +202,7 @@ pub struct FeatureStore {
     /// the `features.sqlite` file
     pub path: PathBuf,
     neuron_effects: bool,
+    explained: bool,
 }
 
 fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
@@ -236,10 +247,14 @@ impl FeatureStore {
         let neuron_effects = ["neuron_logit_effects", "neuron_neighbours"]
             .iter()
             .all(|t| tables.iter().any(|n| n == *t));
+        let explained = ["explanations", "explanation_text"]
+            .iter()
+            .all(|t| tables.iter().any(|n| n == *t));
         let store = FeatureStore {
             conn,
             path,
             neuron_effects,
+            explained,
         };
         store.meta()?; // fails early on a file that is not a store
         Ok(store)
@@ -250,23 +265,85 @@ impl FeatureStore {
         self.neuron_effects
     }
 
+    /// Whether `glassbox explain` has written into the store.
+    pub fn has_explanations(&self) -> bool {
+        self.explained
+    }
+
+    /// The columns of a [`RawUnit`] query over `units`.
+    fn unit_columns(&self) -> String {
+        let best = if self.explained {
+            BEST_EXPLANATION
+        } else {
+            "NULL"
+        };
+        format!("{UNIT_COLUMNS}, {best}")
+    }
+
+    /// A feature's explanations, best first (readable ones, then by detection score).
+    pub fn explanations(&self, feature: u32) -> Result<Vec<crate::explanations::Explanation>> {
+        if !self.explained {
+            return Ok(Vec::new());
+        }
+        crate::explanations::query(
+            &self.conn,
+            &self.path,
+            &format!(
+                "SELECT {{COLUMNS}} FROM explanations WHERE feature = ?1 {}",
+                crate::explanations::BEST_FIRST
+            ),
+            [feature as i64],
+        )
+    }
+
+    /// Every explanation in the store, by feature, each feature's best first.
+    pub fn all_explanations(&self) -> Result<Vec<crate::explanations::Explanation>> {
+        if !self.explained {
+            return Ok(Vec::new());
+        }
+        crate::explanations::query(
+            &self.conn,
+            &self.path,
+            &format!(
+                "SELECT {{COLUMNS}} FROM explanations ORDER BY feature, {}",
+                crate::explanations::BEST_FIRST.trim_start_matches("ORDER BY ")
+            ),
+            [],
+        )
+    }
+
     /// One page of units matching `q`, and how many match in all.
     pub fn search(&self, q: &UnitQuery) -> Result<(u64, Vec<Unit>)> {
         let pattern = q.search.map(str::trim).filter(|s| !s.is_empty());
         let like = pattern.map(like_pattern);
         let id_match: Option<i64> = pattern.and_then(|p| p.trim_start_matches('#').parse().ok());
-        let filter = "kind = ?1 AND (?2 IS NULL OR label LIKE ?2 ESCAPE '\\' \
-                      OR top_tokens LIKE ?2 ESCAPE '\\' OR id = ?3)";
+        let words = pattern
+            .filter(|_| self.explained)
+            .and_then(crate::explanations::fts_phrase);
+        let explained = if self.explained {
+            // MATCH NULL is an error, not false: only with words to match
+            " OR (?6 IS NOT NULL AND kind = 'feature' AND id IN (SELECT e.feature \
+             FROM explanations e JOIN explanation_text t ON t.rowid = e.id \
+             WHERE explanation_text MATCH ?6))"
+        } else {
+            // keeps ?6 in the statement (its parameters are numbered), matching nothing
+            " OR (?6 IS NOT NULL AND 0)"
+        };
+        let filter = format!(
+            "kind = ?1 AND (?2 IS NULL OR label LIKE ?2 ESCAPE '\\' \
+             OR top_tokens LIKE ?2 ESCAPE '\\' OR id = ?3{explained})"
+        );
         let total: i64 = self
             .conn
             .query_row(
                 &format!("SELECT COUNT(*) FROM units WHERE {filter}"),
-                params![q.kind.as_str(), like, id_match],
+                params![q.kind.as_str(), like, id_match, 0, 0, words],
                 |r| r.get(0),
             )
             .map_err(self.e())?;
         let sql = format!(
-            "SELECT {UNIT_COLUMNS} FROM units WHERE {filter} ORDER BY {} {}, id ASC LIMIT ?4 OFFSET ?5",
+            "SELECT {} FROM units WHERE {filter} ORDER BY {} {}, id ASC LIMIT ?4 OFFSET ?5",
+            self.unit_columns(),
             q.order.column(),
             if q.descending { "DESC" } else { "ASC" }
         );
@@ -278,7 +355,8 @@ impl FeatureStore {
                     like,
                     id_match,
                     q.limit.min(i64::MAX as usize) as i64,
-                    q.offset.min(i64::MAX as usize) as i64
+                    q.offset.min(i64::MAX as usize) as i64,
+                    words
                 ],
                 raw_unit,
             )
@@ -293,7 +371,10 @@ impl FeatureStore {
     pub fn summary(&self, kind: UnitKind, id: u32) -> Result<Option<Unit>> {
         self.conn
             .query_row(
-                &format!("SELECT {UNIT_COLUMNS} FROM units WHERE kind = ?1 AND id = ?2"),
+                &format!(
+                    "SELECT {} FROM units WHERE kind = ?1 AND id = ?2",
+                    self.unit_columns()
+                ),
                 params![kind.as_str(), id as i64],
                 raw_unit,
             )
@@ -428,7 +509,8 @@ impl FeatureStore {
         };
         let alive = if alive_only { "AND density > 0" } else { "" };
         let sql = format!(
-            "SELECT {UNIT_COLUMNS} FROM units WHERE kind = ?1 {alive} ORDER BY {order} LIMIT ?2 OFFSET ?3"
+            "SELECT {} FROM units WHERE kind = ?1 {alive} ORDER BY {order} LIMIT ?2 OFFSET ?3",
+            self.unit_columns()
         );
         let mut stmt = self.conn.prepare(&sql).map_err(self.e())?;
         let rows = stmt
@@ -447,7 +529,10 @@ impl FeatureStore {
         let raw = self
             .conn
             .query_row(
-                &format!("SELECT {UNIT_COLUMNS} FROM units WHERE kind = ?1 AND id = ?2"),
+                &format!(
+                    "SELECT {} FROM units WHERE kind = ?1 AND id = ?2",
+                    self.unit_columns()
+                ),
                 params![kind.as_str(), id as i64],
                 raw_unit,
             )
@@ -571,6 +656,10 @@ impl FeatureStore {
             suppressed,
             neighbours: near,
             effects_available: prefix.is_some(),
+            explanations: match kind {
+                UnitKind::Feature => self.explanations(id)?,
+                UnitKind::Neuron => Vec::new(),
+            },
             prev: adjacent("SELECT MAX(id) FROM units WHERE kind = ?1 AND id < ?2")?,
             next: adjacent("SELECT MIN(id) FROM units WHERE kind = ?1 AND id > ?2")?,
         }))
@@ -587,6 +676,7 @@ struct RawUnit {
     top_tokens: String,
     concentration: f64,
     histogram: String,
+    explanation: Option<String>,
 }
 
 fn raw_unit(r: &rusqlite::Row) -> rusqlite::Result<RawUnit> {
@@ -600,6 +690,7 @@ fn raw_unit(r: &rusqlite::Row) -> rusqlite::Result<RawUnit> {
         top_tokens: r.get(6)?,
         concentration: r.get(7)?,
         histogram: r.get(8)?,
+        explanation: r.get(9)?,
     })
 }
 
@@ -625,6 +716,7 @@ impl RawUnit {
             concentration: self.concentration,
             log10_edges: h.log10_edges,
             histogram: h.counts,
+            explanation: self.explanation,
         })
     }
 }

@@ -37,6 +37,7 @@ fn unit_dict<'py>(py: Python<'py>, u: &Unit) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("label", &u.label)?;
     d.set_item("top_tokens", u.top_tokens.clone())?;
     d.set_item("concentration", u.concentration)?;
+    d.set_item("explanation", &u.explanation)?;
     Ok(d)
 }
 
@@ -133,7 +134,8 @@ impl NativeFeatureStore {
     }
 
     /// One unit with everything the store holds: `unit`, `examples`, `promoted`,
-    /// `suppressed`, `neighbours`, `histogram` (log10 edges, counts). `KeyError` when
+    /// `suppressed`, `neighbours`, `histogram` (log10 edges, counts), `explanations`
+    /// (best first, from `glassbox explain`). `KeyError` when
     /// the store has no such unit.
     fn unit<'py>(&self, py: Python<'py>, kind_name: &str, id: u32) -> PyResult<Bound<'py, PyDict>> {
         let k = kind(kind_name)?;
@@ -161,6 +163,21 @@ impl NativeFeatureStore {
             .map(|n| (n.id, n.cosine, n.label.clone()))
             .collect();
         d.set_item("neighbours", near)?;
+        let explanations = PyList::empty(py);
+        for e in &detail.explanations {
+            let x = PyDict::new(py);
+            x.set_item("explanation", &e.explanation)?;
+            x.set_item("failure", &e.failure)?;
+            x.set_item("detection", e.detection)?;
+            x.set_item("fuzzing", e.fuzzing)?;
+            x.set_item("explainer_model", &e.explainer_model)?;
+            x.set_item("scorer_model", &e.scorer_model)?;
+            x.set_item("prompt_version", &e.prompt_version)?;
+            x.set_item("prompt_tokens", e.prompt_tokens)?;
+            x.set_item("completion_tokens", e.completion_tokens)?;
+            explanations.append(x)?;
+        }
+        d.set_item("explanations", explanations)?;
         d.set_item("prev", detail.prev)?;
         d.set_item("next", detail.next)?;
         d.set_item(

@@ -207,6 +207,7 @@
       const qid = q.replace(/^#/, '');
       rows = all.filter((u) => String(u.id) === qid
         || (u.label || '').toLowerCase().includes(q)
+        || (u.explanation || '').toLowerCase().includes(q)
         || (u.top_tokens || []).some((t) => String(t[0]).toLowerCase().includes(q)));
     }
     const key = state.sort;
@@ -232,7 +233,7 @@
       options.map(([v, t]) => h('option', { value: v, selected: v === value }, t)));
     const kindSel = select('kind', [['feature', 'features'], ['neuron', 'neurons']], state.kind);
     const search = h('input', {
-      type: 'search', id: 'list-q', placeholder: 'search labels and top tokens, or an id',
+      type: 'search', id: 'list-q', placeholder: 'search labels, explanations and top tokens, or an id',
       value: state.q, autofocus: true,
     });
     const sortSel = select('sort', [['id', 'id'], ['density', 'density'], ['max_act', 'max activation'],
@@ -265,7 +266,8 @@
           h('th', { class: 'num' }, 'concentration'), h('th', {}, 'top tokens'))),
         h('tbody', {}, res.units.map((u) => h('tr', {},
           h('td', {}, h('a', { href: link.unit(u.kind || state.kind, u.id) }, '#' + u.id)),
-          h('td', {}, h('a', { href: link.unit(u.kind || state.kind, u.id), class: 'label' }, u.label || '(no label)')),
+          h('td', {}, h('a', { href: link.unit(u.kind || state.kind, u.id), class: 'label' }, u.label || '(no label)'),
+            u.explanation ? h('div', { class: 'explanation muted' }, u.explanation) : null),
           h('td', { class: 'num' }, pct(u.density)),
           h('td', { class: 'num' }, fmt(u.max_act)),
           h('td', { class: 'num' }, fmt(u.mean_act)),
@@ -321,6 +323,21 @@
         live && kind === 'feature' ? h('a', { href: link.prompt({ feature: u.id }) }, 'prompt view') : null,
         live && kind === 'feature' ? h('a', { href: link.steer({ feature: u.id }) }, 'steer with it') : null));
 
+    // explanations by an explainer model (glassbox explain), best first, with their scores
+    const score = (v) => (v === null || v === undefined ? '–' : fmt(v));
+    const explained = (u.explanations || []).filter((e) => e.explanation);
+    const explSec = explained.length
+      ? h('section', { id: 'explanations' }, h('h2', {}, 'Explanations'),
+        h('p', { class: 'muted' }, 'Written by a language model from the top and sampled contexts; scored on held-out contexts it never saw (balanced accuracy, 0.5 is chance).'),
+        h('table', { class: 'stats' },
+          h('tr', {}, h('th', {}, 'explanation'), h('th', { class: 'num' }, 'detection'), h('th', { class: 'num' }, 'fuzzing'), h('th', {}, 'explainer')),
+          explained.map((e) => h('tr', {},
+            h('td', { class: 'explanation' }, e.explanation),
+            h('td', { class: 'num' }, score(e.detection)),
+            h('td', { class: 'num' }, score(e.fuzzing)),
+            h('td', { class: 'muted' }, `${e.explainer_model} (${e.prompt_version})`)))))
+      : null;
+
     const top = h('section', { id: 'top-examples' }, h('h2', {}, 'Top activations'),
       (u.top_examples || []).length
         ? u.top_examples.map((ex) => exampleRow(ex, scale))
@@ -360,7 +377,7 @@
       h('div', { class: 'overview' },
         h('div', {}, statsTable(u), tokSec),
         h('div', {}, h('h2', {}, 'Activation histogram'), svgBox(u.histogram_svg, 'plot histogram-box'))),
-      top, bandSec, h('div', { class: 'two' }, logitSec, neighSec));
+      explSec, top, bandSec, h('div', { class: 'two' }, logitSec, neighSec));
   }
 
   async function unitPage(kind, id) {

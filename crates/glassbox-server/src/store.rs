@@ -53,6 +53,7 @@ fn summary(u: &Unit) -> Value {
         "label": u.label,
         "top_tokens": u.top_tokens,
         "concentration": u.concentration,
+        "explanation": u.explanation,
     })
 }
 
@@ -233,6 +234,22 @@ impl Store {
                 d.neighbours
                     .iter()
                     .map(|n| json!({"id": n.id, "cosine": n.cosine, "label": n.label}))
+                    .collect(),
+            ),
+        );
+        obj.insert(
+            "explanations".into(),
+            Value::Array(
+                d.explanations
+                    .iter()
+                    .map(|e| {
+                        json!({"explanation": e.explanation, "failure": e.failure,
+                               "detection": e.detection, "fuzzing": e.fuzzing,
+                               "explainer_model": e.explainer_model, "scorer_model": e.scorer_model,
+                               "prompt_version": e.prompt_version, "created": e.created,
+                               "held_out": e.details.get("held_out"),
+                               "non_activating": e.details.get("non_activating")})
+                    })
                     .collect(),
             ),
         );

@@ -125,6 +125,102 @@ fn unit_list_sorts_searches_and_pages() {
     assert_eq!(v["units"][1]["label"], "neuron label 1");
 }
 
+/// An explanation row as `glassbox explain` writes it.
+fn explanation(
+    feature: u32,
+    model: &str,
+    text: Option<&str>,
+    detection: Option<f64>,
+) -> glassbox_features::explanations::Explanation {
+    glassbox_features::explanations::Explanation {
+        feature,
+        explainer_model: model.into(),
+        prompt_version: "glassbox-explain-1".into(),
+        scorer_model: model.into(),
+        explanation: text.map(str::to_string),
+        failure: text.is_none().then(|| "unreadable".to_string()),
+        detection,
+        fuzzing: detection.map(|d| d - 0.1),
+        details: serde_json::json!({"held_out": [3, 2], "non_activating": 5}),
+        prompt_tokens: 100,
+        completion_tokens: 10,
+        seconds: 1.0,
+        created: 1,
+    }
+}
+
+#[test]
+fn explanations_show_in_the_list_and_on_the_page_and_are_searchable() {
+    let dir = run_dir();
+    let mut w = glassbox_features::explanations::ExplanationWriter::open(dir.path()).unwrap();
+    w.put(&explanation(
+        3,
+        "big",
+        Some("Whiskers and purring of house cats"),
+        Some(0.9),
+    ))
+    .unwrap();
+    w.put(&explanation(3, "small", Some("animals"), Some(0.6)))
+        .unwrap();
+    w.put(&explanation(1, "big", None, None)).unwrap();
+    // written again: replaced, not doubled (and its search entry with it)
+    w.put(&explanation(2, "big", Some("dates in spring"), Some(0.7)))
+        .unwrap();
+    w.put(&explanation(
+        2,
+        "big",
+        Some("months of the year"),
+        Some(0.8),
+    ))
+    .unwrap();
+    drop(w);
+    let f = Fixture::on(dir);
+
+    let (_, v) = f.get("/api/units");
+    assert_eq!(
+        v["units"][3]["explanation"], "Whiskers and purring of house cats",
+        "the best scored"
+    );
+    assert_eq!(
+        v["units"][1]["explanation"],
+        Value::Null,
+        "a failure is not an explanation"
+    );
+    // words of an explanation, stemmed, or the last one a prefix
+    let (_, v) = f.get("/api/units?q=whisker");
+    assert_eq!(ids(&v), vec![3]);
+    let (_, v) = f.get("/api/units?q=cat");
+    assert_eq!(ids(&v), vec![3]);
+    let (_, v) = f.get("/api/units?q=mont");
+    assert_eq!(ids(&v), vec![2]);
+    let (_, v) = f.get("/api/units?q=house%20cat");
+    assert_eq!(ids(&v), vec![3]);
+    let (_, v) = f.get("/api/units?q=month");
+    assert_eq!(ids(&v), vec![2]);
+    let (_, v) = f.get("/api/units?q=spring");
+    assert_eq!(v["total"], 0, "the replaced explanation is no longer found");
+    for q in ["%22", "cat%22%20OR", "NEAR(", "*", "a%20AND"] {
+        let (s, _) = f.get(&format!("/api/units?q={q}"));
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{q}: FTS syntax in a query is text, not an error"
+        );
+    }
+    let (_, v) = f.get("/api/units?kind=neuron&q=whisker");
+    assert_eq!(v["total"], 0, "explanations belong to features");
+
+    let (_, v) = f.get("/api/units/feature/3");
+    let e = v["explanations"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0]["explainer_model"], "big");
+    assert_eq!(e[0]["detection"], 0.9);
+    assert_eq!(e[1]["explanation"], "animals");
+    assert_eq!(e[0]["held_out"], serde_json::json!([3, 2]));
+    let (_, v) = f.get("/api/units/feature/1");
+    assert_eq!(v["explanations"][0]["failure"], "unreadable");
+}
+
 #[test]
 fn bad_list_parameters_are_400_with_a_message() {
     let f = Fixture::new();

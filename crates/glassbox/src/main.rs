@@ -75,6 +75,8 @@ enum Command {
         #[command(subcommand)]
         what: commands::features::What,
     },
+    /// Explain features with any OpenAI-compatible endpoint and score the explanations (detection, fuzzing)
+    Explain(Box<commands::explain::Args>),
     /// Browse a run's feature dashboards: JSON API + web UI (or --export static HTML)
     Serve(commands::serve::Args),
     /// Serve the model over an OpenAI-compatible API, with a policy's edits and monitors
@@ -126,6 +128,7 @@ fn main() {
         Command::EvalSae(a) => commands::eval_sae::run(a),
         Command::Sae { what } => commands::sae::run(what),
         Command::Features { what } => commands::features::run(what),
+        Command::Explain(a) => commands::explain::run(*a),
         Command::Serve(a) => commands::serve::run(a),
         Command::ServeModel(a) => commands::serve_model::run(a),
         Command::Bench { what } => commands::bench::run(what),

@@ -7,39 +7,54 @@ use anyhow::{bail, Context, Result};
 /// 30-layer model), `A..=B` (inclusive), a list `3,7,11`, or a mix (`0..4,10`).
 /// Absent: every layer.
 pub fn parse_layers(spec: Option<&str>, n_layers: usize) -> Result<Vec<usize>> {
-    let Some(spec) = spec else {
-        return Ok((0..n_layers).collect());
-    };
+    match spec {
+        None => Ok((0..n_layers).collect()),
+        Some(spec) => parse_ranges("--layers", spec, n_layers, "layer"),
+    }
+}
+
+/// A set of indices below `n` written as `parse_layers` reads them, for `flag` (e.g.
+/// `--features`), whose items are `noun`s; sorted, without repeats.
+pub fn parse_ranges(flag: &str, spec: &str, n: usize, noun: &str) -> Result<Vec<usize>> {
     let bad = || {
-        format!("--layers `{spec}`: use A..B (B excluded, e.g. 0..{n_layers} for every layer), A..=B, or a list like 3,7,11")
+        format!("{flag} `{spec}`: use A..B (B excluded, e.g. 0..{n} for every {noun}), A..=B, or a list like 3,7,11")
     };
-    let mut layers = Vec::new();
+    let mut items = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let number = |s: &str| s.trim().parse::<usize>().with_context(bad);
+        let number = |s: &str| {
+            let s = s.trim();
+            s.strip_prefix('#')
+                .unwrap_or(s)
+                .parse::<usize>()
+                .with_context(bad)
+        };
         if let Some((a, b)) = part.split_once("..=") {
             let (a, b) = (number(a)?, number(b)?);
-            layers.extend(a..=b);
+            items.extend(a..=b);
         } else if let Some((a, b)) = part.split_once("..") {
             let (a, b) = (number(a)?, number(b)?);
             if a >= b {
                 bail!(
-                    "--layers `{spec}`: `{part}` is empty (B is excluded; `{a}..={b}` includes it)"
+                    "{flag} `{spec}`: `{part}` is empty (B is excluded; `{a}..={b}` includes it)"
                 );
             }
-            layers.extend(a..b);
+            items.extend(a..b);
         } else {
-            layers.push(number(part)?);
+            items.push(number(part)?);
         }
     }
-    if layers.is_empty() {
+    if items.is_empty() {
         bail!("{}", bad());
     }
-    if let Some(l) = layers.iter().find(|&&l| l >= n_layers) {
-        bail!("--layers `{spec}`: layer {l} does not exist (the model has layers 0..{n_layers}, i.e. 0 to {})", n_layers.saturating_sub(1));
+    if let Some(i) = items.iter().find(|&&i| i >= n) {
+        bail!(
+            "{flag} `{spec}`: {noun} {i} does not exist (there are {noun}s 0..{n}, i.e. 0 to {})",
+            n.saturating_sub(1)
+        );
     }
-    layers.sort_unstable();
-    layers.dedup();
-    Ok(layers)
+    items.sort_unstable();
+    items.dedup();
+    Ok(items)
 }
 
 /// A feature or neuron id as the dashboards print it (`#26`) or bare (`26`): clap's

@@ -17,6 +17,28 @@ pub enum What {
     Export(ExportArgs),
     /// Draw a feature's or neuron's activation histogram as a picture (.png or .svg)
     Plot(PlotArgs),
+    /// List the explanations `glassbox explain` stored, best scored first, or export
+    /// them in Neuronpedia's explanation JSON
+    Explanations(ExplanationsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ExplanationsArgs {
+    /// A features.sqlite file, or the run directory that holds one
+    path: PathBuf,
+    /// Write every explanation as Neuronpedia's explanation export (a JSON list) here
+    #[arg(long)]
+    neuronpedia: Option<PathBuf>,
+    /// Neuronpedia's `modelId` (default: the store's model)
+    #[arg(long)]
+    model_id: Option<String>,
+    /// Neuronpedia's `layer`, the SAE's id there (default: LAYER-glassbox-HOOK, e.g.
+    /// 15-glassbox-resid-pre)
+    #[arg(long)]
+    sae_id: Option<String>,
+    /// Explanations listed (by detection score)
+    #[arg(long, default_value_t = 20)]
+    top: usize,
 }
 
 #[derive(clap::Args)]
@@ -110,11 +132,12 @@ pub fn run(what: What) -> Result<()> {
         What::Show(a) => show(a),
         What::Plot(a) => plot(a),
         What::Export(a) => export(&a.run, &a.html),
+        What::Explanations(a) => explanations(a),
     }
 }
 
 /// `config.toml` records the model's file name; the default model's resolves to its alias.
-fn resolve_spec(spec: &str) -> String {
+pub(crate) fn resolve_spec(spec: &str) -> String {
     if spec == glassbox_hub::DEFAULT_MODEL_FILE && !Path::new(spec).exists() {
         "default".into()
     } else {
@@ -372,6 +395,22 @@ fn show_unit(store: &FeatureStore, kind: UnitKind, id: u32) -> Result<()> {
         println!("  promotes: {}", fmt(&d.promoted));
         println!("  suppresses: {}", fmt(&d.suppressed));
     }
+    for e in &d.explanations {
+        let score = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        match &e.explanation {
+            Some(text) => println!(
+                "  explanation ({}, detection {}, fuzzing {}): {text}",
+                e.explainer_model,
+                score(e.detection),
+                score(e.fuzzing)
+            ),
+            None => println!(
+                "  explanation ({}): failed: {}",
+                e.explainer_model,
+                e.failure.as_deref().unwrap_or("?")
+            ),
+        }
+    }
     if !d.neighbours.is_empty() {
         let n: Vec<String> = d
             .neighbours
@@ -379,6 +418,106 @@ fn show_unit(store: &FeatureStore, kind: UnitKind, id: u32) -> Result<()> {
             .map(|n| format!("{} ({:.2})", n.id, n.cosine))
             .collect();
         println!("  nearest features: {}", n.join(", "));
+    }
+    Ok(())
+}
+
+/// Neuronpedia's SAE id for a hook: `15-glassbox-resid-pre` for
+/// `blocks.15.hook_resid_pre`, the form its ids take (`6-res-jb`).
+fn neuronpedia_sae_id(hook: &str) -> String {
+    let layer = glassbox_model::hooks::layer_of(hook).map_or("0".to_string(), |l| l.to_string());
+    let site = hook
+        .rsplit('.')
+        .next()
+        .unwrap_or(hook)
+        .trim_start_matches("hook_")
+        .replace('_', "-");
+    format!("{layer}-glassbox-{site}")
+}
+
+fn explanations(a: ExplanationsArgs) -> Result<()> {
+    let store = FeatureStore::open(&a.path)?;
+    let all = store.all_explanations()?;
+    if all.is_empty() {
+        anyhow::bail!(
+            "{} holds no explanations yet: `glassbox explain --run {} --sample 20 --explainer URL --explainer-model NAME` writes them",
+            store.path.display(),
+            a.path.display()
+        );
+    }
+    let meta = store.meta()?;
+    if let Some(out) = &a.neuronpedia {
+        let model_id = a
+            .model_id
+            .clone()
+            .or_else(|| meta.get("model").cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let sae_id = a
+            .sae_id
+            .clone()
+            .unwrap_or_else(|| neuronpedia_sae_id(meta.get("hook").map_or("", String::as_str)));
+        // one entry per explanation that exists; the scores ride along under their names
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .filter_map(|e| {
+                let text = e.explanation.as_ref()?;
+                Some(serde_json::json!({
+                    "modelId": model_id,
+                    "layer": sae_id,
+                    "index": e.feature.to_string(),
+                    "description": text,
+                    "explanationModelName": e.explainer_model,
+                    "typeName": e.prompt_version,
+                    "scores": [
+                        {"scorerModel": e.scorer_model, "scorerType": "detection", "value": e.detection},
+                        {"scorerModel": e.scorer_model, "scorerType": "fuzzing", "value": e.fuzzing},
+                    ],
+                }))
+            })
+            .collect();
+        let body = serde_json::to_string_pretty(&rows)?;
+        crate::open::atomic_write(out, |tmp| Ok(std::fs::write(tmp, &body)?))?;
+        println!(
+            "wrote {} explanations to {} (Neuronpedia: modelId {model_id}, layer {sae_id})",
+            rows.len(),
+            out.display()
+        );
+        return Ok(());
+    }
+    // each feature's best, best detection first
+    let mut best: Vec<_> = Vec::new();
+    for e in &all {
+        if best
+            .last()
+            .is_none_or(|b: &&glassbox_features::explanations::Explanation| b.feature != e.feature)
+        {
+            best.push(e);
+        }
+    }
+    let failed = best.iter().filter(|e| e.explanation.is_none()).count();
+    best.retain(|e| e.explanation.is_some());
+    best.sort_by(|x, y| {
+        y.detection
+            .unwrap_or(-1.0)
+            .total_cmp(&x.detection.unwrap_or(-1.0))
+            .then(x.feature.cmp(&y.feature))
+    });
+    let score = |v: Option<f64>| v.map_or("  -  ".to_string(), |v| format!("{v:.3}"));
+    println!(
+        "{} features explained ({failed} failed) in {}",
+        best.len(),
+        store.path.display()
+    );
+    println!("feature  detection  fuzzing  explainer  explanation");
+    for e in best.iter().take(a.top) {
+        println!(
+            "#{:<7} {:>9}  {:>7}  {}  {}",
+            e.feature,
+            score(e.detection),
+            score(e.fuzzing),
+            e.explainer_model,
+            e.explanation.as_deref().unwrap_or("")
+        );
     }
     Ok(())
 }

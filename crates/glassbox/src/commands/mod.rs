@@ -2,6 +2,7 @@ pub mod ablate;
 pub mod bench;
 pub mod cache;
 pub mod eval_sae;
+pub mod explain;
 pub mod features;
 pub mod fetch;
 pub mod generate;
