@@ -1,10 +1,14 @@
-//! What each feature means (issue #16, first part): a feature's contexts shown to an
-//! explainer model with the activating tokens marked ([`prompts`]), and the explanation
-//! scored on held-out contexts the explainer never saw, by the two tests EleutherAI's
-//! delphi defines ([`score`]): **detection** (does this context activate the feature?)
-//! and **fuzzing** (are the marked tokens the activating ones?), each as a balanced
-//! accuracy. The explainer and the scorer are any OpenAI-compatible chat endpoint
-//! ([`client`]): `glassbox serve-model`, vLLM, llama.cpp's server, Ollama, hosted APIs.
+//! What each feature means: a feature's contexts from the feature store shown to an
+//! explainer model with the activating tokens marked ([`material`], [`prompts`]), and the
+//! explanation scored on held-out contexts the explainer never saw, by the two tests
+//! EleutherAI's delphi defines ([`score`]): **detection** (does this context activate
+//! the feature? against verified non-activating contexts, [`negatives`]) and
+//! **fuzzing** (are the marked tokens the activating ones?), each as a balanced
+//! accuracy; [`explain::explain_feature`] does one feature start to end. The explainer
+//! and the scorer are any OpenAI-compatible chat endpoint ([`client`]): `glassbox
+//! serve-model`, vLLM, llama.cpp's server, Ollama, hosted APIs. `glassbox explain`
+//! stores the results in `features.sqlite`
+//! ([`glassbox_features::explanations`]).
 //!
 //! ```
 //! use glassbox_explain::context::Context;

@@ -101,3 +101,74 @@ pub fn material(detail: &UnitDetail, logit_tokens: usize) -> Material {
         suppressed: tokens(&detail.suppressed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glassbox_features::store::Unit;
+
+    fn example(band: i64, rank: u32, window: u32, start: u32) -> StoredExample {
+        StoredExample {
+            band,
+            rank,
+            act: 1.0 + rank as f64,
+            window,
+            position: start + 1,
+            context_start: start,
+            tokens: vec![format!("w{window}"), format!(" p{start}"), " x".into()],
+            acts: vec![0.0, 1.0 + rank as f64, 0.0],
+        }
+    }
+
+    #[test]
+    fn the_scorer_never_sees_what_the_explainer_saw() {
+        let examples = vec![
+            example(-1, 0, 0, 0),
+            example(-1, 1, 1, 0),
+            example(-1, 2, 2, 0),
+            example(-1, 3, 2, 1), // overlaps rank 2's context: dropped
+            example(0, 0, 3, 0),
+            example(0, 1, 4, 0),
+            example(0, 2, 4, 10),
+            example(1, 0, 5, 0),
+            example(1, 1, 1, 1), // overlaps held-out top rank 1: one of them goes
+        ];
+        let detail = UnitDetail {
+            unit: Unit {
+                kind: glassbox_features::UnitKind::Feature,
+                id: 7,
+                density: 0.1,
+                max_act: 4.0,
+                mean_act: 1.0,
+                label: String::new(),
+                top_tokens: Vec::new(),
+                concentration: 0.0,
+                log10_edges: Vec::new(),
+                histogram: Vec::new(),
+                explanation: None,
+            },
+            examples,
+            promoted: vec![(" a".into(), 1.0), (" b".into(), 0.5)],
+            suppressed: vec![(" z".into(), -1.0)],
+            neighbours: Vec::new(),
+            effects_available: true,
+            explanations: Vec::new(),
+            prev: None,
+            next: None,
+        };
+        let m = material(&detail, 1);
+        let shown: Vec<String> = m.shown.iter().map(|c| c.text()).collect();
+        assert_eq!(shown, ["w0 p0 x", "w2 p0 x", "w3 p0 x", "w5 p0 x"]);
+        let held: Vec<Vec<String>> = m
+            .held_out
+            .iter()
+            .map(|g| g.iter().map(|c| c.text()).collect())
+            .collect();
+        // bands from the lowest, then the top activations; of two overlapping held-out
+        // contexts the first kept wins (band 1's), so the top group is empty and gone
+        assert_eq!(held, [vec!["w4 p0 x", "w4 p10 x"], vec!["w1 p1 x"]]);
+        assert_eq!(m.held_out_count(), 3);
+        assert_eq!(m.promoted, [" a"]);
+        assert_eq!(m.suppressed, [" z"]);
+    }
+}
