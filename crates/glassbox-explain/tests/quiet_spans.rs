@@ -11,8 +11,7 @@ use glassbox_model::{Batch, HookFilter, LogitsMode, Run};
 fn quiet_spans_are_exactly_the_spans_where_a_feature_is_zero() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
     let model = glassbox_model::load_model(format!("{fixtures}/tiny-llama").as_ref()).unwrap();
-    let dict =
-        glassbox_sae::format::load(format!("{fixtures}/saelens/sae-topk").as_ref()).unwrap();
+    let dict = glassbox_sae::format::load(format!("{fixtures}/saelens/sae-topk").as_ref()).unwrap();
     let hook = "blocks.0.hook_resid_post";
     let windows: Vec<Vec<u32>> = (0..11u32)
         .map(|w| {

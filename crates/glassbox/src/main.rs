@@ -77,6 +77,8 @@ enum Command {
     },
     /// Explain features with any OpenAI-compatible endpoint and score the explanations (detection, fuzzing)
     Explain(Box<commands::explain::Args>),
+    /// The run's audit report (HTML + JSON): coverage, dark matter, probes, cost, provenance, thresholds
+    Audit(commands::audit::Args),
     /// Browse a run's feature dashboards: JSON API + web UI (or --export static HTML)
     Serve(commands::serve::Args),
     /// Serve the model over an OpenAI-compatible API, with a policy's edits and monitors
@@ -129,6 +131,7 @@ fn main() {
         Command::Sae { what } => commands::sae::run(what),
         Command::Features { what } => commands::features::run(what),
         Command::Explain(a) => commands::explain::run(*a),
+        Command::Audit(a) => commands::audit::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::ServeModel(a) => commands::serve_model::run(a),
         Command::Bench { what } => commands::bench::run(what),

@@ -179,10 +179,15 @@ pub fn run(a: Args) -> Result<()> {
         println!("nothing to explain");
         return Ok(());
     }
+    let meter = glassbox_audit::ledger::Meter::start("explain");
     let quiet = quiet_spans(&a, &store)?;
     let negatives: Vec<_> = todo
         .iter()
-        .map(|m| quiet.for_feature(m.feature, a.non_activating, feature_seed(a.seed, m.feature)))
+        .map(|m| {
+            quiet
+                .spans
+                .for_feature(m.feature, a.non_activating, feature_seed(a.seed, m.feature))
+        })
         .collect();
     let opts = Options {
         batch: a.scorer_batch,
@@ -240,6 +245,10 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     bar.finish_and_clear();
     totals.print(&writer, clock.elapsed().as_secs_f64(), &a.explainer_model)?;
+    // the endpoints' tokens are in the explanations; the ledger has the local model pass
+    if let Some(dir) = store.path.parent() {
+        crate::commands::audit::record_stage(dir, meter, quiet.tokens as u64, quiet.flops);
+    }
     if let Some(e) = first_error {
         return Err(e.context(format!(
             "explaining stopped; the {} features finished are stored in {} and a rerun resumes after them",
@@ -252,7 +261,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Held-out windows run through the model and the dictionary: the store's model,
 /// dictionary, hook, corpus, window length and split seed, its contexts' length.
-fn quiet_spans(a: &Args, store: &FeatureStore) -> Result<QuietSpans> {
+fn quiet_spans(a: &Args, store: &FeatureStore) -> Result<Quiet> {
     let meta = store.meta()?;
     let at = &store.path;
     let spec = match &a.model {
@@ -320,7 +329,22 @@ fn quiet_spans(a: &Args, store: &FeatureStore) -> Result<QuietSpans> {
         quiet.len(),
         windows.len()
     );
-    Ok(quiet)
+    let tokens = windows.len() * context_size;
+    let flops = tokens as f64
+        * (crate::commands::audit::forward_flops_to(&model, hook, context_size)
+            + glassbox_audit::cost::dictionary_forward_flops(dict.d_in, dict.d_sae, dict.d_out));
+    Ok(Quiet {
+        spans: quiet,
+        tokens,
+        flops,
+    })
+}
+
+/// The non-activating spans and what finding them cost.
+struct Quiet {
+    spans: QuietSpans,
+    tokens: usize,
+    flops: f64,
 }
 
 fn record(m: &Material, o: &Outcome, a: &Args, scorer_model: &str) -> Explanation {

@@ -228,6 +228,7 @@ fn build(a: BuildArgs) -> Result<()> {
         meta,
     };
     let bar = LateBar::new("features (windows)");
+    let meter = glassbox_audit::ledger::Meter::start("features");
     let report = glassbox_features::build_held_out(
         &input,
         &opts,
@@ -236,6 +237,17 @@ fn build(a: BuildArgs) -> Result<()> {
         |n, total| bar.advance(n, total),
     )?;
     bar.finish();
+    // a run directory's store joins its ledger (a store written elsewhere has none)
+    if out.parent() == Some(dict_dir.as_path()) && !fetched {
+        let per_token = crate::commands::audit::forward_flops_to(&model, &input.hook, context_size)
+            + glassbox_audit::cost::dictionary_forward_flops(dict.d_in, dict.d_sae, dict.d_out);
+        crate::commands::audit::record_stage(
+            &dict_dir,
+            meter,
+            report.tokens,
+            per_token * report.tokens as f64,
+        );
+    }
     let pass = report
         .phases
         .iter()

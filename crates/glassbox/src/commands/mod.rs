@@ -1,4 +1,5 @@
 pub mod ablate;
+pub mod audit;
 pub mod bench;
 pub mod cache;
 pub mod eval_sae;

@@ -62,7 +62,18 @@ pub fn run(a: Args) -> Result<()> {
         opts.resume = glassbox_sae::train::checkpoint::exists(
             &a.out.join(glassbox_train::run_dir::CHECKPOINT_DIR),
         );
+        let meter = glassbox_audit::ledger::Meter::start("train");
         let run = glassbox_train::train_sae(&model, &opts, &a.out, &Bars::new("topk"))?;
+        let m = &run.metrics;
+        let per_token =
+            crate::commands::audit::forward_flops_to(&model, &a.hook, opts.context_size)
+                + glassbox_audit::cost::dictionary_train_flops(m.d_in, m.d_sae, m.d_out);
+        crate::commands::audit::record_stage(
+            &a.out,
+            meter,
+            m.train_tokens as u64,
+            per_token * m.train_tokens as f64,
+        );
         let e = &run.metrics.eval;
         println!(
             "held-out ({} tokens): FVU {:.4}, L0 {:.1}, dead {:.1} %, CE loss recovered {:.1} %",
@@ -81,6 +92,7 @@ pub fn run(a: Args) -> Result<()> {
             a.feature_tokens
         );
         let bar = LateBar::new("features (windows)");
+        let meter = glassbox_audit::ledger::Meter::start("features");
         let report = glassbox_features::build_for_run(
             &model,
             "default",
@@ -92,6 +104,15 @@ pub fn run(a: Args) -> Result<()> {
             |n, total| bar.advance(n, total),
         )?;
         bar.finish();
+        let a_dict = &report.analysis.hooks;
+        let per_token = crate::commands::audit::forward_flops_to(&model, &a_dict.hook, 128)
+            + glassbox_audit::cost::dictionary_forward_flops(a_dict.d_in, a.d_sae, a_dict.d_in);
+        crate::commands::audit::record_stage(
+            &a.out,
+            meter,
+            report.tokens,
+            per_token * report.tokens as f64,
+        );
         println!(
             "wrote {}: {} tokens in {} windows, {:.1} s",
             report.path.display(),
@@ -100,9 +121,14 @@ pub fn run(a: Args) -> Result<()> {
             report.seconds
         );
     }
+    let audit = crate::commands::audit::Args::for_run(&a.out);
+    crate::commands::audit::write_report(&audit)?;
     println!("\nwhere to look:");
     println!("  {dir}/metrics.json       held-out FVU, L0, dead latents, CE loss recovered");
     println!("  {dir}/features.sqlite    every feature's statistics and contexts");
+    println!(
+        "  {dir}/audit.html         the audit report: coverage, cost, provenance (glassbox audit)"
+    );
     println!("  glassbox features show {dir} --feature 0");
     println!("  glassbox features export --run {dir} --html {dir}/html   (static pages)");
     if a.no_serve {

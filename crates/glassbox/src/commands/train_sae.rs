@@ -269,9 +269,19 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.resume = a.resume;
     opts.export_acts = a.export_acts.clone();
     let model = open_model(&model_spec)?;
+    let meter = glassbox_audit::ledger::Meter::start("train");
     let run = glassbox_train::train_sae(&model, &opts, &out, &Bars::new(&arch_name))
         .map_err(in_flag_words)?;
     let m = &run.metrics;
+    // harvest (the model to the hook) and training, per training token
+    let per_token = crate::commands::audit::forward_flops_to(&model, &hook, opts.context_size)
+        + glassbox_audit::cost::dictionary_train_flops(m.d_in, m.d_sae, m.d_out);
+    crate::commands::audit::record_stage(
+        &out,
+        meter,
+        m.train_tokens as u64,
+        per_token * m.train_tokens as f64,
+    );
     println!(
         "trained {arch_name} d_sae={} on {} tokens of {hook}{} in {:.1} s ({:.0} tokens/s)",
         m.d_sae,

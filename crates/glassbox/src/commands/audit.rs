@@ -1,0 +1,204 @@
+//! `glassbox audit`: the run's audit report as REPORT.html and REPORT.json, judged
+//! against a policy's thresholds (a failed criterion fails the exit status, so it can
+//! gate a pipeline).
+
+use anyhow::{Context, Result};
+use glassbox_audit::cost::ModelShape;
+use glassbox_audit::policy::Policy;
+use glassbox_audit::AuditInput;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run directory (metrics.json, features.sqlite, stages.jsonl, config.toml)
+    #[arg(long)]
+    run: PathBuf,
+    /// Probe folders (`glassbox probe train --out DIR`) for the lie-detector section
+    #[arg(long, num_args = 1..)]
+    probes: Vec<PathBuf>,
+    /// A transcoder set (its index.json): each layer's held-out evaluation joins coverage
+    #[arg(long)]
+    transcoders: Option<PathBuf>,
+    /// A thresholds file ([thresholds] min_METRIC / max_METRIC = value); any failed
+    /// criterion exits with status 3
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Output path without extension: writes REPORT.html and REPORT.json (default:
+    /// RUN/audit)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Power draw assumed for energy, in watts (this machine: measure it, or use the
+    /// CPU's TDP)
+    #[arg(long, default_value_t = 65.0)]
+    watts: f64,
+    /// Detection score from which an explanation counts as good
+    #[arg(long, default_value_t = 0.7)]
+    explained_threshold: f64,
+    /// Training tokens of the projected study (on Llama-3.2-1B's shape)
+    #[arg(long, default_value_t = 1e9)]
+    project_tokens: f64,
+}
+
+impl Args {
+    /// The defaults for `run` (what `quickstart` writes at its end).
+    pub fn for_run(run: &Path) -> Self {
+        Args {
+            run: run.to_path_buf(),
+            probes: Vec::new(),
+            transcoders: None,
+            policy: None,
+            out: None,
+            watts: 65.0,
+            explained_threshold: 0.7,
+            project_tokens: 1e9,
+        }
+    }
+}
+
+/// The exit status of a report whose policy failed (errors exit with 1).
+pub const POLICY_FAILED: i32 = 3;
+
+fn shape_of(model: &glassbox_model::Model, name: &str) -> ModelShape {
+    let c = &model.transformer.config;
+    ModelShape {
+        name: name.to_string(),
+        d_model: c.d_model,
+        d_mlp: c.d_mlp,
+        n_layers: c.n_layers,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        d_head: c.d_head,
+        d_vocab: c.d_vocab,
+        gated_mlp: c.gated_mlp,
+    }
+}
+
+/// The model file the run names, when it is on this machine.
+fn model_path(spec: &str) -> Option<PathBuf> {
+    let p = Path::new(spec);
+    if p.exists() {
+        return Some(p.to_path_buf());
+    }
+    match spec {
+        "default" | glassbox_hub::DEFAULT_MODEL_FILE => {
+            Some(glassbox_hub::default_model_path()).filter(|p| p.is_file())
+        }
+        _ => None,
+    }
+}
+
+/// Writes the report; returns whether every criterion passed (true without a policy).
+pub fn write_report(a: &Args) -> Result<bool> {
+    // refuse a bad policy before any work
+    let policy = a.policy.as_deref().map(Policy::read).transpose()?;
+    anyhow::ensure!(a.watts > 0.0, "--watts must be positive");
+    let config = glassbox_train::RunConfig::read(&a.run)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?
+        .unwrap_or_default();
+    let path = config.model.as_deref().and_then(model_path);
+    // the model's shape for FLOPs: only its config is needed, but opening it is cheap
+    let shape = match &path {
+        Some(p) => glassbox_model::load_model(p)
+            .ok()
+            .map(|m| shape_of(&m, config.model.as_deref().unwrap_or("model"))),
+        None => None,
+    };
+    let input = AuditInput {
+        run: a.run.clone(),
+        probes: a.probes.clone(),
+        transcoders: a.transcoders.clone(),
+        model_path: path,
+        model_shape: shape,
+        watts: a.watts,
+        explained_threshold: a.explained_threshold,
+        target: ModelShape::llama_3_2_1b(),
+        target_tokens: a.project_tokens,
+    };
+    let mut report = glassbox_audit::gather(&input)?;
+    let mut passed = true;
+    if let Some(p) = &policy {
+        let metrics = report.metrics();
+        let verdicts = p.judge(&metrics, &|m| report.why_missing(m));
+        passed = verdicts.iter().all(|c| c.pass);
+        report.thresholds = Some(verdicts);
+    }
+    let out = a.out.clone().unwrap_or_else(|| a.run.join("audit"));
+    let (html, json) = glassbox_audit::write(&report, &out)
+        .with_context(|| format!("cannot write the report at {}", out.display()))?;
+    println!("wrote {} and {}", html.display(), json.display());
+    for c in &report.coverage {
+        let m = |k: &str| c.metrics.get(k).copied().flatten();
+        println!(
+            "  coverage {}: FVU {}, CE recovered {}, L0 {}, dead {}",
+            c.hook_out,
+            fmt(m("fvu")),
+            fmt(m("ce_recovered")),
+            fmt(m("l0")),
+            fmt(m("dead_fraction"))
+        );
+    }
+    if let Some(e) = &report.explanations {
+        println!(
+            "  explanations: {} of {} features explained, median detection {}",
+            e.explained,
+            e.features,
+            fmt(e.detection_median)
+        );
+    }
+    println!(
+        "  cost: {:.1} s over {} stages, {:.3} Wh at {} W",
+        report.cost.total_wall_s,
+        report.cost.stages.len(),
+        report.cost.total_watt_hours,
+        report.cost.watts
+    );
+    for m in &report.missing {
+        println!("  not in the report: {m}");
+    }
+    if let Some(v) = &report.thresholds {
+        for c in v {
+            println!(
+                "  {} {}: {} {} {} ({})",
+                if c.pass { "PASS" } else { "FAIL" },
+                c.key,
+                fmt(c.value),
+                if c.bound == "min" { "≥" } else { "≤" },
+                c.limit,
+                c.note.as_deref().unwrap_or("measured")
+            );
+        }
+    }
+    Ok(passed)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.4}"))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !write_report(&a)? {
+        eprintln!("error: the run fails its policy (see FAIL lines above)");
+        std::process::exit(POLICY_FAILED);
+    }
+    Ok(())
+}
+
+/// Appends a finished stage to the run's ledger (`stages.jsonl`); a ledger that cannot
+/// be written costs the audit this stage's line, not the stage its result.
+pub fn record_stage(dir: &Path, meter: glassbox_audit::ledger::Meter, tokens: u64, flops: f64) {
+    let rec = meter.finish(tokens, flops);
+    if let Err(e) = glassbox_audit::ledger::append(dir, &rec) {
+        eprintln!(
+            "warning: {e:#}: the audit report will not have the cost of this `{}` stage",
+            rec.stage
+        );
+    }
+}
+
+/// FLOPs per token of `model`'s forward pass up to and through `hook`'s block, at
+/// windows of `context` tokens.
+pub fn forward_flops_to(model: &glassbox_model::Model, hook: &str, context: usize) -> f64 {
+    let shape = shape_of(model, "");
+    let layers = glassbox_model::hooks::layer_of(hook).map_or(shape.n_layers, |l| l + 1);
+    shape.forward_flops(layers, context, hook.starts_with("ln_final"))
+}
