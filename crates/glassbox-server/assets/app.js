@@ -175,6 +175,7 @@
       ['Steer', link.steer({})],
     ];
     if (!STATIC && META && (transcoders || META.graphs > 0)) items.push(['Graphs', link.graphs()]);
+    if (!STATIC && META && META.audit) items.push(['Audit', '/audit']);
     fill(document.getElementById('nav'), ...items.map(([t, u]) => h('a', { href: u }, t)));
     document.getElementById('nav-home').setAttribute('href', link.list({}));
     const info = document.getElementById('run-info');

@@ -49,6 +49,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/graph/{name}", get(graph_page))
         .route("/layer/{layer}/feature/{id}", get(layer_feature_page))
         .route("/unit/{kind}/{id}", get(unit_page))
+        .route("/audit", get(audit_page))
         .route("/static/{file}", get(asset))
         .fallback(not_found)
         // the body is read (and limited) by `read_body`, before any extractor
@@ -210,6 +211,23 @@ async fn unit_page(Path((kind, id)): Path<(String, String)>, uri: Uri) -> Respon
     html(assets::page_html("/", None))
 }
 
+/// The run's audit report (`glassbox audit` writes `RUN/audit.html`; a fixed name, so
+/// no request picks a file).
+async fn audit_page(State(app): AppState) -> Response {
+    let path = app.run_dir.join(AUDIT_REPORT);
+    match tokio::task::spawn_blocking(move || std::fs::read_to_string(path)).await {
+        Ok(Ok(body)) => html(body),
+        _ => ApiError::not_found(format!(
+            "this run has no audit report yet: `glassbox audit --run {}` writes {AUDIT_REPORT}",
+            app.run_dir.display()
+        ))
+        .into_response(),
+    }
+}
+
+/// The audit report's file in a run directory.
+pub const AUDIT_REPORT: &str = "audit.html";
+
 async fn graph_page(Path(name): Path<String>, uri: Uri) -> Response {
     if crate::check_graph_name(&name).is_err() {
         return not_found(uri).await;
@@ -262,6 +280,7 @@ async fn meta(State(app): AppState) -> ApiResult<Json<Value>> {
             "mode": "run",
             "run_dir": app.run_dir.display().to_string(),
             "graphs": n_graphs,
+            "audit": app.run_dir.join(AUDIT_REPORT).is_file(),
             "meta": meta,
             "counts": counts,
             "dictionary": {

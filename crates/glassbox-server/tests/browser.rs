@@ -176,6 +176,105 @@ fn feature_page_list_and_compare_render_in_chromium() {
 }
 
 #[test]
+fn explanations_and_the_audit_report_render_in_chromium() {
+    let Some(chromium) = chromium() else { return };
+    let run = run_dir();
+    let mut w = glassbox_features::explanations::ExplanationWriter::open(run.path()).unwrap();
+    w.put(&glassbox_features::explanations::Explanation {
+        feature: 3,
+        explainer_model: "judge-7b".into(),
+        prompt_version: "glassbox-explain-1".into(),
+        scorer_model: "judge-7b".into(),
+        explanation: Some("the word cat and other small pets".into()),
+        failure: None,
+        detection: Some(0.875),
+        fuzzing: Some(0.75),
+        details: serde_json::json!({"seed": 1, "held_out": [2], "non_activating": 2}),
+        prompt_tokens: 900,
+        completion_tokens: 40,
+        seconds: 2.0,
+        created: 1,
+    })
+    .unwrap();
+    drop(w);
+    // a run's held-out evaluation as train-sae writes it, and one ledger line
+    std::fs::write(
+        run.path().join("metrics.json"),
+        serde_json::json!({"d_in": 16, "d_sae": 6, "d_out": 16, "hook": "blocks.1.hook_resid_pre",
+            "train_tokens": 4096, "train_seconds_this_session": 3.0,
+            "eval": {"hook": "blocks.1.hook_resid_pre", "hook_out": "blocks.1.hook_resid_pre",
+                     "architecture": "topk", "d_sae": 6, "tokens": 512, "fvu": 0.21,
+                     "explained_variance": 0.79, "l0": 3.0, "dead_fraction": 1.0 / 6.0,
+                     "dense_fraction": 0.0, "ce_clean": 3.1, "ce_spliced": 3.3,
+                     "ce_recovered": 0.9, "kl_recovered": 0.85, "context_size": 64}})
+        .to_string(),
+    )
+    .unwrap();
+    let meter = glassbox_audit::ledger::Meter::start("train");
+    glassbox_audit::ledger::append(run.path(), &meter.finish(4096, 1e9)).unwrap();
+    let input = glassbox_audit::AuditInput {
+        run: run.path().to_path_buf(),
+        probes: Vec::new(),
+        transcoders: None,
+        model_path: None,
+        model_shape: None,
+        watts: 65.0,
+        explained_threshold: 0.7,
+        target: glassbox_audit::cost::ModelShape::llama_3_2_1b(),
+        target_tokens: 1e9,
+    };
+    let mut report = glassbox_audit::gather(&input).unwrap();
+    let policy = glassbox_audit::policy::Policy::parse(
+        "[thresholds]\nmin_ce_recovered = 0.8\nmax_dead_fraction = 0.1\n",
+    )
+    .unwrap();
+    report.thresholds = Some(policy.judge(&report.metrics(), &|m| report.why_missing(m)));
+    glassbox_audit::write(&report, &run.path().join("audit")).unwrap();
+    let base = start_server(run.path());
+
+    let dom = dump_dom(&chromium, &format!("{base}/unit/feature/3"));
+    let expl = element(&dom, "explanations");
+    assert!(expl.contains("the word cat and other small pets"), "{expl}");
+    assert!(
+        expl.contains("0.875") && expl.contains("judge-7b"),
+        "{expl}"
+    );
+    // the nav links the report once the run has one
+    assert!(dom.contains(r#"<a href="/audit">Audit</a>"#), "{dom}");
+    let dom = dump_dom(&chromium, &format!("{base}/?q=pets"));
+    let table = element(&dom, "list-table");
+    assert!(
+        table.contains("cat and kitten") && table.contains("small pets"),
+        "{table}"
+    );
+
+    let dom = dump_dom(&chromium, &format!("{base}/audit"));
+    for id in [
+        "thresholds",
+        "coverage",
+        "explanations",
+        "dark-matter",
+        "lie-detector",
+        "cost",
+        "provenance",
+        "missing",
+        "compliance",
+    ] {
+        element(&dom, id);
+    }
+    assert!(dom.contains("FAIL: 1 of 2 criteria"), "{dom}");
+    for plot in ["coverage-plot-0", "detection-plot", "cost-plot"] {
+        let svg = element(&dom, plot);
+        assert!(svg.contains("<rect"), "{plot} has bars: {svg}");
+    }
+    assert!(
+        element(&dom, "coverage").contains("0.2100"),
+        "FVU as metrics.json has it"
+    );
+    assert!(element(&dom, "compliance").contains("MEASURE 2.9"));
+}
+
+#[test]
 fn static_export_renders_from_disk_in_chromium() {
     let Some(chromium) = chromium() else { return };
     let run = run_dir();
