@@ -31,7 +31,7 @@ fn number_after(out: &str, key: &str) -> f64 {
         + key.len();
     out[at..]
         .trim_start()
-        .split(|c: char| c == ',' || c == ' ' || c == '%')
+        .split([',', ' ', '%'])
         .next()
         .unwrap()
         .parse()
