@@ -16,6 +16,8 @@ fn num(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
         Some(v) if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-3) => format!("{v:.3e}"),
+        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
         Some(v) => format!("{v:.4}"),
     }
 }
@@ -62,6 +64,9 @@ fn bars(id: &str, title: &str, rows: &[(String, f64)], max: Option<f64>) -> Stri
 
 /// A histogram of scores in [0, 1], ten bins.
 fn score_histogram(id: &str, title: &str, scores: &[f64]) -> String {
+    if scores.is_empty() {
+        return format!("<p id=\"{id}\" class=\"muted\">No scores: the scorer answered no batch in a readable form (a small model as the scorer rarely does; see the README).</p>");
+    }
     let mut counts = [0usize; 10];
     for &s in scores {
         counts[((s * 10.0).floor() as usize).min(9)] += 1;
