@@ -44,7 +44,7 @@ pub struct Criterion {
     pub note: Option<String>,
 }
 
-/// A parsed policy: (key, metric, is_min, limit), in file order.
+/// A parsed policy: (key, metric, is_min, limit), in key order (TOML tables are maps).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     bounds: Vec<(String, String, bool, f64)>,
