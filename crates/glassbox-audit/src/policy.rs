@@ -139,10 +139,16 @@ mod tests {
             ("probe_auroc_min".to_string(), None),
         ]);
         let c = p.judge(&m, &|_| "no probes given".into());
+        let verdicts: Vec<(&str, bool)> = c.iter().map(|c| (c.key.as_str(), c.pass)).collect();
         assert_eq!(
-            c.iter().map(|c| c.pass).collect::<Vec<_>>(),
-            [true, false, false]
+            verdicts,
+            [
+                ("max_dead_fraction", false),
+                ("min_ce_recovered", true),
+                ("min_probe_auroc_min", false)
+            ]
         );
+        assert_eq!(c[1].note, None);
         assert_eq!(c[2].note.as_deref(), Some("no probes given"));
         let e = Policy::parse("[thresholds]\nmin_ce_recoverd = 0.8\n").unwrap_err();
         let e = format!("{e:#}");
