@@ -68,6 +68,7 @@ pub mod dataset;
 pub mod linalg;
 pub mod metrics;
 pub mod probe;
+pub mod sparse;
 pub mod store;
 pub mod sweep;
 

@@ -36,6 +36,24 @@ pub struct Args {
     /// Print one JSON object with every number
     #[arg(long)]
     json: bool,
+    /// What to measure: `core` (reconstruction, sparsity, CE/KL recovered), `probing`
+    /// (SAEBench's sparse probing on the built-in statement datasets and --probe-data),
+    /// or `all`
+    #[arg(long, value_enum, default_value = "core")]
+    suite: Suite,
+    /// More datasets for sparse probing: CSV files with `statement` and `label` columns
+    #[arg(long, num_args = 1..)]
+    probe_data: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// reconstruction, sparsity, CE and KL recovered on held-out text
+    Core,
+    /// sparse probing (k = 1, 2, 5 latents against the raw activations)
+    Probing,
+    /// both
+    All,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -60,6 +78,22 @@ pub fn run(a: Args) -> Result<()> {
         if h != dh {
             eprintln!("note: --hook {h} differs from the dictionary's hook {dh}");
         }
+    }
+    let probing = match a.suite {
+        Suite::Core => None,
+        Suite::Probing | Suite::All => Some(sparse_probing(&a, &model, &dict, &hooks.hook_in)?),
+    };
+    if a.suite == Suite::Probing {
+        let p = probing.unwrap_or_default();
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"probing": p}))?
+            );
+        } else {
+            print_probing(&p);
+        }
+        return Ok(());
     }
     let corpus = match &a.corpus {
         Some(c) => c.clone(),
@@ -106,11 +140,105 @@ pub fn run(a: Args) -> Result<()> {
         o.insert("seed".into(), a.seed.into());
         o.insert("eval_fraction".into(), EVAL_FRACTION.into());
         o.insert("held_out".into(), true.into());
+        if let Some(p) = &probing {
+            o.insert("probing".into(), serde_json::to_value(p)?);
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     report(&r, &model.label(), &a);
+    if let Some(p) = &probing {
+        print_probing(p);
+    }
     Ok(())
+}
+
+/// One dataset's sparse probing, named.
+#[derive(serde::Serialize)]
+struct DatasetProbing {
+    dataset: String,
+    #[serde(flatten)]
+    result: glassbox_probes::sparse::SparseProbing,
+}
+
+/// SAEBench's sparse probing on each dataset: the statements' last-token activations at
+/// the dictionary's hook, a stratified 75/25 split by `--seed`.
+fn sparse_probing(
+    a: &Args,
+    model: &glassbox_model::Model,
+    dict: &glassbox_sae::Dictionary,
+    hook: &str,
+) -> Result<Vec<DatasetProbing>> {
+    use glassbox_probes::dataset::{Dataset, BUILTIN};
+    let layer =
+        glassbox_model::hooks::layer_of(hook).unwrap_or(model.transformer.config.n_layers - 1);
+    let mut specs: Vec<String> = BUILTIN.iter().map(|b| format!("builtin:{b}")).collect();
+    specs.extend(a.probe_data.iter().map(|p| p.display().to_string()));
+    let mut out = Vec::new();
+    for spec in specs {
+        let data = Dataset::load(&spec)?;
+        let texts: Vec<String> = data.statements.iter().map(|s| s.text.clone()).collect();
+        let acts = glassbox_probes::activations::collect(
+            model,
+            &texts,
+            hook,
+            &[layer],
+            glassbox_probes::activations::Position::Last,
+            None,
+        )?;
+        let raw = &acts[0];
+        let flat: Vec<f32> = raw.iter().flatten().copied().collect();
+        let x =
+            candle_core::Tensor::from_vec(flat, (raw.len(), dict.d_in), &candle_core::Device::Cpu)?;
+        let latents: Vec<Vec<f32>> = dict.encode(&x)?.to_vec2()?;
+        let (train, test) = data.split(0.25, a.seed);
+        let result = glassbox_probes::sparse::sparse_probing(
+            raw,
+            &latents,
+            &data.labels(),
+            &train,
+            &test,
+            &glassbox_probes::sparse::KS,
+        )?;
+        out.push(DatasetProbing {
+            dataset: data.name.clone(),
+            result,
+        });
+    }
+    Ok(out)
+}
+
+fn print_probing(p: &[DatasetProbing]) {
+    println!("sparse probing (held-out accuracy; the top-k latents by class-mean difference, then logistic regression):");
+    println!(
+        "  {:<14} {:>6} {:>6}   {:>6} {:>6} {:>6}   latents (k = 5)",
+        "dataset", "n", "raw", "k=1", "k=2", "k=5"
+    );
+    for d in p {
+        let acc = |k: usize| {
+            d.result
+                .sparse
+                .iter()
+                .find(|f| f.k == k)
+                .map_or("-".to_string(), |f| format!("{:.3}", f.accuracy))
+        };
+        let top: Vec<String> = d
+            .result
+            .sparse
+            .last()
+            .map(|f| f.latents.iter().map(|l| format!("#{l}")).collect())
+            .unwrap_or_default();
+        println!(
+            "  {:<14} {:>6} {:>6.3}   {:>6} {:>6} {:>6}   {}",
+            d.dataset,
+            d.result.train + d.result.test,
+            d.result.raw_accuracy,
+            acc(1),
+            acc(2),
+            acc(5),
+            top.join(" ")
+        );
+    }
 }
 
 fn report(r: &SaeEval, model: &str, a: &Args) {
