@@ -63,6 +63,7 @@
 
 #![deny(missing_docs)]
 
+pub mod absorption;
 pub mod activations;
 pub mod dataset;
 pub mod linalg;

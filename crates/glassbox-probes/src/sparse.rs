@@ -40,14 +40,9 @@ pub struct SparseProbing {
     pub sparse: Vec<SparseFit>,
 }
 
-/// The `k` columns of `latents` (rows of `train`) with the largest |mean over label 1 −
-/// mean over label 0|, ties to the lower index.
-pub fn top_mean_difference(
-    latents: &[Vec<f32>],
-    labels: &[u8],
-    train: &[usize],
-    k: usize,
-) -> Vec<usize> {
+/// Per column of `latents`, the mean over the `train` rows labelled 1 minus the mean
+/// over those labelled 0.
+pub fn mean_differences(latents: &[Vec<f32>], labels: &[u8], train: &[usize]) -> Vec<f64> {
     let width = latents.first().map_or(0, Vec::len);
     let (mut sum, mut n) = ([vec![0f64; width], vec![0f64; width]], [0usize; 2]);
     for &i in train {
@@ -57,10 +52,24 @@ pub fn top_mean_difference(
             *s += v as f64;
         }
     }
-    let diff: Vec<f64> = (0..width)
-        .map(|j| (sum[1][j] / n[1].max(1) as f64 - sum[0][j] / n[0].max(1) as f64).abs())
+    (0..width)
+        .map(|j| sum[1][j] / n[1].max(1) as f64 - sum[0][j] / n[0].max(1) as f64)
+        .collect()
+}
+
+/// The `k` columns of `latents` (rows of `train`) with the largest |mean over label 1 −
+/// mean over label 0|, ties to the lower index.
+pub fn top_mean_difference(
+    latents: &[Vec<f32>],
+    labels: &[u8],
+    train: &[usize],
+    k: usize,
+) -> Vec<usize> {
+    let diff: Vec<f64> = mean_differences(latents, labels, train)
+        .into_iter()
+        .map(f64::abs)
         .collect();
-    let mut order: Vec<usize> = (0..width).collect();
+    let mut order: Vec<usize> = (0..diff.len()).collect();
     order.sort_by(|&a, &b| diff[b].total_cmp(&diff[a]).then(a.cmp(&b)));
     order.truncate(k);
     order

@@ -1,6 +1,7 @@
-//! `glassbox eval-sae --suite probing` on the default model: every built-in statement
-//! dataset and a CSV given with --probe-data, k = 1, 2, 5 against the raw activations
-//! (the arithmetic is tested on a planted dictionary in glassbox-probes).
+//! `glassbox eval-sae --suite probing|absorption` on the default model: sparse probing on
+//! every built-in statement dataset and a CSV given with --probe-data, k = 1, 2, 5
+//! against the raw activations; feature absorption on the first-letter task (the
+//! arithmetic of both is tested on planted dictionaries in glassbox-probes).
 
 use glassbox_fixtures::default_gguf;
 use glassbox_sae::testing::RandomTranscoder;
@@ -87,6 +88,31 @@ fn sparse_probing_reports_every_dataset_and_k() {
     }
     // the numbers dataset is linearly easy from early layers: raw reads it well
     assert!(p[2]["raw_accuracy"].as_f64().unwrap() > 0.8, "{}", p[2]);
+
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["eval-sae", "--model", model.to_str().unwrap(), "--sae"])
+        .arg(tmp.path().join("sae"))
+        .args(["--suite", "absorption", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = &v["absorption"];
+    let letters = a["letters"].as_array().unwrap();
+    assert!(
+        letters.len() >= 20,
+        "SmolLM2's vocabulary has words for most letters: {a}"
+    );
+    for l in letters {
+        let n = |k: &str| l[k].as_u64().unwrap();
+        assert!(
+            n("absorbed") <= n("main_missed") && n("main_missed") <= n("true_positives"),
+            "{l}"
+        );
+        assert!(n("true_positives") <= n("test_words"), "{l}");
+    }
+    let rate = a["mean_absorption_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rate), "{a}");
 
     let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
         .args(["eval-sae", "--model", model.to_str().unwrap(), "--sae"])

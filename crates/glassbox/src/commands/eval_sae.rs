@@ -38,7 +38,7 @@ pub struct Args {
     json: bool,
     /// What to measure: `core` (reconstruction, sparsity, CE/KL recovered), `probing`
     /// (SAEBench's sparse probing on the built-in statement datasets and --probe-data),
-    /// or `all`
+    /// `absorption` (feature absorption on the first-letter task), or `all`
     #[arg(long, value_enum, default_value = "core")]
     suite: Suite,
     /// More datasets for sparse probing: CSV files with `statement` and `label` columns
@@ -52,7 +52,9 @@ pub enum Suite {
     Core,
     /// sparse probing (k = 1, 2, 5 latents against the raw activations)
     Probing,
-    /// both
+    /// feature absorption on the first letters of single-token words
+    Absorption,
+    /// all three
     All,
 }
 
@@ -80,18 +82,20 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let probing = match a.suite {
-        Suite::Core => None,
         Suite::Probing | Suite::All => Some(sparse_probing(&a, &model, &dict, &hooks.hook_in)?),
+        _ => None,
     };
-    if a.suite == Suite::Probing {
-        let p = probing.unwrap_or_default();
+    let absorbed = match a.suite {
+        Suite::Absorption | Suite::All => Some(absorption(&model, &dict, &hooks.hook_in)?),
+        _ => None,
+    };
+    if matches!(a.suite, Suite::Probing | Suite::Absorption) {
         if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({"probing": p}))?
-            );
+            let v = serde_json::json!({"probing": probing, "absorption": absorbed});
+            println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
-            print_probing(&p);
+            probing.iter().for_each(|p| print_probing(p));
+            absorbed.iter().for_each(print_absorption);
         }
         return Ok(());
     }
@@ -143,6 +147,9 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(p) = &probing {
             o.insert("probing".into(), serde_json::to_value(p)?);
         }
+        if let Some(ab) = &absorbed {
+            o.insert("absorption".into(), serde_json::to_value(ab)?);
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -150,7 +157,104 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(p) = &probing {
         print_probing(p);
     }
+    if let Some(ab) = &absorbed {
+        print_absorption(ab);
+    }
     Ok(())
+}
+
+/// Words per first letter in the absorption task, and the fewest a letter needs.
+const WORDS_PER_LETTER: usize = 60;
+const MIN_WORDS_PER_LETTER: usize = 30;
+
+/// Feature absorption on the first-letter task: single-token lowercase words of three
+/// letters or more (` cat`) from the model's vocabulary, read at the dictionary's hook as
+/// the last token of `Word:{word}`; one word in five held out.
+fn absorption(
+    model: &glassbox_model::Model,
+    dict: &glassbox_sae::Dictionary,
+    hook: &str,
+) -> Result<glassbox_probes::absorption::Absorption> {
+    let tok = model.tokenizer()?;
+    let mut by_letter: std::collections::BTreeMap<char, Vec<String>> = Default::default();
+    for id in 0..model.transformer.config.d_vocab as u32 {
+        let text = tok.token_text(id);
+        let Some(word) = text.strip_prefix(' ') else {
+            continue;
+        };
+        if word.len() < 3 || !word.chars().all(|c| c.is_ascii_lowercase()) {
+            continue;
+        }
+        let first = word.chars().next().unwrap_or('a');
+        let list = by_letter.entry(first).or_default();
+        if list.len() >= WORDS_PER_LETTER {
+            continue;
+        }
+        // the word must stay one token, the last, after the prefix
+        let prompt = format!("Word:{text}");
+        if tok.encode(&prompt)?.last() == Some(&id) {
+            list.push(prompt);
+        }
+    }
+    let (mut texts, mut letters) = (Vec::new(), Vec::new());
+    for (letter, words) in by_letter
+        .iter()
+        .filter(|(_, w)| w.len() >= MIN_WORDS_PER_LETTER)
+    {
+        for w in words {
+            texts.push(w.clone());
+            letters.push(*letter);
+        }
+    }
+    anyhow::ensure!(
+        !texts.is_empty(),
+        "the vocabulary has no letter with {MIN_WORDS_PER_LETTER} single-token lowercase words: the absorption task needs a word-level vocabulary"
+    );
+    let layer =
+        glassbox_model::hooks::layer_of(hook).unwrap_or(model.transformer.config.n_layers - 1);
+    let acts = glassbox_probes::activations::collect(
+        model,
+        &texts,
+        hook,
+        &[layer],
+        glassbox_probes::activations::Position::Last,
+        None,
+    )?;
+    let raw = &acts[0];
+    let flat: Vec<f32> = raw.iter().flatten().copied().collect();
+    let x = candle_core::Tensor::from_vec(flat, (raw.len(), dict.d_in), &candle_core::Device::Cpu)?;
+    let latents: Vec<Vec<f32>> = dict.encode(&x)?.to_vec2()?;
+    let decoder: Vec<Vec<f32>> = dict.w_dec.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+    let (train, test): (Vec<usize>, Vec<usize>) = (0..texts.len()).partition(|i| i % 5 != 0);
+    Ok(glassbox_probes::absorption::absorption(
+        raw,
+        &latents,
+        &decoder,
+        &letters,
+        &train,
+        &test,
+        MIN_WORDS_PER_LETTER / 5,
+    )?)
+}
+
+fn print_absorption(a: &glassbox_probes::absorption::Absorption) {
+    println!(
+        "feature absorption (first letters of single-token words): mean absorption rate {:.3}, main latent silent on {:.3} of the probe's true positives",
+        a.mean_absorption_rate, a.mean_missed_rate
+    );
+    println!("  letter  words  probe acc  main latent  absorbed / true positives");
+    for l in &a.letters {
+        println!(
+            "  {:>6}  {:>5}  {:>9.3}  {:>11}  {} / {} ({:.3})",
+            l.letter,
+            l.test_words,
+            l.probe_accuracy,
+            format!("#{}", l.main_latent),
+            l.absorbed,
+            l.true_positives,
+            l.absorption_rate
+        );
+    }
 }
 
 /// One dataset's sparse probing, named.
