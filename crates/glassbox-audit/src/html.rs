@@ -273,6 +273,45 @@ pub fn render(r: &Report) -> String {
             .collect();
         b.push_str(&bars("probe-plot", "held-out AUROC", &au, Some(1.0)));
     }
+    if let Some(g) = &r.generalisation {
+        b.push_str("<h3>Generalisation (AUROC of each probe on each dataset)</h3>");
+        let mut head: Vec<&str> = vec!["probe"];
+        head.extend(g.datasets.iter().map(String::as_str));
+        let rows: Vec<Vec<String>> = g
+            .probes
+            .iter()
+            .zip(&g.auroc)
+            .map(|(p, row)| {
+                let mut cells = vec![esc(p)];
+                cells.extend(row.iter().map(|v| {
+                    let shade = v.map_or(0.0, |v| ((v - 0.5) * 2.0).clamp(0.0, 1.0));
+                    format!("<span class=\"cell\" style=\"background: rgba(74, 120, 194, {shade:.2})\">{}</span>", num(*v))
+                }));
+                cells
+            })
+            .collect();
+        b.push_str(&table(&head, &rows));
+        let rows: Vec<Vec<String>> = g
+            .false_flags
+            .iter()
+            .map(|f| {
+                vec![
+                    esc(&f.probe),
+                    esc(&f.dataset),
+                    format!("{} of {}", f.flagged, f.true_statements),
+                    num(Some(f.rate)),
+                    format!("p(true) < {}", f.threshold),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            b.push_str("<h3>False flags on held-out true statements</h3>");
+            b.push_str(&table(
+                &["probe", "dataset", "flagged", "rate", "flag when"],
+                &rows,
+            ));
+        }
+    }
     b.push_str("</section>");
 
     b.push_str("<section id=\"cost\"><h2>Cost</h2>");

@@ -59,6 +59,40 @@ pub struct AuditInput {
     pub target: cost::ModelShape,
     /// training tokens of the projected study
     pub target_tokens: f64,
+    /// the probes read on every built-in dataset, computed by the caller (who runs the
+    /// model); `None`: not computed
+    pub generalisation: Option<Generalisation>,
+}
+
+/// Each probe on each dataset, and the monitor's false flags on held-out true statements.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generalisation {
+    /// the datasets (columns)
+    pub datasets: Vec<String>,
+    /// the probes (rows), by folder
+    pub probes: Vec<String>,
+    /// `auroc[probe][dataset]` over the whole dataset, or over its held-out split for the
+    /// probe's own dataset (`None`: one class)
+    pub auroc: Vec<Vec<Option<f64>>>,
+    /// per probe: its own dataset's held-out true statements the monitor would flag
+    pub false_flags: Vec<FalseFlags>,
+}
+
+/// One probe's false flags.
+#[derive(Debug, Clone, Serialize)]
+pub struct FalseFlags {
+    /// the probe's folder
+    pub probe: String,
+    /// the dataset whose held-out split was read
+    pub dataset: String,
+    /// p(true) below which the monitor flags (its `--threshold`)
+    pub threshold: f64,
+    /// held-out true statements
+    pub true_statements: usize,
+    /// of those, flagged
+    pub flagged: usize,
+    /// `flagged / true_statements`
+    pub rate: f64,
 }
 
 /// One dictionary's coverage, as its `metrics.json` recorded it.
@@ -223,6 +257,9 @@ pub struct Report {
     pub dark_matter: Vec<BTreeMap<String, Value>>,
     /// the probes given
     pub lie_detector: Vec<ProbeScore>,
+    /// the probes on every built-in dataset and their false flags (`None`: no probes, or
+    /// not computed)
+    pub generalisation: Option<Generalisation>,
     /// what each stage cost
     pub cost: Cost,
     /// where it came from
@@ -271,6 +308,15 @@ impl Report {
                 aurocs.iter().copied().reduce(f64::min),
             );
         }
+        if let Some(g) = self
+            .generalisation
+            .as_ref()
+            .filter(|g| !g.false_flags.is_empty())
+        {
+            // the worst probe's rate
+            let worst = g.false_flags.iter().map(|f| f.rate).fold(0.0, f64::max);
+            m.insert("monitor_false_flag_rate".into(), Some(worst));
+        }
         m
     }
 
@@ -281,9 +327,10 @@ impl Report {
                 "no scored explanations: run glassbox explain on the run".into()
             }
             "probe_auroc_min" => "no probe with a held-out AUROC given: pass --probes DIR".into(),
-            "replacement_score" | "monitor_false_flag_rate" => {
-                "not measured by this version of glassbox audit".into()
+            "monitor_false_flag_rate" => {
+                "no probe trained on a built-in dataset given: pass --probes DIR".into()
             }
+            "replacement_score" => "not measured by this version of glassbox audit".into(),
             _ => "the run has no held-out evaluation (metrics.json)".into(),
         }
     }
@@ -541,8 +588,8 @@ pub fn gather(input: &AuditInput) -> Result<Report> {
             "lie detector: no probes given (glassbox probe train … --out DIR, then --probes DIR)"
                 .into(),
         );
-    } else {
-        missing.push("lie detector: the generalisation matrix and the monitor's false-flag rate are not computed by this version (glassbox probe matrix prints the matrix)".into());
+    } else if input.generalisation.is_none() {
+        missing.push("lie detector: the generalisation matrix and the false flags need the run's model on this machine".into());
     }
 
     // cost: the ledger, then what older files record
@@ -644,6 +691,7 @@ pub fn gather(input: &AuditInput) -> Result<Report> {
         explanations,
         dark_matter,
         lie_detector,
+        generalisation: input.generalisation.clone(),
         cost: Cost {
             stages,
             watts: input.watts,

@@ -22,7 +22,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ("fuzzing_median", "median fuzzing score of the explained features"),
     ("probe_auroc_min", "lowest held-out AUROC of the given probes"),
     ("replacement_score", "transcoder replacement score over the prompt suite (not measured by this version)"),
-    ("monitor_false_flag_rate", "the monitor's false-flag rate on held-out true statements (not measured by this version)"),
+    ("monitor_false_flag_rate", "the highest share, over the given probes, of their own dataset's held-out true statements the monitor would flag"),
 ];
 
 /// One bound and its verdict.

@@ -191,6 +191,45 @@ fn the_audit_report_holds_what_the_commands_printed_and_gates_on_a_policy() {
     );
     assert!(run.join("audit.html").is_file());
 
+    // a probe: its row of the generalisation matrix, its own dataset's entry equal to
+    // the held-out AUROC probe train recorded, and its false flags
+    let probe = tmp.path().join("probe");
+    let o = glassbox(&[
+        "probe",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "builtin:numbers",
+        "--layer",
+        "2",
+        "--out",
+        probe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = glassbox(&["audit", "--run", run_s, "--probes", probe.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&run.join("audit.json"));
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(probe.join("probe.json")).unwrap()).unwrap();
+    assert_eq!(r["lie_detector"][0]["test_auroc"], recorded["test_auroc"]);
+    let g = &r["generalisation"];
+    assert_eq!(
+        g["datasets"],
+        serde_json::json!(["capitals", "capitals_neg", "numbers", "numbers_neg"])
+    );
+    let diagonal = g["auroc"][0][2].as_f64().unwrap();
+    assert!(
+        (diagonal - recorded["test_auroc"].as_f64().unwrap()).abs() < 1e-9,
+        "{g}"
+    );
+    let f = &g["false_flags"][0];
+    assert_eq!(f["dataset"], "numbers");
+    assert!(
+        f["flagged"].as_u64().unwrap() <= f["true_statements"].as_u64().unwrap()
+            && f["true_statements"].as_u64().unwrap() > 0
+    );
+
     // a criterion that fails: exit status 3, the report still written, saying FAIL
     std::fs::write(
         &policy,

@@ -37,6 +37,10 @@ pub struct Args {
     /// Training tokens of the projected study (on Llama-3.2-1B's shape)
     #[arg(long, default_value_t = 1e9)]
     project_tokens: f64,
+    /// p(true) below which the monitor flags a statement (`monitor --threshold`), for
+    /// the false-flag rate
+    #[arg(long, default_value_t = 0.2)]
+    flag_threshold: f64,
 }
 
 impl Args {
@@ -51,6 +55,7 @@ impl Args {
             watts: 65.0,
             explained_threshold: 0.7,
             project_tokens: 1e9,
+            flag_threshold: 0.2,
         }
     }
 }
@@ -96,12 +101,17 @@ pub fn write_report(a: &Args) -> Result<bool> {
         .map_err(|e| anyhow::anyhow!("{e:#}"))?
         .unwrap_or_default();
     let path = config.model.as_deref().and_then(model_path);
-    // the model's shape for FLOPs: only its config is needed, but opening it is cheap
-    let shape = match &path {
-        Some(p) => glassbox_model::load_model(p)
-            .ok()
-            .map(|m| shape_of(&m, config.model.as_deref().unwrap_or("model"))),
+    // the model: its shape for FLOPs, and the probes' readings
+    let model = match &path {
+        Some(p) => glassbox_model::load_model(p).ok(),
         None => None,
+    };
+    let shape = model
+        .as_ref()
+        .map(|m| shape_of(m, config.model.as_deref().unwrap_or("model")));
+    let generalisation = match &model {
+        Some(m) if !a.probes.is_empty() => Some(generalisation(m, &a.probes, a.flag_threshold)?),
+        _ => None,
     };
     let input = AuditInput {
         run: a.run.clone(),
@@ -113,6 +123,7 @@ pub fn write_report(a: &Args) -> Result<bool> {
         explained_threshold: a.explained_threshold,
         target: ModelShape::llama_3_2_1b(),
         target_tokens: a.project_tokens,
+        generalisation,
     };
     let mut report = glassbox_audit::gather(&input)?;
     let mut passed = true;
@@ -169,6 +180,81 @@ pub fn write_report(a: &Args) -> Result<bool> {
         }
     }
     Ok(passed)
+}
+
+/// Each probe read on every built-in dataset (AUROC), and on its own dataset's held-out
+/// split (recomputed from the seed its `probe.json` records) the true statements the
+/// monitor would flag.
+fn generalisation(
+    model: &glassbox_model::Model,
+    dirs: &[PathBuf],
+    threshold: f64,
+) -> Result<glassbox_audit::Generalisation> {
+    use glassbox_probes::dataset::{Dataset, BUILTIN};
+    let datasets: Vec<Dataset> = BUILTIN
+        .iter()
+        .map(|b| Dataset::load(&format!("builtin:{b}")))
+        .collect::<std::result::Result<_, _>>()?;
+    let (mut probes, mut auroc, mut false_flags) = (Vec::new(), Vec::new(), Vec::new());
+    for dir in dirs {
+        let (probe, meta) = glassbox_probes::store::load(dir)?;
+        glassbox_probes::store::check_compatible(&meta, &probe, model)
+            .with_context(|| format!("the probe {} does not fit the run's model", dir.display()))?;
+        let mut row = Vec::new();
+        for d in &datasets {
+            let texts: Vec<String> = d.statements.iter().map(|s| s.text.clone()).collect();
+            let acts = glassbox_probes::activations::collect(
+                model,
+                &texts,
+                &meta.hook,
+                &[meta.layer],
+                meta.position,
+                None,
+            )?;
+            let scores: Vec<f64> = acts[0].iter().map(|x| probe.score(x)).collect();
+            let labels = d.labels();
+            if d.name != meta.data {
+                row.push(glassbox_probes::metrics::auroc(&scores, &labels));
+            } else {
+                // its own dataset: the held-out split it was trained beside
+                // ("stratified 75/25, seed S"), so the diagonal is probe.json's test_auroc
+                let seed = meta
+                    .split
+                    .rsplit("seed ")
+                    .next()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                let (_, test) = d.split(0.25, seed);
+                let held: Vec<f64> = test.iter().map(|&i| scores[i]).collect();
+                let held_labels: Vec<u8> = test.iter().map(|&i| labels[i]).collect();
+                row.push(glassbox_probes::metrics::auroc(&held, &held_labels));
+                let truths: Vec<usize> = test
+                    .into_iter()
+                    .filter(|&i| d.statements[i].label == 1)
+                    .collect();
+                let flagged = truths
+                    .iter()
+                    .filter(|&&i| probe.prob(&acts[0][i]) < threshold)
+                    .count();
+                false_flags.push(glassbox_audit::FalseFlags {
+                    probe: dir.display().to_string(),
+                    dataset: d.name.clone(),
+                    threshold,
+                    true_statements: truths.len(),
+                    flagged,
+                    rate: flagged as f64 / truths.len().max(1) as f64,
+                });
+            }
+        }
+        probes.push(dir.display().to_string());
+        auroc.push(row);
+    }
+    Ok(glassbox_audit::Generalisation {
+        datasets: datasets.iter().map(|d| d.name.clone()).collect(),
+        probes,
+        auroc,
+        false_flags,
+    })
 }
 
 fn fmt(v: Option<f64>) -> String {
