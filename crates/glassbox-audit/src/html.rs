@@ -243,6 +243,55 @@ pub fn render(r: &Report) -> String {
         ],
         &rows,
     ));
+    if !r.traced_prompts.is_empty() {
+        b.push_str("<h3>The prompt suite through the transcoder set (least explained first)</h3>");
+        let rows: Vec<Vec<String>> = r
+            .traced_prompts
+            .iter()
+            .map(|p| {
+                let dark = p
+                    .darkest
+                    .as_ref()
+                    .map_or("–".to_string(), |(l, pos, t, s)| {
+                        format!(
+                            "L{l} @{pos} {} ({:.1} %)",
+                            esc(&format!("{t:?}")),
+                            s * 100.0
+                        )
+                    });
+                vec![
+                    esc(&p.prompt),
+                    p.tokens.to_string(),
+                    num(Some(p.replacement_score)),
+                    num(Some(p.completeness_score)),
+                    num(Some(p.error_influence_share)),
+                    dark,
+                ]
+            })
+            .collect();
+        b.push_str(&table(
+            &[
+                "prompt",
+                "tokens",
+                "replacement",
+                "completeness",
+                "error share",
+                "darkest error node",
+            ],
+            &rows,
+        ));
+        let scores: Vec<(String, f64)> = r
+            .traced_prompts
+            .iter()
+            .map(|p| (p.prompt.chars().take(24).collect(), p.replacement_score))
+            .collect();
+        b.push_str(&bars(
+            "replacement-plot",
+            "replacement score per prompt",
+            &scores,
+            Some(1.0),
+        ));
+    }
     b.push_str("</section>");
 
     b.push_str("<section id=\"lie-detector\"><h2>The lie detector</h2>");

@@ -62,6 +62,26 @@ pub struct AuditInput {
     /// the probes read on every built-in dataset, computed by the caller (who runs the
     /// model); `None`: not computed
     pub generalisation: Option<Generalisation>,
+    /// the prompt suite traced through the transcoder set, by the caller (`None`: not
+    /// traced)
+    pub traced: Option<Vec<TracedPrompt>>,
+}
+
+/// One prompt of the suite, traced through the transcoder set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracedPrompt {
+    /// the prompt
+    pub prompt: String,
+    /// its tokens
+    pub tokens: usize,
+    /// fraction of token→logit influence that flows through features, not errors
+    pub replacement_score: f64,
+    /// influence-weighted fraction of nodes' inputs that do not come from errors
+    pub completeness_score: f64,
+    /// error nodes' share of all nodes' influence on the logits
+    pub error_influence_share: f64,
+    /// the error node with the most influence: (layer, position, the token there, its share)
+    pub darkest: Option<(usize, usize, String, f64)>,
 }
 
 /// Each probe on each dataset, and the monitor's false flags on held-out true statements.
@@ -260,6 +280,8 @@ pub struct Report {
     /// the probes on every built-in dataset and their false flags (`None`: no probes, or
     /// not computed)
     pub generalisation: Option<Generalisation>,
+    /// the prompt suite traced through the transcoder set, least explained first
+    pub traced_prompts: Vec<TracedPrompt>,
     /// what each stage cost
     pub cost: Cost,
     /// where it came from
@@ -308,6 +330,16 @@ impl Report {
                 aurocs.iter().copied().reduce(f64::min),
             );
         }
+        if !self.traced_prompts.is_empty() {
+            let n = self.traced_prompts.len() as f64;
+            let mean = self
+                .traced_prompts
+                .iter()
+                .map(|p| p.replacement_score)
+                .sum::<f64>()
+                / n;
+            m.insert("replacement_score".into(), Some(mean));
+        }
         if let Some(g) = self
             .generalisation
             .as_ref()
@@ -330,7 +362,9 @@ impl Report {
             "monitor_false_flag_rate" => {
                 "no probe trained on a built-in dataset given: pass --probes DIR".into()
             }
-            "replacement_score" => "not measured by this version of glassbox audit".into(),
+            "replacement_score" => {
+                "no prompt suite traced: pass --transcoders SET (and --prompts FILE)".into()
+            }
             _ => "the run has no held-out evaluation (metrics.json)".into(),
         }
     }
@@ -456,7 +490,9 @@ pub fn gather(input: &AuditInput) -> Result<Report> {
                 )),
             }
         }
-        missing.push("dark matter: replacement and completeness scores over a prompt suite traced through the transcoder set are not computed by this version".into());
+        if input.traced.is_none() {
+            missing.push("dark matter: the prompt suite was not traced (the run's model is not on this machine)".into());
+        }
     }
     let dark_matter = coverage
         .iter()
@@ -692,6 +728,11 @@ pub fn gather(input: &AuditInput) -> Result<Report> {
         dark_matter,
         lie_detector,
         generalisation: input.generalisation.clone(),
+        traced_prompts: {
+            let mut t = input.traced.clone().unwrap_or_default();
+            t.sort_by(|a, b| a.replacement_score.total_cmp(&b.replacement_score));
+            t
+        },
         cost: Cost {
             stages,
             watts: input.watts,

@@ -21,7 +21,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ("detection_median", "median detection score of the explained features"),
     ("fuzzing_median", "median fuzzing score of the explained features"),
     ("probe_auroc_min", "lowest held-out AUROC of the given probes"),
-    ("replacement_score", "transcoder replacement score over the prompt suite (not measured by this version)"),
+    ("replacement_score", "mean replacement score of the prompt suite traced through the transcoder set"),
     ("monitor_false_flag_rate", "the highest share, over the given probes, of their own dataset's held-out true statements the monitor would flag"),
 ];
 

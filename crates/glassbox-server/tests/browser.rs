@@ -223,6 +223,7 @@ fn explanations_and_the_audit_report_render_in_chromium() {
         target: glassbox_audit::cost::ModelShape::llama_3_2_1b(),
         target_tokens: 1e9,
         generalisation: None,
+        traced: None,
     };
     let mut report = glassbox_audit::gather(&input).unwrap();
     let policy = glassbox_audit::policy::Policy::parse(

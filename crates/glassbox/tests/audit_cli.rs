@@ -230,6 +230,74 @@ fn the_audit_report_holds_what_the_commands_printed_and_gates_on_a_policy() {
             && f["true_statements"].as_u64().unwrap() > 0
     );
 
+    // a transcoder set: the suite traced, each prompt's replacement score the one
+    // `glassbox trace` prints for it
+    let set = tmp.path().join("set");
+    let mut layers = Vec::new();
+    for l in 0..2usize {
+        let t = glassbox_sae::testing::RandomTranscoder {
+            k: Some(4),
+            enc_scale: 0.2,
+            dec_scale: 3.0,
+            ..glassbox_sae::testing::RandomTranscoder::new(l, 576, 64, 100 + l as u64)
+        }
+        .build()
+        .unwrap();
+        glassbox_sae::format::save_saelens(&t, &set.join(format!("layer_{l:02}"))).unwrap();
+        layers.push(serde_json::json!({"layer": l, "path": format!("layer_{l:02}")}));
+    }
+    let index = serde_json::json!({"format": "glassbox transcoder set 1", "layers": layers});
+    std::fs::write(set.join("index.json"), index.to_string()).unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "The capital of France is\n\nOne, two, three,\n").unwrap();
+    let o = glassbox(&[
+        "audit",
+        "--run",
+        run_s,
+        "--transcoders",
+        set.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        tmp.path().join("traced").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&tmp.path().join("traced.json"));
+    let traced = r["traced_prompts"].as_array().unwrap();
+    assert_eq!(traced.len(), 2, "blank lines are not prompts");
+    let scores: Vec<f64> = traced
+        .iter()
+        .map(|p| p["replacement_score"].as_f64().unwrap())
+        .collect();
+    assert!(scores[0] <= scores[1], "least explained first: {scores:?}");
+    for p in traced {
+        let share = p["error_influence_share"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&share) && p["darkest"].is_array(),
+            "{p}"
+        );
+    }
+    let france = traced
+        .iter()
+        .find(|p| p["prompt"] == "The capital of France is")
+        .unwrap();
+    let o = glassbox(&[
+        "trace",
+        "--model",
+        model.to_str().unwrap(),
+        "--transcoders",
+        set.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--out",
+        tmp.path().join("g.json").to_str().unwrap(),
+    ]);
+    let printed = number_after(&text(&o), "replacement score");
+    assert!(
+        (france["replacement_score"].as_f64().unwrap() - printed).abs() < 5e-4,
+        "{printed} {france}"
+    );
+
     // a criterion that fails: exit status 3, the report still written, saying FAIL
     std::fs::write(
         &policy,

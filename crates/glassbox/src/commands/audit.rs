@@ -16,9 +16,15 @@ pub struct Args {
     /// Probe folders (`glassbox probe train --out DIR`) for the lie-detector section
     #[arg(long, num_args = 1..)]
     probes: Vec<PathBuf>,
-    /// A transcoder set (its index.json): each layer's held-out evaluation joins coverage
+    /// A transcoder set (its index.json): each layer's held-out evaluation joins coverage,
+    /// and the prompt suite is traced through it (replacement and completeness scores,
+    /// the error nodes' share of influence)
     #[arg(long)]
     transcoders: Option<PathBuf>,
+    /// The prompt suite for --transcoders: one prompt per line (default: a built-in
+    /// handful: IOI, a capital, a count, a date)
+    #[arg(long)]
+    prompts: Option<PathBuf>,
     /// A thresholds file ([thresholds] min_METRIC / max_METRIC = value); any failed
     /// criterion exits with status 3
     #[arg(long)]
@@ -50,6 +56,7 @@ impl Args {
             run: run.to_path_buf(),
             probes: Vec::new(),
             transcoders: None,
+            prompts: None,
             policy: None,
             out: None,
             watts: 65.0,
@@ -109,6 +116,15 @@ pub fn write_report(a: &Args) -> Result<bool> {
     let shape = model
         .as_ref()
         .map(|m| shape_of(m, config.model.as_deref().unwrap_or("model")));
+    let traced = match (&model, &a.transcoders) {
+        (Some(m), Some(set)) => Some(trace_suite(
+            m,
+            config.model.as_deref().unwrap_or(""),
+            set,
+            a.prompts.as_deref(),
+        )?),
+        _ => None,
+    };
     let generalisation = match &model {
         Some(m) if !a.probes.is_empty() => Some(generalisation(m, &a.probes, a.flag_threshold)?),
         _ => None,
@@ -124,6 +140,7 @@ pub fn write_report(a: &Args) -> Result<bool> {
         target: ModelShape::llama_3_2_1b(),
         target_tokens: a.project_tokens,
         generalisation,
+        traced,
     };
     let mut report = glassbox_audit::gather(&input)?;
     let mut passed = true;
@@ -180,6 +197,96 @@ pub fn write_report(a: &Args) -> Result<bool> {
         }
     }
     Ok(passed)
+}
+
+/// The prompt suite when none is given.
+const DEFAULT_PROMPTS: [&str; 4] = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The capital of France is",
+    "One, two, three, four,",
+    "The day after Monday is",
+];
+
+/// Each prompt traced through the set as `glassbox trace` does by default: its scores,
+/// and the error nodes' share of influence with the most influential one.
+fn trace_suite(
+    model: &glassbox_model::Model,
+    model_spec: &str,
+    set_dir: &Path,
+    prompts: Option<&Path>,
+) -> Result<Vec<glassbox_audit::TracedPrompt>> {
+    use glassbox_circuits::NodeKind;
+    let prompts: Vec<String> = match prompts {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the prompt suite {}", p.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => DEFAULT_PROMPTS.iter().map(|p| p.to_string()).collect(),
+    };
+    anyhow::ensure!(!prompts.is_empty(), "the prompt suite is empty");
+    let set = glassbox_circuits::TranscoderSet::load(set_dir, model.config())
+        .with_context(|| format!("transcoder set {}", set_dir.display()))?;
+    let opts = glassbox_circuits::TraceOptions {
+        targets: Vec::new(),
+        attribution: Default::default(),
+        prune: Default::default(),
+        max_tokens: glassbox_circuits::MAX_TRACE_TOKENS,
+    };
+    let tok = model.tokenizer()?;
+    let bar = crate::open::progress(prompts.len(), "tracing the prompt suite");
+    let mut out = Vec::new();
+    for prompt in &prompts {
+        let t = glassbox_circuits::trace_prompt(
+            model,
+            model_spec,
+            &set,
+            &set_dir.display().to_string(),
+            prompt,
+            &opts,
+        )
+        .with_context(|| format!("tracing {prompt:?}"))?;
+        let (g, p) = (&t.graph, &t.pruned);
+        let mut total = 0.0f64;
+        let mut errors = 0.0f64;
+        let mut darkest: Option<(usize, usize, f64)> = None;
+        for (node, &inf) in g.nodes.iter().zip(&p.influence) {
+            let inf = inf.abs() as f64;
+            match node.kind {
+                NodeKind::Logit { .. } => continue,
+                NodeKind::Error {
+                    layer, position, ..
+                } => {
+                    errors += inf;
+                    if darkest.is_none_or(|d| inf > d.2) {
+                        darkest = Some((layer, position, inf));
+                    }
+                }
+                _ => {}
+            }
+            total += inf;
+        }
+        out.push(glassbox_audit::TracedPrompt {
+            prompt: prompt.clone(),
+            tokens: t.tokens.len(),
+            replacement_score: p.replacement_score as f64,
+            completeness_score: p.completeness_score as f64,
+            error_influence_share: errors / total.max(1e-30),
+            darkest: darkest.map(|(l, pos, inf)| {
+                (
+                    l,
+                    pos,
+                    tok.token_text(t.tokens[pos]),
+                    inf / total.max(1e-30),
+                )
+            }),
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 /// Each probe read on every built-in dataset (AUROC), and on its own dataset's held-out
