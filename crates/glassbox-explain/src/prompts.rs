@@ -115,10 +115,15 @@ fn judge_messages(explanation: &str, texts: &[String], task: &str) -> Vec<Messag
     for (i, t) in texts.iter().enumerate() {
         user.push_str(&format!("Excerpt {}: {}\n", i + 1, t.replace('\n', " ")));
     }
-    user.push_str(&format!(
-        "\n{task} Reply with only a JSON list of {} numbers, one per excerpt in order, e.g. [1, 0].",
-        texts.len()
-    ));
+    if texts.len() == 1 {
+        // one excerpt: a bare answer, which small models give more reliably than JSON
+        user.push_str(&format!("\n{task} Reply with only 1 or 0."));
+    } else {
+        user.push_str(&format!(
+            "\n{task} Reply with only a JSON list of {} numbers, one per excerpt in order, e.g. [1, 0].",
+            texts.len()
+        ));
+    }
     vec![
         Message::new(
             "system",
@@ -129,8 +134,21 @@ fn judge_messages(explanation: &str, texts: &[String], task: &str) -> Vec<Messag
 }
 
 /// A judge's answers: the first JSON list in `reply`, of exactly `n` entries, each 0 or
-/// 1 (or false/true).
+/// 1 (or false/true). For one excerpt, a reply without a list may be a bare answer: its
+/// first word `1`/`yes`/`true` or `0`/`no`/`false`.
 pub fn parse_answers(reply: &str, n: usize) -> Result<Vec<bool>> {
+    if n == 1 && !reply.contains('[') {
+        let first = reply
+            .split(|c: char| !c.is_alphanumeric())
+            .find(|w| !w.is_empty())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        return match first.as_str() {
+            "1" | "yes" | "true" => Ok(vec![true]),
+            "0" | "no" | "false" => Ok(vec![false]),
+            _ => bail!("the judge's reply is not 1 or 0: {reply:?}"),
+        };
+    }
     let start = reply
         .find('[')
         .with_context(|| format!("the judge's reply holds no JSON list: {reply:?}"))?;

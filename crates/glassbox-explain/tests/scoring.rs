@@ -188,6 +188,21 @@ fn replies_are_read_strictly() {
         parse_answers("Sure! [1, 0, true, false]", 4).unwrap(),
         [true, false, true, false]
     );
+    // one excerpt: a bare first word is an answer too
+    for (reply, said) in [
+        ("1", true),
+        (" Yes, it does.", true),
+        ("0\n", false),
+        ("No.", false),
+        ("[1]", true),
+    ] {
+        assert_eq!(parse_answers(reply, 1).unwrap(), [said], "{reply:?}");
+    }
+    for bad in ["Maybe", "The neuron fires", "", "[2]"] {
+        assert!(parse_answers(bad, 1).is_err(), "{bad:?}");
+    }
+    // ... but only for one: two excerpts need the list
+    assert!(parse_answers("1", 2).is_err());
     for (bad, why) in [
         ("no list here", "no JSON list"),
         ("[1, 0", "not closed"),
