@@ -49,7 +49,8 @@ class FeatureStore:
 
     def feature(self, id: int, kind: str = "feature") -> dict:
         """Everything about one feature (`kind="neuron"` for a neuron): its summary,
-        examples, promoted and suppressed tokens, neighbours, histogram."""
+        examples, promoted and suppressed tokens, neighbours, histogram, and the
+        explanations `glassbox explain` stored (best first)."""
         return dict(self._native.unit(kind, int(id)))
 
     def top_contexts(self, id: int, kind: str = "feature"):

@@ -136,7 +136,9 @@ pub fn explain_feature(
                 )
             } else {
                 format!(
-                    "{} of {} batches unreadable",
+                    "{} of {} excerpts answered readably ({} of {} batches unreadable)",
+                    s.answered,
+                    s.positives + s.negatives,
                     s.failed_batches,
                     (s.positives + s.negatives).div_ceil(opts.batch.max(1))
                 )

@@ -150,7 +150,8 @@ pub struct Score {
 
 /// Asks `judge` about `items`, `batch` excerpts per request, and scores its answers. A
 /// reply that cannot be read is asked once more, then its batch is counted as failed;
-/// an endpoint that cannot be reached (after its own retries) is an error.
+/// with fewer than half the excerpts answered there is no score. An endpoint that cannot
+/// be reached (after its own retries) is an error.
 pub fn score(
     judge: &dyn Chat,
     test: Test,
@@ -198,6 +199,10 @@ pub fn score(
         }
     }
     s.answered = said.len();
-    s.balanced_accuracy = balanced_accuracy(&truth, &said);
+    // a score from a few readable answers would say more about which excerpts the judge
+    // could read than about the explanation: at least half must be answered
+    if 2 * s.answered >= items.len() {
+        s.balanced_accuracy = balanced_accuracy(&truth, &said);
+    }
     Ok(s)
 }

@@ -174,6 +174,19 @@ fn an_unreadable_reply_is_asked_again_then_its_batch_is_failed_never_scored() {
     )
     .unwrap();
     assert_eq!((s.answered, s.failed_batches), (12, 1));
+    // three of four batches unreadable: a quarter answered is too few for a score
+    let s = score(
+        &judge(|t| t.contains("cat"), 6),
+        Test::Detection,
+        "cats",
+        &items,
+        6,
+    )
+    .unwrap();
+    assert_eq!(
+        (s.answered, s.failed_batches, s.balanced_accuracy),
+        (6, 3, None)
+    );
     // nothing readable at all: no score
     let s = score(&judge(|_| true, 100), Test::Detection, "cats", &items, 12).unwrap();
     assert_eq!(

@@ -97,18 +97,17 @@ fn the_audit_report_holds_what_the_commands_printed_and_gates_on_a_policy() {
     assert!(o.status.success(), "{}", text(&o));
 
     let policy = tmp.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[thresholds]\nmax_dead_fraction = 1.0\nmin_l0 = 1\n",
-    )
-    .unwrap();
-    let o = glassbox(&[
-        "audit",
-        "--run",
-        run_s,
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
+    let audit_with_policy = |body: &str| {
+        std::fs::write(&policy, body).unwrap();
+        glassbox(&[
+            "audit",
+            "--run",
+            run_s,
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+    };
+    let o = audit_with_policy("[thresholds]\nmax_dead_fraction = 1.0\nmin_l0 = 1\n");
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     let r = report(&run.join("audit.json"));
@@ -299,18 +298,7 @@ fn the_audit_report_holds_what_the_commands_printed_and_gates_on_a_policy() {
     );
 
     // a criterion that fails: exit status 3, the report still written, saying FAIL
-    std::fs::write(
-        &policy,
-        "[thresholds]\nmax_fvu = 0.0\nmin_probe_auroc_min = 0.9\n",
-    )
-    .unwrap();
-    let o = glassbox(&[
-        "audit",
-        "--run",
-        run_s,
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
+    let o = audit_with_policy("[thresholds]\nmax_fvu = 0.0\nmin_probe_auroc_min = 0.9\n");
     let out = text(&o);
     assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(
@@ -330,14 +318,7 @@ fn the_audit_report_holds_what_the_commands_printed_and_gates_on_a_policy() {
 
     // a policy naming an unknown metric: refused before any work, the report untouched
     let before = std::fs::read(run.join("audit.json")).unwrap();
-    std::fs::write(&policy, "[thresholds]\nmin_ce_recoverd = 0.8\n").unwrap();
-    let o = glassbox(&[
-        "audit",
-        "--run",
-        run_s,
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
+    let o = audit_with_policy("[thresholds]\nmin_ce_recoverd = 0.8\n");
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(

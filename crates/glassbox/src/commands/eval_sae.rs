@@ -210,20 +210,8 @@ fn absorption(
         !texts.is_empty(),
         "the vocabulary has no letter with {MIN_WORDS_PER_LETTER} single-token lowercase words: the absorption task needs a word-level vocabulary"
     );
-    let layer =
-        glassbox_model::hooks::layer_of(hook).unwrap_or(model.transformer.config.n_layers - 1);
-    let acts = glassbox_probes::activations::collect(
-        model,
-        &texts,
-        hook,
-        &[layer],
-        glassbox_probes::activations::Position::Last,
-        None,
-    )?;
-    let raw = &acts[0];
-    let flat: Vec<f32> = raw.iter().flatten().copied().collect();
-    let x = candle_core::Tensor::from_vec(flat, (raw.len(), dict.d_in), &candle_core::Device::Cpu)?;
-    let latents: Vec<Vec<f32>> = dict.encode(&x)?.to_vec2()?;
+    let (raw, latents) = last_token_rows(model, dict, hook, &texts)?;
+    let raw = &raw;
     let decoder: Vec<Vec<f32>> = dict.w_dec.to_dtype(candle_core::DType::F32)?.to_vec2()?;
     let (train, test): (Vec<usize>, Vec<usize>) = (0..texts.len()).partition(|i| i % 5 != 0);
     Ok(glassbox_probes::absorption::absorption(
@@ -257,6 +245,31 @@ fn print_absorption(a: &glassbox_probes::absorption::Absorption) {
     }
 }
 
+/// Each text's last-token activation at `hook` and its encoding by `dict`.
+type Rows = Vec<Vec<f32>>;
+fn last_token_rows(
+    model: &glassbox_model::Model,
+    dict: &glassbox_sae::Dictionary,
+    hook: &str,
+    texts: &[String],
+) -> Result<(Rows, Rows)> {
+    let layer =
+        glassbox_model::hooks::layer_of(hook).unwrap_or(model.transformer.config.n_layers - 1);
+    let mut acts = glassbox_probes::activations::collect(
+        model,
+        texts,
+        hook,
+        &[layer],
+        glassbox_probes::activations::Position::Last,
+        None,
+    )?;
+    let raw = acts.swap_remove(0);
+    let flat: Vec<f32> = raw.iter().flatten().copied().collect();
+    let x = candle_core::Tensor::from_vec(flat, (raw.len(), dict.d_in), &candle_core::Device::Cpu)?;
+    let latents = dict.encode(&x)?.to_vec2()?;
+    Ok((raw, latents))
+}
+
 /// One dataset's sparse probing, named.
 #[derive(serde::Serialize)]
 struct DatasetProbing {
@@ -274,27 +287,14 @@ fn sparse_probing(
     hook: &str,
 ) -> Result<Vec<DatasetProbing>> {
     use glassbox_probes::dataset::{Dataset, BUILTIN};
-    let layer =
-        glassbox_model::hooks::layer_of(hook).unwrap_or(model.transformer.config.n_layers - 1);
     let mut specs: Vec<String> = BUILTIN.iter().map(|b| format!("builtin:{b}")).collect();
     specs.extend(a.probe_data.iter().map(|p| p.display().to_string()));
     let mut out = Vec::new();
     for spec in specs {
         let data = Dataset::load(&spec)?;
         let texts: Vec<String> = data.statements.iter().map(|s| s.text.clone()).collect();
-        let acts = glassbox_probes::activations::collect(
-            model,
-            &texts,
-            hook,
-            &[layer],
-            glassbox_probes::activations::Position::Last,
-            None,
-        )?;
-        let raw = &acts[0];
-        let flat: Vec<f32> = raw.iter().flatten().copied().collect();
-        let x =
-            candle_core::Tensor::from_vec(flat, (raw.len(), dict.d_in), &candle_core::Device::Cpu)?;
-        let latents: Vec<Vec<f32>> = dict.encode(&x)?.to_vec2()?;
+        let (raw, latents) = last_token_rows(model, dict, hook, &texts)?;
+        let raw = &raw;
         let (train, test) = data.split(0.25, a.seed);
         let result = glassbox_probes::sparse::sparse_probing(
             raw,
