@@ -25,7 +25,7 @@ pub struct Args {
     /// handful: IOI, a capital, a count, a date)
     #[arg(long)]
     prompts: Option<PathBuf>,
-    /// A thresholds file ([thresholds] min_METRIC / max_METRIC = value); any failed
+    /// A thresholds file (`[thresholds]` with `min_METRIC` or `max_METRIC = value`); any failed
     /// criterion exits with status 3
     #[arg(long)]
     policy: Option<PathBuf>,
