@@ -333,8 +333,10 @@ pub fn render(r: &Report) -> String {
             .map(|(p, row)| {
                 let mut cells = vec![esc(p)];
                 cells.extend(row.iter().map(|v| {
-                    let shade = v.map_or(0.0, |v| ((v - 0.5) * 2.0).clamp(0.0, 1.0));
-                    format!("<span class=\"cell\" style=\"background: rgba(74, 120, 194, {shade:.2})\">{}</span>", num(*v))
+                                        let shade = v.map_or(0.0, |v| ((v - 0.5) * 2.0).clamp(0.0, 1.0));
+                    // white text on the darker half, so every value stays readable
+                    let ink = if shade > 0.55 { "#fff" } else { "inherit" };
+                    format!("<span class=\"cell\" style=\"background: rgba(74, 120, 194, {shade:.2}); color: {ink}\">{}</span>", num(*v))
                 }));
                 cells
             })

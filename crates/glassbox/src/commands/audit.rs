@@ -110,7 +110,14 @@ pub fn write_report(a: &Args) -> Result<bool> {
     let path = config.model.as_deref().and_then(model_path);
     // the model: its shape for FLOPs, and the probes' readings
     let model = match &path {
-        Some(p) => glassbox_model::load_model(p).ok(),
+        Some(p) => match glassbox_model::load_model(p) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                // the report is still written; what needs the model says so under `missing`
+                eprintln!("warning: cannot open the run's model {}: {e}", p.display());
+                None
+            }
+        },
         None => None,
     };
     let shape = model
