@@ -370,7 +370,8 @@ impl Report {
     }
 }
 
-fn median(v: &[f64]) -> Option<f64> {
+/// The median (the mean of the middle two for an even count); `None` when empty.
+pub fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -543,17 +544,7 @@ pub fn gather(input: &AuditInput) -> Result<Report> {
     let explanations = match &store {
         Some(s) if s.has_explanations() => {
             let all = s.all_explanations()?;
-            let mut best = Vec::new();
-            for e in &all {
-                if best
-                    .last()
-                    .is_none_or(|b: &&glassbox_features::explanations::Explanation| {
-                        b.feature != e.feature
-                    })
-                {
-                    best.push(e);
-                }
-            }
+            let best = glassbox_features::explanations::best_per_feature(&all);
             let detection: Vec<f64> = best
                 .iter()
                 .filter(|e| e.explanation.is_some())

@@ -24,6 +24,11 @@ impl Context {
         self.acts.iter().copied().fold(0.0, f32::max)
     }
 
+    /// Which tokens activate above `fraction` × the context's largest activation.
+    pub fn marks(&self, fraction: f32) -> Vec<bool> {
+        self.active(fraction * self.max_act())
+    }
+
     /// Which tokens activate above `threshold`.
     pub fn active(&self, threshold: f32) -> Vec<bool> {
         self.acts.iter().map(|&a| a > threshold).collect()

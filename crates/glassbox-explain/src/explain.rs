@@ -73,7 +73,7 @@ pub fn explain_feature(
     let shown: Vec<String> = m
         .shown
         .iter()
-        .map(|c| c.marked(&c.active(FUZZ_MARK_FRACTION * c.max_act())))
+        .map(|c| c.marked(&c.marks(FUZZ_MARK_FRACTION)))
         .collect();
     let messages = explainer_messages(&shown, &m.promoted, &m.suppressed);
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);

@@ -75,7 +75,7 @@ pub const FUZZ_MARK_FRACTION: f32 = 0.3;
 pub fn fuzzing_items(contexts: &[Context], fraction: f32, seed: u64) -> Vec<Item> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut items = Vec::new();
-    let marks = |c: &Context| c.active(fraction * c.max_act());
+    let marks = |c: &Context| c.marks(fraction);
     let usable = contexts.iter().filter(|c| {
         let k = marks(c).iter().filter(|&&a| a).count();
         k > 0 && k < c.tokens.len()

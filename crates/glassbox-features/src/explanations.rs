@@ -125,7 +125,19 @@ pub(crate) fn query(
 /// The SQL that orders a feature's explanations best first: readable ones, then by
 /// detection, then newest.
 pub(crate) const BEST_FIRST: &str =
-    "ORDER BY (explanation IS NULL), detection IS NULL, detection DESC, created DESC, id DESC";
+    "(explanation IS NULL), detection IS NULL, detection DESC, created DESC, id DESC";
+
+/// Each feature's first (best) explanation, from a list ordered by feature with each
+/// feature's best first ([`crate::store::FeatureStore::all_explanations`]).
+pub fn best_per_feature(all: &[Explanation]) -> Vec<&Explanation> {
+    let mut best: Vec<&Explanation> = Vec::new();
+    for e in all {
+        if best.last().is_none_or(|b| b.feature != e.feature) {
+            best.push(e);
+        }
+    }
+    best
+}
 
 /// An FTS5 query matching `text` as a phrase, stemmed (`purr` finds "purring") or with
 /// its last word as a prefix (`mon` finds "months": what a person typing into a search

@@ -282,34 +282,29 @@ impl FeatureStore {
 
     /// A feature's explanations, best first (readable ones, then by detection score).
     pub fn explanations(&self, feature: u32) -> Result<Vec<crate::explanations::Explanation>> {
-        if !self.explained {
-            return Ok(Vec::new());
-        }
-        crate::explanations::query(
-            &self.conn,
-            &self.path,
-            &format!(
-                "SELECT {{COLUMNS}} FROM explanations WHERE feature = ?1 {}",
-                crate::explanations::BEST_FIRST
-            ),
-            [feature as i64],
-        )
+        self.query_explanations("WHERE feature = ?1 ORDER BY", [feature as i64])
     }
 
     /// Every explanation in the store, by feature, each feature's best first.
     pub fn all_explanations(&self) -> Result<Vec<crate::explanations::Explanation>> {
+        self.query_explanations("ORDER BY feature,", [])
+    }
+
+    /// Explanations selected by `filter` (SQL ending where the best-first order goes on);
+    /// none in a store `glassbox explain` never wrote to.
+    fn query_explanations(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<crate::explanations::Explanation>> {
         if !self.explained {
             return Ok(Vec::new());
         }
-        crate::explanations::query(
-            &self.conn,
-            &self.path,
-            &format!(
-                "SELECT {{COLUMNS}} FROM explanations ORDER BY feature, {}",
-                crate::explanations::BEST_FIRST.trim_start_matches("ORDER BY ")
-            ),
-            [],
-        )
+        let sql = format!(
+            "SELECT {{COLUMNS}} FROM explanations {filter} {}",
+            crate::explanations::BEST_FIRST
+        );
+        crate::explanations::query(&self.conn, &self.path, &sql, args)
     }
 
     /// One page of units matching `q`, and how many match in all.

@@ -420,21 +420,15 @@ impl Totals {
                 clip(&text, 120)
             );
         }
-        let median = |v: &mut Vec<f64>| -> String {
-            if v.is_empty() {
-                return "-".into();
-            }
-            v.sort_by(f64::total_cmp);
-            let n = v.len();
-            format!("{:.3}", (v[(n - 1) / 2] + v[n / 2]) / 2.0)
-        };
+        let median =
+            |v: &[f64]| glassbox_audit::median(v).map_or("-".to_string(), |m| format!("{m:.3}"));
         println!(
             "{} of {} features explained by {model} ({PROMPT_VERSION}); median detection {} over {} scored, fuzzing {} over {}; stored in {}",
             self.explained,
             self.stored,
-            median(&mut self.detection),
+            median(&self.detection),
             self.detection.len(),
-            median(&mut self.fuzzing),
+            median(&self.fuzzing),
             self.fuzzing.len(),
             w.path().display()
         );

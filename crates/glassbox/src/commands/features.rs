@@ -497,15 +497,7 @@ fn explanations(a: ExplanationsArgs) -> Result<()> {
         return Ok(());
     }
     // each feature's best, best detection first
-    let mut best: Vec<_> = Vec::new();
-    for e in &all {
-        if best
-            .last()
-            .is_none_or(|b: &&glassbox_features::explanations::Explanation| b.feature != e.feature)
-        {
-            best.push(e);
-        }
-    }
+    let mut best = glassbox_features::explanations::best_per_feature(&all);
     let failed = best.iter().filter(|e| e.explanation.is_none()).count();
     best.retain(|e| e.explanation.is_some());
     best.sort_by(|x, y| {
