@@ -8,12 +8,14 @@
 
 pub mod adam;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod kill_point;
 mod matmul;
 pub mod params;
 pub mod step;
 
+pub use collective::{Alone, Collective};
 pub use config::{BDecInit, L1Recipe, Normalize, TrainArch, TrainConfig};
 pub use params::Params;
 pub use step::{Losses, StepCoefficients, Workspace};
@@ -122,6 +124,8 @@ pub struct Trainer {
     xs: Vec<f32>,
     ys: Vec<f32>,
     dead: Vec<bool>,
+    /// the flat buffer [`Trainer::step_with`] sums over the ranks
+    flat: Vec<f32>,
 }
 
 impl Trainer {
@@ -151,6 +155,7 @@ impl Trainer {
             scale_in: 1.0,
             scale_out: 1.0,
             batch_topk_threshold: 0.0,
+            flat: Vec::new(),
         })
     }
 
@@ -242,6 +247,24 @@ impl Trainer {
     /// transcoder, targets `y` `[batch, d_out]`. A non-finite loss or gradient stops
     /// before the parameters change.
     pub fn step(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<StepReport, TrainError> {
+        self.step_with(x, y, &Alone)
+    }
+
+    /// [`Trainer::step`] as one rank of a data-parallel job: this rank's `batch` rows
+    /// are its share of a global batch of `batch × ranks`. The gradients, firing
+    /// counts, losses and BatchTopK's smallest selection are summed over the ranks in
+    /// one flat buffer (one collective a step), the gradients divided by the ranks: the
+    /// mean over the global batch, so every rank applies the same update and the result
+    /// equals one process stepping on the whole global batch (up to f32 summation
+    /// order). BatchTopK still selects within each rank's rows, as per-GPU batches do
+    /// in other DDP trainers; resampling (standard, `resample_every_steps`) picks rows
+    /// of one rank's batch, so callers refuse it with more than one rank.
+    pub fn step_with(
+        &mut self,
+        x: &[f32],
+        y: Option<&[f32]>,
+        comm: &dyn Collective,
+    ) -> Result<StepReport, TrainError> {
         self.load_batch(x, y)?;
         let step = self.step;
         let sparsity = self.sparsity_at(step);
@@ -252,8 +275,9 @@ impl Trainer {
             dead: any_dead.then_some(&self.dead[..]),
         };
         let ys = self.cfg.is_transcoder().then_some(&self.ys[..]);
-        let losses = step::forward(&self.cfg, &self.params, &mut self.ws, &self.xs, ys, &coefs);
-        if !losses.total.is_finite() {
+        let mut losses = step::forward(&self.cfg, &self.params, &mut self.ws, &self.xs, ys, &coefs);
+        let ranks = comm.size();
+        if ranks == 1 && !losses.total.is_finite() {
             return Err(TrainError::NonFinite {
                 step,
                 what: "loss",
@@ -261,6 +285,17 @@ impl Trainer {
             });
         }
         step::backward(&self.cfg, &self.params, &mut self.ws, &self.xs, &coefs);
+        if ranks > 1 {
+            // after the sum every rank sees the same loss, so all stop or none does
+            self.sum_over_ranks(&mut losses, comm);
+            if !losses.total.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step,
+                    what: "loss",
+                    value: losses.total,
+                });
+            }
+        }
         let unit_norm =
             self.cfg.arch == TrainArch::Standard && self.cfg.l1_recipe == L1Recipe::UnitNorm;
         let o = self.cfg.d_out();
@@ -285,7 +320,8 @@ impl Trainer {
         if unit_norm {
             adam::normalize_rows(&mut self.params.w_dec, o);
         }
-        let b = self.cfg.batch as u64;
+        // tokens this step over every rank: the dead window counts global tokens
+        let b = (self.cfg.batch * ranks) as u64;
         for (s, &f) in self.since_fired.iter_mut().zip(&self.ws.fired) {
             *s = if f > 0 { 0 } else { s.saturating_add(b) };
         }
@@ -323,6 +359,56 @@ impl Trainer {
             dense_kernels: self.ws.was_dense(),
             resampled,
         })
+    }
+
+    /// Sums this step's gradients (then divided by the ranks), firing counts, losses
+    /// (averaged) and BatchTopK's smallest selection (averaged) over the ranks, in one
+    /// collective over a flat buffer. Firing counts travel as f32, exact below 2²⁴
+    /// tokens a step.
+    fn sum_over_ranks(&mut self, losses: &mut Losses, comm: &dyn Collective) {
+        let ranks = comm.size() as f32;
+        let grads = self.ws.grads.tensors();
+        let n_grads: usize = grads.iter().map(|t| t.len()).sum();
+        let mut flat = std::mem::take(&mut self.flat);
+        flat.clear();
+        flat.reserve(n_grads + self.ws.fired.len() + 7);
+        for t in grads {
+            flat.extend_from_slice(t);
+        }
+        flat.extend(self.ws.fired.iter().map(|&f| f as f32));
+        flat.extend([
+            losses.mse,
+            losses.sparsity,
+            losses.aux,
+            losses.total,
+            losses.l0,
+            losses.variance,
+            self.ws.batch_min_active,
+        ]);
+        comm.sum_f32(&mut flat);
+        let mut at = 0;
+        for t in self.ws.grads.tensors_mut() {
+            let n = t.len();
+            t.iter_mut()
+                .zip(&flat[at..at + n])
+                .for_each(|(g, s)| *g = s / ranks);
+            at += n;
+        }
+        for (f, s) in self.ws.fired.iter_mut().zip(&flat[at..]) {
+            *f = s.round() as u32;
+        }
+        at += self.ws.fired.len();
+        let mean = |i: usize| flat[at + i] / ranks;
+        *losses = Losses {
+            mse: mean(0),
+            sparsity: mean(1),
+            aux: mean(2),
+            total: mean(3),
+            l0: mean(4),
+            variance: mean(5),
+        };
+        self.ws.batch_min_active = mean(6);
+        self.flat = flat;
     }
 
     /// Re-initialises dead latents from this batch's worst-reconstructed tokens
