@@ -52,6 +52,9 @@ pub struct StoreOptions {
     pub cache_dir: Option<PathBuf>,
     /// Which positions become rows (use [`RowRule::for_model`]).
     pub rows: RowRule,
+    /// Serve only from the cache: a missing or unusable shard is an error naming it,
+    /// never a harvest (training from an activation folder a harvest job wrote).
+    pub require_cached: bool,
 }
 
 impl StoreOptions {
@@ -65,6 +68,7 @@ impl StoreOptions {
             seed: 0,
             cache_dir: None,
             rows: RowRule::default(),
+            require_cached: false,
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct ActivationStore<'m> {
     on_harvest: Option<Box<dyn FnMut(usize) + 'm>>,
     chunks_harvested: usize,
     chunks_from_cache: usize,
+    require_cached: bool,
 }
 
 impl<'m> ActivationStore<'m> {
@@ -179,6 +184,7 @@ impl<'m> ActivationStore<'m> {
             on_harvest: None,
             chunks_harvested: 0,
             chunks_from_cache: 0,
+            require_cached: opts.require_cached,
         };
         if let Some(dir) = &opts.cache_dir {
             store.key = store.compute_key()?;
@@ -322,6 +328,23 @@ impl<'m> ActivationStore<'m> {
         buffer + tokens + forward
     }
 
+    /// Makes sure chunk `c`'s shard is in the cache folder (harvesting it when it is
+    /// not there or unusable) and gives its path and row count: one rank's share of a
+    /// sharded harvest. Needs a cache folder.
+    pub fn cache_chunk(&mut self, c: usize) -> Result<(PathBuf, usize)> {
+        let path = self
+            .shard_path(c)
+            .ok_or_else(|| bad("cache_chunk needs a store with a cache folder"))?;
+        if c >= self.n_chunks() {
+            return Err(bad(format!(
+                "chunk {c} does not exist: the windows make {} chunks",
+                self.n_chunks()
+            )));
+        }
+        self.load(c)?;
+        Ok((path, self.chunk_rows(c)))
+    }
+
     fn chunk_of(&self, row: u64) -> usize {
         let n = self.n_chunks();
         // The last chunk starting at or before `row` (empty chunks share their
@@ -364,11 +387,27 @@ impl<'m> ActivationStore<'m> {
                 c,
             ) {
                 Ok(rows) => from_cache = Some(rows),
+                Err(e) if self.require_cached => {
+                    return Err(DataError::Cache {
+                        path,
+                        message: format!(
+                            "the shard is unusable ({e}); harvest the activation folder again"
+                        ),
+                    })
+                }
                 Err(e) => eprintln!(
                     "warning: activation shard {} is unusable ({e}); regenerating it",
                     path.display()
                 ),
             }
+        }
+        if from_cache.is_none() && self.require_cached {
+            return Err(DataError::Cache {
+                path: self.shard_path(c).unwrap_or_default(),
+                message: format!(
+                    "chunk {c}'s shard is missing from the activation folder; harvest it again (or resume the harvest)"
+                ),
+            });
         }
         match from_cache {
             Some(rows) => {

@@ -44,6 +44,7 @@ fn opts(hooks: &[&str], cache: Option<&Path>) -> StoreOptions {
         seed: 7,
         cache_dir: cache.map(Path::to_path_buf),
         rows: glassbox_model::RowRule::new([SPECIAL]),
+        require_cached: false,
     }
 }
 

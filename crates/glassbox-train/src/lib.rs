@@ -22,6 +22,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acts;
 pub mod progress;
 pub mod run_dir;
 pub mod transcoders;
@@ -33,7 +34,8 @@ pub use transcoders::{train_transcoder_set, TranscoderSetOptions, TranscoderSetR
 use anyhow::{bail, Context, Result};
 use glassbox_data::store::{ActivationStore, StoreOptions};
 use glassbox_model::Model;
-use glassbox_sae::train::{checkpoint, kill_point, StepReport, TrainConfig, Trainer};
+use glassbox_sae::train::collective::first_disagreement;
+use glassbox_sae::train::{checkpoint, kill_point, Alone, Collective, StepReport, TrainConfig, Trainer};
 use glassbox_sae::Dictionary;
 use std::path::{Path, PathBuf};
 
@@ -95,6 +97,9 @@ pub struct SaeRunOptions {
     /// also write the training and held-out activations here (safetensors `train`,
     /// `eval`), for a baseline trained on identical data
     pub export_acts: Option<PathBuf>,
+    /// train from this activation folder (written by [`harvest_acts`], possibly by many
+    /// ranks) instead of harvesting: the folder's manifest must match the options
+    pub acts: Option<PathBuf>,
     /// the dictionary: architecture, sizes, losses and schedules
     pub train: TrainConfig,
 }
@@ -115,6 +120,7 @@ impl SaeRunOptions {
             eval_tokens: 16_384,
             resume: false,
             export_acts: None,
+            acts: None,
             train,
         }
     }
@@ -140,6 +146,24 @@ pub fn train_sae(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<SaeRun> {
+    train_sae_with(model, opts, out, progress, &Alone)?
+        .context("a job of one rank is its own rank 0 and always gives the run")
+}
+
+/// [`train_sae`] as one rank of a data-parallel job (`comm`, see
+/// [`Trainer::step_with`]): every rank builds the same store from `opts.acts` (required
+/// with more than one rank), serves the same global batches of `opts.train.batch` rows
+/// and steps on its share of each; the ranks first agree on a hash of their
+/// configuration, then check every [`PARAMS_HASH_EVERY_STEPS`] steps that their
+/// parameters are still identical. Rank 0 writes the run directory and its checkpoints
+/// and gives the run back; the other ranks give `None`.
+pub fn train_sae_with(
+    model: &Model,
+    opts: &SaeRunOptions,
+    out: &Path,
+    progress: &dyn Progress,
+    comm: &dyn Collective,
+) -> Result<Option<SaeRun>> {
     let batch = opts.train.batch;
     let tokens = opts.tokens;
     if batch == 0 || tokens < batch {
@@ -147,13 +171,84 @@ pub fn train_sae(
             "tokens ({tokens}) must be at least one batch ({batch})"
         )));
     }
+    let ranks = comm.size();
+    if ranks > 1 {
+        if !batch.is_multiple_of(ranks) {
+            return Err(invalid(format!(
+                "the batch ({batch} rows) does not split over {ranks} ranks: each rank steps on batch / ranks rows, so pick a batch that {ranks} divides"
+            )));
+        }
+        if opts.acts.is_none() {
+            return Err(invalid(
+                "data-parallel training reads a harvested activation folder, so that no rank harvests what another already has: harvest it once with `mpirun -np R glassbox harvest … --out DIR` and train with --acts DIR",
+            ));
+        }
+        if opts.export_acts.is_some() {
+            return Err(invalid(
+                "--export-acts writes one process's activations: export them from a run of one rank",
+            ));
+        }
+        if !opts.train.arch.uses_k() && opts.train.resample_every_steps > 0 {
+            return Err(invalid(
+                "resampling dead latents picks rows of one rank's batch, which the other ranks do not have: pass --resample-every-steps 0 to train a standard SAE across ranks",
+            ));
+        }
+    }
+    let Prepared {
+        mut store,
+        corpus,
+        hooks,
+        eval_w,
+        rule,
+        massive,
+    } = prepare_store(model, opts, progress)?;
+    let steps = tokens / batch;
+    let result = run_steps(
+        model, opts, out, progress, &mut store, &corpus, &hooks, &eval_w, rule, massive, steps,
+        comm,
+    );
+    progress.end(Stage::Harvest);
+    result
+}
+
+/// What training and harvesting share: the corpus read and packed, the row rule
+/// measured, and the store over the windows the token budget needs.
+struct Prepared<'m> {
+    store: ActivationStore<'m>,
+    corpus: PathBuf,
+    hooks: Vec<String>,
+    eval_w: Vec<Vec<u32>>,
+    rule: glassbox_model::RowRule,
+    massive: Option<glassbox_model::MassiveNorm>,
+}
+
+fn prepare_store<'m>(
+    model: &'m Model,
+    opts: &SaeRunOptions,
+    progress: &'m dyn Progress,
+) -> Result<Prepared<'m>> {
     if opts.context_size < 3 {
         return Err(invalid(format!(
             "a context size of {} is too short: position 0 is left out and the evaluation's next-token loss needs two more",
             opts.context_size
         )));
     }
-    let steps = tokens / batch;
+    let manifest = match &opts.acts {
+        Some(dir) => Some(acts::ActsManifest::read_verified(dir)?),
+        None => None,
+    };
+    // the harvest sized its windows for its own token budget: the same windows give
+    // the same store (and the same cache key)
+    let budget = match &manifest {
+        Some(m) if opts.tokens > m.tokens => {
+            return Err(invalid(format!(
+                "the activation folder holds {} training tokens; train on at most that many (--tokens)",
+                m.tokens
+            )))
+        }
+        Some(m) => m.tokens,
+        None => opts.tokens,
+    };
     let mut hooks = vec![opts.hook.clone()];
     hooks.extend(opts.hook_out.clone());
     let corpus = match &opts.corpus {
@@ -192,17 +287,24 @@ pub fn train_sae(
     let rule = token_rule.with_massive(massive.clone());
     // harvest only the windows the token budget needs (whole chunks would harvest up to
     // a chunk more), 1 % over it: massive rows are passed over, not served
-    let train_w = windows_for_budget(train_w, &rule, tokens + tokens / 100);
+    let train_w = windows_for_budget(train_w, &rule, budget + budget / 100);
     // the store harvests a whole buffer before serving from it: never more than the run needs
-    let buffer_tokens = opts.buffer_tokens.min(tokens.max(1));
+    let buffer_tokens = opts.buffer_tokens.min(budget.max(1));
     let mut store_opts = StoreOptions::new(hooks.clone());
     store_opts.buffer_tokens = buffer_tokens;
     store_opts.seed = opts.train.seed;
     store_opts.cache_dir = opts.cache_dir.clone();
     store_opts.rows = rule.clone();
+    if let (Some(dir), Some(_)) = (&opts.acts, &manifest) {
+        store_opts.cache_dir = Some(dir.clone());
+        store_opts.require_cached = true;
+    }
     let harvest_windows = train_w.len() as u64;
     let harvested = std::cell::Cell::new(0u64);
     let mut store = ActivationStore::new(model, train_w, store_opts)?;
+    if let (Some(dir), Some(m)) = (&opts.acts, &manifest) {
+        m.check_matches(dir, &store)?;
+    }
     progress.begin(
         Stage::Harvest,
         &format!("harvesting {} (windows)", hooks.join(" → ")),
@@ -210,7 +312,7 @@ pub fn train_sae(
         0,
     );
     // the store harvests a chunk at a time, also mid-training
-    store.set_on_harvest(Box::new(|n| {
+    store.set_on_harvest(Box::new(move |n| {
         kill_point::kill_point("harvest");
         progress.advance(Stage::Harvest, n as u64);
         harvested.set(harvested.get() + n as u64);
@@ -218,11 +320,14 @@ pub fn train_sae(
             progress.end(Stage::Harvest);
         }
     }));
-    let result = run_steps(
-        model, opts, out, progress, &mut store, &corpus, &hooks, &eval_w, rule, massive, steps,
-    );
-    progress.end(Stage::Harvest);
-    result
+    Ok(Prepared {
+        store,
+        corpus,
+        hooks,
+        eval_w,
+        rule,
+        massive,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -238,8 +343,13 @@ fn run_steps(
     rule: glassbox_model::RowRule,
     massive: Option<glassbox_model::MassiveNorm>,
     steps: usize,
-) -> Result<SaeRun> {
+    comm: &dyn Collective,
+) -> Result<Option<SaeRun>> {
     let (tokens, batch) = (opts.tokens, opts.train.batch);
+    let (rank, ranks) = (comm.rank(), comm.size());
+    let root = rank == 0;
+    // each rank steps on its share of every global batch
+    let rank_batch = batch / ranks;
     if store.total_rows() < tokens as u64 {
         return Err(invalid(format!(
             "the corpus gives {} training tokens (positions ≥ 1, special tokens left out); a run of {tokens} tokens needs more text or fewer tokens (--tokens)",
@@ -276,9 +386,15 @@ fn run_steps(
         train: Some(cfg.clone()),
         ..RunConfig::default()
     };
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create the run directory {}", out.display()))?;
+    if root {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create the run directory {}", out.display()))?;
+    }
     let ckpt_dir = out.join(run_dir::CHECKPOINT_DIR);
+    let rank_cfg = TrainConfig {
+        batch: rank_batch,
+        ..cfg.clone()
+    };
     progress.note(&format!(
         "activation store: {} tokens of {} in chunks of {} ({:.0} MiB buffer){}",
         store.total_rows(),
@@ -304,7 +420,14 @@ fn run_steps(
     }
     let (mut trainer, start_rows, mut log) = if opts.resume && checkpoint::exists(&ckpt_dir) {
         let (t, extra) = checkpoint::load(&ckpt_dir)?;
-        if serde_json::to_value(&t.cfg)? != serde_json::to_value(&cfg)? {
+        let saved_ranks = extra["ranks"].as_u64().unwrap_or(1) as usize;
+        if saved_ranks != ranks {
+            bail!(RunError::Invalid(format!(
+                "the checkpoint in {} was written by a job of {saved_ranks} rank(s); resume it with {saved_ranks} (each rank's batch and Adam state belong to that split)",
+                ckpt_dir.display()
+            )));
+        }
+        if serde_json::to_value(&t.cfg)? != serde_json::to_value(&rank_cfg)? {
             bail!(RunError::Invalid(format!(
                 "the checkpoint in {} was trained with a different configuration; resume with the same options (see {}) or use a new run directory",
                 ckpt_dir.display(),
@@ -315,7 +438,11 @@ fn run_steps(
             .as_u64()
             .context("the checkpoint lacks rows_served")?;
         progress.note(&format!("resuming at step {} ({rows} tokens)", t.step));
-        let log = MetricsLog::resume(out, t.step)?;
+        let log = if root {
+            Some(MetricsLog::resume(out, t.step)?)
+        } else {
+            None
+        };
         (t, rows, log)
     } else {
         if opts.resume {
@@ -326,15 +453,32 @@ fn run_steps(
         } else if checkpoint::exists(&ckpt_dir) {
             bail!(RunError::AlreadyTrained(out.to_path_buf()));
         }
-        let mut t = Trainer::new(cfg.clone(), steps).map_err(|e| invalid(e.to_string()))?;
+        let mut t = Trainer::new(rank_cfg.clone(), steps).map_err(|e| invalid(e.to_string()))?;
         // normalisation and b_dec from the first rows, then rewind: deterministic
         let sample_rows = batch.max(16_384).min(tokens);
         let mut sample = vec![Vec::new(); hooks.len()];
         store.next_batch(sample_rows, &mut sample)?;
         t.prepare(&sample[0], sample.get(1).map(|v| &v[..]));
-        (t, 0, MetricsLog::create(out)?)
+        // rank 0's, so that thread counts cannot make the replicas start apart
+        let mut start = [t.scale_in, t.scale_out];
+        comm.broadcast_f32(&mut start);
+        [t.scale_in, t.scale_out] = start;
+        comm.broadcast_f32(&mut t.params.b_dec);
+        let log = if root {
+            Some(MetricsLog::create(out)?)
+        } else {
+            None
+        };
+        (t, 0, log)
     };
-    run_cfg.write(out)?;
+    if ranks > 1 {
+        // also a barrier: no rank looks for a checkpoint after rank 0 has written one
+        let what = serde_json::json!([run_cfg, rank_cfg, start_rows, trainer.step]);
+        agree(comm, "configuration", hash_of(what.to_string().as_bytes()))?;
+    }
+    if root {
+        run_cfg.write(out)?;
+    }
     store.skip_to(start_rows)?;
     let arch_name = arch_name(&cfg);
     progress.begin(
@@ -346,15 +490,28 @@ fn run_steps(
     let started = std::time::Instant::now();
     let first_step = trainer.step;
     let mut buf = vec![Vec::new(); hooks.len()];
+    let widths = store.widths().to_vec();
     let mut last_ckpt = start_rows;
+    let save = |trainer: &Trainer, rows: u64| -> Result<()> {
+        if root {
+            checkpoint::save(
+                trainer,
+                &ckpt_dir,
+                serde_json::json!({ "rows_served": rows, "ranks": ranks }),
+            )?;
+        }
+        Ok(())
+    };
     let trained = (|| -> Result<()> {
         while trainer.step < steps {
             let got = store.next_batch(batch, &mut buf)?;
             if got < batch {
                 break;
             }
+            // this rank's rows of the global batch
+            let mine = |h: usize| &buf[h][rank * rank_batch * widths[h]..][..rank_batch * widths[h]];
             let report = trainer
-                .step(&buf[0], buf.get(1).map(|v| &v[..]))
+                .step_with(mine(0), (hooks.len() > 1).then(|| mine(1)), comm)
                 .map_err(|e| anyhow::anyhow!("{e} (run directory {})", out.display()))?;
             progress.advance(Stage::Train, 1);
             let done = trainer.step;
@@ -362,29 +519,29 @@ fn run_steps(
                 let tps = ((done - first_step) * batch) as f64 / started.elapsed().as_secs_f64();
                 let line = metrics_line(&report, done * batch, tps);
                 progress.step(&line);
-                log.append(&line)?;
+                if let Some(log) = log.as_mut() {
+                    log.append(&line)?;
+                }
             }
             kill_point::kill_point("step");
+            if ranks > 1 && (done % PARAMS_HASH_EVERY_STEPS == 0 || done == steps) {
+                agree(comm, &format!("parameters after step {done}"), params_hash(&trainer))?;
+            }
             let rows = store.rows_served();
             let due = opts.checkpoint_every_tokens > 0
                 && rows - last_ckpt >= opts.checkpoint_every_tokens as u64;
-            if progress.cancelled() {
-                checkpoint::save(
-                    &trainer,
-                    &ckpt_dir,
-                    serde_json::json!({ "rows_served": rows }),
-                )?;
+            // one rank's Ctrl-C stops them all at the same step
+            let mut stop = [progress.cancelled() as u64];
+            comm.sum_u64(&mut stop);
+            if stop[0] > 0 {
+                save(&trainer, rows)?;
                 bail!(RunError::Cancelled {
                     step: done,
                     dir: out.to_path_buf()
                 });
             }
             if due && done < steps {
-                checkpoint::save(
-                    &trainer,
-                    &ckpt_dir,
-                    serde_json::json!({ "rows_served": rows }),
-                )?;
+                save(&trainer, rows)?;
                 last_ckpt = rows;
             }
         }
@@ -392,13 +549,12 @@ fn run_steps(
     })();
     progress.end(Stage::Train);
     trained?;
+    if !root {
+        return Ok(None);
+    }
     let train_secs = started.elapsed().as_secs_f64();
     let trained_tokens = (trainer.step - first_step) * batch;
-    checkpoint::save(
-        &trainer,
-        &ckpt_dir,
-        serde_json::json!({ "rows_served": store.rows_served() }),
-    )?;
+    save(&trainer, store.rows_served())?;
     let mut dict = trainer.to_dictionary(
         Some(opts.hook.clone()),
         opts.hook_out.clone(),
@@ -453,11 +609,44 @@ fn run_steps(
         eval: eval?,
     };
     metrics.write(out)?;
-    Ok(SaeRun {
+    Ok(Some(SaeRun {
         dictionary: dict,
         metrics,
         out: out.to_path_buf(),
-    })
+    }))
+}
+
+/// Steps between two checks that every rank's parameters are still identical (and at
+/// the end). A check hashes every parameter (about a second per GiB).
+pub const PARAMS_HASH_EVERY_STEPS: usize = 100;
+
+/// Fails on every rank, naming the first that differs, unless all give the same `hash`.
+fn agree(comm: &dyn Collective, what: &str, hash: u64) -> Result<()> {
+    if let Some((rank, root, theirs)) = first_disagreement(comm, hash) {
+        bail!(RunError::Invalid(format!(
+            "rank {rank}'s {what} differs from rank 0's (hash {theirs:016x} against {root:016x}): start every rank with the same command line, glassbox build and files"
+        )));
+    }
+    Ok(())
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = twox_hash::XxHash64::with_seed(0);
+    h.write(bytes);
+    h.finish()
+}
+
+/// A hash of the step count, every parameter and the dead-latent counters.
+fn params_hash(t: &Trainer) -> u64 {
+    use std::hash::Hasher;
+    let mut h = twox_hash::XxHash64::with_seed(0);
+    h.write_u64(t.step as u64);
+    for p in t.params.tensors() {
+        p.iter().for_each(|v| h.write_u32(v.to_bits()));
+    }
+    t.since_fired.iter().for_each(|v| h.write_u64(*v));
+    h.finish()
 }
 
 /// The architecture's name as `--arch` spells it.

@@ -57,6 +57,8 @@ enum Command {
     Monitor(commands::monitor::Args),
     /// Train an SAE or a transcoder (TopK, BatchTopK, ReLU+L1, JumpReLU, gated) on streamed activations
     TrainSae(Box<commands::train_sae::Args>),
+    /// Harvest a hook's activations once into a folder of shards that train-sae --acts reads; under mpirun each rank harvests its share
+    Harvest(commands::harvest::Args),
     /// Train one transcoder per layer (MLP input → hook_mlp_out) from one pass over the corpus
     TrainTranscoders(commands::train_transcoders::Args),
     /// Attribution graph of a prompt through a transcoder set: nodes, edges, pruning, JSON
@@ -124,6 +126,7 @@ fn main() {
         Command::Probe { what } => commands::probe::run(what),
         Command::Monitor(a) => commands::monitor::run(a),
         Command::TrainSae(a) => commands::train_sae::run(*a),
+        Command::Harvest(a) => commands::harvest::run(a),
         Command::TrainTranscoders(a) => commands::train_transcoders::run(a),
         Command::Trace(a) => commands::trace::run(a),
         Command::Intervene(a) => commands::trace::run_intervene(a),

@@ -7,6 +7,7 @@ pub mod explain;
 pub mod features;
 pub mod fetch;
 pub mod generate;
+pub mod harvest;
 pub mod inspect;
 pub mod ioi;
 pub mod monitor;

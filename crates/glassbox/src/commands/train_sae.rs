@@ -3,6 +3,7 @@
 
 use crate::open::{in_flag_words, open_model, Bars};
 use anyhow::{Context, Result};
+use glassbox_dist::Collective;
 use glassbox_sae::train::{BDecInit, L1Recipe, Normalize, TrainArch, TrainConfig};
 use glassbox_train::SaeRunOptions;
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,16 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     export_acts: Option<PathBuf>,
+    /// Train from an activation folder `glassbox harvest` wrote (model, hook, corpus,
+    /// context, buffer and seed come from its manifest; --tokens may be fewer)
+    #[arg(long)]
+    acts: Option<PathBuf>,
+    /// Data-parallel over the ranks of an MPI job (`mpirun -np R glassbox train-sae
+    /// --distributed --acts DIR …`; a build with `--features mpi`): each rank steps on
+    /// batch / R rows of every batch, the gradients summed after each step
+    #[arg(long)]
+    #[serde(skip)]
+    distributed: bool,
 }
 
 macro_rules! merge {
@@ -177,8 +188,22 @@ pub fn run(mut a: Args) -> Result<()> {
             cache_dir,
             checkpoint_every_tokens,
             eval_tokens,
-            out
+            out,
+            acts
         );
+    }
+    let launched = glassbox_dist::launched_ranks().unwrap_or(1);
+    anyhow::ensure!(
+        a.distributed || launched <= 1,
+        "this process is one of {launched} ranks an MPI launcher started: pass --distributed to train data-parallel across them, or run train-sae without mpirun"
+    );
+    let job = if a.distributed {
+        glassbox_dist::join(Some("--distributed"))?
+    } else {
+        glassbox_dist::Job::Alone
+    };
+    if let Some(dir) = a.acts.clone() {
+        take_from_manifest(&mut a, &dir)?;
     }
     let out = a
         .out
@@ -268,10 +293,25 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.eval_tokens = a.eval_tokens.unwrap_or(opts.eval_tokens);
     opts.resume = a.resume;
     opts.export_acts = a.export_acts.clone();
+    opts.acts = a.acts.clone();
     let model = open_model(&model_spec)?;
     let meter = glassbox_audit::ledger::Meter::start("train");
-    let run = glassbox_train::train_sae(&model, &opts, &out, &Bars::new(&arch_name))
-        .map_err(in_flag_words)?;
+    // rank 0 draws the bars and prints; the other ranks are quiet
+    let bars = Bars::new(&arch_name);
+    let progress: &dyn glassbox_train::Progress = if job.is_root() {
+        &bars
+    } else {
+        &glassbox_train::Silent
+    };
+    let run = match glassbox_train::train_sae_with(&model, &opts, &out, progress, &job) {
+        Ok(Some(run)) => run,
+        Ok(None) => return Ok(()),
+        // every rank reaches the same refusal; anything else may be one rank's alone
+        Err(e) if e.downcast_ref::<glassbox_train::RunError>().is_some() => {
+            return Err(in_flag_words(e))
+        }
+        Err(e) => return Err(job.fail(e)),
+    };
     let m = &run.metrics;
     // harvest (the model to the hook) and training, per training token
     let per_token = crate::commands::audit::forward_flops_to(&model, &hook, opts.context_size)
@@ -302,6 +342,49 @@ pub fn run(mut a: Args) -> Result<()> {
         eval.dead_fraction * 100.0,
         eval.ce_recovered * 100.0
     );
+    if job.size() > 1 {
+        println!(
+            "data-parallel over {} ranks: {} per rank per step, {:.1} MiB sent by rank 0 in all",
+            job.size(),
+            opts.train.batch / job.size(),
+            job.bytes_communicated() as f64 / (1 << 20) as f64
+        );
+    }
     println!("run directory: {}", out.display());
+    Ok(())
+}
+
+/// Fills the options a harvest fixed from the activation folder's manifest, and refuses
+/// any given on the command line that contradict it.
+fn take_from_manifest(a: &mut Args, dir: &std::path::Path) -> Result<()> {
+    let m = glassbox_train::acts::ActsManifest::read(dir)?;
+    fn fill<T: PartialEq + std::fmt::Display + Clone>(
+        flag: &str,
+        mine: &mut Option<T>,
+        theirs: T,
+        dir: &std::path::Path,
+    ) -> Result<()> {
+        match mine {
+            Some(v) if *v != theirs => anyhow::bail!(
+                "--{flag} {v} differs from the activation folder's {theirs} ({}): leave --{flag} out, or harvest again with it",
+                dir.display()
+            ),
+            _ => *mine = Some(theirs),
+        }
+        Ok(())
+    }
+    fill("model", &mut a.model, m.model.clone(), dir)?;
+    fill("hook", &mut a.hook, m.hooks[0].clone(), dir)?;
+    if let Some(out) = m.hooks.get(1) {
+        fill("hook-out", &mut a.hook_out, out.clone(), dir)?;
+    }
+    if a.corpus.is_none() {
+        a.corpus = Some(PathBuf::from(&m.corpus));
+    }
+    fill("text-field", &mut a.text_field, m.text_field.clone(), dir)?;
+    fill("context-size", &mut a.context_size, m.context_size, dir)?;
+    fill("buffer-tokens", &mut a.buffer_tokens, m.buffer_tokens, dir)?;
+    fill("seed", &mut a.seed, m.seed, dir)?;
+    a.tokens.get_or_insert(m.tokens);
     Ok(())
 }
