@@ -634,11 +634,49 @@ fn write_shard(
             Some(shard_metadata(key, chunk)),
             tmp,
         )
+        .map_err(|e| e.to_string())
+        .and_then(|()| sort_metadata_keys(tmp))
         .map_err(|e| DataError::Cache {
             path: tmp.to_path_buf(),
-            message: e.to_string(),
+            message: e,
         })
     })
+}
+
+/// Rewrites a safetensors file's header with its metadata keys sorted. The safetensors
+/// crate writes them in `HashMap` order, which differs from process to process; sorted,
+/// equal rows give equal files, so the shards of two harvests (one rank or many)
+/// compare byte for byte. Same keys, same length: the header is replaced in place.
+fn sort_metadata_keys(path: &Path) -> std::result::Result<(), String> {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(len) as usize;
+    let mut header = vec![0u8; n];
+    f.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(&header).map_err(|e| e.to_string())?;
+    let mut fields: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(text.trim_end()).map_err(|e| e.to_string())?;
+    if let Some(meta) = fields.remove("__metadata__") {
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(meta).map_err(|e| e.to_string())?;
+        let sorted = serde_json::to_value(sorted).map_err(|e| e.to_string())?;
+        fields.insert("__metadata__".into(), sorted);
+    }
+    let mut sorted = serde_json::to_string(&fields).map_err(|e| e.to_string())?;
+    if sorted.len() > n {
+        return Err("the sorted header is longer than the written one".into());
+    }
+    // the same padding the writer used (spaces up to the 8-byte boundary)
+    sorted.extend(std::iter::repeat_n(' ', n - sorted.len()));
+    f.seek(SeekFrom::Start(8)).map_err(|e| e.to_string())?;
+    f.write_all(sorted.as_bytes()).map_err(|e| e.to_string())
 }
 
 fn read_shard(

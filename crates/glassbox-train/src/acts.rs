@@ -111,8 +111,12 @@ impl ActsManifest {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let m: ActsManifest = serde_json::from_str(&text)
-            .map_err(|e| invalid(format!("{} is not an activation manifest: {e}", path.display())))?;
+        let m: ActsManifest = serde_json::from_str(&text).map_err(|e| {
+            invalid(format!(
+                "{} is not an activation manifest: {e}",
+                path.display()
+            ))
+        })?;
         if m.format != ACTS_FORMAT {
             return Err(invalid(format!(
                 "{} is in format `{}`, this glassbox reads `{ACTS_FORMAT}`: harvest the folder again",
@@ -201,7 +205,9 @@ pub fn harvest_acts(
     comm: &dyn Collective,
 ) -> Result<Harvested> {
     if opts.acts.is_some() {
-        bail!(invalid("a harvest writes an activation folder; it does not read one"));
+        bail!(invalid(
+            "a harvest writes an activation folder; it does not read one"
+        ));
     }
     let (rank, ranks) = (comm.rank(), comm.size());
     let mut o = opts.clone();
@@ -296,4 +302,3 @@ pub fn harvest_acts(
         kept,
     })
 }
-

@@ -35,7 +35,9 @@ use anyhow::{bail, Context, Result};
 use glassbox_data::store::{ActivationStore, StoreOptions};
 use glassbox_model::Model;
 use glassbox_sae::train::collective::first_disagreement;
-use glassbox_sae::train::{checkpoint, kill_point, Alone, Collective, StepReport, TrainConfig, Trainer};
+use glassbox_sae::train::{
+    checkpoint, kill_point, Alone, Collective, StepReport, TrainConfig, Trainer,
+};
 use glassbox_sae::Dictionary;
 use std::path::{Path, PathBuf};
 
@@ -240,12 +242,10 @@ fn prepare_store<'m>(
     // the harvest sized its windows for its own token budget: the same windows give
     // the same store (and the same cache key)
     let budget = match &manifest {
-        Some(m) if opts.tokens > m.tokens => {
-            return Err(invalid(format!(
-                "the activation folder holds {} training tokens; train on at most that many (--tokens)",
-                m.tokens
-            )))
-        }
+        Some(m) if opts.tokens > m.tokens => return Err(invalid(format!(
+            "the activation folder holds {} training tokens; train on at most that many (--tokens)",
+            m.tokens
+        ))),
         Some(m) => m.tokens,
         None => opts.tokens,
     };
@@ -509,7 +509,8 @@ fn run_steps(
                 break;
             }
             // this rank's rows of the global batch
-            let mine = |h: usize| &buf[h][rank * rank_batch * widths[h]..][..rank_batch * widths[h]];
+            let mine =
+                |h: usize| &buf[h][rank * rank_batch * widths[h]..][..rank_batch * widths[h]];
             let report = trainer
                 .step_with(mine(0), (hooks.len() > 1).then(|| mine(1)), comm)
                 .map_err(|e| anyhow::anyhow!("{e} (run directory {})", out.display()))?;
@@ -525,7 +526,11 @@ fn run_steps(
             }
             kill_point::kill_point("step");
             if ranks > 1 && (done % PARAMS_HASH_EVERY_STEPS == 0 || done == steps) {
-                agree(comm, &format!("parameters after step {done}"), params_hash(&trainer))?;
+                agree(
+                    comm,
+                    &format!("parameters after step {done}"),
+                    params_hash(&trainer),
+                )?;
             }
             let rows = store.rows_served();
             let due = opts.checkpoint_every_tokens > 0

@@ -17,7 +17,12 @@ use std::process::{Command, Output};
 fn corpus(dir: &Path) -> PathBuf {
     let p = dir.join("corpus.txt");
     let text = (0..400)
-        .map(|i| format!("Line {i} speaks of rivers, {} bridges and the town. ", i % 37))
+        .map(|i| {
+            format!(
+                "Line {i} speaks of rivers, {} bridges and the town. ",
+                i % 37
+            )
+        })
         .collect::<String>();
     std::fs::write(&p, text).unwrap();
     p
@@ -47,19 +52,23 @@ fn data_args(model: &Path, corpus: &Path) -> Vec<String> {
     v
 }
 
-/// What a training run adds.
-const TRAIN: [&str; 10] = [
-    "--d-sae",
-    "256",
-    "--k",
-    "8",
-    "--batch",
-    "256",
-    "--eval-tokens",
-    "256",
-    "--checkpoint-every-tokens",
-    "1024",
-];
+/// What a training run adds, with `batch` rows a step.
+const fn train_opts(batch: &'static str) -> [&'static str; 10] {
+    [
+        "--d-sae",
+        "256",
+        "--k",
+        "8",
+        "--batch",
+        batch,
+        "--eval-tokens",
+        "256",
+        "--checkpoint-every-tokens",
+        "1024",
+    ]
+}
+
+const TRAIN: [&str; 10] = train_opts("256");
 
 fn glassbox() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_glassbox"));
@@ -108,7 +117,10 @@ mod alone {
             serde_json::from_str(&std::fs::read_to_string(acts.join("manifest.json")).unwrap())
                 .unwrap();
         let shards = manifest["shards"].as_array().unwrap();
-        assert!(shards.len() >= 2, "one shard cannot show the cut: {manifest}");
+        assert!(
+            shards.len() >= 2,
+            "one shard cannot show the cut: {manifest}"
+        );
 
         let own = dir.path().join("own");
         let o = glassbox()
@@ -172,7 +184,9 @@ mod alone {
         let o = train_acts("changed");
         let err = stderr(&o);
         assert!(
-            !o.status.success() && err.contains("does not match the manifest") && err.contains("chunk-000000"),
+            !o.status.success()
+                && err.contains("does not match the manifest")
+                && err.contains("chunk-000000"),
             "{err}"
         );
         std::fs::remove_file(&first).unwrap();
@@ -280,7 +294,10 @@ mod mpi {
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     fn train_distributed(acts: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -317,7 +334,10 @@ mod mpi {
         };
         let (m1, m2) = (read(&one), read(&two));
         assert_eq!(m2["ranks"], 2);
-        let (s1, s2) = (m1["shards"].as_array().unwrap(), m2["shards"].as_array().unwrap());
+        let (s1, s2) = (
+            m1["shards"].as_array().unwrap(),
+            m2["shards"].as_array().unwrap(),
+        );
         assert!(s1.len() >= 2 && s1.len() == s2.len(), "{m1}\n{m2}");
         let by_rank: Vec<u64> = s2.iter().map(|s| s["rank"].as_u64().unwrap()).collect();
         assert!(by_rank.contains(&0) && by_rank.contains(&1), "{by_rank:?}");
@@ -346,7 +366,10 @@ mod mpi {
         let o = train_distributed(&two, &dist, &[]);
         ok("mpirun -np 2 train-sae --distributed", &o);
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(out.contains("data-parallel over 2 ranks: 128 per rank"), "{out}");
+        assert!(
+            out.contains("data-parallel over 2 ranks: 128 per rank"),
+            "{out}"
+        );
         assert_eq!(
             out.matches("held-out").count(),
             1,
@@ -418,7 +441,7 @@ mod mpi {
         let corpus = corpus(dir.path());
         let acts = dir.path().join("acts");
         ok("harvest", &harvest(&model, &corpus, &acts));
-        // rank 1 asks for another width: every rank refuses at the start
+        // rank 1 asks for another learning rate: every rank refuses at the start
         let run = dir.path().join("mixed");
         let child = mpirun()
             .args(["-np", "1", bin(), "train-sae", "--distributed", "--acts"])
@@ -426,27 +449,47 @@ mod mpi {
             .args(TRAIN)
             .arg("--out")
             .arg(&run)
-            .args([":", "-np", "1", bin(), "train-sae", "--distributed", "--acts"])
+            .args([
+                ":",
+                "-np",
+                "1",
+                bin(),
+                "train-sae",
+                "--distributed",
+                "--acts",
+            ])
             .arg(&acts)
             .args(TRAIN)
-            .args(["--d-sae", "128", "--out"])
+            .args(["--lr", "0.0005", "--out"])
             .arg(&run)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let o = wait_within(child, Duration::from_secs(90), "ranks with different options");
+        let o = wait_within(
+            child,
+            Duration::from_secs(90),
+            "ranks with different options",
+        );
         let err = stderr(&o);
         assert!(!o.status.success(), "{err}");
         assert_eq!(
-            err.matches("rank 1's configuration differs from rank 0's").count(),
+            err.matches("rank 1's configuration differs from rank 0's")
+                .count(),
             2,
             "both ranks should say why they stop:\n{err}"
         );
         assert!(!run.join("sae_weights.safetensors").exists());
 
         // a batch two ranks cannot split
-        let o = train_distributed(&acts, &dir.path().join("odd"), &["--batch", "255"]);
+        let o = mpirun()
+            .args(["-np", "2", bin(), "train-sae", "--distributed", "--acts"])
+            .arg(&acts)
+            .args(train_opts("255"))
+            .arg("--out")
+            .arg(dir.path().join("odd"))
+            .output()
+            .unwrap();
         let err = stderr(&o);
         assert!(
             !o.status.success() && err.contains("does not split over 2 ranks"),
