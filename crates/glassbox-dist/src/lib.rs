@@ -142,6 +142,13 @@ impl Collective for Job {
             Job::Mpi(j) => j.sum_u64(_buf),
         }
     }
+    fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) {
+        match self {
+            Job::Alone => recv.copy_from_slice(send),
+            #[cfg(feature = "mpi")]
+            Job::Mpi(j) => j.all_gather_f32(send, recv),
+        }
+    }
     fn bytes_communicated(&self) -> u64 {
         match self {
             Job::Alone => 0,
@@ -237,6 +244,13 @@ mod mpi_job {
             self.world
                 .all_reduce_into(&send[..], buf, SystemOperation::sum());
             self.count(std::mem::size_of_val(buf));
+        }
+        fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) {
+            self.world.all_gather_into(send, recv);
+            // each rank receives every other rank's share
+            let r = self.size() as u64;
+            self.bytes
+                .set(self.bytes.get() + (r - 1) * std::mem::size_of_val(send) as u64);
         }
         fn bytes_communicated(&self) -> u64 {
             self.bytes.get()

@@ -242,10 +242,12 @@ fn prepare_store<'m>(
     // the harvest sized its windows for its own token budget: the same windows give
     // the same store (and the same cache key)
     let budget = match &manifest {
-        Some(m) if opts.tokens > m.tokens => return Err(invalid(format!(
+        Some(m) if opts.tokens > m.tokens => {
+            return Err(invalid(format!(
             "the activation folder holds {} training tokens; train on at most that many (--tokens)",
             m.tokens
-        ))),
+        )))
+        }
         Some(m) => m.tokens,
         None => opts.tokens,
     };

@@ -30,6 +30,22 @@ pub trait Collective {
         slots
     }
 
+    /// Every rank's `send` (all the same length), concatenated in rank order into
+    /// `recv` (`size() × send.len()`). This default sums a buffer with a slot per rank;
+    /// MPI's all-gather moves a rank's share once.
+    fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) {
+        assert_eq!(
+            recv.len(),
+            send.len() * self.size(),
+            "all_gather_f32: recv size"
+        );
+        recv.iter_mut().for_each(|v| *v = 0.0);
+        let at = self.rank() * send.len();
+        recv[at..at + send.len()].copy_from_slice(send);
+        // -inf + 0 stays -inf: the other slots are zeros
+        self.sum_f32(recv);
+    }
+
     /// Rank 0's `buf` on every rank (a sum to which the other ranks add zeros).
     fn broadcast_f32(&self, buf: &mut [f32]) {
         if self.size() == 1 {

@@ -18,7 +18,7 @@ pub mod step;
 pub use collective::{Alone, Collective};
 pub use config::{BDecInit, L1Recipe, Normalize, TrainArch, TrainConfig};
 pub use params::Params;
-pub use step::{Losses, StepCoefficients, Workspace};
+pub use step::{LatentShard, Losses, StepCoefficients, Workspace};
 
 use crate::{Architecture, Dictionary};
 use rand::rngs::StdRng;
@@ -126,6 +126,9 @@ pub struct Trainer {
     dead: Vec<bool>,
     /// the flat buffer [`Trainer::step_with`] sums over the ranks
     flat: Vec<f32>,
+    /// `Some`: this trainer holds one rank's share of the latents
+    /// ([`Trainer::new_latent_shard`]); `cfg.d_sae` is then the share's width
+    pub shard: Option<LatentShard>,
 }
 
 impl Trainer {
@@ -156,7 +159,121 @@ impl Trainer {
             scale_out: 1.0,
             batch_topk_threshold: 0.0,
             flat: Vec::new(),
+            shard: None,
         })
+    }
+
+    /// Rank `rank` of `ranks`' share of a TopK dictionary `cfg` too wide for one
+    /// machine: latents `rank · d_sae / ranks ..` (encoder rows, decoder rows, biases,
+    /// Adam moments), initialised as the same rows of the whole dictionary's
+    /// initialisation, so that stepping every rank on the same whole batches with
+    /// [`Trainer::step_with`] trains the dictionary one trainer would (up to f32
+    /// summation order). `ranks` must divide `d_sae`.
+    pub fn new_latent_shard(
+        cfg: TrainConfig,
+        total_steps: usize,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        if cfg.arch != TrainArch::TopK {
+            return Err(TrainError::Config(format!(
+                "latent sharding trains TopK dictionaries; {:?} selects across the batch or has no k",
+                cfg.arch
+            )));
+        }
+        if ranks == 0 || !cfg.d_sae.is_multiple_of(ranks) || cfg.d_sae / ranks < cfg.k {
+            return Err(TrainError::Config(format!(
+                "latent sharding splits d_sae ({}) into {ranks} equal shares of at least k ({}) latents: pick a d_sae that {ranks} divides",
+                cfg.d_sae, cfg.k
+            )));
+        }
+        let share = cfg.d_sae / ranks;
+        let first = rank * share;
+        // the whole initialisation, then this rank's rows: the same dictionary as one
+        // trainer's (it costs the whole dictionary's memory once, at the start)
+        let whole = Params::init(&cfg);
+        let (d, o) = (cfg.d_in, cfg.d_out());
+        let rows = |v: &Vec<f32>, w: usize| -> Vec<f32> {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                v[first * w..(first + share) * w].to_vec()
+            }
+        };
+        let params = Params {
+            w_enc_t: rows(&whole.w_enc_t, d),
+            b_enc: rows(&whole.b_enc, 1),
+            w_dec: rows(&whole.w_dec, o),
+            b_dec: whole.b_dec.clone(),
+            log_threshold: rows(&whole.log_threshold, 1),
+            r_mag: rows(&whole.r_mag, 1),
+            b_mag: rows(&whole.b_mag, 1),
+            w_skip: whole.w_skip.clone(),
+        };
+        let shard = LatentShard {
+            first,
+            d_sae: cfg.d_sae,
+            aux_k: cfg.aux_k(),
+        };
+        let mut t = Trainer::new(
+            TrainConfig {
+                d_sae: share,
+                ..cfg
+            },
+            total_steps,
+        )?;
+        t.opt = adam::Adam::new(&params, t.cfg.adam_beta1, t.cfg.adam_beta2);
+        t.params = params;
+        t.shard = Some(shard);
+        Ok(t)
+    }
+
+    /// The whole dictionary's trainer, from every rank's share (a sum over the ranks:
+    /// every rank gets it). Parameters and counters only; Adam's moments are left at
+    /// zero (what [`Trainer::to_dictionary`] needs). A trainer that is no shard gives a
+    /// copy of itself without Adam's state.
+    pub fn gather_latent_shards(&self, comm: &dyn Collective) -> Result<Trainer, TrainError> {
+        let Some(shard) = self.shard else {
+            let mut t = Trainer::new(self.cfg.clone(), self.total_steps)?;
+            t.copy_state_from(self);
+            t.params = self.params.clone();
+            return Ok(t);
+        };
+        let cfg = TrainConfig {
+            d_sae: shard.d_sae,
+            ..self.cfg.clone()
+        };
+        let mut t = Trainer::new(cfg, self.total_steps)?;
+        let (d, o, share) = (self.cfg.d_in, self.cfg.d_out(), self.cfg.d_sae);
+        let place = |whole: &mut Vec<f32>, part: &[f32], w: usize| {
+            if whole.is_empty() {
+                return;
+            }
+            whole.iter_mut().for_each(|v| *v = 0.0);
+            whole[shard.first * w..(shard.first + share) * w].copy_from_slice(part);
+            comm.sum_f32(whole);
+        };
+        place(&mut t.params.w_enc_t, &self.params.w_enc_t, d);
+        place(&mut t.params.b_enc, &self.params.b_enc, 1);
+        place(&mut t.params.w_dec, &self.params.w_dec, o);
+        place(&mut t.params.log_threshold, &self.params.log_threshold, 1);
+        t.params.b_dec = self.params.b_dec.clone();
+        t.params.w_skip = self.params.w_skip.clone();
+        let mut fired = vec![0u64; shard.d_sae];
+        fired[shard.first..shard.first + share].copy_from_slice(&self.since_fired);
+        comm.sum_u64(&mut fired);
+        t.copy_state_from(self);
+        t.since_fired = fired;
+        Ok(t)
+    }
+
+    fn copy_state_from(&mut self, other: &Trainer) {
+        self.step = other.step;
+        self.scale_in = other.scale_in;
+        self.scale_out = other.scale_out;
+        self.batch_topk_threshold = other.batch_topk_threshold;
+        self.since_fired = other.since_fired.clone();
     }
 
     /// Before the first step: normalisation factors and `b_dec` from sample rows
@@ -265,6 +382,9 @@ impl Trainer {
         y: Option<&[f32]>,
         comm: &dyn Collective,
     ) -> Result<StepReport, TrainError> {
+        if let Some(shard) = self.shard {
+            return self.step_latent_sharded(x, y, comm, shard);
+        }
         self.load_batch(x, y)?;
         let step = self.step;
         let sparsity = self.sparsity_at(step);
@@ -358,6 +478,103 @@ impl Trainer {
             grad_norm: gnorm,
             dense_kernels: self.ws.was_dense(),
             resampled,
+        })
+    }
+
+    /// A step of a latent shard: every rank has the same whole batch, selection and
+    /// reconstruction are global ([`step::forward_latent_sharded`]), the backward pass
+    /// runs on the shard; the gradient norm and `b_dec`'s gradient (the encoder's part of
+    /// it comes from every shard) are summed over the ranks.
+    fn step_latent_sharded(
+        &mut self,
+        x: &[f32],
+        y: Option<&[f32]>,
+        comm: &dyn Collective,
+        shard: LatentShard,
+    ) -> Result<StepReport, TrainError> {
+        self.load_batch(x, y)?;
+        let step = self.step;
+        self.refresh_dead_mask();
+        let coefs = StepCoefficients {
+            sparsity: 0.0,
+            dead: Some(&self.dead[..]),
+        };
+        let ys = self.cfg.is_transcoder().then_some(&self.ys[..]);
+        let losses = step::forward_latent_sharded(
+            &self.cfg,
+            &self.params,
+            &mut self.ws,
+            &self.xs,
+            ys,
+            &coefs,
+            &shard,
+            comm,
+        );
+        if !losses.total.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                what: "loss",
+                value: losses.total,
+            });
+        }
+        step::backward(&self.cfg, &self.params, &mut self.ws, &self.xs, &coefs);
+        // b_dec's gradient is the decoder's Σ err (the same on every rank) minus each
+        // shard's encoder part: counted once, from rank 0
+        let o = self.cfg.d_out();
+        if comm.rank() != 0 {
+            let mut decoder_part = vec![0f32; o];
+            for r in 0..self.cfg.batch {
+                let row = self.ws.error_row(r);
+                decoder_part.iter_mut().zip(row).for_each(|(s, e)| *s += e);
+            }
+            self.ws
+                .grads
+                .b_dec
+                .iter_mut()
+                .zip(&decoder_part)
+                .for_each(|(g, s)| *g -= s);
+        }
+        comm.sum_f32(&mut self.ws.grads.b_dec);
+        let g = &self.ws.grads;
+        let sq = |v: &[f32]| v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>();
+        let mut sharded = [(sq(&g.w_enc_t) + sq(&g.b_enc) + sq(&g.w_dec)) as f32];
+        comm.sum_f32(&mut sharded);
+        let gnorm = ((sharded[0] as f64) + sq(&g.b_dec) + sq(&g.w_skip)).sqrt() as f32;
+        if !gnorm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                what: "gradient norm",
+                value: gnorm,
+            });
+        }
+        let clip = if self.cfg.grad_clip > 0.0 && gnorm > self.cfg.grad_clip {
+            self.cfg.grad_clip / gnorm
+        } else {
+            1.0
+        };
+        let lr = self.lr_at(step);
+        self.opt.update(&mut self.params, &self.ws.grads, lr, clip);
+        let b = self.cfg.batch as u64;
+        for (s, &f) in self.since_fired.iter_mut().zip(&self.ws.fired) {
+            *s = if f > 0 { 0 } else { s.saturating_add(b) };
+        }
+        self.step += 1;
+        let mut dead = [self
+            .since_fired
+            .iter()
+            .filter(|&&s| s >= self.cfg.dead_window_tokens)
+            .count() as u64];
+        comm.sum_u64(&mut dead);
+        Ok(StepReport {
+            step,
+            fvu: losses.mse / losses.variance.max(1e-30),
+            losses,
+            dead_fraction: dead[0] as f32 / shard.d_sae as f32,
+            lr,
+            sparsity_coefficient: 0.0,
+            grad_norm: gnorm,
+            dense_kernels: false,
+            resampled: 0,
         })
     }
 

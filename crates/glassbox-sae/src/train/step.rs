@@ -8,6 +8,7 @@
 //! switch to dense GEMMs, which are faster there. Buffers live in a `Workspace`
 //! allocated once (the dense buffers on first use): no allocation per element.
 
+use super::collective::Collective;
 use super::config::{TrainArch, TrainConfig};
 use super::matmul::{matmul, MatRef};
 use super::params::Params;
@@ -1142,4 +1143,205 @@ fn dense_backward(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, lambda: f32
         MatRef::new(dense_u, b, m).t(),
         MatRef::new(sae_in, b, d),
     );
+}
+
+/// Which latents one rank of a latent-sharded job holds: `first..first + cfg.d_sae` of
+/// `d_sae` (the whole dictionary's width). Each rank holds those latents' encoder
+/// rows, decoder rows, biases and Adam moments; `b_dec` (and `W_skip`) are replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatentShard {
+    /// the global index of this rank's first latent
+    pub first: usize,
+    /// the whole dictionary's latents
+    pub d_sae: usize,
+    /// AuxK's latents per token in the whole dictionary ([`TrainConfig::aux_k`] of it)
+    pub aux_k: usize,
+}
+
+/// [`forward`] for a TopK dictionary whose latents are split over the ranks of `comm`
+/// ([`LatentShard`]); every rank has the same whole batch. Each rank encodes with its
+/// own latents and proposes its top k of every row; one all-gather of the proposals, and
+/// every rank keeps the global top k that fall in its shard (the other slots of its k
+/// hold inert zeros, so the backward pass runs unchanged on the shard). The decoder
+/// output is the sum over the ranks of their partial reconstructions; AuxK works the
+/// same way over the dead latents of every shard. The losses are the whole
+/// dictionary's, the same on every rank.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_latent_sharded(
+    cfg: &TrainConfig,
+    p: &Params,
+    ws: &mut Workspace,
+    x: &[f32],
+    y: Option<&[f32]>,
+    c: &StepCoefficients,
+    shard: &LatentShard,
+    comm: &dyn Collective,
+) -> Losses {
+    let (b, d, m, o) = (ws.batch, cfg.d_in, cfg.d_sae, cfg.d_out());
+    assert_eq!(cfg.arch, TrainArch::TopK, "latent sharding is TopK's");
+    assert_eq!(x.len(), b * d, "x must be [batch, d_in]");
+    let y = y.unwrap_or(x);
+    let apply_b_dec = cfg.apply_b_dec_to_input();
+    ws.sae_in
+        .par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(s, x)| {
+            s.copy_from_slice(x);
+            if apply_b_dec {
+                s.iter_mut().zip(&p.b_dec).for_each(|(s, b)| *s -= b);
+            }
+        });
+    ws.pre
+        .par_chunks_mut(m)
+        .for_each(|row| row.copy_from_slice(&p.b_enc));
+    matmul(
+        &mut ws.pre,
+        true,
+        MatRef::new(&ws.sae_in, b, d),
+        MatRef::new(&p.w_enc_t, m, d).t(),
+    );
+    ws.dense = false;
+    ws.dense_stats = None;
+    let k = cfg.k;
+    let everyone = vec![true; m];
+    select_global(ws, comm, shard, k, &everyone, true);
+    // ŷ = b_dec (+ W_skip x) + Σ over the ranks of Σ_own a W_dec
+    ws.err.iter_mut().for_each(|v| *v = 0.0);
+    sparse_decode(&ws.main, &p.w_dec, o, &mut ws.err, |_, _, a| a);
+    comm.sum_f32(&mut ws.err);
+    ws.err
+        .par_chunks_mut(o)
+        .for_each(|e| e.iter_mut().zip(&p.b_dec).for_each(|(e, b)| *e += b));
+    if cfg.skip {
+        matmul(
+            &mut ws.err,
+            true,
+            MatRef::new(x, b, d),
+            MatRef::new(&p.w_skip, o, d).t(),
+        );
+    }
+    let mse = ws
+        .err
+        .par_chunks_mut(o)
+        .zip(y.par_chunks(o))
+        .map(|(e, y)| {
+            let mut s = 0f32;
+            for (e, y) in e.iter_mut().zip(y) {
+                *e -= y;
+                s += *e * *e;
+            }
+            s as f64
+        })
+        .sum::<f64>() as f32
+        / b as f32;
+    let variance = batch_variance(y, o);
+    let active = ws.main.a.iter().filter(|a| **a > 0.0).count();
+    // AuxK over every shard's dead latents
+    let mut counts = [
+        active as u64,
+        c.dead.map_or(0, |d| d.iter().filter(|&&v| v).count()) as u64,
+    ];
+    comm.sum_u64(&mut counts);
+    let (active, n_dead) = (counts[0] as usize, counts[1] as usize);
+    let aux = match c.dead {
+        Some(dead) if cfg.aux_k_coefficient > 0.0 && n_dead > 0 => {
+            let ka = shard.aux_k.min(n_dead);
+            ws.aux_scale = cfg.aux_k_coefficient * (n_dead as f32 / shard.aux_k as f32).min(1.0);
+            select_global(ws, comm, shard, ka, dead, false);
+            let mut partial = vec![0.0; b * o];
+            sparse_decode(&ws.aux, &p.w_dec, o, &mut partial, |_, _, a| a);
+            comm.sum_f32(&mut partial);
+            ws.err_aux
+                .iter_mut()
+                .zip(ws.err.iter().zip(&partial))
+                .for_each(|(e, (err, s))| *e = err + s);
+            let sq: f64 = ws
+                .err_aux
+                .par_chunks(o)
+                .map(|e| e.iter().map(|v| (v * v) as f64).sum::<f64>())
+                .sum();
+            ws.aux_scale * sq as f32 / b as f32
+        }
+        _ => {
+            ws.aux_scale = 0.0;
+            0.0
+        }
+    };
+    Losses {
+        mse,
+        sparsity: 0.0,
+        aux,
+        total: mse + aux,
+        l0: active as f32 / b as f32,
+        variance,
+    }
+}
+
+/// The global top `k` of every row among the latents `eligible` marks on every rank,
+/// into the main (`main`) or AuxK CSR as `k` slots a row: this rank's winners with
+/// their activations, the rest inert (latent 0, activation 0). Ties go to the lower
+/// global index.
+fn select_global(
+    ws: &mut Workspace,
+    comm: &dyn Collective,
+    shard: &LatentShard,
+    k: usize,
+    eligible: &[bool],
+    main: bool,
+) {
+    let (b, m, ranks) = (ws.batch, eligible.len(), comm.size());
+    // this rank's proposals: (pre, global index) pairs, k a row, -inf where it has fewer
+    let mut mine = vec![f32::NEG_INFINITY; b * k * 2];
+    let pre = &ws.pre;
+    mine.par_chunks_mut(k * 2)
+        .enumerate()
+        .for_each(|(r, slots)| {
+            let row = &pre[r * m..(r + 1) * m];
+            let mut ord: Vec<u32> = (0..m as u32).filter(|&f| eligible[f as usize]).collect();
+            let n = k.min(ord.len());
+            if n == 0 {
+                return;
+            }
+            if n < ord.len() {
+                ord.select_nth_unstable_by(n - 1, |&x, &y| {
+                    row[y as usize].total_cmp(&row[x as usize])
+                });
+            }
+            for (j, &f) in ord[..n].iter().enumerate() {
+                slots[2 * j] = row[f as usize];
+                // exact as f32 below 2²⁴ latents
+                slots[2 * j + 1] = (shard.first + f as usize) as f32;
+            }
+        });
+    let mut all = vec![0.0; mine.len() * ranks];
+    comm.all_gather_f32(&mine, &mut all);
+    let (lo, hi) = (shard.first, shard.first + m);
+    let csr = if main { &mut ws.main } else { &mut ws.aux };
+    csr.row_ptr.clear();
+    csr.row_ptr.extend((0..=b).map(|r| r * k));
+    csr.resize(b * k);
+    csr.idx
+        .par_chunks_mut(k)
+        .zip(csr.a.par_chunks_mut(k))
+        .enumerate()
+        .for_each(|(r, (idx, a))| {
+            let mut cand: Vec<(f32, usize)> = (0..ranks)
+                .flat_map(|q| {
+                    let s = &all[(q * b + r) * k * 2..][..k * 2];
+                    s.chunks(2).map(|p| (p[0], p[1] as usize))
+                })
+                .filter(|(v, _)| *v > f32::NEG_INFINITY)
+                .collect();
+            cand.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+            idx.iter_mut().for_each(|v| *v = 0);
+            a.iter_mut().for_each(|v| *v = 0.0);
+            let mut slot = 0;
+            for &(v, f) in cand.iter().take(k) {
+                if (lo..hi).contains(&f) {
+                    idx[slot] = (f - lo) as u32;
+                    a[slot] = v.max(0.0);
+                    slot += 1;
+                }
+            }
+        });
 }

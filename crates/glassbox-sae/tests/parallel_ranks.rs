@@ -1,10 +1,12 @@
-//! Data-parallel steps ([`Trainer::step_with`]) on two ranks, each a thread with its half
-//! of every batch, summing through an in-memory collective: the same dictionary as one
-//! trainer on the whole batches (up to f32 summation order), bit-identical parameters on
-//! both ranks, and the same dead-latent counters. The MPI collective itself is tested
-//! under `mpirun` (crates/glassbox/tests/distributed_cli.rs).
+//! Training on two ranks, each a thread, summing through an in-memory collective.
+//! Data-parallel ([`Trainer::step_with`], each rank on half of every batch) and
+//! latent-sharded ([`Trainer::new_latent_shard`], each rank with half the latents, on
+//! the whole batches) both train the dictionary one trainer does on the whole batches
+//! (up to f32 summation order), with the same losses, gradient norms and dead-latent
+//! counters. The MPI collective itself is tested under `mpirun`
+//! (crates/glassbox/tests/distributed_cli.rs).
 
-use glassbox_sae::train::{Collective, StepReport, TrainArch, TrainConfig, Trainer};
+use glassbox_sae::train::{Collective, Params, StepReport, TrainArch, TrainConfig, Trainer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Barrier, Mutex};
@@ -204,4 +206,110 @@ fn topk_on_two_ranks_equals_one_rank_on_the_whole_batch() {
 fn standard_and_jumprelu_on_two_ranks_equal_one_rank() {
     check(TrainArch::Standard);
     check(TrainArch::JumpReLU);
+}
+
+/// Two ranks, each with half the latents, on the same whole batches; `y`: a transcoder's
+/// targets.
+fn check_latent_sharded(transcoder: bool) {
+    let (batch, d) = (16, 16);
+    let x = data(batch * STEPS, d, 5);
+    let y: Option<Vec<f32>> = transcoder.then(|| data(batch * STEPS, d, 6));
+    let cfg = TrainConfig {
+        d_out: transcoder.then_some(d),
+        ..config(TrainArch::TopK, batch)
+    };
+    let rows = |v: &[f32], s: usize| v[s * batch * d..][..batch * d].to_vec();
+    let mut single = Trainer::new(cfg.clone(), STEPS).unwrap();
+    single.prepare(&x[..batch * 4 * d], y.as_ref().map(|y| &y[..batch * 4 * d]));
+    let single_reports: Vec<StepReport> = (0..STEPS)
+        .map(|s| {
+            let ys = y.as_ref().map(|y| rows(y, s));
+            single.step(&rows(&x, s), ys.as_deref()).unwrap()
+        })
+        .collect();
+    let results: Vec<(Params, Vec<u64>, Vec<StepReport>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = Threads::job(2)
+            .into_iter()
+            .map(|comm| {
+                let (x, y, cfg) = (&x, &y, cfg.clone());
+                scope.spawn(move || {
+                    let mut t = Trainer::new_latent_shard(cfg, STEPS, comm.rank(), 2).unwrap();
+                    assert_eq!(
+                        t.params.w_dec.len(),
+                        24 * d,
+                        "a rank holds half the decoder"
+                    );
+                    t.prepare(&x[..batch * 4 * d], y.as_ref().map(|y| &y[..batch * 4 * d]));
+                    let reports = (0..STEPS)
+                        .map(|s| {
+                            let ys = y.as_ref().map(|y| rows(y, s));
+                            t.step_with(&rows(x, s), ys.as_deref(), &comm).unwrap()
+                        })
+                        .collect();
+                    let whole = t.gather_latent_shards(&comm).unwrap();
+                    (whole.params, whole.since_fired, reports)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (s, (one, two)) in single_reports.iter().zip(&results[0].2).enumerate() {
+        for (what, a, b) in [
+            ("loss", one.losses.total, two.losses.total),
+            ("AuxK loss", one.losses.aux, two.losses.aux),
+            ("gradient norm", one.grad_norm, two.grad_norm),
+            ("L0", one.losses.l0, two.losses.l0),
+            ("dead fraction", one.dead_fraction, two.dead_fraction),
+        ] {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "transcoder {transcoder}, step {s}: {what} {a} on one rank, {b} with the latents on two"
+            );
+        }
+    }
+    assert!(
+        single_reports.iter().any(|r| r.losses.aux > 0.0),
+        "AuxK never ran, so its sharded path was not exercised"
+    );
+    assert_eq!(
+        results[0].0, results[1].0,
+        "the gathered dictionaries differ by rank"
+    );
+    let (a, b) = (&single.params, &results[0].0);
+    for (name, x, y) in [
+        ("W_enc", &a.w_enc_t, &b.w_enc_t),
+        ("W_dec", &a.w_dec, &b.w_dec),
+        ("b_enc", &a.b_enc, &b.b_enc),
+        ("b_dec", &a.b_dec, &b.b_dec),
+    ] {
+        let diff = max_abs_diff(x, y);
+        assert!(
+            diff < 1e-4,
+            "transcoder {transcoder} {name}: latents on two ranks differ from one trainer by {diff}"
+        );
+    }
+    assert_eq!(single.since_fired, results[0].1);
+}
+
+#[test]
+fn topk_with_its_latents_on_two_ranks_equals_one_trainer() {
+    check_latent_sharded(false);
+    check_latent_sharded(true);
+}
+
+#[test]
+fn latent_shards_must_split_evenly_and_be_topk() {
+    let err = |cfg: TrainConfig| {
+        Trainer::new_latent_shard(cfg, 10, 0, 5)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let e = err(config(TrainArch::TopK, 16));
+    assert!(e.contains("d_sae (48) into 5 equal shares"), "{e}");
+    let e = err(TrainConfig {
+        d_sae: 50,
+        ..config(TrainArch::BatchTopK, 16)
+    });
+    assert!(e.contains("latent sharding trains TopK"), "{e}");
 }
