@@ -99,6 +99,9 @@ pub struct SaeRunOptions {
     /// also write the training and held-out activations here (safetensors `train`,
     /// `eval`), for a baseline trained on identical data
     pub export_acts: Option<PathBuf>,
+    /// split the latents over the ranks instead of the rows (TopK; the ranks must
+    /// divide `d_sae`): each rank holds `d_sae / ranks` latents and steps on every row
+    pub shard_latents: bool,
     /// train from this activation folder (written by [`harvest_acts`], possibly by many
     /// ranks) instead of harvesting: the folder's manifest must match the options
     pub acts: Option<PathBuf>,
@@ -123,6 +126,7 @@ impl SaeRunOptions {
             resume: false,
             export_acts: None,
             acts: None,
+            shard_latents: false,
             train,
         }
     }
@@ -175,14 +179,14 @@ pub fn train_sae_with(
     }
     let ranks = comm.size();
     if ranks > 1 {
-        if !batch.is_multiple_of(ranks) {
+        if !opts.shard_latents && !batch.is_multiple_of(ranks) {
             return Err(invalid(format!(
                 "the batch ({batch} rows) does not split over {ranks} ranks: each rank steps on batch / ranks rows, so pick a batch that {ranks} divides"
             )));
         }
         if opts.acts.is_none() {
             return Err(invalid(
-                "data-parallel training reads a harvested activation folder, so that no rank harvests what another already has: harvest it once with `mpirun -np R glassbox harvest … --out DIR` and train with --acts DIR",
+                "training across ranks reads a harvested activation folder, so that no rank harvests what another already has: harvest it once with `mpirun -np R glassbox harvest … --out DIR` and train with --acts DIR",
             ));
         }
         if opts.export_acts.is_some() {
@@ -190,7 +194,7 @@ pub fn train_sae_with(
                 "--export-acts writes one process's activations: export them from a run of one rank",
             ));
         }
-        if !opts.train.arch.uses_k() && opts.train.resample_every_steps > 0 {
+        if !opts.shard_latents && !opts.train.arch.uses_k() && opts.train.resample_every_steps > 0 {
             return Err(invalid(
                 "resampling dead latents picks rows of one rank's batch, which the other ranks do not have: pass --resample-every-steps 0 to train a standard SAE across ranks",
             ));
@@ -350,8 +354,10 @@ fn run_steps(
     let (tokens, batch) = (opts.tokens, opts.train.batch);
     let (rank, ranks) = (comm.rank(), comm.size());
     let root = rank == 0;
-    // each rank steps on its share of every global batch
-    let rank_batch = batch / ranks;
+    // data-parallel: each rank steps on its share of every global batch; latent-sharded:
+    // on all of it, with its share of the latents
+    let sharded = opts.shard_latents && ranks > 1;
+    let rank_batch = if sharded { batch } else { batch / ranks };
     if store.total_rows() < tokens as u64 {
         return Err(invalid(format!(
             "the corpus gives {} training tokens (positions ≥ 1, special tokens left out); a run of {tokens} tokens needs more text or fewer tokens (--tokens)",
@@ -392,10 +398,24 @@ fn run_steps(
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create the run directory {}", out.display()))?;
     }
-    let ckpt_dir = out.join(run_dir::CHECKPOINT_DIR);
     let rank_cfg = TrainConfig {
         batch: rank_batch,
         ..cfg.clone()
+    };
+    // every latent shard checkpoints its own latents and Adam moments
+    let ckpt_dir = if sharded {
+        out.join(run_dir::CHECKPOINT_DIR)
+            .join(format!("latents-{rank}-of-{ranks}"))
+    } else {
+        out.join(run_dir::CHECKPOINT_DIR)
+    };
+    let new_trainer = || -> Result<Trainer> {
+        if sharded {
+            Trainer::new_latent_shard(cfg.clone(), steps, rank, ranks)
+        } else {
+            Trainer::new(rank_cfg.clone(), steps)
+        }
+        .map_err(|e| invalid(e.to_string()))
     };
     progress.note(&format!(
         "activation store: {} tokens of {} in chunks of {} ({:.0} MiB buffer){}",
@@ -421,7 +441,9 @@ fn run_steps(
         )?;
     }
     let (mut trainer, start_rows, mut log) = if opts.resume && checkpoint::exists(&ckpt_dir) {
-        let (t, extra) = checkpoint::load(&ckpt_dir)?;
+        let (mut t, extra) = checkpoint::load(&ckpt_dir)?;
+        // a shard's place is the job's, not the file's
+        t.shard = new_trainer()?.shard;
         let saved_ranks = extra["ranks"].as_u64().unwrap_or(1) as usize;
         if saved_ranks != ranks {
             bail!(RunError::Invalid(format!(
@@ -429,7 +451,7 @@ fn run_steps(
                 ckpt_dir.display()
             )));
         }
-        if serde_json::to_value(&t.cfg)? != serde_json::to_value(&rank_cfg)? {
+        if serde_json::to_value(&t.cfg)? != serde_json::to_value(&new_trainer()?.cfg)? {
             bail!(RunError::Invalid(format!(
                 "the checkpoint in {} was trained with a different configuration; resume with the same options (see {}) or use a new run directory",
                 ckpt_dir.display(),
@@ -455,7 +477,7 @@ fn run_steps(
         } else if checkpoint::exists(&ckpt_dir) {
             bail!(RunError::AlreadyTrained(out.to_path_buf()));
         }
-        let mut t = Trainer::new(rank_cfg.clone(), steps).map_err(|e| invalid(e.to_string()))?;
+        let mut t = new_trainer()?;
         // normalisation and b_dec from the first rows, then rewind: deterministic
         let sample_rows = batch.max(16_384).min(tokens);
         let mut sample = vec![Vec::new(); hooks.len()];
@@ -495,11 +517,11 @@ fn run_steps(
     let widths = store.widths().to_vec();
     let mut last_ckpt = start_rows;
     let save = |trainer: &Trainer, rows: u64| -> Result<()> {
-        if root {
+        if root || sharded {
             checkpoint::save(
                 trainer,
                 &ckpt_dir,
-                serde_json::json!({ "rows_served": rows, "ranks": ranks }),
+                serde_json::json!({ "rows_served": rows, "ranks": ranks, "latent_sharded": sharded }),
             )?;
         }
         Ok(())
@@ -511,8 +533,8 @@ fn run_steps(
                 break;
             }
             // this rank's rows of the global batch
-            let mine =
-                |h: usize| &buf[h][rank * rank_batch * widths[h]..][..rank_batch * widths[h]];
+            let first = if sharded { 0 } else { rank * rank_batch };
+            let mine = |h: usize| &buf[h][first * widths[h]..][..rank_batch * widths[h]];
             let report = trainer
                 .step_with(mine(0), (hooks.len() > 1).then(|| mine(1)), comm)
                 .map_err(|e| anyhow::anyhow!("{e} (run directory {})", out.display()))?;
@@ -556,12 +578,21 @@ fn run_steps(
     })();
     progress.end(Stage::Train);
     trained?;
+    if sharded {
+        save(&trainer, store.rows_served())?;
+        // the whole dictionary, from every rank's latents
+        trainer = trainer
+            .gather_latent_shards(comm)
+            .map_err(|e| invalid(e.to_string()))?;
+    }
     if !root {
         return Ok(None);
     }
     let train_secs = started.elapsed().as_secs_f64();
     let trained_tokens = (trainer.step - first_step) * batch;
-    save(&trainer, store.rows_served())?;
+    if !sharded {
+        save(&trainer, store.rows_served())?;
+    }
     let mut dict = trainer.to_dictionary(
         Some(opts.hook.clone()),
         opts.hook_out.clone(),
@@ -644,15 +675,25 @@ fn hash_of(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// A hash of the step count, every parameter and the dead-latent counters.
+/// A hash of what every rank holds the same: the step count, every parameter and the
+/// dead-latent counters of a replica; of a latent shard, the step and the replicated
+/// `b_dec` and `W_skip`.
 fn params_hash(t: &Trainer) -> u64 {
     use std::hash::Hasher;
     let mut h = twox_hash::XxHash64::with_seed(0);
     h.write_u64(t.step as u64);
-    for p in t.params.tensors() {
-        p.iter().for_each(|v| h.write_u32(v.to_bits()));
+    let p = &t.params;
+    let replicated: Vec<&Vec<f32>> = if t.shard.is_some() {
+        vec![&p.b_dec, &p.w_skip]
+    } else {
+        p.tensors().to_vec()
+    };
+    for v in replicated {
+        v.iter().for_each(|v| h.write_u32(v.to_bits()));
     }
-    t.since_fired.iter().for_each(|v| h.write_u64(*v));
+    if t.shard.is_none() {
+        t.since_fired.iter().for_each(|v| h.write_u64(*v));
+    }
     h.finish()
 }
 

@@ -6,9 +6,10 @@
 //! shard is named; `--distributed` and an MPI launcher are refused with the build
 //! command. With `--features mpi` (scripts/test runs this file again so, under
 //! `mpirun --oversubscribe -np 2` on loopback): two ranks harvest the same shards as one;
-//! data-parallel training on two ranks equals one process; a rank killed mid-run ends
-//! the job within a timeout and the run resumes from rank 0's checkpoint; ranks started
-//! with different options refuse, every one of them.
+//! data-parallel and latent-sharded training on two ranks equal one process; a rank
+//! killed mid-run ends the job within a timeout and the run resumes from rank 0's
+//! checkpoint; ranks started with different options refuse, every one of them; bad
+//! splits and combinations are named.
 
 use glassbox_fixtures::default_gguf;
 use std::path::{Path, PathBuf};
@@ -398,6 +399,33 @@ mod mpi {
         let (_, dec0) = weights(&fresh);
         assert!(max_abs_diff(&dec0, &dec2) > 1e-2, "training moved nothing");
 
+        // the latents split over two ranks, each on every row: the same dictionary again
+        let sharded = dir.path().join("sharded");
+        let o = mpirun()
+            .args(["-np", "2", bin(), "train-sae", "--shard-latents", "--acts"])
+            .arg(&two)
+            .args(TRAIN)
+            .arg("--out")
+            .arg(&sharded)
+            .output()
+            .unwrap();
+        ok("mpirun -np 2 train-sae --shard-latents", &o);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("latents sharded over 2 ranks: 128 latents per rank"),
+            "{out}"
+        );
+        assert!(
+            sharded.join("checkpoint/latents-1-of-2").exists(),
+            "rank 1 checkpoints its own latents"
+        );
+        let (enc4, dec4) = weights(&sharded);
+        let (de, dd) = (max_abs_diff(&enc1, &enc4), max_abs_diff(&dec1, &dec4));
+        assert!(
+            de < 1e-4 && dd < 1e-4,
+            "latents on two ranks differ from one process: W_enc by {de}, W_dec by {dd}"
+        );
+
         // rank 1 killed at its 6th step (rank 0 checkpointed at step 4): the job ends
         // within the timeout, and resuming with two ranks reaches the same dictionary
         let killed = dir.path().join("killed");
@@ -493,6 +521,28 @@ mod mpi {
         let err = stderr(&o);
         assert!(
             !o.status.success() && err.contains("does not split over 2 ranks"),
+            "{err}"
+        );
+        // latents that two ranks cannot split evenly, and both modes at once
+        let mut odd_width = TRAIN;
+        odd_width[1] = "255";
+        let o = mpirun()
+            .args(["-np", "2", bin(), "train-sae", "--shard-latents", "--acts"])
+            .arg(&acts)
+            .args(odd_width)
+            .arg("--out")
+            .arg(dir.path().join("odd-width"))
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert!(
+            !o.status.success() && err.contains("d_sae (255) into 2 equal shares"),
+            "{err}"
+        );
+        let o = train_distributed(&acts, &dir.path().join("both"), &["--shard-latents"]);
+        let err = stderr(&o);
+        assert!(
+            !o.status.success() && err.contains("cannot be combined yet"),
             "{err}"
         );
         // distributed training without a harvested folder

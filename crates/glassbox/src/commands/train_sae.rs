@@ -129,6 +129,13 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     distributed: bool,
+    /// Split the latents over the ranks of an MPI job instead of the rows (TopK; the
+    /// ranks must divide --d-sae): each rank holds d_sae / R latents, for dictionaries
+    /// too wide for one machine (`mpirun -np R glassbox train-sae --shard-latents --acts
+    /// DIR …`)
+    #[arg(long)]
+    #[serde(skip)]
+    shard_latents: bool,
 }
 
 macro_rules! merge {
@@ -194,11 +201,17 @@ pub fn run(mut a: Args) -> Result<()> {
     }
     let launched = glassbox_dist::launched_ranks().unwrap_or(1);
     anyhow::ensure!(
-        a.distributed || launched <= 1,
-        "this process is one of {launched} ranks an MPI launcher started: pass --distributed to train data-parallel across them, or run train-sae without mpirun"
+        a.distributed || a.shard_latents || launched <= 1,
+        "this process is one of {launched} ranks an MPI launcher started: pass --distributed to train data-parallel across them (or --shard-latents to split the latents), or run train-sae without mpirun"
+    );
+    anyhow::ensure!(
+        !(a.distributed && a.shard_latents),
+        "--distributed and --shard-latents cannot be combined yet (a grid of data × latent ranks): pick one; --shard-latents for a dictionary too wide for one machine, --distributed for more rows a second"
     );
     let job = if a.distributed {
         glassbox_dist::join(Some("--distributed"))?
+    } else if a.shard_latents {
+        glassbox_dist::join(Some("--shard-latents"))?
     } else {
         glassbox_dist::Job::Alone
     };
@@ -294,6 +307,7 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.resume = a.resume;
     opts.export_acts = a.export_acts.clone();
     opts.acts = a.acts.clone();
+    opts.shard_latents = a.shard_latents;
     let model = open_model(&model_spec)?;
     let meter = glassbox_audit::ledger::Meter::start("train");
     // rank 0 draws the bars and prints; the other ranks are quiet
@@ -342,9 +356,16 @@ pub fn run(mut a: Args) -> Result<()> {
         eval.dead_fraction * 100.0,
         eval.ce_recovered * 100.0
     );
-    if job.size() > 1 {
+    if job.size() > 1 && a.shard_latents {
         println!(
-            "data-parallel over {} ranks: {} per rank per step, {:.1} MiB sent by rank 0 in all",
+            "latents sharded over {} ranks: {} latents per rank, {:.1} MiB communicated by rank 0 in all",
+            job.size(),
+            m.d_sae / job.size(),
+            job.bytes_communicated() as f64 / (1 << 20) as f64
+        );
+    } else if job.size() > 1 {
+        println!(
+            "data-parallel over {} ranks: {} per rank per step, {:.1} MiB communicated by rank 0 in all",
             job.size(),
             opts.train.batch / job.size(),
             job.bytes_communicated() as f64 / (1 << 20) as f64
