@@ -426,40 +426,58 @@ mod mpi {
             "latents on two ranks differ from one process: W_enc by {de}, W_dec by {dd}"
         );
 
-        // rank 1 killed at its 6th step (rank 0 checkpointed at step 4): the job ends
-        // within the timeout, and resuming with two ranks reaches the same dictionary
-        let killed = dir.path().join("killed");
-        let child = mpirun()
-            .args(["-np", "1", bin(), "train-sae", "--distributed", "--acts"])
-            .arg(&two)
-            .args(TRAIN)
-            .arg("--out")
-            .arg(&killed)
-            .args([":", "-np", "1", "env", "GLASSBOX_KILL_AT=step:6", bin()])
-            .args(["train-sae", "--distributed", "--acts"])
-            .arg(&two)
-            .args(TRAIN)
-            .arg("--out")
-            .arg(&killed)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let o = wait_within(child, Duration::from_secs(90), "the job with a killed rank");
-        assert!(!o.status.success(), "a job with a killed rank succeeded");
-        assert!(
-            killed.join("checkpoint").exists(),
-            "rank 0 wrote no checkpoint before the kill"
-        );
-        let o = train_distributed(&two, &killed, &["--resume"]);
-        ok("resume on two ranks", &o);
-        assert!(String::from_utf8_lossy(&o.stdout).contains("run directory"));
-        let (enc3, dec3) = weights(&killed);
-        assert_eq!(
-            (enc3, dec3),
-            (enc2, dec2),
-            "resumed after a kill, the dictionary differs from the uninterrupted run"
-        );
+        // in each mode, rank 1 killed at its 6th step (checkpoints at step 4): the job
+        // ends within the timeout, and resuming with two ranks reaches the same dictionary
+        for (mode, uninterrupted) in [
+            ("--distributed", (enc2, dec2)),
+            ("--shard-latents", (enc4, dec4)),
+        ] {
+            let killed = dir.path().join(format!("killed{mode}"));
+            let started = Instant::now();
+            let child = mpirun()
+                .args(["-np", "1", bin(), "train-sae", mode, "--acts"])
+                .arg(&two)
+                .args(TRAIN)
+                .arg("--out")
+                .arg(&killed)
+                .args([":", "-np", "1", "env", "GLASSBOX_KILL_AT=step:6", bin()])
+                .args(["train-sae", mode, "--acts"])
+                .arg(&two)
+                .args(TRAIN)
+                .arg("--out")
+                .arg(&killed)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let o = wait_within(child, Duration::from_secs(90), "the job with a killed rank");
+            assert!(
+                !o.status.success(),
+                "{mode}: a job with a killed rank succeeded"
+            );
+            eprintln!(
+                "{mode}: the job with a killed rank ended after {:?}",
+                started.elapsed()
+            );
+            assert!(
+                killed.join("checkpoint").exists(),
+                "{mode}: no checkpoint before the kill"
+            );
+            let o = mpirun()
+                .args(["-np", "2", bin(), "train-sae", mode, "--resume", "--acts"])
+                .arg(&two)
+                .args(TRAIN)
+                .arg("--out")
+                .arg(&killed)
+                .output()
+                .unwrap();
+            ok(&format!("resume {mode} on two ranks"), &o);
+            assert!(String::from_utf8_lossy(&o.stdout).contains("run directory"));
+            assert!(
+                weights(&killed) == uninterrupted,
+                "{mode}: resumed after a kill, the dictionary differs from the uninterrupted run"
+            );
+        }
     }
 
     #[test]
