@@ -345,6 +345,11 @@ impl<'m> ActivationStore<'m> {
         Ok((path, self.chunk_rows(c)))
     }
 
+    /// Windows chunk `c` covers (the last chunk may have fewer).
+    pub fn windows_in_chunk(&self, c: usize) -> usize {
+        self.chunk_windows_range(c).len()
+    }
+
     fn chunk_of(&self, row: u64) -> usize {
         let n = self.n_chunks();
         // The last chunk starting at or before `row` (empty chunks share their

@@ -236,10 +236,11 @@ pub fn harvest_acts(
     // [rows, bytes, hash, rank + 1] per chunk, each filled by the rank that owns it
     let mut table = vec![0u64; n * 4];
     let (mut harvested, mut kept) = (0, 0);
+    // the store advances the bar by windows; this rank harvests only its chunks' windows
     progress.begin(
         Stage::Harvest,
-        &format!("harvesting {} (shards)", hooks.join(" → ")),
-        mine.len() as u64,
+        &format!("harvesting {} (windows)", hooks.join(" → ")),
+        mine.iter().map(|&c| store.windows_in_chunk(c) as u64).sum(),
         0,
     );
     for &c in &mine {
@@ -257,7 +258,6 @@ pub fn harvest_acts(
             )
         })?;
         table[c * 4..c * 4 + 4].copy_from_slice(&[rows as u64, bytes, hash, rank as u64 + 1]);
-        progress.advance(Stage::Harvest, 1);
     }
     progress.end(Stage::Harvest);
     // every rank's table, summed: also waits until every rank's shards are on disk
