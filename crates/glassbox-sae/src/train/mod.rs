@@ -423,28 +423,12 @@ impl Trainer {
             adam::remove_parallel_component(&self.params.w_dec, &mut self.ws.grads.w_dec, o);
         }
         let gnorm = adam::grad_norm(&self.ws.grads);
-        if !gnorm.is_finite() {
-            return Err(TrainError::NonFinite {
-                step,
-                what: "gradient norm",
-                value: gnorm,
-            });
-        }
-        let clip = if self.cfg.grad_clip > 0.0 && gnorm > self.cfg.grad_clip {
-            self.cfg.grad_clip / gnorm
-        } else {
-            1.0
-        };
-        let lr = self.lr_at(step);
-        self.opt.update(&mut self.params, &self.ws.grads, lr, clip);
+        let lr = self.update(step, gnorm)?;
         if unit_norm {
             adam::normalize_rows(&mut self.params.w_dec, o);
         }
         // tokens this step over every rank: the dead window counts global tokens
-        let b = (self.cfg.batch * ranks) as u64;
-        for (s, &f) in self.since_fired.iter_mut().zip(&self.ws.fired) {
-            *s = if f > 0 { 0 } else { s.saturating_add(b) };
-        }
+        self.count_firing((self.cfg.batch * ranks) as u64);
         if self.cfg.arch == TrainArch::BatchTopK {
             let t = self.ws.batch_min_active;
             self.batch_topk_threshold = if step == 0 {
@@ -479,6 +463,34 @@ impl Trainer {
             dense_kernels: self.ws.was_dense(),
             resampled,
         })
+    }
+
+    /// Adam's update with the step's learning rate, the gradients clipped to
+    /// `grad_clip` by their global norm `gnorm`; refused (nothing changed) when the norm
+    /// is not finite. Gives the learning rate.
+    fn update(&mut self, step: usize, gnorm: f32) -> Result<f32, TrainError> {
+        if !gnorm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                what: "gradient norm",
+                value: gnorm,
+            });
+        }
+        let clip = if self.cfg.grad_clip > 0.0 && gnorm > self.cfg.grad_clip {
+            self.cfg.grad_clip / gnorm
+        } else {
+            1.0
+        };
+        let lr = self.lr_at(step);
+        self.opt.update(&mut self.params, &self.ws.grads, lr, clip);
+        Ok(lr)
+    }
+
+    /// Per latent: 0 tokens since firing if it fired this step, else `tokens` more.
+    fn count_firing(&mut self, tokens: u64) {
+        for (s, &f) in self.since_fired.iter_mut().zip(&self.ws.fired) {
+            *s = if f > 0 { 0 } else { s.saturating_add(tokens) };
+        }
     }
 
     /// A step of a latent shard: every rank has the same whole batch, selection and
@@ -540,24 +552,8 @@ impl Trainer {
         let mut sharded = [(sq(&g.w_enc_t) + sq(&g.b_enc) + sq(&g.w_dec)) as f32];
         comm.sum_f32(&mut sharded);
         let gnorm = ((sharded[0] as f64) + sq(&g.b_dec) + sq(&g.w_skip)).sqrt() as f32;
-        if !gnorm.is_finite() {
-            return Err(TrainError::NonFinite {
-                step,
-                what: "gradient norm",
-                value: gnorm,
-            });
-        }
-        let clip = if self.cfg.grad_clip > 0.0 && gnorm > self.cfg.grad_clip {
-            self.cfg.grad_clip / gnorm
-        } else {
-            1.0
-        };
-        let lr = self.lr_at(step);
-        self.opt.update(&mut self.params, &self.ws.grads, lr, clip);
-        let b = self.cfg.batch as u64;
-        for (s, &f) in self.since_fired.iter_mut().zip(&self.ws.fired) {
-            *s = if f > 0 { 0 } else { s.saturating_add(b) };
-        }
+        let lr = self.update(step, gnorm)?;
+        self.count_firing(self.cfg.batch as u64);
         self.step += 1;
         let mut dead = [self
             .since_fired

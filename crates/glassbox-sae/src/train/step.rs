@@ -206,26 +206,7 @@ pub fn forward(
     assert_eq!(x.len(), b * d, "x must be [batch, d_in]");
     let y = y.unwrap_or(x);
     assert_eq!(y.len(), b * o, "y must be [batch, d_out]");
-    // encoder
-    let apply_b_dec = cfg.apply_b_dec_to_input();
-    ws.sae_in
-        .par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .for_each(|(s, x)| {
-            s.copy_from_slice(x);
-            if apply_b_dec {
-                s.iter_mut().zip(&p.b_dec).for_each(|(s, b)| *s -= b);
-            }
-        });
-    ws.pre
-        .par_chunks_mut(m)
-        .for_each(|row| row.copy_from_slice(&p.b_enc));
-    matmul(
-        &mut ws.pre,
-        true,
-        MatRef::new(&ws.sae_in, b, d),
-        MatRef::new(&p.w_enc_t, m, d).t(),
-    );
+    encode(cfg, p, ws, x);
     ws.dec_norm
         .par_iter_mut()
         .zip(p.w_dec.par_chunks(o))
@@ -279,20 +260,7 @@ pub fn forward(
     } else {
         sparse_decode(&ws.main, &p.w_dec, o, &mut ws.err, |_, _, a| a);
     }
-    let mse = ws
-        .err
-        .par_chunks_mut(o)
-        .zip(y.par_chunks(o))
-        .map(|(e, y)| {
-            let mut s = 0f32;
-            for (e, y) in e.iter_mut().zip(y) {
-                *e -= y;
-                s += *e * *e;
-            }
-            s as f64
-        })
-        .sum::<f64>() as f32
-        / b as f32;
+    let mse = subtract_target(ws, y, o);
     let variance = batch_variance(y, o);
     // sparsity and auxiliary terms
     let (l0, sparsity) = sparsity_loss(cfg, ws, c.sparsity);
@@ -315,6 +283,50 @@ pub fn forward(
         l0,
         variance,
     }
+}
+
+/// The encoder: `sae_in` (the input, minus `b_dec` where the architecture applies it)
+/// and the pre-activations `sae_in · W_encᵀ + b_enc`, one GEMM.
+fn encode(cfg: &TrainConfig, p: &Params, ws: &mut Workspace, x: &[f32]) {
+    let (b, d, m) = (ws.batch, cfg.d_in, cfg.d_sae);
+    let apply_b_dec = cfg.apply_b_dec_to_input();
+    ws.sae_in
+        .par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(s, x)| {
+            s.copy_from_slice(x);
+            if apply_b_dec {
+                s.iter_mut().zip(&p.b_dec).for_each(|(s, b)| *s -= b);
+            }
+        });
+    ws.pre
+        .par_chunks_mut(m)
+        .for_each(|row| row.copy_from_slice(&p.b_enc));
+    matmul(
+        &mut ws.pre,
+        true,
+        MatRef::new(&ws.sae_in, b, d),
+        MatRef::new(&p.w_enc_t, m, d).t(),
+    );
+}
+
+/// Turns the reconstruction in `ws.err` into the error (minus the target `y`); gives the
+/// mean over rows of its squared norm.
+fn subtract_target(ws: &mut Workspace, y: &[f32], o: usize) -> f32 {
+    let b = ws.batch;
+    ws.err
+        .par_chunks_mut(o)
+        .zip(y.par_chunks(o))
+        .map(|(e, y)| {
+            let mut s = 0f32;
+            for (e, y) in e.iter_mut().zip(y) {
+                *e -= y;
+                s += *e * *e;
+            }
+            s as f64
+        })
+        .sum::<f64>() as f32
+        / b as f32
 }
 
 fn batch_variance(y: &[f32], o: usize) -> f32 {
@@ -1181,25 +1193,7 @@ pub fn forward_latent_sharded(
     assert_eq!(cfg.arch, TrainArch::TopK, "latent sharding is TopK's");
     assert_eq!(x.len(), b * d, "x must be [batch, d_in]");
     let y = y.unwrap_or(x);
-    let apply_b_dec = cfg.apply_b_dec_to_input();
-    ws.sae_in
-        .par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .for_each(|(s, x)| {
-            s.copy_from_slice(x);
-            if apply_b_dec {
-                s.iter_mut().zip(&p.b_dec).for_each(|(s, b)| *s -= b);
-            }
-        });
-    ws.pre
-        .par_chunks_mut(m)
-        .for_each(|row| row.copy_from_slice(&p.b_enc));
-    matmul(
-        &mut ws.pre,
-        true,
-        MatRef::new(&ws.sae_in, b, d),
-        MatRef::new(&p.w_enc_t, m, d).t(),
-    );
+    encode(cfg, p, ws, x);
     ws.dense = false;
     ws.dense_stats = None;
     let k = cfg.k;
@@ -1220,20 +1214,7 @@ pub fn forward_latent_sharded(
             MatRef::new(&p.w_skip, o, d).t(),
         );
     }
-    let mse = ws
-        .err
-        .par_chunks_mut(o)
-        .zip(y.par_chunks(o))
-        .map(|(e, y)| {
-            let mut s = 0f32;
-            for (e, y) in e.iter_mut().zip(y) {
-                *e -= y;
-                s += *e * *e;
-            }
-            s as f64
-        })
-        .sum::<f64>() as f32
-        / b as f32;
+    let mse = subtract_target(ws, y, o);
     let variance = batch_variance(y, o);
     let active = ws.main.a.iter().filter(|a| **a > 0.0).count();
     // AuxK over every shard's dead latents
