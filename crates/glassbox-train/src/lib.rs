@@ -402,13 +402,8 @@ fn run_steps(
         batch: rank_batch,
         ..cfg.clone()
     };
-    // every latent shard checkpoints its own latents and Adam moments
-    let ckpt_dir = if sharded {
-        out.join(run_dir::CHECKPOINT_DIR)
-            .join(format!("latents-{rank}-of-{ranks}"))
-    } else {
-        out.join(run_dir::CHECKPOINT_DIR)
-    };
+    let slots = CheckpointSlots::new(out, sharded, rank, ranks);
+    let ckpt_dir = slots.folder.clone();
     let new_trainer = || -> Result<Trainer> {
         if sharded {
             Trainer::new_latent_shard(cfg.clone(), steps, rank, ranks)
@@ -440,27 +435,37 @@ fn run_steps(
             progress,
         )?;
     }
-    let (mut trainer, start_rows, mut log) = if opts.resume && checkpoint::exists(&ckpt_dir) {
-        let (mut t, extra) = checkpoint::load(&ckpt_dir)?;
+    // which checkpoint to continue from, decided by every rank together
+    let resume_from = slots.to_resume(opts.resume, out, comm)?;
+    let loaded = resume_from.as_ref().map(|dir| -> Result<(Trainer, u64)> {
+        let (mut t, extra) = checkpoint::load(dir)?;
         // a shard's place is the job's, not the file's
         t.shard = new_trainer()?.shard;
         let saved_ranks = extra["ranks"].as_u64().unwrap_or(1) as usize;
         if saved_ranks != ranks {
             bail!(RunError::Invalid(format!(
                 "the checkpoint in {} was written by a job of {saved_ranks} rank(s); resume it with {saved_ranks} (each rank's batch and Adam state belong to that split)",
-                ckpt_dir.display()
+                dir.display()
             )));
         }
         if serde_json::to_value(&t.cfg)? != serde_json::to_value(&new_trainer()?.cfg)? {
             bail!(RunError::Invalid(format!(
                 "the checkpoint in {} was trained with a different configuration; resume with the same options (see {}) or use a new run directory",
-                ckpt_dir.display(),
+                dir.display(),
                 out.join(run_dir::CONFIG_FILE).display()
             )));
         }
         let rows = extra["rows_served"]
             .as_u64()
             .context("the checkpoint lacks rows_served")?;
+        Ok((t, rows))
+    });
+    // a latent shard reads its own file: all go on, or all stop
+    let loaded = match loaded {
+        Some(l) => Some(all_ok(comm, l)?),
+        None => None,
+    };
+    let (mut trainer, start_rows, mut log) = if let Some((t, rows)) = loaded {
         progress.note(&format!("resuming at step {} ({rows} tokens)", t.step));
         let log = if root {
             Some(MetricsLog::resume(out, t.step)?)
@@ -474,8 +479,6 @@ fn run_steps(
                 "no checkpoint in {}: starting from scratch",
                 ckpt_dir.display()
             ));
-        } else if checkpoint::exists(&ckpt_dir) {
-            bail!(RunError::AlreadyTrained(out.to_path_buf()));
         }
         let mut t = new_trainer()?;
         // normalisation and b_dec from the first rows, then rewind: deterministic
@@ -520,7 +523,7 @@ fn run_steps(
         if root || sharded {
             checkpoint::save(
                 trainer,
-                &ckpt_dir,
+                &slots.to_write(),
                 serde_json::json!({ "rows_served": rows, "ranks": ranks, "latent_sharded": sharded }),
             )?;
         }
@@ -652,6 +655,116 @@ fn run_steps(
         metrics,
         out: out.to_path_buf(),
     }))
+}
+
+/// Where a run's checkpoints go. One process, or rank 0 of a data-parallel job:
+/// `checkpoint/`. A latent shard: two slots of its own,
+/// `checkpoint/latents-R-of-N/{a,b}`, written in turn, so that a job killed while its
+/// ranks were writing still has a step every rank holds.
+struct CheckpointSlots {
+    folder: PathBuf,
+    slots: Vec<PathBuf>,
+}
+
+impl CheckpointSlots {
+    fn new(out: &Path, sharded: bool, rank: usize, ranks: usize) -> Self {
+        let base = out.join(run_dir::CHECKPOINT_DIR);
+        if sharded {
+            let folder = base.join(format!("latents-{rank}-of-{ranks}"));
+            let slots = vec![folder.join("a"), folder.join("b")];
+            CheckpointSlots { folder, slots }
+        } else {
+            CheckpointSlots {
+                folder: base.clone(),
+                slots: vec![base],
+            }
+        }
+    }
+
+    /// The slot to write next: an empty one, else the one with the older step.
+    fn to_write(&self) -> PathBuf {
+        self.slots
+            .iter()
+            .min_by_key(|d| checkpoint::saved_step(d).map_or(-1, |s| s as i64))
+            .cloned()
+            .unwrap_or_else(|| self.folder.clone())
+    }
+
+    /// The checkpoint to resume from (with `resume`), the same step on every rank;
+    /// without `resume`, refuses a run directory that holds one. Every rank gets the
+    /// same answer (latent shards compare their slots' steps in a collective).
+    fn to_resume(
+        &self,
+        resume: bool,
+        out: &Path,
+        comm: &dyn Collective,
+    ) -> Result<Option<PathBuf>> {
+        let steps: Vec<Option<usize>> = self
+            .slots
+            .iter()
+            .map(|d| checkpoint::saved_step(d))
+            .collect();
+        if self.slots.len() == 1 {
+            return match (steps[0], resume) {
+                (None, _) => Ok(None),
+                (Some(_), true) => Ok(Some(self.slots[0].clone())),
+                (Some(_), false) => Err(RunError::AlreadyTrained(out.to_path_buf()).into()),
+            };
+        }
+        const NONE: u64 = u64::MAX;
+        let everyone: Vec<Vec<u64>> = steps
+            .iter()
+            .map(|s| comm.all_gather_u64(s.map_or(NONE, |s| s as u64)))
+            .collect();
+        let held = |rank: usize, step: u64| everyone.iter().any(|slot| slot[rank] == step);
+        let any = everyone.iter().flatten().any(|&s| s != NONE);
+        if !resume {
+            return if any {
+                Err(RunError::AlreadyTrained(out.to_path_buf()).into())
+            } else {
+                Ok(None)
+            };
+        }
+        let common = everyone
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&s| s != NONE && (0..comm.size()).all(|r| held(r, s)))
+            .max();
+        match common {
+            Some(step) => Ok(self
+                .slots
+                .iter()
+                .zip(&steps)
+                .find(|(_, s)| **s == Some(step as usize))
+                .map(|(d, _)| d.clone())),
+            None if any => Err(RunError::Invalid(format!(
+                "the ranks' checkpoints in {} share no step (the job was stopped while its first checkpoints were written): remove that folder to start again",
+                out.join(run_dir::CHECKPOINT_DIR).display()
+            ))
+            .into()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `local` on every rank if it is `Ok` on every rank; otherwise an error on every rank
+/// (a failed rank's own message; the others name it), so that all stop together rather
+/// than some waiting in the next collective.
+fn all_ok<T>(comm: &dyn Collective, local: Result<T>) -> Result<T> {
+    if comm.size() == 1 {
+        return local;
+    }
+    let failed = comm.all_gather_u64(local.is_err() as u64);
+    match local {
+        Err(e) => Err(RunError::Invalid(format!("{e:#}")).into()),
+        Ok(v) => match failed.iter().position(|&f| f == 1) {
+            Some(rank) => Err(invalid(format!(
+                "rank {rank} cannot go on (its message says why); every rank stops"
+            ))),
+            None => Ok(v),
+        },
+    }
 }
 
 /// Steps between two checks that every rank's parameters are still identical (and at

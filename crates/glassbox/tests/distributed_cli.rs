@@ -426,13 +426,16 @@ mod mpi {
             "latents on two ranks differ from one process: W_enc by {de}, W_dec by {dd}"
         );
 
-        // in each mode, rank 1 killed at its 6th step (checkpoints at step 4): the job
-        // ends within the timeout, and resuming with two ranks reaches the same dictionary
-        for (mode, uninterrupted) in [
-            ("--distributed", (enc2, dec2)),
-            ("--shard-latents", (enc4, dec4)),
+        // rank 1 killed at its 6th step (checkpoints at step 4), and, latent-sharded,
+        // while writing its second checkpoint (rank 0 may have finished its own): the job
+        // ends within the timeout, and resuming with two ranks reaches the same
+        // dictionary, from the last step every rank holds
+        for (mode, point, uninterrupted) in [
+            ("--distributed", "step:6", (enc2.clone(), dec2.clone())),
+            ("--shard-latents", "step:6", (enc4.clone(), dec4.clone())),
+            ("--shard-latents", "checkpoint-state:2", (enc4, dec4)),
         ] {
-            let killed = dir.path().join(format!("killed{mode}"));
+            let killed = dir.path().join(format!("killed{mode}-{point}"));
             let started = Instant::now();
             let child = mpirun()
                 .args(["-np", "1", bin(), "train-sae", mode, "--acts"])
@@ -440,7 +443,14 @@ mod mpi {
                 .args(TRAIN)
                 .arg("--out")
                 .arg(&killed)
-                .args([":", "-np", "1", "env", "GLASSBOX_KILL_AT=step:6", bin()])
+                .args([
+                    ":",
+                    "-np",
+                    "1",
+                    "env",
+                    &format!("GLASSBOX_KILL_AT={point}"),
+                    bin(),
+                ])
                 .args(["train-sae", mode, "--acts"])
                 .arg(&two)
                 .args(TRAIN)
@@ -456,7 +466,7 @@ mod mpi {
                 "{mode}: a job with a killed rank succeeded"
             );
             eprintln!(
-                "{mode}: the job with a killed rank ended after {:?}",
+                "{mode}, {point}: the job with a killed rank ended after {:?}",
                 started.elapsed()
             );
             assert!(

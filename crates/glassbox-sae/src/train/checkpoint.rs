@@ -44,6 +44,14 @@ pub fn exists(dir: &Path) -> bool {
     dir.join("checkpoint.json").is_file()
 }
 
+/// The step of the checkpoint in `dir`, from its `checkpoint.json` alone (`None`: no
+/// readable checkpoint).
+pub fn saved_step(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("checkpoint.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+    state["step"].as_u64().map(|s| s as usize)
+}
+
 /// Writes a checkpoint into `dir` (created if needed) and removes older weights files.
 pub fn save(t: &Trainer, dir: &Path, extra: serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| bad(dir, e.to_string()))?;
