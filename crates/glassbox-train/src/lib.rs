@@ -102,7 +102,7 @@ pub struct SaeRunOptions {
     /// split the latents over the ranks instead of the rows (TopK; the ranks must
     /// divide `d_sae`): each rank holds `d_sae / ranks` latents and steps on every row
     pub shard_latents: bool,
-    /// train from this activation folder (written by [`harvest_acts`], possibly by many
+    /// train from this activation folder (written by [`acts::harvest_acts`], possibly by many
     /// ranks) instead of harvesting: the folder's manifest must match the options
     pub acts: Option<PathBuf>,
     /// the dictionary: architecture, sizes, losses and schedules
