@@ -391,6 +391,9 @@ fn run_steps(
         eval_tokens: Some(opts.eval_tokens),
         first_position_excluded: Some(true),
         special_tokens_excluded: Some(true),
+        acts: opts.acts.clone(),
+        ranks: (ranks > 1).then_some(ranks),
+        split: (ranks > 1).then(|| if sharded { "latents" } else { "rows" }.to_string()),
         train: Some(cfg.clone()),
         ..RunConfig::default()
     };

@@ -51,6 +51,12 @@ pub struct RunConfig {
     pub first_position_excluded: Option<bool>,
     /// special tokens (BOS, chat markers) left out of training
     pub special_tokens_excluded: Option<bool>,
+    /// the activation folder the run trained from (`train-sae --acts`)
+    pub acts: Option<PathBuf>,
+    /// ranks of the MPI job that trained it (absent: one process)
+    pub ranks: Option<usize>,
+    /// how those ranks split the work: `"rows"` (data-parallel) or `"latents"`
+    pub split: Option<String>,
     /// early runs recorded the seed here rather than in `[train]`; read
     /// [`RunConfig::seed`], which looks in both
     #[serde(rename = "seed", skip_serializing_if = "Option::is_none")]

@@ -415,6 +415,13 @@ mod mpi {
             out.contains("latents sharded over 2 ranks: 128 latents per rank"),
             "{out}"
         );
+        let recorded = std::fs::read_to_string(sharded.join("config.toml")).unwrap();
+        assert!(
+            recorded.contains("ranks = 2")
+                && recorded.contains("split = \"latents\"")
+                && recorded.contains("acts = "),
+            "config.toml records how the run was split: {recorded}"
+        );
         assert!(
             sharded.join("checkpoint/latents-1-of-2").exists(),
             "rank 1 checkpoints its own latents"
