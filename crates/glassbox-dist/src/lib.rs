@@ -15,10 +15,9 @@
 
 pub use glassbox_sae::train::collective::{first_disagreement, Alone, Collective};
 
-use anyhow::{bail, Result};
-
-/// Whether this build can join MPI jobs (`--features mpi`).
-pub const BUILT_WITH_MPI: bool = cfg!(feature = "mpi");
+#[cfg(not(feature = "mpi"))]
+use anyhow::bail;
+use anyhow::Result;
 
 /// How to get a build that can: printed wherever the feature is missing.
 pub const HOW_TO_BUILD: &str = "install Open MPI and libclang (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev) and build glassbox with `cargo build --release -p glassbox --features mpi`";
@@ -78,15 +77,6 @@ impl Job {
         self.rank() == 0
     }
 
-    /// Waits until every rank gets here.
-    pub fn barrier(&self) {
-        match self {
-            Job::Alone => {}
-            #[cfg(feature = "mpi")]
-            Job::Mpi(j) => j.barrier(),
-        }
-    }
-
     /// Ends the whole job after `err` on this rank: printed with the rank, then (with
     /// more than one rank) MPI_Abort, so the other ranks stop instead of waiting in the
     /// next collective. With one rank, gives the error back.
@@ -98,18 +88,6 @@ impl Job {
             #[cfg(feature = "mpi")]
             Job::Mpi(_) => err,
         }
-    }
-
-    /// Refuses to go on unless every rank gives the same `hash` of its configuration:
-    /// ranks started with different command lines would train different things and meet
-    /// in collectives of different sizes. Every rank sees the same answer.
-    pub fn agree_on(&self, what: &str, hash: u64) -> Result<()> {
-        if let Some((rank, root, theirs)) = first_disagreement(self, hash) {
-            bail!(
-                "rank {rank} was started with a different {what} than rank 0 (hash {theirs:016x} against {root:016x}): start every rank with the same command line and files"
-            );
-        }
-        Ok(())
     }
 }
 
@@ -163,6 +141,7 @@ mod mpi_job {
     use anyhow::{bail, Result};
     use glassbox_sae::train::Collective;
     use mpi::collective::SystemOperation;
+    use mpi::datatype::Equivalence;
     use mpi::topology::{Communicator, SimpleCommunicator};
     use mpi::traits::CommunicatorCollectives;
     use std::cell::{Cell, RefCell};
@@ -194,10 +173,6 @@ mod mpi_job {
             })
         }
 
-        pub fn barrier(&self) {
-            self.world.barrier();
-        }
-
         pub fn abort(&self, err: &anyhow::Error) -> ! {
             eprintln!(
                 "error on rank {} of {}: {err:#}\nending every rank of the job (MPI_Abort)",
@@ -205,6 +180,19 @@ mod mpi_job {
                 self.size()
             );
             self.world.abort(1)
+        }
+
+        /// An all-reduce (sum) of `buf` in place, through a reused send buffer.
+        fn sum<T: Copy + Equivalence>(&self, scratch: &RefCell<Vec<T>>, buf: &mut [T]) {
+            if self.size() == 1 {
+                return;
+            }
+            let mut send = scratch.borrow_mut();
+            send.clear();
+            send.extend_from_slice(buf);
+            self.world
+                .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            self.count(std::mem::size_of_val(buf));
         }
 
         /// Payload bytes one all-reduce of `n` bytes moves per rank in a ring (reduce-
@@ -224,26 +212,10 @@ mod mpi_job {
             self.world.size() as usize
         }
         fn sum_f32(&self, buf: &mut [f32]) {
-            if self.size() == 1 {
-                return;
-            }
-            let mut send = self.scratch_f32.borrow_mut();
-            send.clear();
-            send.extend_from_slice(buf);
-            self.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum());
-            self.count(std::mem::size_of_val(buf));
+            self.sum(&self.scratch_f32, buf)
         }
         fn sum_u64(&self, buf: &mut [u64]) {
-            if self.size() == 1 {
-                return;
-            }
-            let mut send = self.scratch_u64.borrow_mut();
-            send.clear();
-            send.extend_from_slice(buf);
-            self.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum());
-            self.count(std::mem::size_of_val(buf));
+            self.sum(&self.scratch_u64, buf)
         }
         fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) {
             self.world.all_gather_into(send, recv);

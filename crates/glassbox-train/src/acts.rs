@@ -185,7 +185,7 @@ impl ActsManifest {
 pub struct Harvested {
     /// the manifest (rank 0 wrote it; every rank gets it)
     pub manifest: ActsManifest,
-    /// shards this rank harvested, and those it found already on disk
+    /// shards this rank harvested (ran the model for)
     pub harvested_here: usize,
     /// shards this rank found already written by an earlier, unfinished run
     pub kept: usize,
